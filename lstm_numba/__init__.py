@@ -1,0 +1,30 @@
+"""lstm_numba: fast batched LSTM inference with Numba kernels.
+
+``LSTM`` is the model (PyTorch's weights and conventions); the seed's equations are public functions
+on arrays (``forget_gate`` … ``lstm_step``); ``lstm_numba.reference`` is the float64 NumPy oracle.
+"""
+
+from lstm_numba import reference
+from lstm_numba.gates import (
+    candidate_memory,
+    cell_update,
+    forget_gate,
+    hidden_state,
+    input_gate,
+    lstm_step,
+    output_gate,
+)
+from lstm_numba.model import LSTM
+
+__all__ = [
+    "LSTM",
+    "candidate_memory",
+    "cell_update",
+    "forget_gate",
+    "hidden_state",
+    "input_gate",
+    "lstm_step",
+    "output_gate",
+    "reference",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""Argument checks for the public wrappers: every error names the argument, what was expected and
+what was given, before anything reaches a compiled kernel."""
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    """The model/compute dtype as a ``np.dtype``; float32 and float64 only."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from error
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    return dtype
+
+
+def as_float_array(name, value, dtype=None):
+    """``value`` as a NumPy array of a supported float dtype, equal to ``dtype`` when given.
+
+    Never casts: a float64 array for a float32 model is an error, as in PyTorch, because a silent
+    cast would hide a precision or a performance surprise.
+    """
+    array = np.asarray(value)
+    if array.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(
+            f"{name}: expected dtype {dtype}, got {array.dtype}; convert it with "
+            f".astype(np.{dtype}) or use a model of that dtype"
+        )
+    return array
+
+
+def check_shape(name, array, expected, meaning):
+    """Raise ``ValueError`` unless ``array.shape == expected``; ``meaning`` spells the axes, e.g.
+    ``"(4H, I)"``."""
+    expected = tuple(expected)
+    if array.shape != expected:
+        raise ValueError(f"{name}: expected shape {meaning} = {expected}, got {array.shape}")
+
+
+def check_same_dtype(named_arrays):
+    """Raise ``TypeError`` unless all arrays share one dtype; names each one's dtype."""
+    dtypes = {array.dtype for array in named_arrays.values()}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{name}: {array.dtype}" for name, array in named_arrays.items())
+        raise TypeError(f"mixed dtypes; expected all float32 or all float64, got {listing}")
+
+
+def check_positive_int(name, value):
+    """``value`` as an int ≥ 1, or a ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return int(value)
