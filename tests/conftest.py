@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+"""Relative error allowed against the float64 reference, per dtype."""
+
+
+def assert_close(actual, expected, dtype=None):
+    """Elementwise |actual − expected| ≤ tol·(|expected| + max(1, max|expected|)·0.1).
+
+    The relative part is the contract (1e-5 in float32, 1e-12 in float64); the small absolute part,
+    scaled to the array's magnitude, covers outputs that cancel to near zero.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    tolerance = TOLERANCE[np.dtype(dtype or actual.dtype)]
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=0.1 * tolerance * scale)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded by the test's name: reproducible, different per test."""
+    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)

@@ -1,0 +1,35 @@
+"""``python -m lstm_numba`` and the on-disk kernel cache, each in a fresh process."""
+
+import subprocess
+import sys
+
+
+def run_python(*args):
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_main_job_checks_and_times():
+    out = run_python(
+        "-m", "lstm_numba", "--batch", "3", "--steps", "4", "--input-size", "5",
+        "--hidden-size", "6", "--repeats", "2",
+    )  # fmt: skip
+    assert "check against the float64 reference" in out and "OK" in out
+    assert "first call (compile or cache load)" in out
+    assert "sequences/s" in out
+
+
+CALL_AND_REPORT_CACHE = """
+import numpy as np, lstm_numba as ln
+from lstm_numba import cpu
+ln.LSTM(3, 4, dtype=np.float64)(np.zeros((2, 5, 3)))
+print(sum(cpu.lstm_layer_forward.stats.cache_hits.values()))
+"""
+
+
+def test_second_process_loads_kernels_from_cache():
+    run_python("-c", CALL_AND_REPORT_CACHE)  # compiles and saves, unless a cache exists
+    assert int(run_python("-c", CALL_AND_REPORT_CACHE).strip().splitlines()[-1]) >= 1

@@ -1,0 +1,235 @@
+"""``LSTM``: forward against the float64 reference, PyTorch and ONNX Runtime; weights; bad input."""
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import lstm_numba as ln
+from lstm_numba import cpu, reference
+
+DTYPES = [np.float32, np.float64]
+SHAPES = [  # (B, T, I, H)
+    (1, 1, 1, 1),
+    (1, 37, 5, 3),
+    (3, 9, 4, 16),
+    (16, 70, 8, 12),  # 70 steps cross a projection chunk boundary at B = 16
+    (2, 700, 3, 5),  # several chunks at small B
+    (33, 5, 17, 65),
+]
+
+
+def random_model_and_input(rng, shape, dtype, batch_first=True):
+    batch, steps, inputs, hidden = shape
+    model = ln.LSTM(inputs, hidden, batch_first=batch_first, dtype=dtype, seed=rng.integers(2**32))
+    x_shape = (batch, steps, inputs) if batch_first else (steps, batch, inputs)
+    return model, rng.standard_normal(x_shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_forward_matches_reference(rng, shape, dtype, batch_first):
+    model, x = random_model_and_input(rng, shape, dtype, batch_first)
+    y, (h_n, c_n) = model(x)
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), batch_first=batch_first)
+    batch, steps, _, hidden = shape
+    assert y.shape == ((batch, steps, hidden) if batch_first else (steps, batch, hidden))
+    assert h_n.shape == c_n.shape == (1, batch, hidden)
+    assert y.dtype == h_n.dtype == c_n.dtype == dtype
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_initial_states(rng, dtype):
+    model, x = random_model_and_input(rng, (4, 6, 3, 5), dtype)
+    h0 = rng.standard_normal((1, 4, 5)).astype(dtype)
+    c0 = rng.standard_normal((1, 4, 5)).astype(dtype) * 3
+    y, (h_n, c_n) = model(x, (h0, c0))
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), (h0, c0))
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+    assert not np.allclose(y, model(x)[0]), "initial states were ignored"
+    h0_before = h0.copy()
+    model(x, (h0, c0))
+    np.testing.assert_array_equal(h0, h0_before)  # inputs are never written
+
+
+def test_sequence_split_carries_state(rng):
+    model, x = random_model_and_input(rng, (3, 20, 4, 6), np.float64)
+    y, state = model(x)
+    y1, state1 = model(x[:, :7])
+    y2, state2 = model(x[:, 7:], state1)
+    assert_close(np.concatenate([y1, y2], axis=1), y)
+    assert_close(state2[0], state[0])
+    assert_close(state2[1], state[1])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_unbatched_input(rng, batch_first):
+    model, x = random_model_and_input(rng, (1, 8, 3, 4), np.float32, batch_first)
+    x2 = x[0] if batch_first else x[:, 0]
+    h0 = rng.standard_normal((1, 4)).astype(np.float32)
+    y, (h_n, c_n) = model(x2, (h0, h0))
+    y_batched, (h_b, c_b) = model(x, (h0[:, None], h0[:, None]))
+    assert y.shape == (8, 4) and h_n.shape == c_n.shape == (1, 4)
+    np.testing.assert_array_equal(y, y_batched[0] if batch_first else y_batched[:, 0])
+    np.testing.assert_array_equal(h_n, h_b[:, 0])
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "transposed"])
+def test_any_memory_layout_gives_the_same_result(rng, layout):
+    model, x = random_model_and_input(rng, (5, 7, 6, 4), np.float32)
+    expected = model(x)[0]
+    if layout == "fortran":
+        other = np.asfortranarray(x)
+    elif layout == "strided":
+        other = np.repeat(x, 2, axis=2)[:, :, ::2]
+    else:
+        other = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
+    assert not other.flags.c_contiguous
+    np.testing.assert_array_equal(model(other)[0], expected)
+
+
+def test_empty_batch_gives_empty_outputs():
+    model = ln.LSTM(3, 4)
+    y, (h_n, c_n) = model(np.zeros((0, 5, 3), np.float32))
+    assert y.shape == (0, 5, 4) and h_n.shape == c_n.shape == (1, 0, 4)
+
+
+def test_zero_steps_is_an_error():
+    with pytest.raises(ValueError, match=r"x: expected at least one time step, got shape \(2, 0"):
+        ln.LSTM(3, 4)(np.zeros((2, 0, 3), np.float32))
+
+
+def test_nan_in_nan_out_only_where_it_flows(rng):
+    model, x = random_model_and_input(rng, (3, 6, 4, 5), np.float32)
+    x[1, 2, 0] = np.nan
+    y, (h_n, c_n) = model(x)
+    assert np.isnan(y[1, 2:]).all() and not np.isnan(y[1, :2]).any()
+    assert not np.isnan(y[[0, 2]]).any()
+    assert np.isnan(h_n[0, 1]).all() and np.isnan(c_n[0, 1]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huge_inputs_stay_finite(rng, dtype):
+    model, x = random_model_and_input(rng, (2, 5, 3, 4), dtype)
+    x *= 5000
+    y, (h_n, c_n) = model(x)
+    assert np.isfinite(y).all() and np.isfinite(c_n).all()
+    assert_close(y, reference.lstm_forward(x, model.state_dict())[0])
+
+
+def test_weights_are_pytorch_initialised_and_reproducible():
+    model = ln.LSTM(7, 9, seed=3)
+    bound = 1 / np.sqrt(9)
+    shapes = {"weight_ih_l0": (36, 7), "weight_hh_l0": (36, 9), "bias_ih_l0": (36,)}
+    shapes["bias_hh_l0"] = (36,)
+    state = model.state_dict()
+    assert {k: v.shape for k, v in state.items()} == shapes
+    for value in state.values():
+        assert value.dtype == np.float32 and np.abs(value).max() <= bound
+        assert value.std() > bound / 3
+    np.testing.assert_array_equal(ln.LSTM(7, 9, seed=3).weight_hh_l0, model.weight_hh_l0)
+    assert not np.array_equal(ln.LSTM(7, 9, seed=4).weight_hh_l0, model.weight_hh_l0)
+
+
+def test_weights_are_writable_and_checked(rng):
+    model, x = random_model_and_input(rng, (2, 3, 4, 5), np.float64)
+    model.bias_ih_l0 = np.zeros(20, np.float32)  # floats are cast to the model's dtype
+    assert model.bias_ih_l0.dtype == np.float64 and not model.bias_ih_l0.any()
+    model.weight_hh_l0[:] = 0.0  # in place
+    y = model(x)[0]
+    assert_close(y, reference.lstm_forward(x, model.state_dict())[0])
+    with pytest.raises(ValueError, match=r"weight_ih_l0: expected shape \(4H, I\) = \(20, 4\)"):
+        model.weight_ih_l0 = np.zeros((20, 5))
+    with pytest.raises(TypeError, match=r"bias_hh_l0: expected a float32 or float64 array"):
+        model.bias_hh_l0 = np.zeros(20, np.int32)
+
+
+def test_state_dict_round_trip_and_errors(rng):
+    source = ln.LSTM(4, 6, seed=1)
+    target = ln.LSTM(4, 6, seed=2)
+    target.load_state_dict(source.state_dict())
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(target(x)[0], source(x)[0])
+
+    state = source.state_dict()
+    state["weight_ih_l0"] = state["weight_ih_l0"][:, :3]
+    del state["bias_hh_l0"]
+    state["weight_hr_l0"] = np.zeros((2, 6))
+    before = target.state_dict()
+    with pytest.raises(ValueError) as error:
+        target.load_state_dict(state)
+    message = str(error.value)
+    assert "missing key 'bias_hh_l0'" in message
+    assert "unexpected key 'weight_hr_l0'" in message
+    assert "weight_ih_l0: expected shape (4H, I) = (24, 4), got (24, 3)" in message
+    for name, value in target.state_dict().items():  # nothing half-loaded
+        np.testing.assert_array_equal(value, before[name])
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda m: m(np.zeros((2, 3, 4, 1), np.float32)), ValueError, r"x: expected a 3-D array"),
+        (lambda m: m(np.zeros((2, 3, 5), np.float32)), ValueError, r"I = 4 .*\(2, 3, 5\)"),
+        (lambda m: m(np.zeros((2, 3, 4))), TypeError, r"x: expected dtype float32, got float64"),
+        (lambda m: m(np.zeros((2, 3, 4), int)), TypeError, r"x: expected a float32 or float64"),
+        (lambda m: m(np.zeros((2, 3, 4), np.float32), np.zeros((1, 2, 6))), ValueError, r"hx: "),
+        (
+            lambda m: m(np.zeros((2, 3, 4), np.float32), (np.zeros((1, 3, 6), np.float32),) * 2),
+            ValueError,
+            r"h0: expected shape \(1, B, H\) = \(1, 2, 6\), got \(1, 3, 6\)",
+        ),
+        (
+            lambda m: m(np.zeros((2, 3, 4), np.float32), (np.zeros((1, 2, 6), np.float32),) * 3),
+            ValueError,
+            r"hx: expected a pair \(h0, c0\)",
+        ),
+        (
+            lambda m: m(
+                np.zeros((2, 3, 4), np.float32),
+                (np.zeros((1, 2, 6), np.float32), np.zeros((1, 2, 6))),
+            ),
+            TypeError,
+            r"c0: expected dtype float32, got float64",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call(ln.LSTM(4, 6))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"input_size": 0, "hidden_size": 3}, ValueError, r"input_size: expected a positive"),
+        ({"input_size": 2, "hidden_size": 2.5}, TypeError, r"hidden_size: expected a positive"),
+        ({"input_size": 2, "hidden_size": 3, "dtype": np.float16}, TypeError, r"dtype: expected"),
+        ({"input_size": 2, "hidden_size": 3, "dtype": "int32"}, TypeError, r"dtype: expected"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ln.LSTM(**kwargs)
+
+
+def test_workspace_does_not_grow_with_sequence_length():
+    """The projection is chunked: at most ``PROJECTION_ROWS`` rows of (I + 4H) workspace."""
+    import tracemalloc
+
+    model = ln.LSTM(32, 32, seed=0)
+    peaks = []
+    for steps in (1000, 10000):
+        x = np.zeros((4, steps, 32), np.float32)
+        model(x)  # compile first
+        tracemalloc.start()
+        model(x)
+        peaks.append(tracemalloc.get_traced_memory()[1] - 4 * steps * 32 * 4)  # minus the output
+        tracemalloc.stop()
+    assert peaks[1] <= peaks[0] + 4096, peaks
+    assert peaks[1] < (cpu.PROJECTION_ROWS * (32 + 4 * 32) + 4 * 4 * 32) * 4 * 2, peaks

@@ -1,0 +1,107 @@
+"""``LSTM`` against other implementations: PyTorch (when installed) and ONNX Runtime."""
+
+import numpy as np
+import pytest
+
+import lstm_numba as ln
+
+SHAPES = [(1, 1, 1, 1), (1, 50, 7, 13), (5, 12, 16, 32), (17, 33, 9, 64)]  # (B, T, I, H)
+
+
+def model_input_states(rng, shape, batch_first=True):
+    batch, steps, inputs, hidden = shape
+    model = ln.LSTM(inputs, hidden, batch_first=batch_first, seed=rng.integers(2**32))
+    x_shape = (batch, steps, inputs) if batch_first else (steps, batch, inputs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, 1, batch, hidden)).astype(np.float32)
+    return model, x, h0, c0
+
+
+def assert_float32_close(actual, expected):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_matches_torch(rng, shape, batch_first):
+    torch = pytest.importorskip("torch")
+    model, x, h0, c0 = model_input_states(rng, shape, batch_first)
+    torch_lstm = torch.nn.LSTM(model.input_size, model.hidden_size, batch_first=batch_first)
+    torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        states = (torch.from_numpy(h0), torch.from_numpy(c0))
+        y_t, (h_t, c_t) = torch_lstm(torch.from_numpy(x), states)
+    y, (h_n, c_n) = model(x, (h0, c0))
+    assert_float32_close(y, y_t.numpy())
+    assert_float32_close(h_n, h_t.numpy())
+    assert_float32_close(c_n, c_t.numpy())
+
+
+def test_torch_weights_drop_in(rng):
+    torch = pytest.importorskip("torch")
+    torch_lstm = torch.nn.LSTM(6, 10, batch_first=True)
+    model = ln.LSTM(6, 10)
+    model.load_state_dict({k: v.numpy() for k, v in torch_lstm.state_dict().items()})
+    x = rng.standard_normal((4, 9, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_lstm(torch.from_numpy(x))[0].numpy()
+    assert_float32_close(model(x)[0], expected)
+
+
+TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
+"""PyTorch stacks gate blocks i, f, g, o; ONNX stacks i, o, f, c."""
+
+
+def onnx_lstm_session(model):
+    """An ONNX Runtime session of one LSTM node holding ``model``'s weights (layout 0)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = model.hidden_size
+
+    def onnx_order(stacked):
+        blocks = stacked.reshape(4, hidden, *stacked.shape[1:])
+        return blocks[TORCH_TO_ONNX_GATES].reshape(stacked.shape)[None]
+
+    weights = {
+        "W": onnx_order(model.weight_ih_l0),
+        "R": onnx_order(model.weight_hh_l0),
+        "B": np.concatenate([onnx_order(model.bias_ih_l0), onnx_order(model.bias_hh_l0)], axis=1),
+    }
+    node = helper.make_node(
+        "LSTM",
+        ["X", "W", "R", "B", "", "initial_h", "initial_c"],
+        ["Y", "Y_h", "Y_c"],
+        hidden_size=hidden,
+    )
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node],
+        "lstm",
+        [
+            value("X", TensorProto.FLOAT, ["T", "B", model.input_size]),
+            value("initial_h", TensorProto.FLOAT, [1, "B", hidden]),
+            value("initial_c", TensorProto.FLOAT, [1, "B", hidden]),
+        ],
+        [
+            value("Y", TensorProto.FLOAT, ["T", 1, "B", hidden]),
+            value("Y_h", TensorProto.FLOAT, [1, "B", hidden]),
+            value("Y_c", TensorProto.FLOAT, [1, "B", hidden]),
+        ],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(onnx_model)
+    return ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_onnx_runtime(rng, shape):
+    model, x, h0, c0 = model_input_states(rng, shape, batch_first=False)
+    session = onnx_lstm_session(model)
+    y_o, h_o, c_o = session.run(None, {"X": x, "initial_h": h0, "initial_c": c0})
+    y, (h_n, c_n) = model(x, (h0, c0))
+    assert_float32_close(y, y_o[:, 0])  # ONNX Y is (T, D, B, H)
+    assert_float32_close(h_n, h_o)
+    assert_float32_close(c_n, c_o)
