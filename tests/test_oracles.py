@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import lstm_numba as ln
+from lstm_numba.convert import to_onnx
 
 SHAPES = [(1, 1, 1, 1), (1, 50, 7, 13), (5, 12, 16, 32), (17, 33, 9, 64)]  # (B, T, I, H)
 
@@ -48,50 +49,11 @@ def test_torch_weights_drop_in(rng):
     assert_float32_close(model(x)[0], expected)
 
 
-TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
-"""PyTorch stacks gate blocks i, f, g, o; ONNX stacks i, o, f, c."""
-
-
 def onnx_lstm_session(model):
-    """An ONNX Runtime session of one LSTM node holding ``model``'s weights (layout 0)."""
+    """An ONNX Runtime session of ``model`` exported with ``to_onnx``."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
-
-    hidden = model.hidden_size
-
-    def onnx_order(stacked):
-        blocks = stacked.reshape(4, hidden, *stacked.shape[1:])
-        return blocks[TORCH_TO_ONNX_GATES].reshape(stacked.shape)[None]
-
-    weights = {
-        "W": onnx_order(model.weight_ih_l0),
-        "R": onnx_order(model.weight_hh_l0),
-        "B": np.concatenate([onnx_order(model.bias_ih_l0), onnx_order(model.bias_hh_l0)], axis=1),
-    }
-    node = helper.make_node(
-        "LSTM",
-        ["X", "W", "R", "B", "", "initial_h", "initial_c"],
-        ["Y", "Y_h", "Y_c"],
-        hidden_size=hidden,
-    )
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        [node],
-        "lstm",
-        [
-            value("X", TensorProto.FLOAT, ["T", "B", model.input_size]),
-            value("initial_h", TensorProto.FLOAT, [1, "B", hidden]),
-            value("initial_c", TensorProto.FLOAT, [1, "B", hidden]),
-        ],
-        [
-            value("Y", TensorProto.FLOAT, ["T", 1, "B", hidden]),
-            value("Y_h", TensorProto.FLOAT, [1, "B", hidden]),
-            value("Y_c", TensorProto.FLOAT, [1, "B", hidden]),
-        ],
-        [numpy_helper.from_array(array, name) for name, array in weights.items()],
-    )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx_model = to_onnx(model)
     onnx.checker.check_model(onnx_model)
     return ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
 
