@@ -5,9 +5,8 @@ the same functions: Numba compiles a CPU-jitted function called from a ``@cuda.j
 device function (``cuda.jit(device=True)``), so the math below is written once. Keep it to plain
 arithmetic and comparisons that every target compiles.
 
-The transcendental functions are evaluated in float64 whatever the storage dtype (a float32 input
-is promoted by the float64 constants), which costs nothing measurable here and keeps float32 results
-within one rounding of the exact value.
+Every function computes in its arguments' precision: float32 inputs give float32 math, which
+vectorizes twice as wide as float64.
 """
 
 from numba import njit
@@ -20,65 +19,80 @@ TANH_SATURATION = 20.0
 
 @njit(**EQUATION_OPTIONS)
 def tanh(x):
-    """tanh(x) to ≈1e-15 relative accuracy, as branch-free arithmetic that vectorizes.
+    """tanh(x) in x's own precision, as branch-free arithmetic that vectorizes.
 
     Numba 0.68 has no SVML, so ``math.tanh`` stays a scalar libm call (40–50 ns an element).
     Here the clamped argument is scaled by 2⁻⁵, sinh and cosh of the small argument come from their
     Taylor series (truncation error < 1e-16 for |y| ≤ 0.625), and five doublings
     sinh 2y = 2 sinh y cosh y, cosh 2y = sinh²y + cosh²y bring them back; one division at the end.
     Each doubling adds one rounding and does not amplify earlier ones, and cosh stays ≤ cosh 20,
-    so nothing overflows. NaN passes through the clamp.
+    so nothing overflows. NaN passes through the clamp. Error: ≤ 2.4e-7 (float32) and
+    ≤ 1.1e-15 relative (float64).
     """
-    if x > TANH_SATURATION:
-        x = TANH_SATURATION
-    elif x < -TANH_SATURATION:
-        x = -TANH_SATURATION
-    y = x * (1.0 / 32.0)
+    real = type(x)  # constants in x's precision: a float64 literal would promote float32 math
+    bound = real(TANH_SATURATION)
+    if x > bound:
+        x = bound
+    elif x < -bound:
+        x = -bound
+    y = x * real(1.0 / 32.0)
     y2 = y * y
     s = y * (
-        1.0
+        real(1.0)
         + y2
         * (
-            1.0 / 6
+            real(1.0 / 6)
             + y2
             * (
-                1.0 / 120
+                real(1.0 / 120)
                 + y2
                 * (
-                    1.0 / 5040
-                    + y2 * (1.0 / 362880 + y2 * (1.0 / 39916800 + y2 * (1.0 / 6227020800)))
+                    real(1.0 / 5040)
+                    + y2
+                    * (
+                        real(1.0 / 362880)
+                        + y2 * (real(1.0 / 39916800) + y2 * real(1.0 / 6227020800))
+                    )
                 )
             )
         )
     )
-    c = 1.0 + y2 * (
-        1.0 / 2
+    c = real(1.0) + y2 * (
+        real(1.0 / 2)
         + y2
         * (
-            1.0 / 24
+            real(1.0 / 24)
             + y2
             * (
-                1.0 / 720
+                real(1.0 / 720)
                 + y2
                 * (
-                    1.0 / 40320
-                    + y2 * (1.0 / 3628800 + y2 * (1.0 / 479001600 + y2 * (1.0 / 87178291200)))
+                    real(1.0 / 40320)
+                    + y2
+                    * (
+                        real(1.0 / 3628800)
+                        + y2 * (real(1.0 / 479001600) + y2 * real(1.0 / 87178291200))
+                    )
                 )
             )
         )
     )
-    s, c = 2.0 * s * c, s * s + c * c
-    s, c = 2.0 * s * c, s * s + c * c
-    s, c = 2.0 * s * c, s * s + c * c
-    s, c = 2.0 * s * c, s * s + c * c
-    s, c = 2.0 * s * c, s * s + c * c
+    two = real(2.0)
+    s, c = two * s * c, s * s + c * c
+    s, c = two * s * c, s * s + c * c
+    s, c = two * s * c, s * s + c * c
+    s, c = two * s * c, s * s + c * c
+    s, c = two * s * c, s * s + c * c
     return s / c
 
 
 @njit(**EQUATION_OPTIONS)
 def sigmoid(x):
-    """σ(x) = 1 / (1 + e⁻ˣ), computed as ½·tanh(x/2) + ½ (absolute error ≈1e-16)."""
-    return 0.5 * tanh(0.5 * x) + 0.5
+    """σ(x) = 1 / (1 + e⁻ˣ), computed as ½·tanh(x/2) + ½ in x's precision (absolute error
+    ≤ 1.5e-7 in float32, ≤ 4e-16 in float64; relative accuracy is lost where σ underflows to
+    the rounding of ½ + ½·tanh, e.g. below x ≈ -17 in float32)."""
+    half = type(x)(0.5)
+    return half * tanh(half * x) + half
 
 
 @njit(**EQUATION_OPTIONS)
