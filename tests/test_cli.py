@@ -26,7 +26,7 @@ CALL_AND_REPORT_CACHE = """
 import numpy as np, lstm_numba as ln
 from lstm_numba import cpu
 ln.LSTM(3, 4, dtype=np.float64)(np.zeros((2, 5, 3)))
-print(sum(cpu.lstm_layer_forward.stats.cache_hits.values()))
+print(sum(cpu.lstm_rows_forward.stats.cache_hits.values()))
 """
 
 

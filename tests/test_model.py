@@ -219,8 +219,10 @@ def test_bad_constructor_arguments(kwargs, error, pattern):
 
 
 def test_workspace_does_not_grow_with_sequence_length():
-    """The projection is chunked: at most ``PROJECTION_ROWS`` rows of (I + 4H) workspace."""
+    """The projection is chunked: ``PROJECTION_ROWS`` rows of (I + 4H) workspace per thread."""
     import tracemalloc
+
+    from numba import get_num_threads
 
     model = ln.LSTM(32, 32, seed=0)
     peaks = []
@@ -232,4 +234,37 @@ def test_workspace_does_not_grow_with_sequence_length():
         peaks.append(tracemalloc.get_traced_memory()[1] - 4 * steps * 32 * 4)  # minus the output
         tracemalloc.stop()
     assert peaks[1] <= peaks[0] + 4096, peaks
-    assert peaks[1] < (cpu.PROJECTION_ROWS * (32 + 4 * 32) + 4 * 4 * 32) * 4 * 2, peaks
+    per_thread = cpu.PROJECTION_ROWS * (32 + 4 * 32) + 4 * 4 * 32
+    assert peaks[1] < per_thread * get_num_threads() * 4 * 1.1, peaks
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("partitions", [1, 2, 3])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batch_first):
+    """Each way the forward can run (BLAS or tiled recurrent product, batch split over threads or
+    not), forced on a shape with partial tiles (B = 7 rows, odd 4H = 36 gate rows)."""
+    batch, steps, inputs, hidden = 7, 11, 5, 9
+    model, x = random_model_and_input(rng, (batch, steps, inputs, hidden), dtype, batch_first)
+    h = rng.standard_normal((batch, hidden)).astype(dtype)
+    c = rng.standard_normal((batch, hidden)).astype(dtype)
+    expected, (h_ref, c_ref) = reference.lstm_forward(
+        x, model.state_dict(), (h[None], c[None]), batch_first
+    )
+    y = np.empty(expected.shape, dtype)
+    weights = (model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0 + model.bias_hh_l0)
+    cpu.lstm_partitioned_forward(x, *weights, h, c, y, batch_first, tiled, partitions)
+    assert_close(y, expected)
+    assert_close(h, h_ref[0])
+    assert_close(c, c_ref[0])
+
+
+def test_plan_uses_threads_and_tiles_where_they_pay():
+    from numba import get_num_threads
+
+    assert cpu.plan_forward(1, 128) == (False, 1)
+    assert cpu.plan_forward(2, 128) == (True, 1)
+    assert cpu.plan_forward(32, 256) == (True, min(get_num_threads(), 32))
+    assert cpu.plan_forward(32, 1024)[0] is False
+    assert cpu.plan_forward(256, 512)[0] is False
