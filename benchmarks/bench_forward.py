@@ -1,0 +1,72 @@
+"""The fused CPU forward over batch × hidden × length, float32 and float64."""
+
+import tracemalloc
+
+from .common import choose, model_and_input
+from .compare import best_seconds, forward_flops, sgemm_gflops
+
+INPUTS = 128
+
+
+class Forward:
+    params = (
+        choose([1, 32, 256], [1]),
+        choose([128, 512], [16]),
+        choose([16, 128], [4]),
+        ["float32", "float64"],
+    )
+    param_names = ["batch", "hidden", "steps", "dtype"]
+    timeout = 300
+
+    def setup_cache(self):
+        """The machine's sgemm rate, measured once: the roof the forward is compared with."""
+        return sgemm_gflops(choose(2048, 256))
+
+    def setup(self, sgemm, batch, hidden, steps, dtype):
+        self.shape = (batch, steps, INPUTS, hidden)
+        self.model, self.x = model_and_input(*self.shape, dtype=dtype)
+        self.model(self.x)  # compile or load from the cache
+
+    def time_forward(self, *_):
+        self.model(self.x)
+
+    def peakmem_forward(self, *_):
+        self.model(self.x)
+
+    def track_sequences_per_second(self, *_):
+        return self.shape[0] / best_seconds(lambda: self.model(self.x))
+
+    track_sequences_per_second.unit = "sequences/s"
+
+    def track_gflops(self, *_):
+        return forward_flops(*self.shape) / best_seconds(lambda: self.model(self.x)) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+    def track_fraction_of_sgemm(self, sgemm, *_):
+        return self.track_gflops() / sgemm
+
+    track_fraction_of_sgemm.unit = "fraction of the float32 GEMM rate"
+
+
+class ForwardMemory:
+    """Allocation peak of a forward on long sequences, relative to what it must hold anyway."""
+
+    params = (choose([1000, 4000], [50]),)
+    param_names = ["steps"]
+
+    def setup(self, steps):
+        self.model, self.x = model_and_input(32, steps, 256, 256)
+        self.model(self.x[:, :2])  # compile or load from the cache
+
+    def track_peak_over_io_and_weights(self, steps):
+        """(x + weights + the forward's allocation peak) / (x + y + weights): 1.0 means no
+        workspace beyond the output."""
+        weights = sum(w.nbytes for w in self.model.state_dict().values())
+        tracemalloc.start()
+        y, _ = self.model(self.x)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return (self.x.nbytes + weights + peak) / (self.x.nbytes + y.nbytes + weights)
+
+    track_peak_over_io_and_weights.unit = "ratio"

@@ -1,0 +1,43 @@
+"""The asv suite stays runnable: every benchmark is discovered and runs once on its smallest case.
+
+This is not a performance test (nothing is asserted on time); it keeps ``benchmarks/`` from rotting.
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def asv(*args, env=None):
+    result = subprocess.run(
+        ["asv", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+@pytest.fixture(scope="module")
+def asv_machine():
+    if shutil.which("asv") is None:
+        pytest.skip("asv is not installed (pip install -e '.[test]')")
+    asv("machine", "--yes")
+
+
+def test_asv_discovers_every_benchmark(asv_machine):
+    output = asv("check", "--python=same")
+    assert "No problems found" in output
+
+
+def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
+    env = {**os.environ, "LSTM_NUMBA_BENCH_SMOKE": "1"}
+    output = asv("run", "--python=same", "--quick", "--dry-run", "--show-stderr", env=env)
+    lines = [line for line in output.splitlines() if "···" in line]
+    assert not [line for line in lines if line.rstrip().endswith("failed")], output
+    for name in ("TimeGates.time_lstm_step", "Forward.time_forward", "FirstCall.track_cold_cache"):
+        assert any(name in line for line in lines), f"{name} did not run:\n{output}"
