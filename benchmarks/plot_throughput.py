@@ -1,0 +1,65 @@
+"""Plot throughput (sequences/s) against batch size for lstm_numba and torch, float32, CPU.
+
+    python benchmarks/plot_throughput.py                 # writes docs/throughput_vs_batch.png
+
+Needs matplotlib (the ``bench`` extra); torch is plotted when installed. Each point is the best
+of 5 calls after a warm-up, both libraries timed in this process at each batch size.
+"""
+
+import argparse
+import os
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from compare import best_seconds, library_calls  # noqa: E402
+
+import lstm_numba  # noqa: E402
+
+OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "throughput_vs_batch.png"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=128)
+    parser.add_argument("--size", type=int, default=256, help="input and hidden size (256)")
+    parser.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
+    parser.add_argument("--output", type=pathlib.Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+
+    batches = [int(b) for b in args.batches.split(",")]
+    model = lstm_numba.LSTM(args.size, args.size, seed=0)
+    throughput = {}
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, args.steps, args.size), np.float32)
+        for name, (version, call) in library_calls(model, x).items():
+            if name in ("lstm_numba", "torch"):
+                rate = batch / best_seconds(call)
+                throughput.setdefault(f"{name} {version}", []).append(rate)
+                print(f"B={batch:4d} {name:10s} {rate:12,.0f} sequences/s", flush=True)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label, rates in throughput.items():
+        axes.plot(batches, rates, marker="o", label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("batch size B")
+    axes.set_ylabel("sequences per second")
+    blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    axes.set_title(
+        f"LSTM forward, float32, T={args.steps}, I=H={args.size}, "
+        f"{os.cpu_count()} CPU cores (OPENBLAS_CORETYPE={blas})",
+        fontsize=10,
+    )
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(args.output, dpi=120)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
