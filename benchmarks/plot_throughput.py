@@ -10,14 +10,9 @@ import argparse
 import os
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from compare import best_seconds, library_calls  # noqa: E402
-
-import lstm_numba  # noqa: E402
+import lstm_numba
 
 OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "throughput_vs_batch.png"
 
@@ -29,6 +24,12 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
     parser.add_argument("--output", type=pathlib.Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    # imported here: asv imports every module of benchmarks/ and needs neither
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from compare import best_seconds, library_calls
 
     batches = [int(b) for b in args.batches.split(",")]
     model = lstm_numba.LSTM(args.size, args.size, seed=0)

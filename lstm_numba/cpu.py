@@ -56,13 +56,13 @@ def plan_forward(batch, hidden):
 
 
 @njit(**REDUCTION_KERNEL_OPTIONS)
-def recurrent_rows(h, w_hh, out, row_start, row_stop):
-    """``out[b, n] = h[b] · w_hh[n]`` for the gate rows n in [row_start, row_stop).
+def recurrent_rows(h, w_hh, out):
+    """``out = h · w_hhᵀ``: h (B, H), w_hh (4H, H), out (B, 4H).
 
-    h: (B, H), w_hh: (4H, H), out: (B, 4H). A register-tiled product for small batches, where BLAS
-    spends its time repacking W_hh on every call: each tile is 4 batch rows × 2 weight rows, so
-    one weight load feeds four multiply-adds and W_hh streams through the cache once per 4 rows.
-    The dot products vectorize over H (``reassoc``).
+    A register-tiled product for small batches, where BLAS spends its time repacking W_hh on every
+    call: each tile is 4 batch rows × 2 weight rows (4H is even), so one weight load feeds four
+    multiply-adds and W_hh streams through the cache once per 4 rows. The dot products vectorize
+    over H (``reassoc``).
     """
     batch, hidden = h.shape
     zero = h.dtype.type(0)
@@ -73,9 +73,9 @@ def recurrent_rows(h, w_hh, out, row_start, row_stop):
         h1 = h[b0 + 1] if rows > 1 else h0
         h2 = h[b0 + 2] if rows > 2 else h0
         h3 = h[b0 + 3] if rows > 3 else h0
-        for n in range(row_start, row_stop, 2):
+        for n in range(0, w_hh.shape[0], 2):
             w0 = w_hh[n]
-            w1 = w_hh[n + 1] if n + 1 < row_stop else w0
+            w1 = w_hh[n + 1]
             a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = zero
             for k in range(hidden):
                 v0 = w0[k]
@@ -88,22 +88,17 @@ def recurrent_rows(h, w_hh, out, row_start, row_stop):
                 a21 += h2[k] * v1
                 a30 += h3[k] * v0
                 a31 += h3[k] * v1
-            second = n + 1 < row_stop
             out[b0, n] = a00
-            if second:
-                out[b0, n + 1] = a01
+            out[b0, n + 1] = a01
             if rows > 1:
                 out[b0 + 1, n] = a10
-                if second:
-                    out[b0 + 1, n + 1] = a11
+                out[b0 + 1, n + 1] = a11
             if rows > 2:
                 out[b0 + 2, n] = a20
-                if second:
-                    out[b0 + 2, n + 1] = a21
+                out[b0 + 2, n + 1] = a21
             if rows > 3:
                 out[b0 + 3, n] = a30
-                if second:
-                    out[b0 + 3, n + 1] = a31
+                out[b0 + 3, n + 1] = a31
 
 
 @njit(**KERNEL_OPTIONS)
@@ -182,7 +177,7 @@ def lstm_rows_forward(x, w_ih, w_hh, bias, h, c, y, batch_first, tiled, row_star
         )
         for s in range(n):
             if tiled:
-                recurrent_rows(h_rows, w_hh, recurrent, 0, gate_rows)
+                recurrent_rows(h_rows, w_hh, recurrent)
             else:
                 np.dot(h_rows, w_hh_t, recurrent)
             lstm_step_pointwise(

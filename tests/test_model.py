@@ -244,7 +244,7 @@ def test_workspace_does_not_grow_with_sequence_length():
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batch_first):
     """Each way the forward can run (BLAS or tiled recurrent product, batch split over threads or
-    not), forced on a shape with partial tiles (B = 7 rows, odd 4H = 36 gate rows)."""
+    not), forced on a shape with partial 4-row tiles (B = 7, split 3 + 4 or 2 + 2 + 3)."""
     batch, steps, inputs, hidden = 7, 11, 5, 9
     model, x = random_model_and_input(rng, (batch, steps, inputs, hidden), dtype, batch_first)
     h = rng.standard_normal((batch, hidden)).astype(dtype)
