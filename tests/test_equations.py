@@ -1,7 +1,9 @@
 """The scalar equations: accuracy against float64 libm, stability, and usability from user code."""
 
 import re
+import warnings
 
+import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -73,3 +75,28 @@ def test_fused_step_is_vectorized():
     kernel(*args, 0, True, 0)
     assembly = "\n".join(kernel.inspect_asm().values())
     assert re.search(r"\bv?divpd\b", assembly), "no packed division: the loop did not vectorize"
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # numba 0.68 deprecates its built-in numba.cuda
+    from numba import cuda
+
+
+def cuda_cell_kernel(z, c, h):
+    """A CUDA kernel that calls the same scalar equations the CPU kernels inline."""
+    j = cuda.grid(1)
+    if j < c.size:
+        h[j], c[j] = equations.lstm_cell(z[0, j], z[1, j], z[2, j], z[3, j], c[j])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_equations_compile_for_cuda(dtype):
+    """The single source of the math compiles for the GPU too (PTX for sm_90, no GPU needed)."""
+    real = getattr(numba, dtype)
+    try:
+        ptx, _ = cuda.compile_ptx(cuda_cell_kernel, (real[:, :], real[:], real[:]), cc=(9, 0))
+    except Exception as error:  # no NVVM (CUDA toolkit) on this machine
+        if "nvvm" in str(error).lower():
+            pytest.skip(f"cannot compile for CUDA here: {error}")
+        raise
+    assert ptx.count("div.rn") == 5  # one division per tanh: 3 σ + 2 tanh, nothing else
