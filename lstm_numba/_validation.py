@@ -57,3 +57,28 @@ def check_positive_int(name, value):
     if value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value}")
     return int(value)
+
+
+def check_lengths(lengths, batch, steps):
+    """``lengths`` as an int64 array (B,) of valid steps per sequence, each in [0, T]."""
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
+        raise TypeError(f"lengths: expected an integer array (B,), got dtype {array.dtype}")
+    check_shape("lengths", array, (batch,), "(B,)")
+    outside = np.flatnonzero((array < 0) | (array > steps))
+    if outside.size:
+        first = outside[0]
+        raise ValueError(
+            f"lengths: expected 0 <= length <= T = {steps} for every sequence, got "
+            f"lengths[{first}] = {array[first]} ({outside.size} out of range)"
+        )
+    return array.astype(np.int64)
+
+
+def check_non_negative_int(name, value):
+    """``value`` as an int ≥ 0, or a ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {value}")
+    return int(value)

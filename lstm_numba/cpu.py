@@ -10,7 +10,12 @@ from numba import get_num_threads, njit, prange, vectorize
 from threadpoolctl import ThreadpoolController
 
 from lstm_numba import equations
-from lstm_numba._config import FASTMATH, KERNEL_OPTIONS, REDUCTION_KERNEL_OPTIONS
+from lstm_numba._config import (
+    EQUATION_OPTIONS,
+    FASTMATH,
+    KERNEL_OPTIONS,
+    REDUCTION_KERNEL_OPTIONS,
+)
 
 _FLOAT_UNARY = ["float32(float32)", "float64(float64)"]
 _FLOAT_BINARY = ["float32(float32, float32)", "float64(float64, float64)"]
@@ -46,10 +51,12 @@ PARTITION_MIN_BATCH = 4
 and BLAS may use the others."""
 
 
-def plan_forward(batch, hidden):
+def plan_forward(batch, hidden, directions=1):
     """``(tiled, partitions)`` for ``lstm_layer_forward``: whether the recurrent product runs in
-    ``recurrent_rows`` (else BLAS), and over how many threads the batch rows are split."""
-    partitions = min(get_num_threads(), batch) if batch >= PARTITION_MIN_BATCH else 1
+    ``recurrent_rows`` (else BLAS), and into how many slices each direction's batch rows are split
+    (directions already run on threads of their own)."""
+    threads = max(1, get_num_threads() // directions)
+    partitions = min(threads, batch) if batch >= PARTITION_MIN_BATCH else 1
     rows = -(-batch // partitions)
     tiled = TILED_BATCH[0] <= rows <= TILED_BATCH[1] and hidden <= TILED_MAX_HIDDEN
     return tiled, partitions
@@ -101,17 +108,27 @@ def recurrent_rows(h, w_hh, out):
                 out[b0 + 3, n + 1] = a31
 
 
+@njit(**EQUATION_OPTIONS)
+def _output_row(y, row, t, batch_first, column, width):
+    """The (width,) slice of y where batch row ``row`` writes step t, from ``column`` on."""
+    return (y[row, t] if batch_first else y[t, row])[column : column + width]
+
+
 @njit(**KERNEL_OPTIONS)
-def lstm_step_pointwise(recurrent, projected, bias, h, c, y, t, batch_first, row_offset):
-    """Fused pointwise part of step ``t``: all four gates, the cell update and the hidden state.
+def lstm_step_pointwise(
+    recurrent, projected, bias, c, h_new, times, y, write_y, column, batch_first, row_offset
+):
+    """Fused pointwise part of one step: all four gates, the cell update and the hidden state.
 
     recurrent: (B', 4H) h_prev·W_hhᵀ; projected: (B', 4H) x_t·W_ihᵀ; bias: (4H,) b_ih + b_hh, gate
-    blocks in PyTorch order i, f, g, o. h, c: (B', H), the previous states, overwritten with the new
-    ones; y: (B, T, H) if ``batch_first`` else (T, B, H), step t of rows row_offset + [0, B')
-    written with h. No intermediate arrays: each gate pre-activation is read once and lives in
-    registers.
+    blocks in PyTorch order i, f, g, o. c: (B', H), the previous cell states, overwritten with the
+    new ones; h_new: (B', H), written with the new hidden states. times: (B',) the time index each
+    row computes, -1 for a row past its length (skipped, its states kept). y: (B, T, ·) if
+    ``batch_first`` else (T, B, ·); if ``write_y``, row ``row_offset + b`` of step ``times[b]``
+    written with h in columns [column, column + H). No intermediate arrays: each gate
+    pre-activation is read once and lives in registers.
     """
-    batch, hidden = h.shape
+    batch, hidden = c.shape
     # per-gate slices, indexed from 0, keep the inner loop simple enough for LLVM to vectorize
     i_gate = slice(0, hidden)
     f_gate = slice(hidden, 2 * hidden)
@@ -119,15 +136,18 @@ def lstm_step_pointwise(recurrent, projected, bias, h, c, y, t, batch_first, row
     o_gate = slice(3 * hidden, 4 * hidden)
     b_i, b_f, b_g, b_o = bias[i_gate], bias[f_gate], bias[g_gate], bias[o_gate]
     for b in range(batch):
+        t = times[b]
+        if t < 0:
+            continue
         rec = recurrent[b]
         prj = projected[b]
         r_i, r_f, r_g, r_o = rec[i_gate], rec[f_gate], rec[g_gate], rec[o_gate]
         p_i, p_f, p_g, p_o = prj[i_gate], prj[f_gate], prj[g_gate], prj[o_gate]
-        h_row = h[b]
+        h_row = h_new[b]
         c_row = c[b]
-        y_row = y[row_offset + b, t] if batch_first else y[t, row_offset + b]
+        y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
         for j in range(hidden):
-            h_new, c_new = equations.lstm_cell(
+            h, c_new = equations.lstm_cell(
                 r_i[j] + p_i[j] + b_i[j],
                 r_f[j] + p_f[j] + b_f[j],
                 r_g[j] + p_g[j] + b_g[j],
@@ -135,41 +155,106 @@ def lstm_step_pointwise(recurrent, projected, bias, h, c, y, t, batch_first, row
                 c_row[j],
             )
             c_row[j] = c_new
-            h_row[j] = h_new
-            y_row[j] = h_new
+            h_row[j] = h
+            y_row[j] = h
 
 
 @njit(**KERNEL_OPTIONS)
-def lstm_rows_forward(x, w_ih, w_hh, bias, h, c, y, batch_first, tiled, row_start, row_stop):
+def lstm_step_pointwise_onnx(
+    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first, row_offset
+):
+    """``lstm_step_pointwise`` with ONNX's options (``equations.lstm_cell_onnx``).
+
+    cell: ``(kinds, params, peepholes, bound, input_forget)``: kinds (3,) int64, indices into
+    ``equations.ACTIVATIONS`` for f, g, h; params (3, 2) their alpha, beta; peepholes (3, H) in
+    ONNX order i, o, f (zeros when unused); bound the clip (∞ when unused). Other arguments as
+    ``lstm_step_pointwise``.
+    """
+    kinds, params, peepholes, bound, input_forget = cell
+    f_kind, g_kind, h_kind = kinds[0], kinds[1], kinds[2]
+    f_alpha, f_beta = params[0, 0], params[0, 1]
+    g_alpha, g_beta = params[1, 0], params[1, 1]
+    h_alpha, h_beta = params[2, 0], params[2, 1]
+    peep_i, peep_o, peep_f = peepholes[0], peepholes[1], peepholes[2]
+    batch, hidden = c.shape
+    for b in range(batch):
+        t = times[b]
+        if t < 0:
+            continue
+        rec = recurrent[b]
+        prj = projected[b]
+        h_row = h_new[b]
+        c_row = c[b]
+        y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
+        for j in range(hidden):
+            h, c_new = equations.lstm_cell_onnx(
+                rec[j] + prj[j] + bias[j],
+                rec[hidden + j] + prj[hidden + j] + bias[hidden + j],
+                rec[2 * hidden + j] + prj[2 * hidden + j] + bias[2 * hidden + j],
+                rec[3 * hidden + j] + prj[3 * hidden + j] + bias[3 * hidden + j],
+                c_row[j],
+                peep_i[j], peep_o[j], peep_f[j], bound, input_forget,
+                f_kind, f_alpha, f_beta, g_kind, g_alpha, g_beta, h_kind, h_alpha, h_beta,
+            )  # fmt: skip
+            c_row[j] = c_new
+            h_row[j] = h
+            y_row[j] = h
+
+
+@njit(**KERNEL_OPTIONS)
+def lstm_rows_forward(
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first, tiled,
+    row_start, row_stop,
+):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
-    x: (B, T, I) if ``batch_first`` else (T, B, I); y: the output, (B, T, H) or (T, B, H), written.
-    w_ih: (4H, I), w_hh: (4H, H), bias: (4H,) = b_ih + b_hh. h, c: (B, H), the initial states on
-    entry and the final states on return. All C-contiguous, all float32 or all float64.
-    ``tiled``: the recurrent product runs in ``recurrent_rows``, else in BLAS.
+    x: (B, T, I) if ``batch_first`` else (T, B, I); y: (B, T, D·H_out) or (T, B, D·H_out), this
+    direction's columns [column, column + H_out) written (rows past a length are left alone).
+    w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
+    or (0, 0) for none (H_out = H). cell: ``(onnx, kinds, params, peepholes, bound,
+    input_forget)``; ``onnx`` False runs the plain cell and ignores the rest (see
+    ``lstm_step_pointwise_onnx``). h: (B, H_out), c: (B, H), the initial states on entry and the
+    states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
+    ``reverse`` reads each row from its step length − 1 down to 0. ``tiled``: the recurrent product
+    runs in ``recurrent_rows``, else in BLAS. Floats all float32 or all float64, all C-contiguous.
 
-    The input projection runs as one GEMM per chunk of time steps (``PROJECTION_ROWS`` rows), so
-    the workspace is (chunk, B', I + 4H) + (B', 4H) elements whatever T is. Each step is one
-    recurrent product and one fused pointwise pass.
+    The input projection runs as one GEMM per chunk of steps (``PROJECTION_ROWS`` rows), so the
+    workspace does not grow with T. Each step is one recurrent product and one fused pointwise
+    pass (plus one product with w_hr when projecting).
     """
     batch = row_stop - row_start
-    steps = x.shape[1] if batch_first else x.shape[0]
     inputs = x.shape[2]
-    gate_rows = w_hh.shape[0]
+    gate_rows, hidden = w_hh.shape[0], c.shape[1]
+    projecting = w_hr.shape[0] > 0
+    steps = 0
+    for row in range(row_start, row_stop):
+        steps = max(steps, lengths[row])
     chunk = max(1, min(steps, PROJECTION_ROWS // max(batch, 1)))
     x_chunk = np.empty((chunk, batch, inputs), dtype=h.dtype)
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
+    times = np.empty((chunk, batch), dtype=np.int64)
     recurrent = np.empty((batch, gate_rows), dtype=h.dtype)
     h_rows = h[row_start:row_stop]
     c_rows = c[row_start:row_stop]
+    h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
     w_ih_t = w_ih.T
     w_hh_t = w_hh.T
+    w_hr_t = w_hr.T
+    onnx_cell = cell[1:]
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
         for s in range(n):
+            step = t0 + s
             for b in range(batch):
                 row = row_start + b
-                x_chunk[s, b] = x[row, t0 + s] if batch_first else x[t0 + s, row]
+                length = lengths[row]
+                if step < length:
+                    t = length - 1 - step if reverse else step
+                    times[s, b] = t
+                    x_chunk[s, b] = x[row, t] if batch_first else x[t, row]
+                else:
+                    times[s, b] = -1
+                    x_chunk[s, b] = 0
         np.dot(
             x_chunk[:n].reshape(n * batch, inputs),
             w_ih_t,
@@ -180,35 +265,81 @@ def lstm_rows_forward(x, w_ih, w_hh, bias, h, c, y, batch_first, tiled, row_star
                 recurrent_rows(h_rows, w_hh, recurrent)
             else:
                 np.dot(h_rows, w_hh_t, recurrent)
-            lstm_step_pointwise(
-                recurrent, projected[s], bias, h_rows, c_rows, y, t0 + s, batch_first, row_start
-            )
+            h_new = h_unprojected if projecting else h_rows
+            if cell[0]:
+                lstm_step_pointwise_onnx(
+                    recurrent, projected[s], bias, onnx_cell, c_rows, h_new, times[s], y,
+                    not projecting, column, batch_first, row_start,
+                )  # fmt: skip
+            else:
+                lstm_step_pointwise(
+                    recurrent, projected[s], bias, c_rows, h_new, times[s], y,
+                    not projecting, column, batch_first, row_start,
+                )  # fmt: skip
+            if projecting:
+                project_hidden(
+                    h_unprojected, w_hr_t, h_rows, times[s], y, column, batch_first, row_start
+                )
+
+
+@njit(**KERNEL_OPTIONS)
+def project_hidden(h_unprojected, w_hr_t, h, times, y, column, batch_first, row_offset):
+    """LSTMP's projection h = h_unprojected · W_hrᵀ for the rows that computed this step.
+
+    h_unprojected: (B', H); w_hr_t: (H, P); h: (B', P), rows with ``times[b] >= 0`` overwritten;
+    y: (B, T, ·) or (T, B, ·), those rows' step ``times[b]`` written in columns
+    [column, column + P).
+    """
+    projected = np.dot(h_unprojected, w_hr_t)
+    size = w_hr_t.shape[1]
+    for b in range(h.shape[0]):
+        t = times[b]
+        if t >= 0:
+            h[b] = projected[b]
+            _output_row(y, row_offset + b, t, batch_first, column, size)[:] = projected[b]
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
-def lstm_partitioned_forward(x, w_ih, w_hh, bias, h, c, y, batch_first, tiled, partitions):
-    """Parallel driver: the batch split into ``partitions`` slices of rows, one thread each.
+def lstm_partitioned_forward(
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_first, tiled, partitions
+):
+    """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
-    Batch rows are independent through the whole sequence, so the threads never wait for each
-    other. Arguments as ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
+    Batch rows and directions are independent through the whole sequence, so the threads never
+    wait for each other. Weights, bias, states and the cell's arrays carry a leading direction axis
+    D (forward, then reverse); other arguments as ``lstm_rows_forward``. BLAS must be limited to
+    one thread meanwhile.
     """
-    batch = h.shape[0]
-    for part in prange(partitions):
+    onnx, kinds, params, peepholes, bound, input_forget = cell
+    directions, batch, width = h.shape
+    for item in prange(directions * partitions):
+        d = item // partitions
+        part = item % partitions
         lstm_rows_forward(
-            x, w_ih, w_hh, bias, h, c, y, batch_first, tiled,
+            x, w_ih[d], w_hh[d], w_hr[d], bias[d],
+            (onnx, kinds[d], params[d], peepholes[d], bound, input_forget),
+            h[d], c[d], y, d * width, lengths, d == 1, batch_first, tiled,
             part * batch // partitions, (part + 1) * batch // partitions,
         )  # fmt: skip
 
 
-def lstm_layer_forward(x, w_ih, w_hh, bias, h, c, y, batch_first):
-    """One LSTM layer in one direction over whole sequences, on as many threads as pay.
+def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_first):
+    """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
-    Arguments as ``lstm_rows_forward``. With one partition (small batches) BLAS keeps its own
-    threads; with several, each thread runs BLAS single-threaded on its rows.
+    Arguments as ``lstm_partitioned_forward``. With one work item (one direction, small batch) BLAS
+    keeps its own threads; with several, each thread runs BLAS single-threaded on its rows.
     """
-    tiled, partitions = plan_forward(*h.shape)
-    if partitions == 1:
-        lstm_rows_forward(x, w_ih, w_hh, bias, h, c, y, batch_first, tiled, 0, h.shape[0])
+    directions, batch, _ = h.shape
+    tiled, partitions = plan_forward(batch, c.shape[2], directions)
+    if directions * partitions == 1:
+        onnx, kinds, params, peepholes, bound, input_forget = cell
+        lstm_rows_forward(
+            x, w_ih[0], w_hh[0], w_hr[0], bias[0],
+            (onnx, kinds[0], params[0], peepholes[0], bound, input_forget),
+            h[0], c[0], y, 0, lengths, False, batch_first, tiled, 0, batch,
+        )  # fmt: skip
     else:
         with _BLAS_THREADS.limit(limits=1, user_api="blas"):
-            lstm_partitioned_forward(x, w_ih, w_hh, bias, h, c, y, batch_first, tiled, partitions)
+            lstm_partitioned_forward(
+                x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_first, tiled, partitions
+            )

@@ -9,6 +9,8 @@ Every function computes in its arguments' precision: float32 inputs give float32
 vectorizes twice as wide as float64.
 """
 
+import math
+
 from numba import njit
 
 from lstm_numba._config import EQUATION_OPTIONS
@@ -116,3 +118,95 @@ def lstm_cell(z_i, z_f, z_g, z_o, c_prev):
     """
     c = cell_update(sigmoid(z_f), c_prev, sigmoid(z_i), tanh(z_g))
     return hidden_state(sigmoid(z_o), c), c
+
+
+# ONNX's extensions of the cell (onnx/defs/rnn/defs.cc): configurable activations, peepholes, clip,
+# coupled input-forget gate. The kernels fall back to these only when a model uses them.
+
+ACTIVATIONS = (
+    "sigmoid",
+    "tanh",
+    "relu",
+    "hardsigmoid",
+    "leakyrelu",
+    "thresholdedrelu",
+    "scaledtanh",
+    "affine",
+    "elu",
+    "softsign",
+    "softplus",
+)
+"""Activation names as ONNX spells them (lower case); a kernel receives the index into this."""
+
+(
+    SIGMOID,
+    TANH,
+    RELU,
+    HARD_SIGMOID,
+    LEAKY_RELU,
+    THRESHOLDED_RELU,
+    SCALED_TANH,
+    AFFINE,
+    ELU,
+    SOFTSIGN,
+    SOFTPLUS,
+) = range(len(ACTIVATIONS))
+
+
+@njit(**EQUATION_OPTIONS)
+def activation(kind, x, alpha, beta):
+    """The ONNX activation ``ACTIVATIONS[kind]`` at x; alpha and beta as ONNX defines them (unused
+    by the functions that take none). All arguments but ``kind`` in one float precision."""
+    real = type(x)
+    zero = real(0.0)
+    one = real(1.0)
+    if kind == SIGMOID:
+        return sigmoid(x)
+    if kind == TANH:
+        return tanh(x)
+    if kind == RELU:
+        return x if x > zero else zero
+    if kind == HARD_SIGMOID:
+        return min(max(alpha * x + beta, zero), one)
+    if kind == LEAKY_RELU:
+        return x if x >= zero else alpha * x
+    if kind == THRESHOLDED_RELU:
+        return x if x > alpha else zero
+    if kind == SCALED_TANH:
+        return alpha * tanh(beta * x)
+    if kind == AFFINE:
+        return alpha * x + beta
+    if kind == ELU:
+        return x if x >= zero else alpha * math.expm1(x)
+    if kind == SOFTSIGN:
+        return x / (one + abs(x))
+    # SOFTPLUS, log(1 + eˣ) without overflow
+    return max(x, zero) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(**EQUATION_OPTIONS)
+def clip(z, bound):
+    """z clamped to [-bound, bound] (ONNX's ``clip`` on gate pre-activations; bound = ∞: none)."""
+    return min(max(z, -bound), bound)
+
+
+@njit(**EQUATION_OPTIONS)
+def lstm_cell_onnx(
+    z_i, z_f, z_g, z_o, c_prev, p_i, p_o, p_f, bound, input_forget,
+    f_kind, f_alpha, f_beta, g_kind, g_alpha, g_beta, h_kind, h_alpha, h_beta,
+):  # fmt: skip
+    """``lstm_cell`` with ONNX's options, in ONNX's names for the activations (f for the gates,
+    g for the candidate, h for the output):
+
+    i = f(clip(z_i + P_i ⊙ C_prev)), f = 1 − i if ``input_forget`` else f(clip(z_f + P_f ⊙ C_prev)),
+    C̃ = g(clip(z_g)), C = f ⊙ C_prev + i ⊙ C̃, o = f(clip(z_o + P_o ⊙ C)), h = o ⊙ h(C).
+    Peepholes p_* are 0 when unused. Returns ``(h, C)``.
+    """
+    i = activation(f_kind, clip(z_i + p_i * c_prev, bound), f_alpha, f_beta)
+    if input_forget:
+        f = type(i)(1.0) - i
+    else:
+        f = activation(f_kind, clip(z_f + p_f * c_prev, bound), f_alpha, f_beta)
+    c = cell_update(f, c_prev, i, activation(g_kind, clip(z_g, bound), g_alpha, g_beta))
+    o = activation(f_kind, clip(z_o + p_o * c, bound), f_alpha, f_beta)
+    return o * activation(h_kind, c, h_alpha, h_beta), c

@@ -1,4 +1,4 @@
-"""The model API: ``LSTM``, a PyTorch-compatible LSTM layer for inference."""
+"""The model API: ``LSTM``, a PyTorch-compatible LSTM for inference, with ONNX's options."""
 
 import math
 
@@ -8,58 +8,221 @@ from lstm_numba import cpu
 from lstm_numba._validation import (
     as_float_array,
     check_dtype,
+    check_lengths,
+    check_non_negative_int,
     check_positive_int,
     check_shape,
 )
+from lstm_numba.equations import ACTIVATIONS
 
 GATE_ORDER = "ifgo"
 """Order of the four gate blocks in the stacked weights, as in PyTorch: input, forget, candidate
 (g, the seed's C̃), output."""
 
+PEEPHOLE_ORDER = "iof"
+"""Order of the three peephole vectors in ``peephole_l{k}``, as in ONNX's ``P``: input, output,
+forget."""
+
+DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+"""ONNX's f (gates), g (candidate memory), h (output): the standard LSTM."""
+
+ACTIVATION_PARAMETERS = {
+    "hardsigmoid": (0.2, 0.5),
+    "leakyrelu": (0.01, None),
+    "thresholdedrelu": (1.0, None),
+    "elu": (1.0, None),
+    "scaledtanh": (1.0, 1.0),
+    "affine": (1.0, 0.0),
+}
+"""Activations that take alpha (and beta, when not None), with the defaults of the ONNX operators
+of the same name. The others take neither."""
+
+DIRECTION_SUFFIXES = ("", "_reverse")
+
+
+def _resolve_activations(activations, alphas, betas, directions):
+    """``(names, parameters)``: 3·D lower-case ONNX names and their (alpha, beta), 3·D × 2.
+
+    ``activations`` has 3 names (shared by the directions) or 3·D; ``alphas``/``betas`` are ONNX's
+    ``activation_alpha``/``activation_beta``: consumed in order by the activations that take them,
+    defaults after the list ends.
+    """
+    if isinstance(activations, str) or len(activations) not in {3, 3 * directions}:
+        raise ValueError(
+            "activations: expected 3 names (f, g, h)"
+            + (" or 6 (forward, then reverse)" if directions == 2 else "")
+            + f", got {activations!r}"
+        )
+    names = []
+    for name in activations:
+        key = str(name).lower().replace("_", "")
+        if key not in ACTIVATIONS:
+            raise ValueError(
+                f"activations: unknown activation {name!r}; expected one of "
+                + ", ".join(ACTIVATIONS)
+            )
+        names.append(key)
+    if len(names) == 3:
+        names *= directions
+    alphas, betas = list(map(float, alphas)), list(map(float, betas))
+    parameters = []
+    for name in names:
+        alpha, beta = ACTIVATION_PARAMETERS.get(name, (None, None))
+        if alpha is not None and alphas:
+            alpha = alphas.pop(0)
+        if beta is not None and betas:
+            beta = betas.pop(0)
+        parameters.append((alpha or 0.0, beta or 0.0))
+    if alphas or betas:
+        raise ValueError(
+            "activation_alpha/activation_beta: more values than the activations "
+            f"{names} take ({len(alphas)} alpha and {len(betas)} beta left over)"
+        )
+    return tuple(names), parameters
+
 
 class LSTM:
-    """A one-layer LSTM with ``torch.nn.LSTM``'s weights, shapes and results, on Numba kernels.
+    """A multi-layer, optionally bidirectional LSTM with ``torch.nn.LSTM``'s weights, shapes and
+    results, plus the options of the ONNX ``LSTM`` operator, on Numba kernels.
 
-    ``LSTM(input_size, hidden_size, *, batch_first=True, dtype=np.float32, seed=None)``.
-    Weights start uniform in ±1/√H, as in PyTorch (``seed`` makes them reproducible), and are plain
-    NumPy arrays under PyTorch's names: ``model.weight_ih_l0`` (4H, I), ``model.weight_hh_l0``
-    (4H, H), ``model.bias_ih_l0`` and ``model.bias_hh_l0`` (4H,), gate blocks in order i, f, g, o.
+    ``LSTM(input_size, hidden_size, num_layers=1, *, bias=True, batch_first=True,
+    bidirectional=False, proj_size=0, dtype=np.float32, seed=None, peepholes=False, clip=None,
+    input_forget=False, activations=("sigmoid", "tanh", "tanh"), activation_alpha=(),
+    activation_beta=())``.
 
-    ``y, (h_n, c_n) = model(x, hx=None)``: x is (B, T, I) when ``batch_first`` else (T, B, I), or
-    (T, I) for one unbatched sequence; ``hx = (h0, c0)``, each (1, B, H) ((1, H) unbatched), zeros
-    when omitted. y is (B, T, H) or (T, B, H); h_n and c_n are (1, B, H), the states after the
-    last step.
+    Weights are plain NumPy arrays under PyTorch's names, for layer k and direction suffix
+    ``""`` or ``"_reverse"`` (D = 2 directions when bidirectional), H_out = proj_size or H:
+    ``weight_ih_l{k}`` (4H, I) for k = 0, (4H, D·H_out) above; ``weight_hh_l{k}`` (4H, H_out);
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,) (absent when ``bias=False``); ``weight_hr_l{k}``
+    (H_out, H) when ``proj_size > 0``. Gate blocks in order i, f, g, o. They start uniform in
+    ±1/√H, as in PyTorch (``seed`` makes them reproducible).
+
+    ONNX's options (``onnx/defs/rnn/defs.cc``): ``peepholes`` adds ``peephole_l{k}`` (3H,), the
+    vectors P_i, P_o, P_f in ONNX's order; ``clip`` bounds every gate pre-activation to ±clip;
+    ``input_forget`` couples the gates (f = 1 − i); ``activations`` names ONNX's f (gates), g
+    (candidate) and h (output), any of ``equations.ACTIVATIONS``, with ``activation_alpha`` and
+    ``activation_beta`` consumed as ONNX does.
+
+    ``y, (h_n, c_n) = model(x, hx=None, lengths=None)``; see ``__call__``.
     """
 
-    def __init__(self, input_size, hidden_size, *, batch_first=True, dtype=np.float32, seed=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        *,
+        bias=True,
+        batch_first=True,
+        bidirectional=False,
+        proj_size=0,
+        dtype=np.float32,
+        seed=None,
+        peepholes=False,
+        clip=None,
+        input_forget=False,
+        activations=DEFAULT_ACTIVATIONS,
+        activation_alpha=(),
+        activation_beta=(),
+    ):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        self.proj_size = check_non_negative_int("proj_size", proj_size)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size: expected less than hidden_size = {hidden_size}, got {proj_size}"
+            )
+        self.bias = bool(bias)
         self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
         self.dtype = check_dtype(dtype)
-        rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        self.peepholes = bool(peepholes)
+        if clip is not None and not (isinstance(clip, (int, float, np.number)) and clip > 0):
+            raise ValueError(f"clip: expected a positive number or None, got {clip!r}")
+        self.clip = None if clip is None else float(clip)
+        self.input_forget = bool(input_forget)
+        self.activations, parameters = _resolve_activations(
+            activations, activation_alpha, activation_beta, self.num_directions
+        )
+        self.activation_alpha = tuple(alpha for alpha, _ in parameters)
+        self.activation_beta = tuple(beta for _, beta in parameters)
+        self._layers = self._allocate_layers(np.random.default_rng(seed))
         self._parameters = {
-            name: rng.uniform(-bound, bound, shape).astype(self.dtype)
-            for name, (shape, _) in self._parameter_shapes().items()
+            name: self._layers[layer][kind][direction]
+            for name, (layer, kind, direction) in self._parameter_locations().items()
         }
 
-    def _parameter_shapes(self):
-        """Name → (shape, axes spelled out) of every weight, PyTorch's names and layouts."""
-        gates, inputs, hidden = 4 * self.hidden_size, self.input_size, self.hidden_size
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self):
+        """H_out: the size of h and of each direction's part of y."""
+        return self.proj_size or self.hidden_size
+
+    def _allocate_layers(self, rng):
+        """Per layer, the weights stacked over directions, in the kernels' layout (see
+        ``cpu.lstm_partitioned_forward``); bias zeros and no peepholes when unused."""
+        directions, hidden, out = self.num_directions, self.hidden_size, self.output_size
+        bound = 1.0 / math.sqrt(hidden)
+        layers = []
+        for layer in range(self.num_layers):
+            inputs = self.input_size if layer == 0 else directions * out
+            shapes = {
+                "weight_ih": (4 * hidden, inputs),
+                "weight_hh": (4 * hidden, out),
+                "bias_ih": (4 * hidden,),
+                "bias_hh": (4 * hidden,),
+                "weight_hr": (out, hidden) if self.proj_size else (0, 0),
+                "peephole": (3 * hidden,),
+            }
+            stacks = {}
+            for kind, shape in shapes.items():
+                used = self._uses(kind)
+                values = rng.uniform(-bound, bound, (directions, *shape)) if used else 0.0
+                stacks[kind] = np.zeros((directions, *shape), self.dtype)
+                stacks[kind][...] = values
+            layers.append(stacks)
+        return layers
+
+    def _uses(self, kind):
+        """Whether this model has the weights of ``kind`` (a key of a layer's stacks)."""
         return {
-            "weight_ih_l0": ((gates, inputs), "(4H, I)"),
-            "weight_hh_l0": ((gates, hidden), "(4H, H)"),
-            "bias_ih_l0": ((gates,), "(4H,)"),
-            "bias_hh_l0": ((gates,), "(4H,)"),
-        }
+            "bias_ih": self.bias,
+            "bias_hh": self.bias,
+            "weight_hr": self.proj_size > 0,
+            "peephole": self.peepholes,
+        }.get(kind, True)
+
+    def _parameter_locations(self):
+        """Public name → (layer, kind, direction), PyTorch's names in PyTorch's order."""
+        locations = {}
+        for layer in range(self.num_layers):
+            for direction, suffix in enumerate(DIRECTION_SUFFIXES[: self.num_directions]):
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+                    if self._uses(kind):
+                        locations[f"{kind}_l{layer}{suffix}"] = (layer, kind, direction)
+                if self.peepholes:
+                    locations[f"peephole_l{layer}{suffix}"] = (layer, "peephole", direction)
+        return locations
 
     def _checked_parameter(self, name, value):
-        """``value`` as a C-contiguous array of the model's dtype and ``name``'s shape (floats cast,
-        as PyTorch's ``load_state_dict`` does)."""
-        shape, meaning = self._parameter_shapes()[name]
+        """``value`` as an array of the model's dtype and ``name``'s shape (floats cast, as
+        PyTorch's ``load_state_dict`` does)."""
+        expected = self._parameters[name].shape
+        meaning = {
+            "weight_ih": "(4H, I)" if name.endswith(("l0", "l0_reverse")) else "(4H, D·H_out)",
+            "weight_hh": "(4H, H_out)",
+            "bias_ih": "(4H,)",
+            "bias_hh": "(4H,)",
+            "weight_hr": "(H_out, H)",
+            "peephole": "(3H,)",
+        }[name.rsplit("_l", 1)[0]]
         array = as_float_array(name, value)
-        check_shape(name, array, shape, meaning)
-        return np.array(array, dtype=self.dtype, order="C")
+        check_shape(name, array, expected, meaning)
+        return array.astype(self.dtype, copy=False)
 
     def __getattr__(self, name):
         parameters = self.__dict__.get("_parameters", {})
@@ -69,57 +232,101 @@ class LSTM:
 
     def __setattr__(self, name, value):
         if name in self.__dict__.get("_parameters", {}):
-            self._parameters[name] = self._checked_parameter(name, value)
+            self._parameters[name][...] = self._checked_parameter(name, value)
         else:
             super().__setattr__(name, value)
 
     def __repr__(self):
-        return (
-            f"LSTM({self.input_size}, {self.hidden_size}, batch_first={self.batch_first}, "
-            f"dtype={self.dtype.name})"
-        )
+        options = [f"num_layers={self.num_layers}"] if self.num_layers > 1 else []
+        options += [f"{name}={getattr(self, name)!r}" for name in ("bias",) if not self.bias]
+        options.append(f"batch_first={self.batch_first}")
+        options += [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("bidirectional", "proj_size", "peepholes", "clip", "input_forget")
+            if getattr(self, name)
+        ]
+        if self.activations != DEFAULT_ACTIVATIONS * self.num_directions:
+            options.append(f"activations={self.activations!r}")
+        options.append(f"dtype={self.dtype.name}")
+        return f"LSTM({self.input_size}, {self.hidden_size}, {', '.join(options)})"
 
     def state_dict(self):
-        """Copies of the weights under PyTorch's names: ``torch.nn.LSTM.load_state_dict`` takes them
-        after ``torch.from_numpy``."""
+        """Copies of the weights under PyTorch's names (``torch.nn.LSTM.load_state_dict`` takes
+        them after ``torch.from_numpy``), plus ``peephole_l{k}`` when the model has peepholes."""
         return {name: value.copy() for name, value in self._parameters.items()}
 
     def load_state_dict(self, state_dict):
-        """Replace every weight from a mapping with PyTorch's names and layouts, e.g.
-        ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``.
+        """Replace every weight from a mapping with the names and layouts of ``state_dict()``,
+        e.g. ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``.
 
         Checks every key and shape first and reports all problems in one ``ValueError``; on error
         the model is unchanged.
         """
-        shapes = self._parameter_shapes()
-        problems = [f"missing key {name!r}" for name in shapes if name not in state_dict]
-        problems += [f"unexpected key {name!r}" for name in state_dict if name not in shapes]
+        problems = [f"missing key {name!r}" for name in self._parameters if name not in state_dict]
+        problems += [
+            f"unexpected key {name!r}" for name in state_dict if name not in self._parameters
+        ]
         loaded = {}
-        for name in shapes.keys() & state_dict.keys():
+        for name in self._parameters.keys() & state_dict.keys():
             try:
                 loaded[name] = self._checked_parameter(name, state_dict[name])
             except (TypeError, ValueError) as error:
                 problems.append(str(error))
         if problems:
             raise ValueError("load_state_dict: " + "; ".join(sorted(problems)))
-        self._parameters.update(loaded)
+        for name, value in loaded.items():
+            self._parameters[name][...] = value
 
-    def gate_weights(self):
-        """The weights in the seed's form for ``lstm_numba.lstm_step``: per gate ``W_*`` (H, H + I)
-        acting on ``[h, x]`` and ``b_*`` (H,) = b_ih + b_hh, for gates f, i, c (C̃) and o."""
+    def gate_weights(self, layer=0, direction=0):
+        """One layer and direction's weights in the seed's form for ``lstm_numba.lstm_step``: per
+        gate ``W_*`` (H, H_out + I) acting on ``[h, x]`` and ``b_*`` (H,) = b_ih + b_hh, for gates
+        f, i, c (C̃) and o."""
+        stacks = self._layers[layer]
         hidden = self.hidden_size
-        bias = self.bias_ih_l0 + self.bias_hh_l0
+        bias = stacks["bias_ih"][direction] + stacks["bias_hh"][direction]
         weights = {}
         for block, gate in enumerate(GATE_ORDER):
             rows = slice(block * hidden, (block + 1) * hidden)
             seed_name = "c" if gate == "g" else gate
             weights[f"W_{seed_name}"] = np.concatenate(
-                [self.weight_hh_l0[rows], self.weight_ih_l0[rows]], axis=1
+                [stacks["weight_hh"][direction][rows], stacks["weight_ih"][direction][rows]],
+                axis=1,
             )
             weights[f"b_{seed_name}"] = bias[rows]
         return weights
 
-    def __call__(self, x, hx=None):
+    def _cell(self, layer):
+        """The cell options in the kernels' form (see ``cpu.lstm_rows_forward``)."""
+        onnx = (
+            self.peepholes
+            or self.clip is not None
+            or self.input_forget
+            or self.activations != DEFAULT_ACTIVATIONS * self.num_directions
+        )
+        kinds = np.array([ACTIVATIONS.index(name) for name in self.activations], np.int64)
+        parameters = np.array([self.activation_alpha, self.activation_beta], self.dtype).T
+        return (
+            onnx,
+            kinds.reshape(self.num_directions, 3),
+            np.ascontiguousarray(parameters.reshape(self.num_directions, 3, 2)),
+            self._layers[layer]["peephole"].reshape(self.num_directions, 3, self.hidden_size),
+            self.dtype.type(np.inf if self.clip is None else self.clip),
+            self.input_forget,
+        )
+
+    def __call__(self, x, hx=None, lengths=None):
+        """Run the LSTM over a batch of sequences; shapes exactly as ``torch.nn.LSTM``'s.
+
+        x: (B, T, I) if ``batch_first`` else (T, B, I), or (T, I) for one unbatched sequence.
+        hx: ``(h0, c0)``, h0 (D·L, B, H_out) and c0 (D·L, B, H) (no B axis unbatched), zeros when
+        omitted; L = num_layers, index ``k·D + d`` for layer k, direction d. lengths: integers (B,)
+        in [0, T], the valid steps of each sequence (batched input only); None: all T.
+
+        Returns ``y, (h_n, c_n)``: y (B, T, D·H_out) or (T, B, D·H_out), the last layer's hidden
+        states, forward then reverse on the last axis, zeros past each sequence's length; h_n and
+        c_n shaped as h0 and c0, the states at each sequence's last valid step (the reverse
+        direction's after reading back to step 0; h0/c0 for a length of 0).
+        """
         x = as_float_array("x", x, self.dtype)
         if x.ndim not in (2, 3):
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
@@ -128,6 +335,8 @@ class LSTM:
             )
         unbatched = x.ndim == 2
         if unbatched:
+            if lengths is not None:
+                raise ValueError("lengths: only for batched input; x is one unbatched sequence")
             x = x[None] if self.batch_first else x[:, None]
         batch, steps = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
         if x.shape[2] != self.input_size:
@@ -136,36 +345,53 @@ class LSTM:
             )
         if steps == 0:
             raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
+        padded = lengths is not None
+        lengths = (
+            check_lengths(lengths, batch, steps) if padded else np.full(batch, steps, np.int64)
+        )
+        padded = padded and bool(np.any(lengths < steps))
 
-        state_shape = (1, batch, self.hidden_size)
-        h_n = np.zeros(state_shape, self.dtype)
-        c_n = np.zeros(state_shape, self.dtype)
+        directions = self.num_directions
+        layers_directions = self.num_layers * directions
+        h_n = np.zeros((layers_directions, batch, self.output_size), self.dtype)
+        c_n = np.zeros((layers_directions, batch, self.hidden_size), self.dtype)
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("hx: expected a pair (h0, c0)")
-            for name, given, state in (("h0", hx[0], h_n), ("c0", hx[1], c_n)):
+                raise ValueError(
+                    f"hx: expected a pair (h0, c0), got {type(hx).__name__}"
+                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+                )
+            for name, given, state, size in (
+                ("h0", hx[0], h_n, "H_out"),
+                ("c0", hx[1], c_n, "H"),
+            ):
                 given = as_float_array(name, given, self.dtype)
-                expected = state_shape[::2] if unbatched else state_shape
-                check_shape(name, given, expected, "(1, H)" if unbatched else "(1, B, H)")
-                state[...] = given.reshape(state_shape)
+                expected = state.shape[::2] if unbatched else state.shape
+                meaning = f"(D·num_layers, {size})" if unbatched else f"(D·num_layers, B, {size})"
+                check_shape(name, given, expected, meaning)
+                state[...] = given.reshape(state.shape)
 
-        y_shape = (
-            (batch, steps, self.hidden_size)
-            if self.batch_first
-            else (steps, batch, self.hidden_size)
-        )
-        y = np.empty(y_shape, self.dtype)
-        if batch > 0:
-            cpu.lstm_layer_forward(
-                np.ascontiguousarray(x),
-                self.weight_ih_l0,
-                self.weight_hh_l0,
-                self.bias_ih_l0 + self.bias_hh_l0,
-                h_n[0],
-                c_n[0],
-                y,
-                self.batch_first,
-            )
+        layer_input = np.ascontiguousarray(x)
+        width = directions * self.output_size
+        y_shape = (batch, steps, width) if self.batch_first else (steps, batch, width)
+        for layer, stacks in enumerate(self._layers):
+            y = (np.zeros if padded else np.empty)(y_shape, self.dtype)
+            states = slice(layer * directions, (layer + 1) * directions)
+            if batch > 0:
+                cpu.lstm_layer_forward(
+                    layer_input,
+                    stacks["weight_ih"],
+                    stacks["weight_hh"],
+                    stacks["weight_hr"],
+                    stacks["bias_ih"] + stacks["bias_hh"],
+                    self._cell(layer),
+                    h_n[states],
+                    c_n[states],
+                    y,
+                    lengths,
+                    self.batch_first,
+                )
+            layer_input = y
         if unbatched:
             y = y[0] if self.batch_first else y[:, 0]
             h_n, c_n = h_n[:, 0], c_n[:, 0]

@@ -69,7 +69,8 @@ def test_fused_step_is_vectorized():
     loop would cost ~10× more per element."""
     batch, hidden = 2, 8
     args = [np.zeros((batch, 4 * hidden)), np.zeros((batch, 4 * hidden)), np.zeros(4 * hidden)]
-    args += [np.zeros((batch, hidden)), np.zeros((batch, hidden)), np.zeros((batch, 3, hidden))]
+    args += [np.zeros((batch, hidden)), np.zeros((batch, hidden)), np.zeros(batch, np.int64)]
+    args += [np.zeros((batch, 3, hidden)), True]  # y, write_y
     options = {**KERNEL_OPTIONS, "cache": False}  # cached code cannot be inspected
     kernel = njit(**options)(cpu.lstm_step_pointwise.py_func)
     kernel(*args, 0, True, 0)

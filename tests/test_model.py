@@ -182,7 +182,7 @@ def test_state_dict_round_trip_and_errors(rng):
         (
             lambda m: m(np.zeros((2, 3, 4), np.float32), (np.zeros((1, 3, 6), np.float32),) * 2),
             ValueError,
-            r"h0: expected shape \(1, B, H\) = \(1, 2, 6\), got \(1, 3, 6\)",
+            r"h0: expected shape \(D·num_layers, B, H_out\) = \(1, 2, 6\), got \(1, 3, 6\)",
         ),
         (
             lambda m: m(np.zeros((2, 3, 4), np.float32), (np.zeros((1, 2, 6), np.float32),) * 3),
@@ -242,22 +242,38 @@ def test_workspace_does_not_grow_with_sequence_length():
 @pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("partitions", [1, 2, 3])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batch_first):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"bidirectional": True}, {"bidirectional": True, "proj_size": 4, "peepholes": True}],
+    ids=["plain", "bidirectional", "projected-onnx-cell"],
+)
+def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batch_first, options):
     """Each way the forward can run (BLAS or tiled recurrent product, batch split over threads or
-    not), forced on a shape with partial 4-row tiles (B = 7, split 3 + 4 or 2 + 2 + 3)."""
+    not, directions in parallel), forced on a shape with partial 4-row tiles (B = 7, split 3 + 4 or
+    2 + 2 + 3) and lengths that include 0 and T."""
     batch, steps, inputs, hidden = 7, 11, 5, 9
-    model, x = random_model_and_input(rng, (batch, steps, inputs, hidden), dtype, batch_first)
-    h = rng.standard_normal((batch, hidden)).astype(dtype)
-    c = rng.standard_normal((batch, hidden)).astype(dtype)
-    expected, (h_ref, c_ref) = reference.lstm_forward(
-        x, model.state_dict(), (h[None], c[None]), batch_first
+    model = ln.LSTM(
+        inputs, hidden, batch_first=batch_first, dtype=dtype, seed=rng.integers(2**32), **options
     )
-    y = np.empty(expected.shape, dtype)
-    weights = (model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0 + model.bias_hh_l0)
-    cpu.lstm_partitioned_forward(x, *weights, h, c, y, batch_first, tiled, partitions)
+    x = rng.standard_normal((batch, steps, inputs) if batch_first else (steps, batch, inputs))
+    x = x.astype(dtype)
+    directions = model.num_directions
+    h = rng.standard_normal((directions, batch, model.output_size)).astype(dtype)
+    c = rng.standard_normal((directions, batch, hidden)).astype(dtype)
+    lengths = np.array([0, steps, 3, 1, steps, 7, 2])
+    expected, (h_ref, c_ref) = reference.lstm_forward(
+        x, model.state_dict(), (h, c), batch_first, lengths=lengths
+    )
+    y = np.zeros(expected.shape, dtype)
+    stacks = model._layers[0]
+    cpu.lstm_partitioned_forward(
+        x, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
+        stacks["bias_ih"] + stacks["bias_hh"], model._cell(0), h, c, y, lengths, batch_first,
+        tiled, partitions,
+    )  # fmt: skip
     assert_close(y, expected)
-    assert_close(h, h_ref[0])
-    assert_close(c, c_ref[0])
+    assert_close(h, h_ref)
+    assert_close(c, c_ref)
 
 
 def test_plan_uses_threads_and_tiles_where_they_pay():
@@ -268,3 +284,6 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     assert cpu.plan_forward(32, 256) == (True, min(get_num_threads(), 32))
     assert cpu.plan_forward(32, 1024)[0] is False
     assert cpu.plan_forward(256, 512)[0] is False
+    # the directions of a bidirectional layer take the threads first
+    threads = get_num_threads()
+    assert cpu.plan_forward(32, 256, directions=2) == (True, max(1, min(threads // 2, 32)))
