@@ -149,26 +149,12 @@ def test_weights_are_writable_and_checked(rng):
         model.bias_hh_l0 = np.zeros(20, np.int32)
 
 
-def test_state_dict_round_trip_and_errors(rng):
+def test_state_dict_round_trip(rng):
     source = ln.LSTM(4, 6, seed=1)
     target = ln.LSTM(4, 6, seed=2)
     target.load_state_dict(source.state_dict())
     x = rng.standard_normal((2, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(target(x)[0], source(x)[0])
-
-    state = source.state_dict()
-    state["weight_ih_l0"] = state["weight_ih_l0"][:, :3]
-    del state["bias_hh_l0"]
-    state["weight_hr_l0"] = np.zeros((2, 6))
-    before = target.state_dict()
-    with pytest.raises(ValueError) as error:
-        target.load_state_dict(state)
-    message = str(error.value)
-    assert "missing key 'bias_hh_l0'" in message
-    assert "unexpected key 'weight_hr_l0'" in message
-    assert "weight_ih_l0: expected shape (4H, I) = (24, 4), got (24, 3)" in message
-    for name, value in target.state_dict().items():  # nothing half-loaded
-        np.testing.assert_array_equal(value, before[name])
 
 
 @pytest.mark.parametrize(

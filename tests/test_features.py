@@ -1,0 +1,423 @@
+"""The full LSTM (layers, directions, lengths, projection, ONNX options) against its oracles:
+``lstm_numba.reference`` always, ONNX Runtime and ``torch.nn.LSTM`` where installed."""
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import lstm_numba as ln
+from lstm_numba import reference
+from lstm_numba.convert import to_onnx
+
+ONNX_OPTIONS = [
+    {},
+    {"peepholes": True},
+    {"clip": 0.4},
+    {"input_forget": True},
+    {"activations": ("hard_sigmoid", "relu", "tanh")},
+    {
+        "activations": ("HardSigmoid", "LeakyRelu", "ScaledTanh"),
+        "activation_alpha": (0.3, 0.05, 0.9),
+        "activation_beta": (0.45, 1.3),
+    },
+    {
+        "bidirectional": True,
+        "activations": ("sigmoid", "tanh", "tanh", "hardsigmoid", "elu", "softsign"),
+    },
+    {"bidirectional": True, "peepholes": True, "clip": 1.5, "input_forget": True},
+]
+
+
+def reference_activations(model):
+    """``model``'s activations in ``reference.lstm_forward``'s (name, alpha, beta) form."""
+    return tuple(zip(model.activations, model.activation_alpha, model.activation_beta, strict=True))
+
+
+def reference_forward(model, x, hx=None, lengths=None):
+    return reference.lstm_forward(
+        x,
+        model.state_dict(),
+        hx,
+        model.batch_first,
+        lengths=lengths,
+        clip=model.clip,
+        input_forget=model.input_forget,
+        activations=reference_activations(model),
+    )
+
+
+def assert_forward_matches_reference(model, x, hx=None, lengths=None):
+    y, (h_n, c_n) = model(x, hx, lengths=lengths)
+    y_ref, (h_ref, c_ref) = reference_forward(model, x, hx, lengths)
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+    return y, (h_n, c_n)
+
+
+def random_inputs(rng, model, batch, steps, states=True):
+    """x in the model's layout and, when ``states``, random (h0, c0)."""
+    shape = (batch, steps) if model.batch_first else (steps, batch)
+    x = rng.standard_normal((*shape, model.input_size)).astype(model.dtype)
+    if not states:
+        return x, None
+    k = model.num_layers * model.num_directions
+    h0 = rng.standard_normal((k, batch, model.output_size)).astype(model.dtype)
+    c0 = rng.standard_normal((k, batch, model.hidden_size)).astype(model.dtype)
+    return x, (h0, c0)
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_random_configurations_match_reference(case):
+    """Random combinations of every feature, shape and option."""
+    rng = np.random.default_rng(1000 + case)
+    hidden = int(rng.integers(1, 20))
+    model = ln.LSTM(
+        int(rng.integers(1, 10)),
+        hidden,
+        num_layers=int(rng.integers(1, 4)),
+        bias=bool(rng.random() < 0.8),
+        batch_first=bool(rng.random() < 0.5),
+        bidirectional=bool(rng.random() < 0.5),
+        proj_size=int(rng.integers(1, hidden)) if hidden > 1 and rng.random() < 0.4 else 0,
+        dtype=(np.float32, np.float64)[case % 2],
+        seed=case,
+        peepholes=bool(rng.random() < 0.3),
+        clip=[None, 0.5, 3.0][int(rng.integers(3))],
+        input_forget=bool(rng.random() < 0.2),
+        activations=[("sigmoid", "tanh", "tanh"), ("hardsigmoid", "relu", "tanh")][
+            int(rng.random() < 0.25)
+        ],
+    )
+    batch, steps = int(rng.integers(1, 12)), int(rng.integers(1, 15))
+    x, hx = random_inputs(rng, model, batch, steps, states=bool(rng.random() < 0.6))
+    lengths = [None, rng.integers(0, steps + 1, batch)][case % 3 != 0]
+    assert_forward_matches_reference(model, x, hx, lengths)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "lengths",
+    [[0, 0, 0], [5, 5, 5], [3, 3, 3], [0, 5, 2], [1, 0, 5]],
+    ids=["all-zero", "all-full", "all-equal-short", "mixed", "with-zero"],
+)
+def test_lengths(rng, dtype, lengths):
+    model = ln.LSTM(4, 6, num_layers=2, bidirectional=True, dtype=dtype, seed=3)
+    x, hx = random_inputs(rng, model, 3, 5)
+    y, (h_n, c_n) = assert_forward_matches_reference(model, x, hx, np.array(lengths))
+    for row, length in enumerate(lengths):
+        assert not np.any(y[row, length:]), "outputs past a length are zero"
+        if length == 0:
+            np.testing.assert_array_equal(h_n[:, row], hx[0][:, row])
+            np.testing.assert_array_equal(c_n[:, row], hx[1][:, row])
+    # Lengths equal to T are the same call as no lengths.
+    full = model(x, hx, lengths=np.full(3, 5, np.int32))
+    np.testing.assert_array_equal(full[0], model(x, hx)[0])
+
+
+def test_padding_does_not_change_a_sequence(rng):
+    """A sequence padded with garbage past its length gives its unpadded results."""
+    model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, seed=4)
+    x, _ = random_inputs(rng, model, 2, 9, states=False)
+    y, (h_n, c_n) = model(x, lengths=[4, 9])
+    y_alone, (h_alone, c_alone) = model(x[:1, :4])
+    np.testing.assert_allclose(y[0, :4], y_alone[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(h_n[:, 0], h_alone[:, 0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c_n[:, 0], c_alone[:, 0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("batch, steps", [(1, 1), (1, 7), (6, 1)])
+@pytest.mark.parametrize("options", [{}, {"bidirectional": True, "num_layers": 2, "proj_size": 2}])
+def test_edge_shapes(rng, batch, steps, options):
+    model = ln.LSTM(3, 4, **options, seed=5)
+    x, hx = random_inputs(rng, model, batch, steps)
+    assert_forward_matches_reference(model, x, hx, rng.integers(0, steps + 1, batch))
+
+
+@pytest.mark.parametrize("options", ONNX_OPTIONS[1:])
+def test_unbatched_with_options(rng, options):
+    model = ln.LSTM(3, 4, num_layers=2, **options, seed=6)
+    x, hx = random_inputs(rng, model, 1, 6)
+    y, (h_n, c_n) = model(x[0], (hx[0][:, 0], hx[1][:, 0]))
+    y_batched, (h_batched, c_batched) = model(x, hx)
+    np.testing.assert_array_equal(y, y_batched[0])
+    np.testing.assert_array_equal(h_n, h_batched[:, 0])
+    np.testing.assert_array_equal(c_n, c_batched[:, 0])
+
+
+def test_layers_feed_each_other(rng):
+    """A 2-layer model equals two 1-layer models, the second fed the first's y."""
+    model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, seed=7)
+    first = ln.LSTM(3, 5, bidirectional=True, proj_size=2)
+    second = ln.LSTM(4, 5, bidirectional=True, proj_size=2)
+    weights = model.state_dict()
+    for target, layer in ((first, "l0"), (second, "l1")):
+        target.load_state_dict(
+            {
+                name.replace(layer, "l0"): value
+                for name, value in weights.items()
+                if f"_{layer}" in name
+            }
+        )
+    x, (h0, c0) = random_inputs(rng, model, 3, 6)
+    y, (h_n, c_n) = model(x, (h0, c0))
+    y_first, (h_first, c_first) = first(x, (h0[:2], c0[:2]))
+    y_second, (h_second, c_second) = second(y_first, (h0[2:], c0[2:]))
+    np.testing.assert_array_equal(y, y_second)
+    np.testing.assert_array_equal(h_n, np.concatenate([h_first, h_second]))
+    np.testing.assert_array_equal(c_n, np.concatenate([c_first, c_second]))
+
+
+def test_reference_forward_is_the_seed(rng):
+    """The general reference, one step of a standard cell, is the seed's ``lstm_step``."""
+    model = ln.LSTM(4, 6, dtype=np.float64, seed=8)
+    x, (h0, c0) = random_inputs(rng, model, 3, 1)
+    y, (h_n, c_n) = reference_forward(model, x, (h0, c0))
+    h_seed, c_seed = reference.lstm_step(h0[0], c0[0], x[:, 0], **model.gate_weights())
+    np.testing.assert_allclose(h_n[0], h_seed, rtol=1e-14)
+    np.testing.assert_allclose(c_n[0], c_seed, rtol=1e-14)
+    np.testing.assert_allclose(y[:, 0], h_seed, rtol=1e-14)
+
+
+def test_reference_onnx_options_by_hand(rng):
+    """The reference's peepholes, clip and input_forget, one step, written out for one unit."""
+    model = ln.LSTM(2, 1, peepholes=True, clip=0.25, input_forget=True, dtype=np.float64, seed=9)
+    x, (h0, c0) = random_inputs(rng, model, 1, 1)
+    w = model.state_dict()
+    z = w["weight_ih_l0"] @ x[0, 0] + w["weight_hh_l0"] @ h0[0, 0] + w["bias_ih_l0"]
+    z += w["bias_hh_l0"]
+    p_i, p_o, _ = w["peephole_l0"]
+    c_prev = c0[0, 0, 0]
+    i = 1 / (1 + np.exp(-np.clip(z[0] + p_i * c_prev, -0.25, 0.25)))
+    c = (1 - i) * c_prev + i * np.tanh(np.clip(z[2], -0.25, 0.25))
+    o = 1 / (1 + np.exp(-np.clip(z[3] + p_o * c, -0.25, 0.25)))
+    _, (h_n, c_n) = reference_forward(model, x, (h0, c0))
+    np.testing.assert_allclose(c_n[0, 0, 0], c, rtol=1e-14)
+    np.testing.assert_allclose(h_n[0, 0, 0], o * np.tanh(c), rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(reference.ACTIVATIONS))
+def test_every_activation_matches_reference(rng, name):
+    model = ln.LSTM(3, 4, activations=("sigmoid", name, name), dtype=np.float64, seed=10)
+    x, hx = random_inputs(rng, model, 2, 4)
+    assert_forward_matches_reference(model, x, hx)
+
+
+# --- ONNX Runtime -------------------------------------------------------------------------------
+
+
+def onnx_runtime_forward(model, x, h0, c0, lengths=None):
+    """``model`` exported by ``to_onnx`` and run by ONNX Runtime; (Y, Y_h, Y_c) in ONNX's shapes."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    onnx_model = to_onnx(model, sequence_lens=lengths is not None)
+    onnx.checker.check_model(onnx_model)
+    session = ort.InferenceSession(
+        onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feed = {"X": x, "initial_h": h0, "initial_c": c0}
+    if lengths is not None:
+        feed["sequence_lens"] = np.asarray(lengths, np.int32)
+    return session.run(None, feed)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("options", ONNX_OPTIONS)
+def test_matches_onnx_runtime(rng, options, with_lengths):
+    model = ln.LSTM(5, 7, batch_first=False, **options, seed=11)
+    batch, steps = 4, 6
+    x, (h0, c0) = random_inputs(rng, model, batch, steps)
+    # ONNX Runtime gives zeros, not the initial state, for a length of 0: lengths start at 1.
+    lengths = rng.integers(1, steps + 1, batch) if with_lengths else None
+    y_onnx, h_onnx, c_onnx = onnx_runtime_forward(model, x, h0, c0, lengths)
+    y, (h_n, c_n) = model(x, (h0, c0), lengths=lengths)
+    # ONNX's Y is (T, D, B, H); ours (T, B, D·H).
+    assert_close(y, y_onnx.transpose(0, 2, 1, 3).reshape(y.shape))
+    assert_close(h_n, h_onnx)
+    assert_close(c_n, c_onnx)
+
+
+def test_stacked_layers_match_onnx_runtime(rng):
+    model = ln.LSTM(3, 5, num_layers=3, bidirectional=True, batch_first=False, seed=12)
+    x, (h0, c0) = random_inputs(rng, model, 3, 8)
+    lengths = np.array([8, 2, 5])
+    y_onnx, h_onnx, c_onnx = onnx_runtime_forward(model, x, h0, c0, lengths)
+    y, (h_n, c_n) = model(x, (h0, c0), lengths=lengths)
+    assert_close(y, y_onnx.transpose(0, 2, 1, 3).reshape(y.shape))
+    assert_close(h_n, h_onnx)
+    assert_close(c_n, c_onnx)
+
+
+def test_projection_has_no_onnx_export():
+    with pytest.raises(ValueError, match="proj_size"):
+        to_onnx(ln.LSTM(3, 4, proj_size=2))
+
+
+# --- PyTorch --------------------------------------------------------------------------------------
+
+
+def torch_twin(torch, model):
+    """``torch.nn.LSTM`` with ``model``'s configuration and weights."""
+    twin = torch.nn.LSTM(
+        model.input_size,
+        model.hidden_size,
+        num_layers=model.num_layers,
+        bias=model.bias,
+        batch_first=model.batch_first,
+        bidirectional=model.bidirectional,
+        proj_size=model.proj_size,
+        dtype={np.float32: torch.float32, np.float64: torch.float64}[model.dtype.type],
+    )
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return twin
+
+
+TORCH_CONFIGURATIONS = [
+    {"num_layers": 2},
+    {"bidirectional": True},
+    {"num_layers": 3, "bidirectional": True, "batch_first": False},
+    {"proj_size": 3},
+    {"num_layers": 2, "bidirectional": True, "proj_size": 2, "bias": False},
+    {"num_layers": 2, "bidirectional": True, "dtype": np.float64},
+]
+
+
+@pytest.mark.parametrize("options", TORCH_CONFIGURATIONS)
+def test_matches_torch(rng, options):
+    torch = pytest.importorskip("torch")
+    model = ln.LSTM(4, 6, **options, seed=13)
+    x, (h0, c0) = random_inputs(rng, model, 5, 7)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = torch_twin(torch, model)(
+            torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0))
+        )
+    y, (h_n, c_n) = model(x, (h0, c0))
+    assert_close(y, y_t.numpy())
+    assert_close(h_n, h_t.numpy())
+    assert_close(c_n, c_t.numpy())
+
+
+@pytest.mark.parametrize("options", TORCH_CONFIGURATIONS)
+def test_lengths_match_torch_packed_sequences(rng, options):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    model = ln.LSTM(4, 6, **options, seed=14)
+    steps = 7
+    x, (h0, c0) = random_inputs(rng, model, 5, steps)
+    lengths = np.array([3, 7, 1, 5, 3])  # PyTorch rejects 0
+    packed = pack_padded_sequence(
+        torch.from_numpy(x),
+        torch.from_numpy(lengths),
+        batch_first=model.batch_first,
+        enforce_sorted=False,
+    )
+    with torch.no_grad():
+        y_packed, (h_t, c_t) = torch_twin(torch, model)(
+            packed, (torch.from_numpy(h0), torch.from_numpy(c0))
+        )
+    y_t, _ = pad_packed_sequence(y_packed, batch_first=model.batch_first, total_length=steps)
+    y, (h_n, c_n) = model(x, (h0, c0), lengths=lengths)
+    assert_close(y, y_t.numpy())
+    assert_close(h_n, h_t.numpy())
+    assert_close(c_n, c_t.numpy())
+
+
+# --- Bad input ----------------------------------------------------------------------------------
+
+
+def bidirectional_2_layers():
+    return ln.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3)
+
+
+X = np.zeros((2, 5, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda m: m(X, (np.zeros((4, 2, 3), np.float32),)), ValueError, r"hx: .*of length 1"),
+        (
+            lambda m: m(X, (np.zeros((2, 2, 3), np.float32), np.zeros((4, 2, 6), np.float32))),
+            ValueError,
+            r"h0: expected shape \(D·num_layers, B, H_out\) = \(4, 2, 3\), got \(2, 2, 3\)",
+        ),
+        (
+            lambda m: m(X, (np.zeros((4, 2, 3), np.float32), np.zeros((4, 2, 3), np.float32))),
+            ValueError,
+            r"c0: expected shape \(D·num_layers, B, H\) = \(4, 2, 6\), got \(4, 2, 3\)",
+        ),
+        (lambda m: m(X, lengths=[5]), ValueError, r"lengths: expected shape \(B,\) = \(2,\)"),
+        (lambda m: m(X, lengths=[[5, 5]]), ValueError, r"lengths: expected shape \(B,\)"),
+        (lambda m: m(X, lengths=[5.0, 2.0]), TypeError, r"lengths: expected an integer array"),
+        (lambda m: m(X, lengths=[5, -1]), ValueError, r"lengths\[1\] = -1"),
+        (lambda m: m(X, lengths=[6, 2]), ValueError, r"0 <= length <= T = 5 .* lengths\[0\] = 6"),
+        (lambda m: m(X[0], lengths=[5]), ValueError, r"lengths: only for batched input"),
+    ],
+)
+def test_bad_call_is_a_clear_error(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call(bidirectional_2_layers())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"num_layers": 0}, ValueError, r"num_layers: expected a positive integer, got 0"),
+        ({"proj_size": 4}, ValueError, r"proj_size: expected less than hidden_size = 4, got 4"),
+        ({"proj_size": -1}, ValueError, r"proj_size: expected a non-negative integer"),
+        ({"clip": 0}, ValueError, r"clip: expected a positive number or None, got 0"),
+        ({"clip": "1"}, ValueError, r"clip: expected a positive number"),
+        ({"activations": ("sigmoid", "tanh")}, ValueError, r"activations: expected 3 names"),
+        ({"activations": "sigmoid"}, ValueError, r"activations: expected 3 names"),
+        (
+            {"activations": ("sigmoid", "gelu", "tanh")},
+            ValueError,
+            r"activations: unknown activation 'gelu'; expected one of sigmoid, tanh, relu",
+        ),
+        (
+            {"activations": ("sigmoid", "tanh", "tanh"), "activation_alpha": (0.5,)},
+            ValueError,
+            r"activation_alpha/activation_beta: more values than the activations .* take",
+        ),
+        (
+            {"bidirectional": True, "activations": ("sigmoid",) * 4},
+            ValueError,
+            r"expected 3 names \(f, g, h\) or 6 \(forward, then reverse\)",
+        ),
+    ],
+)
+def test_bad_options_are_a_clear_error(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ln.LSTM(3, 4, **kwargs)
+
+
+def test_load_state_dict_reports_every_problem_and_changes_nothing():
+    model = bidirectional_2_layers()
+    before = model.state_dict()
+    weights = model.state_dict()
+    del weights["weight_hh_l1_reverse"]
+    weights["weight_hr_l0"] = np.zeros((6, 3), np.float32)
+    weights["bias_ih_l7"] = np.zeros(24, np.float32)
+    weights["weight_ih_l1"] = np.ones_like(weights["weight_ih_l1"])[:, :3]
+    with pytest.raises(ValueError) as error:
+        model.load_state_dict(weights)
+    message = str(error.value)
+    assert "missing key 'weight_hh_l1_reverse'" in message
+    assert "unexpected key 'bias_ih_l7'" in message
+    assert "weight_hr_l0: expected shape (H_out, H) = (3, 6), got (6, 3)" in message
+    assert "weight_ih_l1: expected shape (4H, D·H_out) = (24, 6), got (24, 3)" in message
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_state_dict_names_cover_every_layer_and_direction():
+    model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, peepholes=True)
+    names = set(model.state_dict())
+    for layer in range(2):
+        for suffix in ("", "_reverse"):
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "peephole"):
+                assert f"{kind}_l{layer}{suffix}" in names
+    assert len(names) == 24
+    assert model.state_dict()["weight_ih_l1"].shape == (20, 4)
+    assert model.state_dict()["peephole_l1_reverse"].shape == (15,)
