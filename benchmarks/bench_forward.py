@@ -2,6 +2,8 @@
 
 import tracemalloc
 
+import numpy as np
+
 from .common import choose, model_and_input
 from .compare import best_seconds, forward_flops, sgemm_gflops
 
@@ -70,3 +72,24 @@ class ForwardMemory:
         return (self.x.nbytes + weights + peak) / (self.x.nbytes + y.nbytes + weights)
 
     track_peak_over_io_and_weights.unit = "ratio"
+
+
+class ForwardLayersDirectionsLengths:
+    """Stacked layers, both directions and variable lengths on one shape: each option's cost."""
+
+    params = ([1, 2], [False, True], ["all T", "random in [T/2, T]"], choose([1, 32], [2]))
+    param_names = ["num_layers", "bidirectional", "lengths", "batch"]
+    timeout = 300
+
+    def setup(self, num_layers, bidirectional, lengths, batch):
+        shape = (batch, choose(128, 4), INPUTS, choose(256, 16))
+        self.model, self.x = model_and_input(
+            *shape, num_layers=num_layers, bidirectional=bidirectional
+        )
+        steps = shape[1]
+        rng = np.random.default_rng(1)
+        self.lengths = None if lengths == "all T" else rng.integers(steps // 2, steps + 1, batch)
+        self.model(self.x, lengths=self.lengths)  # compile or load from the cache
+
+    def time_forward(self, *_):
+        self.model(self.x, lengths=self.lengths)

@@ -18,8 +18,8 @@ def choose(full, smoke):
     return smoke if SMOKE else full
 
 
-def model_and_input(batch, steps, inputs, hidden, dtype="float32"):
-    """A seeded model and a random (B, T, I) input."""
-    model = lstm_numba.LSTM(inputs, hidden, dtype=dtype, seed=0)
+def model_and_input(batch, steps, inputs, hidden, dtype="float32", **options):
+    """A seeded model (``options``: ``LSTM``'s keyword arguments) and a random (B, T, I) input."""
+    model = lstm_numba.LSTM(inputs, hidden, dtype=dtype, seed=0, **options)
     x = np.random.default_rng(0).standard_normal((batch, steps, inputs)).astype(dtype)
     return model, x

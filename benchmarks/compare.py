@@ -2,9 +2,12 @@
 
     python benchmarks/compare.py                      # the standard shapes, markdown table
     python benchmarks/compare.py --shapes 1,128,128,128 --repeats 20
+    python benchmarks/compare.py --num-layers 2 --bidirectional --lengths
 
-Every library runs the same float32 one-layer LSTM (same weights, zero initial states) on the same
-input; each time is the best of ``--repeats`` calls after one warm-up call. Ratios are
+Every library runs the same float32 LSTM (same weights, zero initial states; one layer unless
+``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
+[T/2, T] under ``--lengths`` (torch: a packed sequence; ONNX Runtime: ``sequence_lens``); each time
+is the best of ``--repeats`` calls after one warm-up call. Ratios are
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, measured at the start. Torch and ONNX
 Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
@@ -44,9 +47,11 @@ def best_seconds(call, repeats=5):
     return min(times)
 
 
-def forward_flops(batch, steps, inputs, hidden):
-    """2 × the multiply-adds of a forward's two matrix products: 2·B·T·4H·(I + H)."""
-    return 2 * batch * steps * 4 * hidden * (inputs + hidden)
+def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1):
+    """2 × the multiply-adds of a forward's matrix products: 2·B·T·4H·(I + H) per layer and
+    direction, the input size above the first layer being D·H."""
+    layer_inputs = inputs + (num_layers - 1) * directions * hidden
+    return 2 * batch * steps * 4 * hidden * directions * (layer_inputs + num_layers * hidden)
 
 
 @njit
@@ -63,26 +68,42 @@ def sgemm_gflops(size=2048):
     return 2 * size**3 / best_seconds(lambda: _gemm(a, b, out), repeats=3) / 1e9
 
 
-def library_calls(model, x):
-    """Library name → (version, zero-argument callable running ``model``'s LSTM on x (B, T, I)),
-    for lstm_numba, the NumPy reference and each peer that is installed."""
+def library_calls(model, x, lengths=None):
+    """Library name → (version, zero-argument callable running ``model`` on x (B, T, I) with
+    ``lengths`` (B,) or None), for lstm_numba, the NumPy reference and each installed peer."""
     state = model.state_dict()
     calls = {
-        "lstm_numba": (lstm_numba.__version__, lambda: model(x)),
-        "numpy reference (float64)": (np.__version__, lambda: reference.lstm_forward(x, state)),
+        "lstm_numba": (lstm_numba.__version__, lambda: model(x, lengths=lengths)),
+        "numpy reference (float64)": (
+            np.__version__,
+            lambda: reference.lstm_forward(x, state, lengths=lengths),
+        ),
     }
     try:
         import torch
     except ImportError:
         pass
     else:
-        torch_lstm = torch.nn.LSTM(model.input_size, model.hidden_size, batch_first=True)
+        from torch.nn.utils.rnn import pack_padded_sequence
+
+        torch_lstm = torch.nn.LSTM(
+            model.input_size,
+            model.hidden_size,
+            num_layers=model.num_layers,
+            batch_first=True,
+            bidirectional=model.bidirectional,
+        )
         torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
         x_torch = torch.from_numpy(x)
 
         def run_torch():
             with torch.no_grad():
-                return torch_lstm(x_torch)
+                if lengths is None:
+                    return torch_lstm(x_torch)
+                packed = pack_padded_sequence(
+                    x_torch, torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+                )
+                return torch_lstm(packed)
 
         calls["torch"] = (torch.__version__, run_torch)
     try:
@@ -91,11 +112,15 @@ def library_calls(model, x):
         pass
     else:
         session = onnxruntime.InferenceSession(
-            to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"]
+            to_onnx(model, sequence_lens=lengths is not None).SerializeToString(),
+            providers=["CPUExecutionProvider"],
         )
-        zeros = np.zeros((1, x.shape[0], model.hidden_size), np.float32)
+        states = model.num_layers * model.num_directions
+        zeros = np.zeros((states, x.shape[0], model.hidden_size), np.float32)
         feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2)), "initial_h": zeros}
         feeds["initial_c"] = zeros
+        if lengths is not None:
+            feeds["sequence_lens"] = lengths.astype(np.int32)
         calls["onnxruntime"] = (onnxruntime.__version__, lambda: session.run(None, feeds))
     return calls
 
@@ -110,24 +135,41 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
+    parser.add_argument("--num-layers", type=int, default=1)
+    parser.add_argument("--bidirectional", action="store_true")
+    parser.add_argument(
+        "--lengths", action="store_true", help="random sequence lengths in [T/2, T]"
+    )
     args = parser.parse_args(argv)
 
     sgemm = sgemm_gflops()
     blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; OPENBLAS_CORETYPE={blas}")
     print(f"float32 GEMM (2048³) through @njit np.dot: {sgemm:.0f} GFLOP/s")
+    directions = 2 if args.bidirectional else 1
+    print(
+        f"num_layers={args.num_layers}, directions={directions}, "
+        f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}"
+    )
     rows, versions = [], {}
     for text in args.shapes:
         batch, steps, inputs, hidden = (int(v) for v in text.split(","))
-        model = lstm_numba.LSTM(inputs, hidden, seed=0)
-        x = np.random.default_rng(0).standard_normal((batch, steps, inputs), dtype=np.float32)
+        model = lstm_numba.LSTM(
+            inputs, hidden, args.num_layers, bidirectional=args.bidirectional, seed=0
+        )
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, steps, inputs), dtype=np.float32)
+        lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None
         row = {"shape": (batch, steps, inputs, hidden)}
-        for name, (version, call) in library_calls(model, x).items():
+        for name, (version, call) in library_calls(model, x, lengths).items():
             if args.no_reference and name.startswith("numpy"):
                 continue
             versions[name] = version
             row[name] = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
-        row["gflops"] = forward_flops(*row["shape"]) / row["lstm_numba"] / 1e9
+        flops = forward_flops(*row["shape"], args.num_layers, directions)
+        if lengths is not None:
+            flops *= lengths.mean() / steps
+        row["gflops"] = flops / row["lstm_numba"] / 1e9
         rows.append(row)
         print(format_row(row), flush=True)
     print()

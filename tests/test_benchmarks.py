@@ -39,5 +39,10 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
     output = asv("run", "--python=same", "--quick", "--dry-run", "--show-stderr", env=env)
     lines = [line for line in output.splitlines() if "···" in line]
     assert not [line for line in lines if line.rstrip().endswith("failed")], output
-    for name in ("TimeGates.time_lstm_step", "Forward.time_forward", "FirstCall.track_cold_cache"):
+    for name in (
+        "TimeGates.time_lstm_step",
+        "Forward.time_forward",
+        "ForwardLayersDirectionsLengths.time_forward",
+        "FirstCall.track_cold_cache",
+    ):
         assert any(name in line for line in lines), f"{name} did not run:\n{output}"

@@ -101,3 +101,42 @@ def test_equations_compile_for_cuda(dtype):
             pytest.skip(f"cannot compile for CUDA here: {error}")
         raise
     assert ptx.count("div.rn") == 5  # one division per tanh: 3 σ + 2 tanh, nothing else
+
+
+@njit
+def _activation_on_grid(kind, x, alpha, beta):
+    out = np.empty_like(x)
+    for k in range(x.size):
+        out[k] = equations.activation(kind, x[k], alpha, beta)
+    return out
+
+
+@pytest.mark.parametrize("name", equations.ACTIVATIONS)
+def test_each_onnx_activation_matches_its_definition(name):
+    from lstm_numba.reference import ACTIVATIONS
+
+    x = np.linspace(-30.0, 30.0, 6001)
+    alpha, beta = 0.7, -0.3
+    actual = _activation_on_grid(equations.ACTIVATIONS.index(name), x, alpha, beta)
+    expected = ACTIVATIONS[name](x, alpha, beta)
+    np.testing.assert_allclose(actual, expected, rtol=2e-15, atol=1e-15)
+
+
+@njit
+def _both_cells(z, c_prev):
+    """(seed cell, ONNX cell with default options) on each row of z (N, 4) and c_prev (N,)."""
+    out = np.empty((z.shape[0], 4))
+    inf = np.inf
+    for k in range(z.shape[0]):
+        zi, zf, zg, zo = z[k]
+        out[k, 0:2] = equations.lstm_cell(zi, zf, zg, zo, c_prev[k])
+        out[k, 2:4] = equations.lstm_cell_onnx(
+            zi, zf, zg, zo, c_prev[k], 0.0, 0.0, 0.0, inf, False,
+            equations.SIGMOID, 0.0, 0.0, equations.TANH, 0.0, 0.0, equations.TANH, 0.0, 0.0,
+        )  # fmt: skip
+    return out
+
+
+def test_onnx_cell_with_default_options_is_the_seed_cell(rng):
+    out = _both_cells(rng.standard_normal((1000, 4)) * 4, rng.standard_normal(1000) * 4)
+    np.testing.assert_array_equal(out[:, 2:], out[:, :2])
