@@ -21,11 +21,20 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100, help="time steps, T (100)")
     parser.add_argument("--input-size", type=int, default=128, help="input features, I (128)")
     parser.add_argument("--hidden-size", type=int, default=256, help="hidden units, H (256)")
+    parser.add_argument("--num-layers", type=int, default=1, help="stacked layers (1)")
+    parser.add_argument("--bidirectional", action="store_true", help="both directions")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls (20)")
     args = parser.parse_args(argv)
 
-    model = lstm_numba.LSTM(args.input_size, args.hidden_size, dtype=args.dtype, seed=0)
+    model = lstm_numba.LSTM(
+        args.input_size,
+        args.hidden_size,
+        args.num_layers,
+        bidirectional=args.bidirectional,
+        dtype=args.dtype,
+        seed=0,
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, args.steps, args.input_size)).astype(args.dtype)
     print(f"model: {model}; x: (B, T, I) = {x.shape} {x.dtype}")

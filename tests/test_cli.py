@@ -22,6 +22,14 @@ def test_main_job_checks_and_times():
     assert "sequences/s" in out
 
 
+def test_main_job_with_layers_and_directions():
+    out = run_python(
+        "-m", "lstm_numba", "--batch", "2", "--steps", "3", "--input-size", "4",
+        "--hidden-size", "5", "--num-layers", "2", "--bidirectional", "--repeats", "1",
+    )  # fmt: skip
+    assert "num_layers=2" in out and "bidirectional=True" in out and "OK" in out
+
+
 CALL_AND_REPORT_CACHE = """
 import numpy as np, lstm_numba as ln
 from lstm_numba import cpu
