@@ -23,7 +23,12 @@ def as_float_array(name, value, dtype=None):
     Never casts: a float64 array for a float32 model is an error, as in PyTorch, because a silent
     cast would hide a precision or a performance surprise.
     """
-    array = np.asarray(value)
+    return check_float_dtype(name, np.asarray(value), dtype)
+
+
+def check_float_dtype(name, array, dtype=None):
+    """``array`` (NumPy or a device array: anything with a NumPy ``dtype``) unchanged, after
+    checking its dtype as ``as_float_array`` does."""
     if array.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
     if dtype is not None and array.dtype != dtype:

@@ -4,10 +4,11 @@ import math
 
 import numpy as np
 
-from lstm_numba import cpu
+from lstm_numba import cpu, dispatch
 from lstm_numba._validation import (
     as_float_array,
     check_dtype,
+    check_float_dtype,
     check_lengths,
     check_non_negative_int,
     check_positive_int,
@@ -147,6 +148,7 @@ class LSTM:
         )
         self.activation_alpha = tuple(alpha for alpha, _ in parameters)
         self.activation_beta = tuple(beta for _, beta in parameters)
+        self._device_layers = None  # weights on the GPU, after to("cuda")
         self._layers = self._allocate_layers(np.random.default_rng(seed))
         self._parameters = {
             name: self._layers[layer][kind][direction]
@@ -233,6 +235,7 @@ class LSTM:
     def __setattr__(self, name, value):
         if name in self.__dict__.get("_parameters", {}):
             self._parameters[name][...] = self._checked_parameter(name, value)
+            self._refresh_device_copy()
         else:
             super().__setattr__(name, value)
 
@@ -276,6 +279,11 @@ class LSTM:
             raise ValueError("load_state_dict: " + "; ".join(sorted(problems)))
         for name, value in loaded.items():
             self._parameters[name][...] = value
+        self._refresh_device_copy()
+
+    def _refresh_device_copy(self):
+        if self._device_layers is not None:
+            self._device_layers = self._upload_layers()
 
     def gate_weights(self, layer=0, direction=0):
         """One layer and direction's weights in the seed's form for ``lstm_numba.lstm_step``: per
@@ -314,20 +322,44 @@ class LSTM:
             self.input_forget,
         )
 
-    def __call__(self, x, hx=None, lengths=None):
+    def to(self, device):
+        """Keep the weights on ``device`` ("cuda" or "cpu") for the calls that run there, so that
+        repeated GPU calls copy nothing; returns the model. Without it each GPU call copies the
+        weights over. Replacing a weight (attribute, ``load_state_dict``) refreshes the copy; after
+        editing a NumPy weight in place, call ``to("cuda")`` again."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        self._device_layers = None
+        if device == "cuda":
+            dispatch.select_device(None, "cuda")
+            self._device_layers = self._upload_layers()
+        return self
+
+    def _upload_layers(self):
+        from lstm_numba import gpu
+
+        return [gpu.upload_layer(stacks, self._cell(k)) for k, stacks in enumerate(self._layers)]
+
+    def __call__(self, x, hx=None, lengths=None, *, device="auto"):
         """Run the LSTM over a batch of sequences; shapes exactly as ``torch.nn.LSTM``'s.
 
         x: (B, T, I) if ``batch_first`` else (T, B, I), or (T, I) for one unbatched sequence.
         hx: ``(h0, c0)``, h0 (D·L, B, H_out) and c0 (D·L, B, H) (no B axis unbatched), zeros when
         omitted; L = num_layers, index ``k·D + d`` for layer k, direction d. lengths: integers (B,)
         in [0, T], the valid steps of each sequence (batched input only); None: all T.
+        device: "auto" runs where x lives (NumPy: CPU; an array with
+        ``__cuda_array_interface__``: GPU), "cpu", or "cuda" (NumPy in is copied over; see
+        ``lstm_numba.dispatch``).
 
         Returns ``y, (h_n, c_n)``: y (B, T, D·H_out) or (T, B, D·H_out), the last layer's hidden
         states, forward then reverse on the last axis, zeros past each sequence's length; h_n and
         c_n shaped as h0 and c0, the states at each sequence's last valid step (the reverse
-        direction's after reading back to step 0; h0/c0 for a length of 0).
+        direction's after reading back to step 0; h0/c0 for a length of 0). Arrays of x's kind.
         """
-        x = as_float_array("x", x, self.dtype)
+        on_gpu = dispatch.select_device(x, device) == "cuda"
+        given = x
+        x = dispatch.to_device(x) if on_gpu else np.asarray(x)
+        x = check_float_dtype("x", x, self.dtype)
         if x.ndim not in (2, 3):
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
             raise ValueError(
@@ -337,7 +369,7 @@ class LSTM:
         if unbatched:
             if lengths is not None:
                 raise ValueError("lengths: only for batched input; x is one unbatched sequence")
-            x = x[None] if self.batch_first else x[:, None]
+            x = x.reshape((1, *x.shape) if self.batch_first else (x.shape[0], 1, x.shape[1]))
         batch, steps = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
         if x.shape[2] != self.input_size:
             raise ValueError(
@@ -345,35 +377,62 @@ class LSTM:
             )
         if steps == 0:
             raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
+        if on_gpu and not x.is_c_contiguous():
+            raise ValueError("x: expected a C-contiguous CUDA array (e.g. tensor.contiguous())")
         padded = lengths is not None
+        if padded and dispatch.is_gpu_array(lengths):
+            lengths = dispatch.to_device(lengths).copy_to_host()
         lengths = (
             check_lengths(lengths, batch, steps) if padded else np.full(batch, steps, np.int64)
         )
         padded = padded and bool(np.any(lengths < steps))
+        h0, c0 = self._initial_states(hx, batch, unbatched, on_gpu)
 
+        if on_gpu:
+            y, (h_n, c_n) = self._forward_cuda(x, h0, c0, lengths)
+        else:
+            y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded)
+        if unbatched:
+            y = y.reshape(steps, y.shape[2])
+            h_n, c_n = h_n.reshape(h_n.shape[0], -1), c_n.reshape(c_n.shape[0], -1)
+        if on_gpu:
+            y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
+        return y, (h_n, c_n)
+
+    def _initial_states(self, hx, batch, unbatched, on_gpu):
+        """Checked (h0, c0), each (D·L, B, ·): fresh NumPy arrays the CPU kernels update in
+        place, or device arrays for the GPU path (which does not modify them)."""
+        layers_directions = self.num_layers * self.num_directions
+        shapes = {
+            "h0": ((layers_directions, batch, self.output_size), "H_out"),
+            "c0": ((layers_directions, batch, self.hidden_size), "H"),
+        }
+        if hx is None:
+            states = [np.zeros(shape, self.dtype) for shape, _ in shapes.values()]
+            return [dispatch.to_device(state) for state in states] if on_gpu else states
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(
+                f"hx: expected a pair (h0, c0), got {type(hx).__name__}"
+                + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+            )
+        states = []
+        for given, (name, (shape, size)) in zip(hx, shapes.items(), strict=True):
+            given = dispatch.to_device(given) if on_gpu else np.asarray(given)
+            check_float_dtype(name, given, self.dtype)
+            expected = (shape[0], shape[2]) if unbatched else shape
+            meaning = f"(D·num_layers, {size})" if unbatched else f"(D·num_layers, B, {size})"
+            check_shape(name, given, expected, meaning)
+            if on_gpu and not given.is_c_contiguous():
+                raise ValueError(f"{name}: expected a C-contiguous CUDA array")
+            states.append(given.reshape(shape) if on_gpu else np.array(given).reshape(shape))
+        return states
+
+    def _forward_cpu(self, x, h_n, c_n, lengths, padded):
+        """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place."""
+        batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
-        layers_directions = self.num_layers * directions
-        h_n = np.zeros((layers_directions, batch, self.output_size), self.dtype)
-        c_n = np.zeros((layers_directions, batch, self.hidden_size), self.dtype)
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError(
-                    f"hx: expected a pair (h0, c0), got {type(hx).__name__}"
-                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
-                )
-            for name, given, state, size in (
-                ("h0", hx[0], h_n, "H_out"),
-                ("c0", hx[1], c_n, "H"),
-            ):
-                given = as_float_array(name, given, self.dtype)
-                expected = state.shape[::2] if unbatched else state.shape
-                meaning = f"(D·num_layers, {size})" if unbatched else f"(D·num_layers, B, {size})"
-                check_shape(name, given, expected, meaning)
-                state[...] = given.reshape(state.shape)
-
         layer_input = np.ascontiguousarray(x)
-        width = directions * self.output_size
-        y_shape = (batch, steps, width) if self.batch_first else (steps, batch, width)
+        y_shape = (*x.shape[:2], directions * self.output_size)
         for layer, stacks in enumerate(self._layers):
             y = (np.zeros if padded else np.empty)(y_shape, self.dtype)
             states = slice(layer * directions, (layer + 1) * directions)
@@ -392,7 +451,18 @@ class LSTM:
                     self.batch_first,
                 )
             layer_input = y
-        if unbatched:
-            y = y[0] if self.batch_first else y[:, 0]
-            h_n, c_n = h_n[:, 0], c_n[:, 0]
         return y, (h_n, c_n)
+
+    def _forward_cuda(self, x, h0, c0, lengths):
+        """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out."""
+        from numba import cuda
+
+        from lstm_numba import gpu
+
+        if lengths.size == 0:
+            y_shape = (*x.shape[:2], self.num_directions * self.output_size)
+            empty = (cuda.device_array(shape, self.dtype) for shape in (h0.shape, c0.shape))
+            return cuda.device_array(y_shape, self.dtype), tuple(empty)
+        layers = self._device_layers or self._upload_layers()
+        steps = int(lengths.max())
+        return gpu.lstm_forward(layers, x, h0, c0, cuda.to_device(lengths), steps, self.batch_first)
