@@ -1,10 +1,12 @@
 """lstm_numba: fast batched LSTM inference with Numba kernels.
 
-``LSTM`` is the model (PyTorch's weights and conventions); the seed's equations are public functions
-on arrays (``forget_gate`` … ``lstm_step``); ``lstm_numba.reference`` is the float64 NumPy oracle.
+``LSTM`` is the model (PyTorch's weights and conventions, CPU or CUDA: ``available_devices()``);
+the seed's equations are public functions on arrays (``forget_gate`` … ``lstm_step``);
+``lstm_numba.reference`` is the float64 NumPy oracle.
 """
 
 from lstm_numba import reference
+from lstm_numba.dispatch import available_devices
 from lstm_numba.gates import (
     candidate_memory,
     cell_update,
@@ -18,6 +20,7 @@ from lstm_numba.model import LSTM
 
 __all__ = [
     "LSTM",
+    "available_devices",
     "candidate_memory",
     "cell_update",
     "forget_gate",

@@ -28,7 +28,10 @@ from lstm_numba.equations import lstm_cell, lstm_cell_onnx
 GEMM_THREADS = 16
 """``input_projection`` blocks are GEMM_THREADS × GEMM_THREADS threads."""
 GEMM_WORK = 4
-"""Each thread computes GEMM_WORK × GEMM_WORK outputs: a block tile of 64 × 64."""
+"""Each thread computes GEMM_WORK × GEMM_WORK outputs."""
+GEMM_TILE = GEMM_THREADS * GEMM_WORK
+"""A block computes a GEMM_TILE × GEMM_TILE tile of the output (a constant: it sizes shared
+arrays)."""
 GEMM_DEPTH = 16
 """Slice of the inner dimension staged in shared memory per iteration."""
 
@@ -42,13 +45,13 @@ SHARED_BYTES = 48 * 1024
 def input_projection(a, w, bias, out):
     """out (M, N) = a (M, K) · wᵀ + bias, w (N, K), bias (N,); one dtype.
 
-    Launch: blocks (⌈N/64⌉, ⌈M/64⌉) of (GEMM_THREADS, GEMM_THREADS) threads. A thread owns the
-    outputs at rows ty + i·GEMM_THREADS and columns tx + j·GEMM_THREADS of its block's tile, so
-    shared-memory reads are conflict-free and stores are coalesced.
+    Launch: blocks (⌈N/GEMM_TILE⌉, ⌈M/GEMM_TILE⌉) of (GEMM_THREADS, GEMM_THREADS) threads. A
+    thread owns the outputs at rows ty + i·GEMM_THREADS and columns tx + j·GEMM_THREADS of its
+    block's tile, so shared-memory reads are conflict-free and stores are coalesced.
     """
-    tile = GEMM_THREADS * GEMM_WORK
-    a_tile = cuda.shared.array((GEMM_DEPTH, GEMM_THREADS * GEMM_WORK), dtype=a.dtype)
-    w_tile = cuda.shared.array((GEMM_DEPTH, GEMM_THREADS * GEMM_WORK), dtype=a.dtype)
+    tile = GEMM_TILE
+    a_tile = cuda.shared.array((GEMM_DEPTH, GEMM_TILE), dtype=a.dtype)
+    w_tile = cuda.shared.array((GEMM_DEPTH, GEMM_TILE), dtype=a.dtype)
     acc = cuda.local.array((GEMM_WORK, GEMM_WORK), dtype=a.dtype)
     a_values = cuda.local.array(GEMM_WORK, dtype=a.dtype)
     w_values = cuda.local.array(GEMM_WORK, dtype=a.dtype)
@@ -273,7 +276,7 @@ def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps,
     longest length. All arrays of one float dtype but ``lengths`` and the activation kinds.
     """
     rows, columns = x.shape[0], w_ih.shape[0]
-    tile = GEMM_THREADS * GEMM_WORK
+    tile = GEMM_TILE
     projected = cuda.device_array((rows, columns), dtype=x.dtype)
     input_projection[(math.ceil(columns / tile), math.ceil(rows / tile)), (GEMM_THREADS,) * 2](
         x, w_ih, bias, projected

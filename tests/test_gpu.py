@@ -1,0 +1,272 @@
+"""The GPU kernels against the CPU path and the reference.
+
+These tests run where CUDA kernels can run: on a real GPU (with numba-cuda), or under Numba's CUDA
+simulator. A plain ``pytest`` run on a machine without a GPU runs this file again in a subprocess
+with ``NUMBA_ENABLE_CUDASIM=1`` (``test_gpu_kernels_under_the_simulator``).
+
+Under the simulator the tile sizes and threads per block are patched small, so that the GEMM runs
+several blocks and k-slices and the sequence kernel's threads loop over their (unit, row) pairs.
+The simulator runs blocks one after another and its grid barrier synchronises one block only, so
+the sequence kernel runs as one block there; several blocks are tested on one-step sequences,
+which need no barrier. Not exercised by the simulator: the grid barrier across blocks and the
+cooperative-launch sizing (``gpu._max_cooperative_blocks``); they run on a real GPU.
+"""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import lstm_numba as ln
+from lstm_numba import dispatch
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+REAL_GPU = not SIMULATED and dispatch.cuda_status()[0]
+runs_kernels = pytest.mark.skipif(
+    not (SIMULATED or REAL_GPU), reason="no GPU: run in a subprocess under the CUDA simulator"
+)
+
+
+@pytest.mark.skipif(SIMULATED or REAL_GPU, reason="the kernels run in this process")
+def test_gpu_kernels_under_the_simulator():
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (pip install -e '.[test]')")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+        cwd=pathlib.Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout, result.stdout
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """``lstm_numba.gpu``, with small launch shapes under the simulator, and the dispatch layer
+    told that the simulator may run the GPU path (it never picks it on its own)."""
+    from lstm_numba import gpu
+
+    if SIMULATED:
+        monkeypatch.setattr(dispatch, "cuda_status", lambda: (True, "CUDA simulator (tests)"))
+        for name, value in [
+            ("GEMM_THREADS", 4),
+            ("GEMM_WORK", 2),
+            ("GEMM_TILE", 8),
+            ("GEMM_DEPTH", 3),
+            ("SEQUENCE_THREADS", 8),
+        ]:
+            monkeypatch.setattr(gpu, name, value)
+    return gpu
+
+
+@runs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 9), (19, 13, 30)])  # (M, K, N)
+def test_input_projection_is_a_gemm(gpu, rng, dtype, shape):
+    from numba import cuda
+
+    rows, inner, columns = shape
+    a = rng.standard_normal((rows, inner)).astype(dtype)
+    w = rng.standard_normal((columns, inner)).astype(dtype)
+    bias = rng.standard_normal(columns).astype(dtype)
+    out = cuda.device_array((rows, columns), dtype)
+    tile = gpu.GEMM_TILE
+    blocks = (-(-columns // tile), -(-rows // tile))
+    gpu.input_projection[blocks, (gpu.GEMM_THREADS, gpu.GEMM_THREADS)](
+        cuda.to_device(a), cuda.to_device(w), cuda.to_device(bias), out
+    )
+    expected = a.astype(np.float64) @ w.T.astype(np.float64) + bias
+    assert_close(out.copy_to_host(), expected)
+
+
+CONFIGURATIONS = [
+    {},
+    {"num_layers": 2, "bidirectional": True},
+    {"bidirectional": True, "proj_size": 2, "batch_first": False},
+    {"num_layers": 2, "proj_size": 3, "bias": False},
+    {"peepholes": True, "clip": 0.5, "input_forget": True},
+    {"bidirectional": True, "activations": ("hard_sigmoid", "relu", "tanh")},
+]
+
+
+def random_call(rng, model, batch=3, steps=4):
+    shape = (batch, steps) if model.batch_first else (steps, batch)
+    x = rng.standard_normal((*shape, model.input_size)).astype(model.dtype)
+    k = model.num_layers * model.num_directions
+    h0 = rng.standard_normal((k, batch, model.output_size)).astype(model.dtype)
+    c0 = rng.standard_normal((k, batch, model.hidden_size)).astype(model.dtype)
+    return x, (h0, c0)
+
+
+def assert_same_as_cpu(model, x, hx=None, lengths=None):
+    """The GPU forward (NumPy in, NumPy out) equals the CPU forward to the dtype's tolerance."""
+    y, (h_n, c_n) = model(x, hx, lengths, device="cuda")
+    assert isinstance(y, np.ndarray) and y.dtype == model.dtype
+    y_cpu, (h_cpu, c_cpu) = model(x, hx, lengths)
+    assert_close(y, y_cpu)
+    assert_close(h_n, h_cpu)
+    assert_close(c_n, c_cpu)
+
+
+@runs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_forward_matches_cpu(gpu, rng, dtype, options):
+    model = ln.LSTM(3, 5, **options, dtype=dtype, seed=1)
+    x, hx = random_call(rng, model)
+    assert_same_as_cpu(model, x, hx, lengths=np.array([4, 0, 2]))
+
+
+@runs_kernels
+def test_forward_matches_reference_without_lengths(gpu, rng):
+    from lstm_numba import reference
+
+    model = ln.LSTM(4, 6, num_layers=2, bidirectional=True, dtype=np.float64, seed=2)
+    x, hx = random_call(rng, model, batch=2, steps=5)
+    y, (h_n, c_n) = model(x, hx, device="cuda")
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), hx)
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+
+
+@runs_kernels
+def test_weights_from_global_memory(gpu, rng, monkeypatch):
+    """The fallback when a block's W_hh slice does not fit in shared memory."""
+    monkeypatch.setattr(gpu, "SHARED_BYTES", 0)
+    model = ln.LSTM(3, 5, bidirectional=True, proj_size=2, seed=3)
+    x, hx = random_call(rng, model)
+    assert_same_as_cpu(model, x, hx, lengths=np.array([1, 4, 3]))
+
+
+@runs_kernels
+@pytest.mark.parametrize("blocks", [2, 3, 7])
+@pytest.mark.parametrize("in_shared", [True, False])
+def test_several_blocks_share_the_units(gpu, rng, monkeypatch, blocks, in_shared):
+    """Each block owns ⌈H/blocks⌉ hidden units (the last fewer, or none): one-step sequences, so
+    that the simulator's one-block barrier does not matter."""
+    hidden = 5
+    units = -(-hidden // blocks)
+    monkeypatch.setattr(
+        gpu,
+        "plan_sequence",
+        lambda *_: (blocks, in_shared, 4 * units * hidden * 4 if in_shared else 0),
+    )
+    model = ln.LSTM(3, hidden, bidirectional=True, seed=4)
+    x, hx = random_call(rng, model, batch=3, steps=1)
+    assert_same_as_cpu(model, x, hx, lengths=np.array([1, 0, 1]))
+
+
+@runs_kernels
+def test_unbatched_and_empty_batch(gpu, rng):
+    model = ln.LSTM(3, 4, num_layers=2, seed=5)
+    x, (h0, c0) = random_call(rng, model, batch=1, steps=3)
+    y, (h_n, c_n) = model(x[0], (h0[:, 0], c0[:, 0]), device="cuda")
+    y_cpu, (h_cpu, c_cpu) = model(x[0], (h0[:, 0], c0[:, 0]))
+    assert y.shape == y_cpu.shape and h_n.shape == h_cpu.shape
+    assert_close(y, y_cpu)
+    assert_close(c_n, c_cpu)
+    y, (h_n, c_n) = model(np.zeros((0, 3, 3), np.float32), device="cuda")
+    assert y.shape == (0, 3, 4) and h_n.shape == (2, 0, 4) and c_n.shape == (2, 0, 4)
+
+
+@runs_kernels
+def test_to_cuda_keeps_weights_and_follows_updates(gpu, rng):
+    model = ln.LSTM(3, 4, seed=6).to("cuda")
+    assert model._device_layers is not None
+    x, hx = random_call(rng, model)
+    assert_same_as_cpu(model, x, hx)
+    model.weight_hh_l0 = rng.standard_normal((16, 4)).astype(np.float32)  # refreshes the copy
+    assert_same_as_cpu(model, x, hx)
+    model.load_state_dict(ln.LSTM(3, 4, seed=7).state_dict())
+    assert_same_as_cpu(model, x, hx)
+    assert model.to("cpu")._device_layers is None
+
+
+@runs_kernels
+def test_initial_states_are_not_modified(gpu, rng):
+    model = ln.LSTM(3, 4, seed=8)
+    x, (h0, c0) = random_call(rng, model)
+    before = h0.copy(), c0.copy()
+    model(x, (h0, c0), device="cuda")
+    np.testing.assert_array_equal(h0, before[0])
+    np.testing.assert_array_equal(c0, before[1])
+
+
+@pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
+def test_device_arrays_in_device_arrays_out(gpu, rng):
+    from numba import cuda
+
+    model = ln.LSTM(3, 4, seed=9)
+    x, hx = random_call(rng, model)
+    y, (h_n, c_n) = model(cuda.to_device(x))  # device="auto" follows the data
+    assert cuda.is_cuda_array(y) and cuda.is_cuda_array(h_n)
+    assert_close(y.copy_to_host(), model(x)[0])
+    for name in ("cupy", "torch"):
+        module = pytest.importorskip(name)
+        x_gpu = module.asarray(x) if name == "cupy" else module.from_numpy(x).cuda()
+        y_gpu, _ = model(x_gpu)
+        assert type(y_gpu) is type(x_gpu)
+        host = module.asnumpy(y_gpu) if name == "cupy" else y_gpu.cpu().numpy()
+        assert_close(host, model(x)[0])
+
+
+def cuda_kernel_arguments(dtype, proj_size=0):
+    """Arguments of a ``gpu.lstm_sequence`` launch as NumPy arrays and scalars, for typing."""
+    model = ln.LSTM(3, 4, bidirectional=True, proj_size=proj_size, dtype=dtype)
+    onnx, kinds, parameters, peepholes, bound, input_forget = model._cell(0)
+    stacks = model._layers[0]
+    batch, rows, out = 2, 6, model.output_size
+    return (
+        np.zeros((rows, 2 * 16), dtype), stacks["weight_hh"][0], stacks["weight_hr"][0], onnx,
+        kinds[0], parameters[0], peepholes[0], bound, input_forget,
+        np.zeros((2, batch, out), dtype), np.zeros((batch, 4), dtype), np.zeros((batch, 4), dtype),
+        np.zeros((rows, 2 * out), dtype), np.zeros(batch, np.int64), 3, 1, True, False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator does not compile")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_kernels_compile_to_ptx(monkeypatch, dtype, proj_size):
+    """A real type check of both kernels without a GPU: PTX for sm_90 (the grid barrier is only
+    linked at launch). Device functions ask the driver for the GPU's compute capability; without
+    one, a stand-in answers 9.0."""
+    import types
+
+    import numba
+    from numba import cuda
+    from numba.cuda import dispatcher
+
+    from lstm_numba import gpu
+
+    if not REAL_GPU:
+        sm_90 = types.SimpleNamespace(compute_capability=(9, 0))
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: sm_90)
+    real = numba.from_dtype(np.dtype(dtype))
+    matrix = real[:, ::1]
+    kernels = {
+        "lstm_sequence": (
+            gpu.lstm_sequence,
+            tuple(numba.typeof(a) for a in (*cuda_kernel_arguments(dtype, proj_size), True)),
+        ),
+        "input_projection": (gpu.input_projection, (matrix, matrix, real[::1], matrix)),
+    }
+    for name, (kernel, signature) in kernels.items():
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        except Exception as error:  # no NVVM (CUDA toolkit) on this machine
+            if "nvvm" in str(error).lower():
+                pytest.skip(f"cannot compile for CUDA here: {error}")
+            raise
+        assert ".visible .entry" in ptx, name
+        assert ("fma.rn.f32" if dtype == np.float32 else "fma.rn.f64") in ptx, name
