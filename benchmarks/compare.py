@@ -3,6 +3,7 @@
     python benchmarks/compare.py                      # the standard shapes, markdown table
     python benchmarks/compare.py --shapes 1,128,128,128 --repeats 20
     python benchmarks/compare.py --num-layers 2 --bidirectional --lengths
+    python benchmarks/compare.py --device cuda        # GPU: lstm_numba vs torch (cuDNN)
 
 Every library runs the same float32 LSTM (same weights, zero initial states; one layer unless
 ``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
@@ -11,6 +12,11 @@ is the best of ``--repeats`` calls after one warm-up call. Ratios are
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, measured at the start. Torch and ONNX
 Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
+
+With ``--device cuda`` the weights and x live on the GPU before timing (``model.to("cuda")``,
+``cuda.to_device``; torch: ``.cuda()``), every call ends with a device synchronisation, the peer
+is torch on CUDA (cuDNN), and "of sgemm" is relative to torch's float32 matmul (cuBLAS, TF32 off)
+on 4096³ when torch can use the GPU.
 
 The asv suite (``benchmarks/bench_*.py``) imports its timing helpers from here.
 """
@@ -33,6 +39,10 @@ STANDARD_SHAPES = [
     (32, 128, 256, 256),
     (256, 64, 512, 512),
     (64, 100, 1024, 1024),
+]
+
+GPU_SHAPES = STANDARD_SHAPES + [
+    (batch, 256, hidden, hidden) for batch in (1, 4, 16) for hidden in (256, 512, 1024)
 ]
 
 
@@ -84,28 +94,7 @@ def library_calls(model, x, lengths=None):
     except ImportError:
         pass
     else:
-        from torch.nn.utils.rnn import pack_padded_sequence
-
-        torch_lstm = torch.nn.LSTM(
-            model.input_size,
-            model.hidden_size,
-            num_layers=model.num_layers,
-            batch_first=True,
-            bidirectional=model.bidirectional,
-        )
-        torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-        x_torch = torch.from_numpy(x)
-
-        def run_torch():
-            with torch.no_grad():
-                if lengths is None:
-                    return torch_lstm(x_torch)
-                packed = pack_padded_sequence(
-                    x_torch, torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
-                )
-                return torch_lstm(packed)
-
-        calls["torch"] = (torch.__version__, run_torch)
+        calls["torch"] = (torch.__version__, torch_call(torch, model, x, lengths, "cpu"))
     try:
         import onnxruntime
     except ImportError:
@@ -125,14 +114,89 @@ def library_calls(model, x, lengths=None):
     return calls
 
 
+def torch_call(torch, model, x, lengths, device):
+    """A callable running ``torch.nn.LSTM`` with ``model``'s configuration and weights on x
+    (B, T, I) on ``device``; lengths as a packed sequence; synchronised on CUDA."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch_lstm = torch.nn.LSTM(
+        model.input_size,
+        model.hidden_size,
+        num_layers=model.num_layers,
+        batch_first=True,
+        bidirectional=model.bidirectional,
+    )
+    torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    torch_lstm.to(device)
+    x_torch = torch.from_numpy(x).to(device)
+
+    def run():
+        with torch.no_grad():
+            if lengths is None:
+                out = torch_lstm(x_torch)
+            else:
+                packed = pack_padded_sequence(
+                    x_torch, torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+                )
+                out = torch_lstm(packed)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def gpu_library_calls(model, x, lengths=None):
+    """As ``library_calls``, on the GPU: lstm_numba's CUDA kernels and torch on CUDA (cuDNN)."""
+    from numba import cuda
+
+    model.to("cuda")
+    x_device = cuda.to_device(x)
+
+    def run_lstm_numba():
+        out = model(x_device, lengths=lengths, device="cuda")
+        cuda.synchronize()
+        return out
+
+    calls = {"lstm_numba": (lstm_numba.__version__, run_lstm_numba)}
+    try:
+        import torch
+    except ImportError:
+        return calls
+    if torch.cuda.is_available():
+        version = f"{torch.__version__} cuDNN {torch.backends.cudnn.version()}"
+        calls["torch"] = (version, torch_call(torch, model, x, lengths, "cuda"))
+    return calls
+
+
+def gpu_sgemm_gflops(size=4096):
+    """float32 matmul rate (GFLOP/s) of cuBLAS through torch, TF32 off; None without it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(size, size, device="cuda")
+    b = torch.randn(size, size, device="cuda")
+
+    def matmul():
+        torch.matmul(a, b)
+        torch.cuda.synchronize()
+
+    return 2 * size**3 / best_seconds(matmul, repeats=5) / 1e9
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--shapes",
         nargs="*",
-        default=[",".join(map(str, s)) for s in STANDARD_SHAPES],
-        help="B,T,I,H shapes (default: the five standard shapes)",
+        help="B,T,I,H shapes (default: the five standard shapes; on cuda also B = 1, 4, 16 × "
+        "H = 256, 512, 1024 at T = 256)",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
     parser.add_argument("--num-layers", type=int, default=1)
@@ -142,17 +206,26 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    sgemm = sgemm_gflops()
-    blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; OPENBLAS_CORETYPE={blas}")
-    print(f"float32 GEMM (2048³) through @njit np.dot: {sgemm:.0f} GFLOP/s")
+    on_gpu = args.device == "cuda"
+    shapes = args.shapes or [
+        ",".join(map(str, s)) for s in (GPU_SHAPES if on_gpu else STANDARD_SHAPES)
+    ]
+    if on_gpu:
+        print(f"device: {lstm_numba.available_devices()['cuda']}")
+        sgemm = gpu_sgemm_gflops()
+        print(f"float32 matmul (4096³) through torch/cuBLAS: {sgemm or float('nan'):.0f} GFLOP/s")
+    else:
+        sgemm = sgemm_gflops()
+        blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores; OPENBLAS_CORETYPE={blas}")
+        print(f"float32 GEMM (2048³) through @njit np.dot: {sgemm:.0f} GFLOP/s")
     directions = 2 if args.bidirectional else 1
     print(
         f"num_layers={args.num_layers}, directions={directions}, "
         f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}"
     )
     rows, versions = [], {}
-    for text in args.shapes:
+    for text in shapes:
         batch, steps, inputs, hidden = (int(v) for v in text.split(","))
         model = lstm_numba.LSTM(
             inputs, hidden, args.num_layers, bidirectional=args.bidirectional, seed=0
@@ -161,7 +234,8 @@ def main(argv=None):
         x = rng.standard_normal((batch, steps, inputs), dtype=np.float32)
         lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None
         row = {"shape": (batch, steps, inputs, hidden)}
-        for name, (version, call) in library_calls(model, x, lengths).items():
+        calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths)
+        for name, (version, call) in calls.items():
             if args.no_reference and name.startswith("numpy"):
                 continue
             versions[name] = version
@@ -194,7 +268,7 @@ def markdown_table(rows, versions, sgemm):
     for row in rows:
         ours = row["lstm_numba"]
         cells = [str(row["shape"]), f"{ours * 1e3:.2f}", f"{row['gflops']:.0f}"]
-        cells.append(f"{row['gflops'] / sgemm:.0%}")
+        cells.append(f"{row['gflops'] / sgemm:.0%}" if sgemm else "n/a")
         cells += [f"{row[n] * 1e3:.2f} ({row[n] / ours:.2f}×)" for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -202,6 +202,19 @@ def test_initial_states_are_not_modified(gpu, rng):
     np.testing.assert_array_equal(c0, before[1])
 
 
+@runs_kernels
+def test_gpu_benchmark_script_runs(gpu, capsys):
+    """``benchmarks/compare.py --device cuda``, ready for a real GPU: one tiny shape."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    compare.main(["--device", "cuda", "--shapes", "2,3,4,5", "--repeats", "1", "--lengths"])
+    table = capsys.readouterr().out.splitlines()[-1]
+    assert table.startswith("| (2, 3, 4, 5) |"), table
+
+
 @pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
 def test_device_arrays_in_device_arrays_out(gpu, rng):
     from numba import cuda
