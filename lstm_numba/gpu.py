@@ -94,7 +94,7 @@ def input_projection(a, w, bias, out):
                 out[row, column] = acc[i, j] + bias[column]
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def gate_preactivation(
     projected, row, column, w_hh, shared, weights_in_shared, shared_row, gate_row, h_prev, b
 ):
