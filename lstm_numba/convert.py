@@ -74,7 +74,9 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
     activations, alphas, betas = _activation_attributes(model)
     attributes = {
         "hidden_size": hidden,
-        "direction": "bidirectional" if model.bidirectional else "forward",
+        "direction": (
+            "bidirectional" if model.bidirectional else "reverse" if model.reverse else "forward"
+        ),
         "activations": activations,
         "input_forget": int(model.input_forget),
     }

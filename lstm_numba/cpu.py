@@ -301,14 +301,15 @@ def project_hidden(h_unprojected, w_hr_t, h, times, y, column, batch_first, row_
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_first, tiled, partitions
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled, partitions
 ):
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
     Batch rows and directions are independent through the whole sequence, so the threads never
     wait for each other. Weights, bias, states and the cell's arrays carry a leading direction axis
-    D (forward, then reverse); other arguments as ``lstm_rows_forward``. BLAS must be limited to
-    one thread meanwhile.
+    D (forward, then reverse); ``backward``: the only direction (D = 1) reads backwards (ONNX's
+    direction="reverse"); other arguments as ``lstm_rows_forward``. BLAS must be limited to one
+    thread meanwhile.
     """
     onnx, kinds, params, peepholes, bound, input_forget = cell
     directions, batch, width = h.shape
@@ -318,12 +319,12 @@ def lstm_partitioned_forward(
         lstm_rows_forward(
             x, w_ih[d], w_hh[d], w_hr[d], bias[d],
             (onnx, kinds[d], params[d], peepholes[d], bound, input_forget),
-            h[d], c[d], y, d * width, lengths, d == 1, batch_first, tiled,
+            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, tiled,
             part * batch // partitions, (part + 1) * batch // partitions,
         )  # fmt: skip
 
 
-def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_first):
+def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first):
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
     Arguments as ``lstm_partitioned_forward``. With one work item (one direction, small batch) BLAS
@@ -336,10 +337,11 @@ def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_
         lstm_rows_forward(
             x, w_ih[0], w_hh[0], w_hr[0], bias[0],
             (onnx, kinds[0], params[0], peepholes[0], bound, input_forget),
-            h[0], c[0], y, 0, lengths, False, batch_first, tiled, 0, batch,
+            h[0], c[0], y, 0, lengths, backward, batch_first, tiled, 0, batch,
         )  # fmt: skip
     else:
         with _BLAS_THREADS.limit(limits=1, user_api="blas"):
             lstm_partitioned_forward(
-                x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, batch_first, tiled, partitions
-            )
+                x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled,
+                partitions,
+            )  # fmt: skip

@@ -266,14 +266,17 @@ def _max_cooperative_blocks(args, threads, shared_bytes):
     return kernel.max_cooperative_grid_blocks(threads, shared_bytes)
 
 
-def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, batch_first):
+def lstm_layer_forward(
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, batch_first
+):
     """One layer, every direction, on device arrays; results in ``h``, ``c`` and ``y``.
 
     x (N, I) with N = B·T rows in x's order; w_ih (D·4H, I), bias (D·4H,): the directions
     stacked; w_hh (D, 4H, H_out); w_hr (D, H_out, H) or (D, 0, 0); cell as
     ``cpu.lstm_rows_forward``'s, on the device; h (D, 2, B, H_out) with h0 in h[:, 0], the final
     h in h[:, steps % 2]; c (D, B, H) in/out; y (N, D·H_out); lengths (B,) int64; ``steps`` the
-    longest length. All arrays of one float dtype but ``lengths`` and the activation kinds.
+    longest length; ``backward``: the only direction reads backwards (ONNX's direction="reverse").
+    All arrays of one float dtype but ``lengths`` and the activation kinds.
     """
     rows, columns = x.shape[0], w_ih.shape[0]
     tile = GEMM_TILE
@@ -288,7 +291,8 @@ def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps,
     for d in range(directions):
         args = (
             projected, w_hh[d], w_hr[d], onnx, kinds[d], parameters[d], peepholes[d], bound,
-            input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d, d == 1, batch_first,
+            input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d, d == 1 or backward,
+            batch_first,
         )  # fmt: skip
         threads = min(SEQUENCE_THREADS, max(32, hidden * batch))
         max_blocks = 1
@@ -319,10 +323,11 @@ def upload_layer(stacks, cell):
     }
 
 
-def lstm_forward(layers, x, h0, c0, lengths, steps, batch_first):
+def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first):
     """The whole stack on device arrays: ``layers`` from ``upload_layer``; x (B, T, I) if
     ``batch_first`` else (T, B, I), C-contiguous; h0 (D·L, B, H_out), c0 (D·L, B, H) (not
-    modified); lengths (B,) int64; ``steps`` the longest length.
+    modified); lengths (B,) int64; ``steps`` the longest length; ``backward`` as
+    ``lstm_layer_forward``'s.
 
     Returns device arrays ``y, (h_n, c_n)`` shaped as ``LSTM.__call__``'s (B ≥ 1).
     """
@@ -351,6 +356,7 @@ def lstm_forward(layers, x, h0, c0, lengths, steps, batch_first):
             y,
             lengths,
             steps,
+            backward,
             batch_first,
         )
         for d in range(directions):

@@ -87,7 +87,8 @@ class LSTM:
     results, plus the options of the ONNX ``LSTM`` operator, on Numba kernels.
 
     ``LSTM(input_size, hidden_size, num_layers=1, *, bias=True, batch_first=True,
-    bidirectional=False, proj_size=0, dtype=np.float32, seed=None, peepholes=False, clip=None,
+    bidirectional=False, proj_size=0, dtype=np.float32, seed=None, reverse=False, peepholes=False,
+    clip=None,
     input_forget=False, activations=("sigmoid", "tanh", "tanh"), activation_alpha=(),
     activation_beta=())``.
 
@@ -98,11 +99,12 @@ class LSTM:
     (H_out, H) when ``proj_size > 0``. Gate blocks in order i, f, g, o. They start uniform in
     ±1/√H, as in PyTorch (``seed`` makes them reproducible).
 
-    ONNX's options (``onnx/defs/rnn/defs.cc``): ``peepholes`` adds ``peephole_l{k}`` (3H,), the
-    vectors P_i, P_o, P_f in ONNX's order; ``clip`` bounds every gate pre-activation to ±clip;
-    ``input_forget`` couples the gates (f = 1 − i); ``activations`` names ONNX's f (gates), g
-    (candidate) and h (output), any of ``equations.ACTIVATIONS``, with ``activation_alpha`` and
-    ``activation_beta`` consumed as ONNX does.
+    ONNX's options (``onnx/defs/rnn/defs.cc``): ``reverse`` reads the sequences backwards, one
+    direction only (``direction="reverse"``; y stays in input time order); ``peepholes`` adds
+    ``peephole_l{k}`` (3H,), the vectors P_i, P_o, P_f in ONNX's order; ``clip`` bounds every
+    gate pre-activation to ±clip; ``input_forget`` couples the gates (f = 1 − i); ``activations``
+    names ONNX's f (gates), g (candidate) and h (output), any of ``equations.ACTIVATIONS``, with
+    ``activation_alpha`` and ``activation_beta`` consumed as ONNX does.
 
     ``y, (h_n, c_n) = model(x, hx=None, lengths=None)``; see ``__call__``.
     """
@@ -119,6 +121,7 @@ class LSTM:
         proj_size=0,
         dtype=np.float32,
         seed=None,
+        reverse=False,
         peepholes=False,
         clip=None,
         input_forget=False,
@@ -137,6 +140,9 @@ class LSTM:
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
+        self.reverse = bool(reverse)
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse: only for a unidirectional LSTM (bidirectional=False)")
         self.dtype = check_dtype(dtype)
         self.peepholes = bool(peepholes)
         if clip is not None and not (isinstance(clip, (int, float, np.number)) and clip > 0):
@@ -245,7 +251,14 @@ class LSTM:
         options.append(f"batch_first={self.batch_first}")
         options += [
             f"{name}={getattr(self, name)!r}"
-            for name in ("bidirectional", "proj_size", "peepholes", "clip", "input_forget")
+            for name in (
+                "bidirectional",
+                "proj_size",
+                "reverse",
+                "peepholes",
+                "clip",
+                "input_forget",
+            )
             if getattr(self, name)
         ]
         if self.activations != DEFAULT_ACTIVATIONS * self.num_directions:
@@ -448,6 +461,7 @@ class LSTM:
                     c_n[states],
                     y,
                     lengths,
+                    self.reverse,
                     self.batch_first,
                 )
             layer_input = y
@@ -465,4 +479,6 @@ class LSTM:
             return cuda.device_array(y_shape, self.dtype), tuple(empty)
         layers = self._device_layers or self._upload_layers()
         steps = int(lengths.max())
-        return gpu.lstm_forward(layers, x, h0, c0, cuda.to_device(lengths), steps, self.batch_first)
+        return gpu.lstm_forward(
+            layers, x, h0, c0, cuda.to_device(lengths), steps, self.reverse, self.batch_first
+        )

@@ -49,6 +49,7 @@ def lstm_forward(
     batch_first=True,
     *,
     lengths=None,
+    reverse=False,
     clip=None,
     input_forget=False,
     activations=STANDARD_ACTIVATIONS,
@@ -60,7 +61,8 @@ def lstm_forward(
     ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (H_out, H)) and optionally
     ``peephole_l{k}`` (3H,) in ONNX's order i, o, f; the layers, directions, projection and
     peepholes are read off the keys. hx: ``(h0, c0)``, each (D·L, B, ·), or None for zeros.
-    lengths: (B,) valid steps per sequence, or None. clip, input_forget: as ONNX. activations:
+    lengths: (B,) valid steps per sequence, or None. reverse: a unidirectional LSTM reads
+    backwards (ONNX's direction="reverse"). clip, input_forget: as ONNX. activations:
     (name, alpha, beta) for ONNX's f, g, h; 3 of them, or 3 per direction.
 
     Returns ``y, (h_n, c_n)`` as ``torch.nn.LSTM``, float64, y zero past each length.
@@ -105,7 +107,7 @@ def lstm_forward(
             for b in range(batch):
                 h, c = h0[k, b], c0[k, b]
                 times = range(lengths[b])
-                for t in reversed(times) if suffix else times:
+                for t in reversed(times) if suffix or reverse else times:
                     z = weight["weight_ih"] @ layer_input[b, t] + weight["weight_hh"] @ h + bias
                     z_i, z_f, z_g, z_o = np.split(z, 4)
                     i = f_act(np.clip(z_i + p_i * c, -bound, bound), *f_args)

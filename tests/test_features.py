@@ -25,6 +25,8 @@ ONNX_OPTIONS = [
         "activations": ("sigmoid", "tanh", "tanh", "hardsigmoid", "elu", "softsign"),
     },
     {"bidirectional": True, "peepholes": True, "clip": 1.5, "input_forget": True},
+    {"reverse": True},
+    {"reverse": True, "peepholes": True, "activations": ("sigmoid", "relu", "tanh")},
 ]
 
 
@@ -40,6 +42,7 @@ def reference_forward(model, x, hx=None, lengths=None):
         hx,
         model.batch_first,
         lengths=lengths,
+        reverse=model.reverse,
         clip=model.clip,
         input_forget=model.input_forget,
         activations=reference_activations(model),
@@ -78,7 +81,8 @@ def test_random_configurations_match_reference(case):
         num_layers=int(rng.integers(1, 4)),
         bias=bool(rng.random() < 0.8),
         batch_first=bool(rng.random() < 0.5),
-        bidirectional=bool(rng.random() < 0.5),
+        bidirectional=(bidirectional := bool(rng.random() < 0.5)),
+        reverse=not bidirectional and rng.random() < 0.3,
         proj_size=int(rng.integers(1, hidden)) if hidden > 1 and rng.random() < 0.4 else 0,
         dtype=(np.float32, np.float64)[case % 2],
         seed=case,
@@ -174,9 +178,9 @@ def test_reference_forward_is_the_seed(rng):
     x, (h0, c0) = random_inputs(rng, model, 3, 1)
     y, (h_n, c_n) = reference_forward(model, x, (h0, c0))
     h_seed, c_seed = reference.lstm_step(h0[0], c0[0], x[:, 0], **model.gate_weights())
-    np.testing.assert_allclose(h_n[0], h_seed, rtol=1e-14)
-    np.testing.assert_allclose(c_n[0], c_seed, rtol=1e-14)
-    np.testing.assert_allclose(y[:, 0], h_seed, rtol=1e-14)
+    np.testing.assert_allclose(h_n[0], h_seed, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(c_n[0], c_seed, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(y[:, 0], h_seed, rtol=1e-14, atol=1e-15)
 
 
 def test_reference_onnx_options_by_hand(rng):
@@ -367,6 +371,7 @@ def test_bad_call_is_a_clear_error(call, error, pattern):
         ({"proj_size": 4}, ValueError, r"proj_size: expected less than hidden_size = 4, got 4"),
         ({"proj_size": -1}, ValueError, r"proj_size: expected a non-negative integer"),
         ({"clip": 0}, ValueError, r"clip: expected a positive number or None, got 0"),
+        ({"reverse": True, "bidirectional": True}, ValueError, r"reverse: only for a unidir"),
         ({"clip": "1"}, ValueError, r"clip: expected a positive number"),
         ({"activations": ("sigmoid", "tanh")}, ValueError, r"activations: expected 3 names"),
         ({"activations": "sigmoid"}, ValueError, r"activations: expected 3 names"),

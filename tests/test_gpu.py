@@ -95,6 +95,7 @@ CONFIGURATIONS = [
     {"num_layers": 2, "proj_size": 3, "bias": False},
     {"peepholes": True, "clip": 0.5, "input_forget": True},
     {"bidirectional": True, "activations": ("hard_sigmoid", "relu", "tanh")},
+    {"reverse": True, "num_layers": 2},
 ]
 
 

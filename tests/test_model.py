@@ -230,8 +230,13 @@ def test_workspace_does_not_grow_with_sequence_length():
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"bidirectional": True}, {"bidirectional": True, "proj_size": 4, "peepholes": True}],
-    ids=["plain", "bidirectional", "projected-onnx-cell"],
+    [
+        {},
+        {"reverse": True},
+        {"bidirectional": True},
+        {"bidirectional": True, "proj_size": 4, "peepholes": True},
+    ],
+    ids=["plain", "reverse", "bidirectional", "projected-onnx-cell"],
 )
 def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batch_first, options):
     """Each way the forward can run (BLAS or tiled recurrent product, batch split over threads or
@@ -248,14 +253,14 @@ def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batc
     c = rng.standard_normal((directions, batch, hidden)).astype(dtype)
     lengths = np.array([0, steps, 3, 1, steps, 7, 2])
     expected, (h_ref, c_ref) = reference.lstm_forward(
-        x, model.state_dict(), (h, c), batch_first, lengths=lengths
+        x, model.state_dict(), (h, c), batch_first, lengths=lengths, reverse=model.reverse
     )
     y = np.zeros(expected.shape, dtype)
     stacks = model._layers[0]
     cpu.lstm_partitioned_forward(
         x, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
-        stacks["bias_ih"] + stacks["bias_hh"], model._cell(0), h, c, y, lengths, batch_first,
-        tiled, partitions,
+        stacks["bias_ih"] + stacks["bias_hh"], model._cell(0), h, c, y, lengths, model.reverse,
+        batch_first, tiled, partitions,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
