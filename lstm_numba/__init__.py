@@ -6,6 +6,14 @@ the seed's equations are public functions on arrays (``forget_gate`` … ``lstm_
 """
 
 from lstm_numba import reference
+from lstm_numba.convert import (
+    from_keras,
+    from_keras_weights,
+    from_onnx,
+    from_state_dict,
+    from_torch,
+    to_onnx,
+)
 from lstm_numba.dispatch import available_devices
 from lstm_numba.gates import (
     candidate_memory,
@@ -22,6 +30,12 @@ __all__ = [
     "LSTM",
     "available_devices",
     "candidate_memory",
+    "from_keras",
+    "from_keras_weights",
+    "from_onnx",
+    "from_state_dict",
+    "from_torch",
+    "to_onnx",
     "cell_update",
     "forget_gate",
     "hidden_state",

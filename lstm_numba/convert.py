@@ -1,4 +1,4 @@
-"""Weight import and export between ``LSTM`` and other formats.
+"""Weight import and export between ``LSTM`` and other formats: PyTorch, Keras, ONNX.
 
 Layouts (cited from each project's operator definition):
 
@@ -9,12 +9,24 @@ Layouts (cited from each project's operator definition):
 - ONNX ``LSTM`` (``onnx/defs/rnn/defs.cc``): ``W`` [D, 4H, I], ``R`` [D, 4H, H], ``B`` [D, 8H] =
   [Wb, Rb], gate blocks i, o, f, c; ``P`` [D, 3H] in i, o, f (``LSTM`` keeps this order in
   ``peephole_l{k}``).
+- Keras ``LSTM`` (``keras/src/layers/rnn/lstm.py``): ``kernel`` (I, 4H), ``recurrent_kernel``
+  (H, 4H), one ``bias`` (4H,), gate blocks i, f, c, o; ``recurrent_activation`` for the gates,
+  ``activation`` for the candidate and the output; ``go_backwards`` reads backwards;
+  ``Bidirectional`` concatenates a forward and a ``go_backwards`` layer.
 """
+
+import os
+import re
 
 import numpy as np
 
+from lstm_numba._validation import check_dtype
+from lstm_numba.model import LSTM
+
 TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
 """Gate blocks of PyTorch's order (i, f, g, o) taken in ONNX's order (i, o, f, c)."""
+ONNX_TO_TORCH_GATES = [0, 2, 3, 1]
+"""Gate blocks of ONNX's order (i, o, f, c) taken in PyTorch's order (i, f, g, o)."""
 
 ONNX_ACTIVATION_NAMES = {
     "sigmoid": "Sigmoid",
@@ -32,27 +44,10 @@ ONNX_ACTIVATION_NAMES = {
 """``LSTM.activations`` names → the ONNX attribute's spelling."""
 
 
-def _onnx_gate_order(stacked, hidden):
-    """(D, 4H, …) in PyTorch gate order → (D, 4H, …) in ONNX gate order."""
+def _onnx_gate_order(stacked, hidden, order=TORCH_TO_ONNX_GATES):
+    """(D, 4H, …) with gate blocks reordered: PyTorch's order → ONNX's, or ``order``."""
     blocks = stacked.reshape(stacked.shape[0], 4, hidden, *stacked.shape[2:])
-    return np.ascontiguousarray(blocks[:, TORCH_TO_ONNX_GATES].reshape(stacked.shape))
-
-
-def _activation_attributes(model):
-    """ONNX's ``activations``, ``activation_alpha`` and ``activation_beta`` for ``model``."""
-    from lstm_numba.model import ACTIVATION_PARAMETERS
-
-    names, alphas, betas = [], [], []
-    for name, alpha, beta in zip(
-        model.activations, model.activation_alpha, model.activation_beta, strict=True
-    ):
-        names.append(ONNX_ACTIVATION_NAMES[name])
-        takes_alpha, takes_beta = ACTIVATION_PARAMETERS.get(name, (None, None))
-        if takes_alpha is not None:
-            alphas.append(alpha)
-        if takes_beta is not None:
-            betas.append(beta)
-    return names, alphas, betas
+    return np.ascontiguousarray(blocks[:, order].reshape(stacked.shape))
 
 
 def to_onnx(model, opset=14, *, sequence_lens=False):
@@ -71,7 +66,9 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
         raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
     hidden, directions = model.hidden_size, model.num_directions
     element = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[model.dtype.type]
-    activations, alphas, betas = _activation_attributes(model)
+    config = model.config
+    activations = [ONNX_ACTIVATION_NAMES[name] for name in config["activations"]]
+    alphas, betas = config["activation_alpha"], config["activation_beta"]
     attributes = {
         "hidden_size": hidden,
         "direction": (
@@ -166,3 +163,300 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
         initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+# --- Import ---------------------------------------------------------------------------------------
+
+_TORCH_NAME = re.compile(
+    r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|peephole)_l(\d+)(_reverse)?"
+)
+
+
+def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
+    """An ``LSTM`` from weights under PyTorch's names (module docstring), e.g.
+    ``np.load("w.npz")`` or ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``.
+
+    The structure is read off the names and shapes: input_size, hidden_size, num_layers,
+    bidirectional (``_reverse`` keys), bias (``bias_*`` keys), proj_size (``weight_hr_l0``) and
+    peepholes (``peephole_l0``). ``dtype``: the weights' (float32 or float64) unless given.
+    ``options``: ``LSTM``'s other keyword arguments (``clip``, ``activations``, ``reverse``, …).
+    Every key and shape is checked; all problems are reported in one ``ValueError``.
+    """
+    arrays = {str(name): np.asarray(value) for name, value in state_dict.items()}
+    unknown = sorted(name for name in arrays if not _TORCH_NAME.fullmatch(name))
+    if unknown:
+        raise ValueError(f"state_dict: unexpected keys {unknown}; expected PyTorch's LSTM names")
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        if name not in arrays or arrays[name].ndim != 2:
+            found = arrays[name].shape if name in arrays else "missing"
+            raise ValueError(f"state_dict: {name} must be a 2-D array, got {found}")
+    gate_rows, input_size = arrays["weight_ih_l0"].shape
+    if gate_rows % 4 or gate_rows == 0:
+        raise ValueError(f"weight_ih_l0: expected 4H rows, got shape {(gate_rows, input_size)}")
+    num_layers = 1 + max(int(_TORCH_NAME.fullmatch(name)[2]) for name in arrays)
+    if dtype is None:
+        dtype = arrays["weight_ih_l0"].dtype
+        if dtype.kind != "f":
+            raise TypeError(f"weight_ih_l0: expected float32 or float64 weights, got {dtype}")
+    model = LSTM(
+        input_size,
+        gate_rows // 4,
+        num_layers,
+        bias="bias_ih_l0" in arrays,
+        batch_first=batch_first,
+        bidirectional="weight_ih_l0_reverse" in arrays,
+        proj_size=arrays["weight_hr_l0"].shape[0] if "weight_hr_l0" in arrays else 0,
+        dtype=check_dtype(dtype),
+        peepholes="peephole_l0" in arrays,
+        **options,
+    )
+    model.load_state_dict(arrays)
+    return model
+
+
+def from_torch(module):
+    """An ``LSTM`` equal to a ``torch.nn.LSTM`` module (its configuration and weights, copied to
+    NumPy; dropout is a training feature and is ignored)."""
+    if type(module).__name__ != "LSTM" or not hasattr(module, "proj_size"):
+        raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
+    weights = {name: value.detach().cpu().numpy() for name, value in module.state_dict().items()}
+    return from_state_dict(weights, batch_first=module.batch_first)
+
+
+KERAS_ACTIVATIONS = {
+    "sigmoid": ("sigmoid", ()),
+    "tanh": ("tanh", ()),
+    "relu": ("relu", ()),
+    "linear": ("affine", (1.0, 0.0)),
+    "hard_sigmoid": ("hardsigmoid", (1 / 6, 0.5)),  # Keras 3: relu6(x + 3) / 6
+    "softsign": ("softsign", ()),
+    "softplus": ("softplus", ()),
+    "elu": ("elu", (1.0,)),
+}
+"""Keras activation names → (``LSTM`` activation, its ONNX alpha[, beta])."""
+
+
+def _keras_activations(activation, recurrent_activation):
+    """``LSTM``'s activations, alphas, betas for Keras's (gates, candidate & output)."""
+    names, alphas, betas = [], [], []
+    for argument, name in (
+        ("recurrent_activation", recurrent_activation),
+        ("activation", activation),
+        ("activation", activation),
+    ):
+        if name not in KERAS_ACTIVATIONS:
+            raise ValueError(
+                f"{argument}: {name!r} has no LSTM equivalent here; expected one of "
+                + ", ".join(KERAS_ACTIVATIONS)
+            )
+        ours, parameters = KERAS_ACTIVATIONS[name]
+        names.append(ours)
+        alphas += parameters[:1]
+        betas += parameters[1:]
+    return {"activations": names, "activation_alpha": alphas, "activation_beta": betas}
+
+
+def _keras_direction(weights):
+    """PyTorch-layout weights of one Keras LSTM's ``get_weights()`` list."""
+    if len(weights) not in (2, 3):
+        raise ValueError(
+            "weights: expected [kernel, recurrent_kernel, bias] or, without bias, "
+            f"[kernel, recurrent_kernel]; got {len(weights)} arrays"
+        )
+    kernel, recurrent = (np.asarray(w) for w in weights[:2])
+    if kernel.ndim != 2 or recurrent.ndim != 2 or recurrent.shape[1] != 4 * recurrent.shape[0]:
+        raise ValueError(
+            "weights: expected kernel (I, 4H) and recurrent_kernel (H, 4H), got "
+            f"{kernel.shape} and {recurrent.shape}"
+        )
+    if kernel.shape[1] != recurrent.shape[1]:
+        raise ValueError(f"weights: kernel {kernel.shape} and recurrent_kernel {recurrent.shape}")
+    converted = {"weight_ih": kernel.T, "weight_hh": recurrent.T}
+    if len(weights) == 3:
+        bias = np.asarray(weights[2])
+        if bias.shape != (kernel.shape[1],):
+            raise ValueError(
+                f"weights: expected bias (4H,) = ({kernel.shape[1]},), got {bias.shape}"
+            )
+        converted["bias_ih"], converted["bias_hh"] = bias, np.zeros_like(bias)
+    return converted
+
+
+def from_keras_weights(
+    weights,
+    *,
+    backward_weights=None,
+    go_backwards=False,
+    activation="tanh",
+    recurrent_activation="sigmoid",
+    batch_first=True,
+    dtype=None,
+):
+    """An ``LSTM`` from a Keras LSTM's ``get_weights()``: ``[kernel (I, 4H), recurrent_kernel
+    (H, 4H), bias (4H,)]`` (no bias with ``use_bias=False``), gates i, f, c, o.
+
+    ``backward_weights``: the backward layer's list, for a ``Bidirectional`` wrapper (concatenated
+    outputs, forward first, as ``merge_mode="concat"``). ``go_backwards``: a lone layer reading
+    backwards; unlike Keras, which returns that layer's sequence reversed, y stays in input time
+    order (Keras's y is ``y[:, ::-1]`` for full-length sequences; h_n, c_n agree).
+    ``activation``/``recurrent_activation``: Keras's names. ``unit_forget_bias`` only initialises
+    a bias and needs nothing here.
+    """
+    if backward_weights is not None and go_backwards:
+        raise ValueError("go_backwards: not with backward_weights (a Bidirectional wrapper)")
+    directions = [_keras_direction(weights)]
+    if backward_weights is not None:
+        directions.append(_keras_direction(backward_weights))
+    state = {}
+    for suffix, direction in zip(("", "_reverse"), directions, strict=False):
+        state.update({f"{name}_l0{suffix}": value for name, value in direction.items()})
+    return from_state_dict(
+        state,
+        batch_first=batch_first,
+        dtype=dtype,
+        reverse=go_backwards,
+        **_keras_activations(activation, recurrent_activation),
+    )
+
+
+def from_keras(layer, *, batch_first=True, dtype=None):
+    """An ``LSTM`` equal to a Keras ``LSTM`` layer, or a ``Bidirectional`` of two
+    (``merge_mode="concat"``), from its configuration and ``get_weights()``; see
+    ``from_keras_weights``. Stateful layers, dropout and masks are not carried over."""
+    name = type(layer).__name__
+    if name == "Bidirectional":
+        if layer.merge_mode != "concat":
+            raise ValueError(f"from_keras: merge_mode {layer.merge_mode!r}; only 'concat' maps")
+        forward, backward = layer.forward_layer, layer.backward_layer
+    elif name == "LSTM":
+        forward, backward = layer, None
+    else:
+        raise TypeError(f"from_keras: expected a Keras LSTM or Bidirectional(LSTM), got {name}")
+    config = forward.get_config()
+    return from_keras_weights(
+        forward.get_weights(),
+        backward_weights=None if backward is None else backward.get_weights(),
+        go_backwards=backward is None and config["go_backwards"],
+        activation=config["activation"],
+        recurrent_activation=config["recurrent_activation"],
+        batch_first=batch_first,
+        dtype=dtype,
+    )
+
+
+ONNX_ATTRIBUTES = {
+    "activation_alpha",
+    "activation_beta",
+    "activations",
+    "clip",
+    "direction",
+    "hidden_size",
+    "input_forget",
+    "layout",
+}
+"""The ONNX LSTM operator's attributes (opset 14); any other is an error."""
+
+
+def _onnx_lstm_node(onnx_model, node_name):
+    nodes = [node for node in onnx_model.graph.node if node.op_type == "LSTM"]
+    if node_name is not None:
+        nodes = [node for node in nodes if node.name == node_name]
+        if not nodes:
+            raise ValueError(f"from_onnx: no LSTM node named {node_name!r}")
+    if not nodes:
+        operators = sorted({node.op_type for node in onnx_model.graph.node})
+        raise ValueError(f"from_onnx: the graph has no LSTM node (operators: {operators})")
+    if len(nodes) > 1:
+        names = [node.name for node in nodes]
+        raise ValueError(f"from_onnx: {len(nodes)} LSTM nodes {names}; pass node_name=")
+    return nodes[0]
+
+
+def from_onnx(model, node_name=None, *, weights=None):
+    """An ``LSTM`` equal to the ``LSTM`` node of an ONNX model (needs the ``onnx`` package).
+
+    ``model``: a path or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
+    several. W, R, B and P are read from the graph's initializers, or from ``weights`` (name →
+    array) for those that are graph inputs. Every attribute of the operator is honoured:
+    direction (forward, reverse, bidirectional), hidden_size, activations with activation_alpha/
+    beta, clip, input_forget, and layout (1 → ``batch_first=True``, else False), so that
+    ``run_onnx_io`` takes and returns the node's X, Y, Y_h, Y_c as they are. float16 weights
+    become float32; float64 stays float64.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model))
+    node = _onnx_lstm_node(model, node_name)
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    unknown = sorted(attributes.keys() - ONNX_ATTRIBUTES)
+    if unknown:
+        raise ValueError(f"from_onnx: unknown LSTM attributes {unknown} on node {node.name!r}")
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    given = dict(weights or {})
+
+    def weight(position, label):
+        if len(node.input) <= position or not node.input[position]:
+            return None
+        name = node.input[position]
+        if name in given:
+            return np.asarray(given[name])
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        raise ValueError(
+            f"from_onnx: {label} ({name!r}) is neither an initializer nor given in weights="
+        )
+
+    w, r, b, p = weight(1, "W"), weight(2, "R"), weight(3, "B"), weight(7, "P")
+    if w is None or r is None or w.ndim != 3 or r.ndim != 3:
+        raise ValueError("from_onnx: W [D, 4H, I] and R [D, 4H, H] are required")
+    directions, gate_rows, _ = w.shape
+    hidden = gate_rows // 4
+    direction = attributes.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    expected_directions = {"forward": 1, "reverse": 1, "bidirectional": 2}.get(direction)
+    if expected_directions is None:
+        raise ValueError(f"from_onnx: unknown direction {direction!r}")
+    if directions != expected_directions or r.shape != (directions, gate_rows, hidden):
+        raise ValueError(
+            f"from_onnx: direction {direction!r} with W {w.shape} and R {r.shape}; expected "
+            f"W [{expected_directions}, 4H, I] and R [{expected_directions}, 4H, H]"
+        )
+    if attributes.get("hidden_size", hidden) != hidden:
+        raise ValueError(f"from_onnx: hidden_size {attributes['hidden_size']} but R is {r.shape}")
+    for label, array, width in (("B", b, 8 * hidden), ("P", p, 3 * hidden)):
+        if array is not None and array.shape != (directions, width):
+            raise ValueError(
+                f"from_onnx: {label} expected shape [D, {width // hidden}H] = "
+                f"{(directions, width)}, got {array.shape}"
+            )
+    dtype = np.float32 if w.dtype == np.float16 else w.dtype
+    state = {}
+    for d, suffix in enumerate(("", "_reverse")[:directions]):
+        state[f"weight_ih_l0{suffix}"] = _onnx_gate_order(
+            w[d : d + 1], hidden, ONNX_TO_TORCH_GATES
+        )[0]
+        state[f"weight_hh_l0{suffix}"] = _onnx_gate_order(
+            r[d : d + 1], hidden, ONNX_TO_TORCH_GATES
+        )[0]
+        biases = np.zeros((2, gate_rows), w.dtype) if b is None else b[d].reshape(2, gate_rows)
+        reordered = _onnx_gate_order(biases, hidden, ONNX_TO_TORCH_GATES)
+        state[f"bias_ih_l0{suffix}"], state[f"bias_hh_l0{suffix}"] = reordered
+        if p is not None:
+            state[f"peephole_l0{suffix}"] = p[d]
+    activations = [
+        name.decode() if isinstance(name, bytes) else name
+        for name in attributes.get("activations", ["Sigmoid", "Tanh", "Tanh"])
+    ]
+    return from_state_dict(
+        state,
+        batch_first=attributes.get("layout", 0) == 1,
+        dtype=dtype,
+        reverse=direction == "reverse",
+        clip=attributes.get("clip"),
+        input_forget=bool(attributes.get("input_forget", 0)),
+        activations=activations,
+        activation_alpha=attributes.get("activation_alpha", ()),
+        activation_beta=attributes.get("activation_beta", ()),
+    )

@@ -162,6 +162,36 @@ class LSTM:
         }
 
     @property
+    def config(self):
+        """The constructor's arguments (all but ``seed``), JSON-friendly: ``LSTM(**config)``
+        builds a model of the same structure."""
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "batch_first": self.batch_first,
+            "bidirectional": self.bidirectional,
+            "proj_size": self.proj_size,
+            "dtype": self.dtype.name,
+            "reverse": self.reverse,
+            "peepholes": self.peepholes,
+            "clip": self.clip,
+            "input_forget": self.input_forget,
+            "activations": list(self.activations),
+            "activation_alpha": [
+                alpha
+                for name, alpha in zip(self.activations, self.activation_alpha, strict=True)
+                if ACTIVATION_PARAMETERS.get(name, (None, None))[0] is not None
+            ],
+            "activation_beta": [
+                beta
+                for name, beta in zip(self.activations, self.activation_beta, strict=True)
+                if ACTIVATION_PARAMETERS.get(name, (None, None))[1] is not None
+            ],
+        }
+
+    @property
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
@@ -411,6 +441,42 @@ class LSTM:
         if on_gpu:
             y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
         return y, (h_n, c_n)
+
+    def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None):
+        """The call of an ONNX ``LSTM`` node (``convert.from_onnx`` builds such a model): inputs and
+        outputs in ONNX's shapes, layout 1 when ``batch_first`` else layout 0.
+
+        X [T, B, I] (layout 0) or [B, T, I] (layout 1); sequence_lens [B] integers or None;
+        initial_h, initial_c [D, B, H] (layout 0) or [B, D, H] (layout 1), zeros when omitted.
+        Returns ``(Y, Y_h, Y_c)``: Y [T, D, B, H] or [B, T, D, H]; Y_h, Y_c as initial_h. A
+        sequence of length 0 keeps its initial state in Y_h, Y_c (ONNX Runtime gives zeros). With
+        several layers, D·num_layers replaces D in the states and Y is the last layer's.
+        """
+        layout = 1 if self.batch_first else 0
+        X = as_float_array("X", X, self.dtype)
+        if X.ndim != 3:
+            raise ValueError(f"X: expected [T, B, I] or, layout 1, [B, T, I]; got shape {X.shape}")
+        batch = X.shape[layout ^ 1]
+        states = self.num_layers * self.num_directions
+        hx = None
+        if initial_h is not None or initial_c is not None:
+            hx = []
+            for name, given, size in (
+                ("initial_h", initial_h, self.output_size),
+                ("initial_c", initial_c, self.hidden_size),
+            ):
+                expected = (batch, states, size) if layout else (states, batch, size)
+                if given is None:
+                    given = np.zeros(expected, self.dtype)
+                given = as_float_array(name, given, self.dtype)
+                meaning = "[B, D, H]" if layout else "[D, B, H]"
+                check_shape(name, given, expected, meaning)
+                hx.append(given.transpose(1, 0, 2) if layout else given)
+        y, (h_n, c_n) = self(X, hx, lengths=sequence_lens)
+        y = y.reshape(*y.shape[:2], self.num_directions, self.output_size)
+        if layout:
+            return y, h_n.transpose(1, 0, 2), c_n.transpose(1, 0, 2)
+        return y.transpose(0, 2, 1, 3), h_n, c_n
 
     def _initial_states(self, hx, batch, unbatched, on_gpu):
         """Checked (h0, c0), each (D·L, B, ·): fresh NumPy arrays the CPU kernels update in
