@@ -25,6 +25,7 @@ from lstm_numba.gates import (
     output_gate,
 )
 from lstm_numba.model import LSTM
+from lstm_numba.storage import load
 
 __all__ = [
     "LSTM",
@@ -40,6 +41,7 @@ __all__ = [
     "forget_gate",
     "hidden_state",
     "input_gate",
+    "load",
     "lstm_step",
     "output_gate",
     "reference",

@@ -328,6 +328,13 @@ class LSTM:
         if self._device_layers is not None:
             self._device_layers = self._upload_layers()
 
+    def save(self, path):
+        """Write the configuration and weights to a ``.npz`` or ``.safetensors`` file;
+        ``lstm_numba.load(path)`` reads it back bit-identically (see ``lstm_numba.storage``)."""
+        from lstm_numba import storage
+
+        storage.save(self, path)
+
     def gate_weights(self, layer=0, direction=0):
         """One layer and direction's weights in the seed's form for ``lstm_numba.lstm_step``: per
         gate ``W_*`` (H, H_out + I) acting on ``[h, x]`` and ``b_*`` (H,) = b_ih + b_hh, for gates

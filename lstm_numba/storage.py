@@ -1,0 +1,81 @@
+"""Saving and loading models, configuration and weights together, never unpickling.
+
+``.npz`` always (NumPy, ``allow_pickle=False``; the configuration is a JSON document stored as a
+uint8 array under ``CONFIG_KEY``); ``.safetensors`` with the ``safetensors`` package (extra
+``lstm-numba[safetensors]``; the configuration in the header's metadata). Weights use PyTorch's
+names (``LSTM.state_dict``), so either file also serves ``from_state_dict`` and other tools.
+A file that is truncated, corrupt, pickled, or does not describe a valid model is a
+``ValueError`` naming the file; nothing is half-loaded.
+"""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from lstm_numba.model import LSTM
+
+CONFIG_KEY = "__lstm_numba_config__"
+FORMAT = {"format": "lstm_numba", "version": 1}
+
+
+def save(model, path):
+    """Write ``model`` to ``path``, a ``.npz`` or ``.safetensors`` file name."""
+    path = os.fspath(path)
+    header = json.dumps({**FORMAT, "config": model.config})
+    weights = model.state_dict()
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(weights, path, metadata={CONFIG_KEY: header})
+    elif path.endswith(".npz"):
+        np.savez(path, **weights, **{CONFIG_KEY: np.frombuffer(header.encode(), np.uint8)})
+    else:
+        raise ValueError(f"path: expected a name ending in .npz or .safetensors, got {path!r}")
+
+
+def _read(path):
+    """``(header text, weights)`` from a file written by ``save``."""
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="np") as file:
+                header = (file.metadata() or {}).get(CONFIG_KEY)
+                weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+        except (OSError, SafetensorError) as error:
+            raise ValueError(f"{path}: not a readable .safetensors file ({error})") from error
+        return header, weights
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
+    header = arrays.pop(CONFIG_KEY, None)
+    if header is not None:
+        header = header.tobytes().decode("utf-8", errors="replace")
+    return header, arrays
+
+
+def load(path):
+    """The model saved at ``path`` (by ``save`` / ``LSTM.save``), bit-identical."""
+    path = os.fspath(path)
+    header, weights = _read(path)
+    if header is None:
+        raise ValueError(
+            f"{path}: no lstm_numba configuration ({CONFIG_KEY}); for bare PyTorch-named "
+            "weights use lstm_numba.from_state_dict"
+        )
+    try:
+        document = json.loads(header)
+        if {key: document.get(key) for key in FORMAT} != FORMAT:
+            raise ValueError(f"expected {FORMAT}, got format {document.get('format')!r} "
+                             f"version {document.get('version')!r}")  # fmt: skip
+        model = LSTM(**document["config"])
+        model.load_state_dict(weights)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: not a valid lstm_numba model ({error})") from error
+    return model

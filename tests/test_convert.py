@@ -1,0 +1,474 @@
+"""Weights in and out: PyTorch, Keras, ONNX, .npz and .safetensors, each against its oracle."""
+
+import importlib.util
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import lstm_numba as ln
+from lstm_numba.convert import to_onnx
+
+CONFIGURATIONS = [
+    {},
+    {"num_layers": 2, "bidirectional": True},
+    {"proj_size": 3, "bias": False, "batch_first": False},
+    {"reverse": True, "peepholes": True, "clip": 1.0, "dtype": np.float64},
+    {"bidirectional": True, "activations": ("hard_sigmoid", "relu", "tanh"), "input_forget": True},
+]
+
+
+def random_input(rng, model, batch=3, steps=5):
+    shape = (batch, steps) if model.batch_first else (steps, batch)
+    return rng.standard_normal((*shape, model.input_size)).astype(model.dtype)
+
+
+def assert_same_model(actual, expected, float_attributes_in_float32=False):
+    """Same configuration and bit-identical weights (ONNX stores clip and activation_alpha/beta
+    as float32 attributes: compared to float32 precision when ``float_attributes_in_float32``)."""
+    config, expected_config = actual.config, expected.config
+    if float_attributes_in_float32:
+        for name in ("clip", "activation_alpha", "activation_beta"):
+            if config[name] is not None:
+                np.testing.assert_allclose(config[name], expected_config[name], rtol=1e-7)
+                config[name] = expected_config[name]
+    assert config == expected_config
+    weights = expected.state_dict()
+    assert actual.state_dict().keys() == weights.keys()
+    for name, value in actual.state_dict().items():
+        assert value.dtype == weights[name].dtype
+        np.testing.assert_array_equal(value, weights[name], err_msg=name)
+
+
+# --- state_dict and torch -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_from_state_dict_reads_the_structure_off_the_names(options):
+    model = ln.LSTM(4, 6, **options, seed=1)
+    onnx_options = {
+        name: value
+        for name, value in model.config.items()
+        if name in ("reverse", "clip", "input_forget", "activations", "activation_alpha")
+        or name in ("activation_beta", "batch_first")
+    }
+    assert_same_model(ln.from_state_dict(model.state_dict(), **onnx_options), model)
+
+
+def test_from_state_dict_casts_when_asked():
+    weights = ln.LSTM(3, 4, dtype=np.float64, seed=2).state_dict()
+    model = ln.from_state_dict(weights, dtype=np.float32)
+    assert model.dtype == np.float32 and model.weight_ih_l0.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "change, error, pattern",
+    [
+        (lambda w: w.update(extra=np.zeros(3)), ValueError, r"unexpected keys \['extra'\]"),
+        (lambda w: w.pop("weight_ih_l0"), ValueError, r"weight_ih_l0 must be a 2-D array"),
+        (lambda w: w.update(weight_ih_l0=np.zeros((15, 3))), ValueError, r"expected 4H rows"),
+        (lambda w: w.pop("bias_hh_l1"), ValueError, r"missing key 'bias_hh_l1'"),
+        (
+            lambda w: w.update(weight_hh_l1=np.zeros((16, 5), np.float32)),
+            ValueError,
+            r"weight_hh_l1: expected shape \(4H, H_out\) = \(16, 4\), got \(16, 5\)",
+        ),
+        (
+            lambda w: w.update(weight_ih_l0=np.zeros((16, 3), np.int32)),
+            TypeError,
+            r"expected float32 or float64 weights, got int32",
+        ),
+    ],
+)
+def test_from_state_dict_errors(change, error, pattern):
+    weights = ln.LSTM(3, 4, num_layers=2, seed=3).state_dict()
+    change(weights)
+    with pytest.raises(error, match=pattern):
+        ln.from_state_dict(weights)
+
+
+TORCH_CONFIGURATIONS = [
+    {},
+    {"num_layers": 3, "bidirectional": True, "batch_first": True},
+    {"num_layers": 2, "proj_size": 2, "bias": False},
+    {"bidirectional": True, "dtype": "float64"},
+]
+
+
+@pytest.mark.parametrize("options", TORCH_CONFIGURATIONS)
+def test_from_torch_matches_torch(rng, options):
+    torch = pytest.importorskip("torch")
+    options = dict(options)
+    dtype = getattr(torch, options.pop("dtype", "float32"))
+    module = torch.nn.LSTM(4, 5, **options, dtype=dtype)
+    model = ln.from_torch(module)
+    assert model.batch_first == module.batch_first and model.dtype == np.dtype(str(dtype)[6:])
+    x = random_input(rng, model)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = module(torch.from_numpy(x))
+    y, (h_n, c_n) = model(x)
+    assert_close(y, y_t.numpy())
+    assert_close(h_n, h_t.numpy())
+    assert_close(c_n, c_t.numpy())
+
+
+def test_from_torch_rejects_other_modules():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="from_torch: expected a torch.nn.LSTM, got GRU"):
+        ln.from_torch(torch.nn.GRU(3, 4))
+
+
+# --- Keras ---------------------------------------------------------------------------------------
+
+
+def keras_forward(x, kernel, recurrent_kernel, bias, go_backwards=False):
+    """Keras's LSTM written out from its source (keras/src/layers/rnn/lstm.py, LSTMCell.call):
+    z = x·kernel + h·recurrent_kernel + bias split into i, f, c, o; float64; (y, h, c) with y
+    in Keras's order (reversed when ``go_backwards``)."""
+    from scipy.special import expit
+
+    batch, steps, _ = x.shape
+    hidden = recurrent_kernel.shape[0]
+    h, c = np.zeros((batch, hidden)), np.zeros((batch, hidden))
+    ys = []
+    for t in reversed(range(steps)) if go_backwards else range(steps):
+        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        i, f, g, o = np.split(z, 4, axis=1)
+        c = expit(f) * c + expit(i) * np.tanh(g)
+        h = expit(o) * np.tanh(c)
+        ys.append(h)
+    return np.stack(ys, axis=1), h, c
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_from_keras_weights_follows_the_keras_layout(rng, go_backwards):
+    inputs, hidden = 3, 5
+    kernel = rng.standard_normal((inputs, 4 * hidden)) * 0.5
+    recurrent = rng.standard_normal((hidden, 4 * hidden)) * 0.5
+    bias = rng.standard_normal(4 * hidden) * 0.5
+    model = ln.from_keras_weights([kernel, recurrent, bias], go_backwards=go_backwards)
+    assert model.dtype == np.float64 and model.reverse == go_backwards
+    x = rng.standard_normal((2, 6, inputs))
+    y_keras, h_keras, c_keras = keras_forward(x, kernel, recurrent, bias, go_backwards)
+    y, (h_n, c_n) = model(x)
+    assert_close(y[:, ::-1] if go_backwards else y, y_keras)
+    assert_close(h_n[0], h_keras)
+    assert_close(c_n[0], c_keras)
+
+
+@pytest.mark.parametrize(
+    "call, pattern",
+    [
+        (
+            lambda k, r, b: ln.from_keras_weights([k]),
+            r"expected \[kernel, recurrent_kernel, bias\]",
+        ),
+        (lambda k, r, b: ln.from_keras_weights([k, k, b]), r"recurrent_kernel \(H, 4H\)"),
+        (lambda k, r, b: ln.from_keras_weights([k, r, b[:-1]]), r"expected bias \(4H,\)"),
+        (
+            lambda k, r, b: ln.from_keras_weights([k, r, b], activation="gelu"),
+            r"activation: 'gelu' has no LSTM equivalent",
+        ),
+        (
+            lambda k, r, b: ln.from_keras_weights(
+                [k, r, b], backward_weights=[k, r, b], go_backwards=True
+            ),  # fmt: skip
+            r"go_backwards: not with backward_weights",
+        ),
+    ],
+)
+def test_from_keras_weights_errors(call, pattern):
+    kernel, recurrent, bias = np.zeros((3, 8)), np.zeros((2, 8)), np.zeros(8)
+    with pytest.raises(ValueError, match=pattern):
+        call(kernel, recurrent, bias)
+
+
+@pytest.fixture
+def keras(monkeypatch):
+    """Keras 3 when importable (never a dependency), on torch when TensorFlow is absent."""
+    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None:
+        backend = "torch" if importlib.util.find_spec("torch") else "numpy"
+        monkeypatch.setenv("KERAS_BACKEND", backend)
+    return pytest.importorskip("keras")
+
+
+KERAS_LAYERS = [
+    {},
+    {"use_bias": False},
+    {"go_backwards": True},
+    {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
+    {"bidirectional": True},
+]
+
+
+@pytest.mark.parametrize("options", KERAS_LAYERS)
+def test_from_keras_matches_keras(rng, keras, options):
+    options = dict(options)
+    bidirectional = options.pop("bidirectional", False)
+    layer = keras.layers.LSTM(
+        5, return_sequences=True, return_state=True, bias_initializer="glorot_uniform", **options
+    )
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer)
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    outputs = [keras.ops.convert_to_numpy(o) for o in layer(x)]
+    model = ln.from_keras(layer)
+    y, (h_n, c_n) = model(x)
+    if options.get("go_backwards"):
+        y = y[:, ::-1]
+    assert_close(y, outputs[0])
+    states = outputs[1:]  # h, c per direction
+    assert_close(h_n, np.stack(states[0::2]))
+    assert_close(c_n, np.stack(states[1::2]))
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+
+def onnx_backend_lstm_cases():
+    pytest.importorskip("onnx")
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # building every operator's cases warns here and there
+        cases = collect_testcases(None)
+    return [case for case in cases if case.name.startswith("test_lstm")]
+
+
+def test_onnx_backend_node_tests_pass():
+    """Every LSTM case of ONNX's backend node tests, through from_onnx + run_onnx_io."""
+    cases = onnx_backend_lstm_cases()
+    assert {case.name for case in cases} >= {
+        "test_lstm_defaults",
+        "test_lstm_with_initial_bias",
+        "test_lstm_with_peepholes",
+        "test_lstm_batchwise",
+        "test_lstm_reverse",
+        "test_lstm_bidirectional",
+    }
+    for case in cases:
+        graph = case.model.graph
+        node = graph.node[0]
+        for inputs, expected in case.data_sets:
+            given = {value.name: array for value, array in zip(graph.input, inputs, strict=True)}
+            model = ln.from_onnx(case.model, weights=given)
+            arguments = [
+                given.get(node.input[k]) if len(node.input) > k and node.input[k] else None
+                for k in (0, 4, 5, 6)
+            ]
+            results = dict(zip(("Y", "Y_h", "Y_c"), model.run_onnx_io(*arguments), strict=True))
+            names = [graph_output.name for graph_output in graph.output]
+            positions = {name: ("Y", "Y_h", "Y_c")[list(node.output).index(name)] for name in names}
+            for name, value in zip(names, expected, strict=True):
+                assert_close(results[positions[name]], value)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"bidirectional": True, "peepholes": True},
+        {"reverse": True, "clip": 0.7, "input_forget": True},
+        {"activations": ("HardSigmoid", "LeakyRelu", "Tanh"), "activation_alpha": (0.3, 0.05)},
+    ],
+)
+def test_onnx_round_trip_matches_onnx_runtime(rng, tmp_path, options):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = ln.LSTM(4, 5, batch_first=False, **options, seed=4)
+    onnx.save(to_onnx(model, sequence_lens=True), tmp_path / "lstm.onnx")
+    loaded = ln.from_onnx(tmp_path / "lstm.onnx")
+    assert_same_model(loaded, model, float_attributes_in_float32=True)
+    x = random_input(rng, model)
+    states = rng.standard_normal((2, model.num_directions, 3, 5)).astype(np.float32)
+    lengths = np.array([5, 1, 3], np.int32)
+    session = ort.InferenceSession(str(tmp_path / "lstm.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"X": x, "initial_h": states[0], "initial_c": states[1], "sequence_lens": lengths}
+    for ours, theirs in zip(
+        loaded.run_onnx_io(x, lengths, *states), session.run(None, feed), strict=True
+    ):
+        assert_close(ours, theirs)
+
+
+def test_run_onnx_io_layouts_agree(rng):
+    """Layout 1 (batch_first) is layout 0 with the batch axis first."""
+    time_major = ln.LSTM(3, 4, bidirectional=True, batch_first=False, seed=5)
+    batch_major = ln.from_state_dict(time_major.state_dict(), batch_first=True)
+    x = random_input(rng, time_major)
+    h0, c0 = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    y0, h_0, c_0 = time_major.run_onnx_io(x, None, h0, c0)
+    y1, h_1, c_1 = batch_major.run_onnx_io(x.transpose(1, 0, 2), None, h0.transpose(1, 0, 2),
+                                           c0.transpose(1, 0, 2))  # fmt: skip
+    assert y0.shape == (5, 2, 3, 4) and y1.shape == (3, 5, 2, 4)
+    np.testing.assert_array_equal(y1, y0.transpose(2, 0, 1, 3))
+    np.testing.assert_array_equal(h_1, h_0.transpose(1, 0, 2))
+    np.testing.assert_array_equal(c_1, c_0.transpose(1, 0, 2))
+    with pytest.raises(ValueError, match=r"initial_h: expected shape \[B, D, H\] = \(3, 2, 4\)"):
+        batch_major.run_onnx_io(x.transpose(1, 0, 2), None, h0, c0)
+
+
+def edited_onnx(change):
+    """An exported model with ``change(graph)`` applied."""
+    pytest.importorskip("onnx")
+    onnx_model = to_onnx(ln.LSTM(3, 4, seed=6))
+    change(onnx_model.graph)
+    return onnx_model
+
+
+def add_attribute(graph):
+    from onnx import helper
+
+    graph.node[0].attribute.append(helper.make_attribute("mystery", 1))
+
+
+def duplicate_node(graph):
+    graph.node.append(graph.node[0])
+
+
+@pytest.mark.parametrize(
+    "change, keywords, pattern",
+    [
+        (add_attribute, {}, r"unknown LSTM attributes \['mystery'\]"),
+        (duplicate_node, {}, r"2 LSTM nodes .*; pass node_name="),
+        (lambda g: None, {"node_name": "other"}, r"no LSTM node named 'other'"),
+        (lambda g: g.node.pop(0), {}, r"the graph has no LSTM node \(operators: \['Concat'\]\)"),
+        (lambda g: g.initializer.pop(0), {}, r"W \('W_l0'\) is neither an initializer nor given"),
+        (
+            lambda g: g.node[0].input.__setitem__(3, "R_l0"),
+            {},
+            r"B expected shape \[D, 8H\] = \(1, 32\), got \(1, 16, 4\)",
+        ),
+    ],
+)
+def test_from_onnx_errors(change, keywords, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ln.from_onnx(edited_onnx(change), **keywords)
+
+
+def test_torch_to_file_to_onnx_shapes_agree(rng, tmp_path):
+    """torch → lstm_numba → save → load → ONNX-shaped I/O and ONNX Runtime: one answer."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    module = torch.nn.LSTM(4, 5, bidirectional=True)
+    ln.from_torch(module).save(tmp_path / "m.npz")
+    model = ln.load(tmp_path / "m.npz")
+    x = rng.standard_normal((6, 2, 4)).astype(np.float32)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = module(torch.from_numpy(x))
+    y, h_n, c_n = model.run_onnx_io(x)
+    assert_close(y.transpose(0, 2, 1, 3).reshape(6, 2, 10), y_t.numpy())
+    assert_close(h_n, h_t.numpy())
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    zeros = np.zeros((2, 2, 5), np.float32)
+    y_o, h_o, c_o = session.run(None, {"X": x, "initial_h": zeros, "initial_c": zeros})
+    assert_close(y, y_o)
+    assert_close(c_n, c_o)
+
+
+# --- save / load --------------------------------------------------------------------------------
+
+NO_SAFETENSORS = importlib.util.find_spec("safetensors") is None
+FORMATS = [
+    "npz",
+    pytest.param("safetensors", marks=pytest.mark.skipif(NO_SAFETENSORS, reason="not installed")),
+]
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_save_load_is_bit_identical(rng, tmp_path, suffix, options):
+    model = ln.LSTM(4, 6, **options, seed=7)
+    model.save(tmp_path / f"m.{suffix}")
+    loaded = ln.load(tmp_path / f"m.{suffix}")
+    assert_same_model(loaded, model)
+    x = random_input(rng, model)
+    np.testing.assert_array_equal(loaded(x)[0], model(x)[0])
+
+
+def test_npz_weights_serve_from_state_dict(tmp_path):
+    model = ln.LSTM(3, 4, num_layers=2, seed=8)
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as archive:
+        weights = {k: archive[k] for k in archive.files if not k.startswith("__")}
+    assert_same_model(ln.from_state_dict(weights), model)
+
+
+def test_save_needs_a_known_extension(tmp_path):
+    with pytest.raises(ValueError, match=r"path: expected a name ending in .npz or .safetensors"):
+        ln.LSTM(3, 4).save(tmp_path / "m.pt")
+
+
+class Exploit:
+    """Unpickling this would create a file: the proof that a loader executed code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_bad_file(kind, path, marker):
+    model = ln.LSTM(3, 4, seed=9)
+    model.save(path)
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        path.write_bytes(b"\x00not a model" * 10)
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps(Exploit(marker)))
+    elif kind == "pickled member":
+        weights = model.state_dict()
+        np.savez(path, **weights, __lstm_numba_config__=np.array([Exploit(marker)], object))
+    elif kind == "wrong shape":
+        model2 = ln.LSTM(3, 5)
+        weights = model2.state_dict()
+        with np.load(path) as archive:
+            config = archive["__lstm_numba_config__"]
+        np.savez(path, **weights, __lstm_numba_config__=config)
+    elif kind == "missing key":
+        with np.load(path) as archive:
+            arrays = {k: archive[k] for k in archive.files if k != "bias_hh_l0"}
+        np.savez(path, **arrays)
+    elif kind == "no config":
+        np.savez(path, **model.state_dict())
+    elif kind == "bad config":
+        np.savez(
+            path, **model.state_dict(), __lstm_numba_config__=np.frombuffer(b"{oops", np.uint8)
+        )
+
+
+@pytest.mark.parametrize(
+    "kind, pattern",
+    [
+        ("truncated", r"not a readable"),
+        ("garbage", r"not a readable"),
+        ("pickle", r"not a readable .npz archive \(.*allow_pickle"),
+        ("pickled member", r"not a readable .npz archive \(.*allow_pickle"),
+        ("wrong shape", r"not a valid lstm_numba model .*weight_hh_l0: expected shape"),
+        ("missing key", r"not a valid lstm_numba model .*missing key 'bias_hh_l0'"),
+        ("no config", r"no lstm_numba configuration"),
+        ("bad config", r"not a valid lstm_numba model"),
+    ],
+)
+def test_bad_npz_files_are_clear_errors_and_never_run_code(tmp_path, kind, pattern):
+    path, marker = tmp_path / "m.npz", tmp_path / "exploited"
+    write_bad_file(kind, path, marker)
+    with pytest.raises(ValueError, match=pattern) as error:
+        ln.load(path)
+    assert str(path) in str(error.value)
+    assert not marker.exists(), "loading executed code from the file"
+
+
+@pytest.mark.skipif(NO_SAFETENSORS, reason="safetensors is not installed")
+@pytest.mark.parametrize("kind", ["truncated", "garbage"])
+def test_bad_safetensors_files_are_clear_errors(tmp_path, kind):
+    path = tmp_path / "m.safetensors"
+    write_bad_file(kind, path, tmp_path / "exploited")
+    with pytest.raises(ValueError, match=r"m.safetensors: not a readable .safetensors file"):
+        ln.load(path)
