@@ -173,8 +173,11 @@ _TORCH_NAME = re.compile(
 
 
 def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
-    """An ``LSTM`` from weights under PyTorch's names (module docstring), e.g.
-    ``np.load("w.npz")`` or ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``.
+    """An ``LSTM`` from weights under PyTorch's names, e.g. ``np.load("w.npz")`` or
+    ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``. Layout as
+    ``torch/nn/modules/rnn.py``: ``weight_ih_l{k}[_reverse]`` (4H, I), ``weight_hh_l{k}``
+    (4H, H_out), ``bias_ih_l{k}``/``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (H_out, H), gates
+    i, f, g, o; plus ``peephole_l{k}`` (3H,) in ONNX's i, o, f.
 
     The structure is read off the names and shapes: input_size, hidden_size, num_layers,
     bidirectional (``_reverse`` keys), bias (``bias_*`` keys), proj_size (``weight_hr_l0``) and
@@ -215,8 +218,9 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
 
 
 def from_torch(module):
-    """An ``LSTM`` equal to a ``torch.nn.LSTM`` module (its configuration and weights, copied to
-    NumPy; dropout is a training feature and is ignored)."""
+    """An ``LSTM`` equal to a ``torch.nn.LSTM`` module: its configuration and its weights copied
+    to NumPy, layout unchanged (see ``from_state_dict``); dropout is a training feature and is
+    ignored."""
     if type(module).__name__ != "LSTM" or not hasattr(module, "proj_size"):
         raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
     weights = {name: value.detach().cpu().numpy() for name, value in module.state_dict().items()}
@@ -374,6 +378,8 @@ def _onnx_lstm_node(onnx_model, node_name):
 
 def from_onnx(model, node_name=None, *, weights=None):
     """An ``LSTM`` equal to the ``LSTM`` node of an ONNX model (needs the ``onnx`` package).
+    Layout as ``onnx/defs/rnn/defs.cc``: W [D, 4H, I], R [D, 4H, H], B [D, 8H] = [Wb, Rb], gates
+    i, o, f, c (reordered to PyTorch's i, f, g, o); P [D, 3H] in i, o, f (kept).
 
     ``model``: a path or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
     several. W, R, B and P are read from the graph's initializers, or from ``weights`` (name →
