@@ -114,10 +114,21 @@ def _output_row(y, row, t, batch_first, column, width):
     return (y[row, t] if batch_first else y[t, row])[column : column + width]
 
 
+@njit(**EQUATION_OPTIONS)
+def _trace_rows(traces, direction, row, t, fallback):
+    """Views of ``traces`` (D, 5, B, T, H) where ``direction``'s row ``row`` of step t records f,
+    i, C̃, o and C; ``fallback`` five times when ``traces`` is None (pruned at compile time)."""
+    if traces is None:
+        return fallback, fallback, fallback, fallback, fallback
+    trace = traces[direction]
+    return trace[0, row, t], trace[1, row, t], trace[2, row, t], trace[3, row, t], trace[4, row, t]
+
+
 @njit(**KERNEL_OPTIONS)
 def lstm_step_pointwise(
-    recurrent, projected, bias, c, h_new, times, y, write_y, column, batch_first, row_offset
-):
+    recurrent, projected, bias, c, h_new, times, y, write_y, column, batch_first, row_offset,
+    traces, direction,
+):  # fmt: skip
     """Fused pointwise part of one step: all four gates, the cell update and the hidden state.
 
     recurrent: (B', 4H) h_prev·W_hhᵀ; projected: (B', 4H) x_t·W_ihᵀ; bias: (4H,) b_ih + b_hh, gate
@@ -125,7 +136,9 @@ def lstm_step_pointwise(
     new ones; h_new: (B', H), written with the new hidden states. times: (B',) the time index each
     row computes, -1 for a row past its length (skipped, its states kept). y: (B, T, ·) if
     ``batch_first`` else (T, B, ·); if ``write_y``, row ``row_offset + b`` of step ``times[b]``
-    written with h in columns [column, column + H). No intermediate arrays: each gate
+    written with h in columns [column, column + H). traces: (D, 5, B, T, H), where row
+    ``row_offset + b`` of step ``times[b]`` records f, i, C̃, o and C at ``direction``, or None:
+    the kernel compiled for None has no trace code at all. No intermediate arrays: each gate
     pre-activation is read once and lives in registers.
     """
     batch, hidden = c.shape
@@ -146,8 +159,9 @@ def lstm_step_pointwise(
         h_row = h_new[b]
         c_row = c[b]
         y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
+        t_f, t_i, t_g, t_o, t_c = _trace_rows(traces, direction, row_offset + b, t, h_row)
         for j in range(hidden):
-            h, c_new = equations.lstm_cell(
+            f, i, g, o, c_new, h = equations.lstm_gates(
                 r_i[j] + p_i[j] + b_i[j],
                 r_f[j] + p_f[j] + b_f[j],
                 r_g[j] + p_g[j] + b_g[j],
@@ -157,12 +171,15 @@ def lstm_step_pointwise(
             c_row[j] = c_new
             h_row[j] = h
             y_row[j] = h
+            if traces is not None:
+                t_f[j], t_i[j], t_g[j], t_o[j], t_c[j] = f, i, g, o, c_new
 
 
 @njit(**KERNEL_OPTIONS)
 def lstm_step_pointwise_onnx(
-    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first, row_offset
-):
+    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first, row_offset,
+    traces, direction,
+):  # fmt: skip
     """``lstm_step_pointwise`` with ONNX's options (``equations.lstm_cell_onnx``).
 
     cell: ``(kinds, params, peepholes, bound, input_forget)``: kinds (3,) int64, indices into
@@ -186,8 +203,9 @@ def lstm_step_pointwise_onnx(
         h_row = h_new[b]
         c_row = c[b]
         y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
+        t_f, t_i, t_g, t_o, t_c = _trace_rows(traces, direction, row_offset + b, t, h_row)
         for j in range(hidden):
-            h, c_new = equations.lstm_cell_onnx(
+            f, i, g, o, c_new, h = equations.lstm_gates_onnx(
                 rec[j] + prj[j] + bias[j],
                 rec[hidden + j] + prj[hidden + j] + bias[hidden + j],
                 rec[2 * hidden + j] + prj[2 * hidden + j] + bias[2 * hidden + j],
@@ -199,12 +217,14 @@ def lstm_step_pointwise_onnx(
             c_row[j] = c_new
             h_row[j] = h
             y_row[j] = h
+            if traces is not None:
+                t_f[j], t_i[j], t_g[j], t_o[j], t_c[j] = f, i, g, o, c_new
 
 
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
     x, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first, tiled,
-    row_start, row_stop,
+    row_start, row_stop, traces, direction,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
@@ -216,7 +236,8 @@ def lstm_rows_forward(
     ``lstm_step_pointwise_onnx``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``tiled``: the recurrent product
-    runs in ``recurrent_rows``, else in BLAS. Floats all float32 or all float64, all C-contiguous.
+    runs in ``recurrent_rows``, else in BLAS. traces, direction: gate traces (see
+    ``lstm_step_pointwise``), or None. Floats all float32 or all float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``PROJECTION_ROWS`` rows), so the
     workspace does not grow with T. Each step is one recurrent product and one fused pointwise
@@ -269,12 +290,12 @@ def lstm_rows_forward(
             if cell[0]:
                 lstm_step_pointwise_onnx(
                     recurrent, projected[s], bias, onnx_cell, c_rows, h_new, times[s], y,
-                    not projecting, column, batch_first, row_start,
+                    not projecting, column, batch_first, row_start, traces, direction,
                 )  # fmt: skip
             else:
                 lstm_step_pointwise(
                     recurrent, projected[s], bias, c_rows, h_new, times[s], y,
-                    not projecting, column, batch_first, row_start,
+                    not projecting, column, batch_first, row_start, traces, direction,
                 )  # fmt: skip
             if projecting:
                 project_hidden(
@@ -301,15 +322,16 @@ def project_hidden(h_unprojected, w_hr_t, h, times, y, column, batch_first, row_
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled, partitions
-):
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled, partitions,
+    traces,
+):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
     Batch rows and directions are independent through the whole sequence, so the threads never
     wait for each other. Weights, bias, states and the cell's arrays carry a leading direction axis
     D (forward, then reverse); ``backward``: the only direction (D = 1) reads backwards (ONNX's
-    direction="reverse"); other arguments as ``lstm_rows_forward``. BLAS must be limited to one
-    thread meanwhile.
+    direction="reverse"); traces: (D, 5, B, T, H) or None; other arguments as
+    ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
     onnx, kinds, params, peepholes, bound, input_forget = cell
     directions, batch, width = h.shape
@@ -320,11 +342,13 @@ def lstm_partitioned_forward(
             x, w_ih[d], w_hh[d], w_hr[d], bias[d],
             (onnx, kinds[d], params[d], peepholes[d], bound, input_forget),
             h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, tiled,
-            part * batch // partitions, (part + 1) * batch // partitions,
+            part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
 
 
-def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first):
+def lstm_layer_forward(
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces
+):
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
     Arguments as ``lstm_partitioned_forward``. With one work item (one direction, small batch) BLAS
@@ -337,11 +361,11 @@ def lstm_layer_forward(x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backwa
         lstm_rows_forward(
             x, w_ih[0], w_hh[0], w_hr[0], bias[0],
             (onnx, kinds[0], params[0], peepholes[0], bound, input_forget),
-            h[0], c[0], y, 0, lengths, backward, batch_first, tiled, 0, batch,
+            h[0], c[0], y, 0, lengths, backward, batch_first, tiled, 0, batch, traces, 0,
         )  # fmt: skip
     else:
         with _BLAS_THREADS.limit(limits=1, user_api="blas"):
             lstm_partitioned_forward(
                 x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled,
-                partitions,
+                partitions, traces,
             )  # fmt: skip

@@ -110,14 +110,24 @@ def hidden_state(o, c):
 
 
 @njit(**EQUATION_OPTIONS)
-def lstm_cell(z_i, z_f, z_g, z_o, c_prev):
-    """One hidden unit of one step from its four gate pre-activations ``W·[h, x] + b``.
-
-    f = σ(z_f), i = σ(z_i), C̃ = tanh(z_g), C = f ⊙ C_prev + i ⊙ C̃, o = σ(z_o), h = o ⊙ tanh(C).
-    Returns ``(h, C)``.
+def lstm_gates(z_i, z_f, z_g, z_o, c_prev):
+    """One hidden unit of one step from its four gate pre-activations ``W·[h, x] + b``, every
+    intermediate value: f = σ(z_f), i = σ(z_i), C̃ = tanh(z_g), C = f ⊙ C_prev + i ⊙ C̃,
+    o = σ(z_o), h = o ⊙ tanh(C). Returns ``(f, i, C̃, o, C, h)``.
     """
-    c = cell_update(sigmoid(z_f), c_prev, sigmoid(z_i), tanh(z_g))
-    return hidden_state(sigmoid(z_o), c), c
+    f = sigmoid(z_f)
+    i = sigmoid(z_i)
+    c_tilde = tanh(z_g)
+    c = cell_update(f, c_prev, i, c_tilde)
+    o = sigmoid(z_o)
+    return f, i, c_tilde, o, c, hidden_state(o, c)
+
+
+@njit(**EQUATION_OPTIONS)
+def lstm_cell(z_i, z_f, z_g, z_o, c_prev):
+    """``lstm_gates``, keeping what the next step needs: ``(h, C)``."""
+    _, _, _, _, c, h = lstm_gates(z_i, z_f, z_g, z_o, c_prev)
+    return h, c
 
 
 # ONNX's extensions of the cell (onnx/defs/rnn/defs.cc): configurable activations, peepholes, clip,
@@ -191,22 +201,36 @@ def clip(z, bound):
 
 
 @njit(**EQUATION_OPTIONS)
-def lstm_cell_onnx(
+def lstm_gates_onnx(
     z_i, z_f, z_g, z_o, c_prev, p_i, p_o, p_f, bound, input_forget,
     f_kind, f_alpha, f_beta, g_kind, g_alpha, g_beta, h_kind, h_alpha, h_beta,
 ):  # fmt: skip
-    """``lstm_cell`` with ONNX's options, in ONNX's names for the activations (f for the gates,
+    """``lstm_gates`` with ONNX's options, in ONNX's names for the activations (f for the gates,
     g for the candidate, h for the output):
 
     i = f(clip(z_i + P_i ⊙ C_prev)), f = 1 − i if ``input_forget`` else f(clip(z_f + P_f ⊙ C_prev)),
     C̃ = g(clip(z_g)), C = f ⊙ C_prev + i ⊙ C̃, o = f(clip(z_o + P_o ⊙ C)), h = o ⊙ h(C).
-    Peepholes p_* are 0 when unused. Returns ``(h, C)``.
+    Peepholes p_* are 0 when unused. Returns ``(f, i, C̃, o, C, h)``.
     """
     i = activation(f_kind, clip(z_i + p_i * c_prev, bound), f_alpha, f_beta)
     if input_forget:
         f = type(i)(1.0) - i
     else:
         f = activation(f_kind, clip(z_f + p_f * c_prev, bound), f_alpha, f_beta)
-    c = cell_update(f, c_prev, i, activation(g_kind, clip(z_g, bound), g_alpha, g_beta))
+    c_tilde = activation(g_kind, clip(z_g, bound), g_alpha, g_beta)
+    c = cell_update(f, c_prev, i, c_tilde)
     o = activation(f_kind, clip(z_o + p_o * c, bound), f_alpha, f_beta)
-    return o * activation(h_kind, c, h_alpha, h_beta), c
+    return f, i, c_tilde, o, c, o * activation(h_kind, c, h_alpha, h_beta)
+
+
+@njit(**EQUATION_OPTIONS)
+def lstm_cell_onnx(
+    z_i, z_f, z_g, z_o, c_prev, p_i, p_o, p_f, bound, input_forget,
+    f_kind, f_alpha, f_beta, g_kind, g_alpha, g_beta, h_kind, h_alpha, h_beta,
+):  # fmt: skip
+    """``lstm_gates_onnx``, keeping what the next step needs: ``(h, C)``."""
+    _, _, _, _, c, h = lstm_gates_onnx(
+        z_i, z_f, z_g, z_o, c_prev, p_i, p_o, p_f, bound, input_forget,
+        f_kind, f_alpha, f_beta, g_kind, g_alpha, g_beta, h_kind, h_alpha, h_beta,
+    )  # fmt: skip
+    return h, c

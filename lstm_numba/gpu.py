@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import config, cuda
 
-from lstm_numba.equations import lstm_cell, lstm_cell_onnx
+from lstm_numba.equations import lstm_gates, lstm_gates_onnx
 
 GEMM_THREADS = 16
 """``input_projection`` blocks are GEMM_THREADS × GEMM_THREADS threads."""
@@ -115,11 +115,13 @@ def gate_preactivation(
 def sequence_step(
     step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
     h, h_unprojected, c, y, lengths, direction, reverse, batch_first, shared, weights_in_shared,
+    trace,
 ):  # fmt: skip
     """The cell update of one time step for the hidden units this block owns, every batch row.
 
     Writes C, and h (into h[1 − step % 2]) or, with a projection, o ⊙ h(C) into ``h_unprojected``
-    (``project_step`` finishes h). Rows whose sequence has ended carry their state over.
+    (``project_step`` finishes h). Rows whose sequence has ended carry their state over. trace:
+    (5, B, T, H) records f, i, C̃, o, C, or (0, 0, 0, 0) for none.
     """
     batch, hidden = c.shape
     out = h.shape[2]
@@ -151,13 +153,16 @@ def sequence_step(
                                  weights_in_shared, 3 * owned + local, 3 * hidden + j, h_prev,
                                  b)  # fmt: skip
         if onnx:
-            h_value, c_value = lstm_cell_onnx(
+            f, i, g, o, c_value, h_value = lstm_gates_onnx(
                 z_i, z_f, z_g, z_o, c[b, j], peepholes[0, j], peepholes[1, j], peepholes[2, j],
                 bound, input_forget, kinds[0], parameters[0, 0], parameters[0, 1], kinds[1],
                 parameters[1, 0], parameters[1, 1], kinds[2], parameters[2, 0], parameters[2, 1],
             )  # fmt: skip
         else:
-            h_value, c_value = lstm_cell(z_i, z_f, z_g, z_o, c[b, j])
+            f, i, g, o, c_value, h_value = lstm_gates(z_i, z_f, z_g, z_o, c[b, j])
+        if trace.shape[0] > 0:
+            trace[0, b, t, j], trace[1, b, t, j], trace[2, b, t, j] = f, i, g
+            trace[3, b, t, j], trace[4, b, t, j] = o, c_value
         c[b, j] = c_value
         if projecting:
             h_unprojected[b, j] = h_value
@@ -191,7 +196,8 @@ def project_step(step, w_hr, h, h_unprojected, y, lengths, direction, reverse, b
 @cuda.jit(cache=True)
 def lstm_sequence(
     projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
-    h, h_unprojected, c, y, lengths, steps, direction, reverse, batch_first, weights_in_shared,
+    h, h_unprojected, c, y, lengths, steps, direction, reverse, batch_first, trace,
+    weights_in_shared,
 ):  # fmt: skip
     """One direction of one layer over the whole sequence, in one cooperative launch.
 
@@ -199,7 +205,8 @@ def lstm_sequence(
     (b·T + t if ``batch_first`` else t·B + b). w_hh (4H, H_out), w_hr (H_out, H) or (0, 0); the
     cell options as ``cpu.lstm_rows_forward``'s, for this direction. h (2, B, H_out): h0 in h[0],
     a double buffer; h_unprojected (B, H) scratch; c (B, H) in/out; y (N, D·H_out), this
-    direction's columns written (zeros past each length); lengths (B,); ``steps`` = max length.
+    direction's columns written (zeros past each length); lengths (B,); ``steps`` = max length;
+    trace (5, B, T, H) or (0, 0, 0, 0), see ``sequence_step``.
     The final h is h[steps % 2]. Dynamic shared memory: 4·⌈H/blocks⌉·H_out values when
     ``weights_in_shared``.
     """
@@ -220,7 +227,7 @@ def lstm_sequence(
         sequence_step(
             step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
             h, h_unprojected, c, y, lengths, direction, reverse, batch_first, shared,
-            weights_in_shared,
+            weights_in_shared, trace,
         )  # fmt: skip
         grid.sync()
         if w_hr.shape[0] > 0:
@@ -267,7 +274,7 @@ def _max_cooperative_blocks(args, threads, shared_bytes):
 
 
 def lstm_layer_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, batch_first
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, batch_first, traces
 ):
     """One layer, every direction, on device arrays; results in ``h``, ``c`` and ``y``.
 
@@ -275,7 +282,8 @@ def lstm_layer_forward(
     stacked; w_hh (D, 4H, H_out); w_hr (D, H_out, H) or (D, 0, 0); cell as
     ``cpu.lstm_rows_forward``'s, on the device; h (D, 2, B, H_out) with h0 in h[:, 0], the final
     h in h[:, steps % 2]; c (D, B, H) in/out; y (N, D·H_out); lengths (B,) int64; ``steps`` the
-    longest length; ``backward``: the only direction reads backwards (ONNX's direction="reverse").
+    longest length; ``backward``: the only direction reads backwards (ONNX's direction="reverse");
+    traces (D, 5, B, T, H) or (D, 0, 0, 0, 0).
     All arrays of one float dtype but ``lengths`` and the activation kinds.
     """
     rows, columns = x.shape[0], w_ih.shape[0]
@@ -292,7 +300,7 @@ def lstm_layer_forward(
         args = (
             projected, w_hh[d], w_hr[d], onnx, kinds[d], parameters[d], peepholes[d], bound,
             input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d, d == 1 or backward,
-            batch_first,
+            batch_first, traces[d],
         )  # fmt: skip
         threads = min(SEQUENCE_THREADS, max(32, hidden * batch))
         max_blocks = 1
@@ -323,11 +331,11 @@ def upload_layer(stacks, cell):
     }
 
 
-def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first):
+def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first, traces):
     """The whole stack on device arrays: ``layers`` from ``upload_layer``; x (B, T, I) if
     ``batch_first`` else (T, B, I), C-contiguous; h0 (D·L, B, H_out), c0 (D·L, B, H) (not
     modified); lengths (B,) int64; ``steps`` the longest length; ``backward`` as
-    ``lstm_layer_forward``'s.
+    ``lstm_layer_forward``'s; traces (D·L, 5, B, T, H) written, or (D·L, 0, 0, 0, 0).
 
     Returns device arrays ``y, (h_n, c_n)`` shaped as ``LSTM.__call__``'s (B ≥ 1).
     """
@@ -358,6 +366,7 @@ def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first):
             steps,
             backward,
             batch_first,
+            traces[states],
         )
         for d in range(directions):
             h_n[states.start + d].copy_to_device(h[d, steps % 2])

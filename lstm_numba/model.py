@@ -1,6 +1,7 @@
 """The model API: ``LSTM``, a PyTorch-compatible LSTM for inference, with ONNX's options."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,6 +40,23 @@ ACTIVATION_PARAMETERS = {
 of the same name. The others take neither."""
 
 DIRECTION_SUFFIXES = ("", "_reverse")
+
+
+class Gates(NamedTuple):
+    """Gate traces of a forward (``model(x, return_gates=True)``), each (L·D, B, T, H): the leading
+    axis ordered as h_n (layer k, direction d at k·D + d), then batch row, time step (input order,
+    whatever the direction) and hidden unit. NaN past each sequence's length."""
+
+    forget: np.ndarray
+    """f = σ(W_f·[h, x] + b_f)"""
+    input: np.ndarray
+    """i = σ(W_i·[h, x] + b_i)"""
+    candidate: np.ndarray
+    """C̃ = tanh(W_c·[h, x] + b_c)"""
+    output: np.ndarray
+    """o = σ(W_o·[h, x] + b_o)"""
+    cell: np.ndarray
+    """C = f ⊙ C_prev + i ⊙ C̃"""
 
 
 def _resolve_activations(activations, alphas, betas, directions):
@@ -390,7 +408,7 @@ class LSTM:
 
         return [gpu.upload_layer(stacks, self._cell(k)) for k, stacks in enumerate(self._layers)]
 
-    def __call__(self, x, hx=None, lengths=None, *, device="auto"):
+    def __call__(self, x, hx=None, lengths=None, *, device="auto", return_gates=False):
         """Run the LSTM over a batch of sequences; shapes exactly as ``torch.nn.LSTM``'s.
 
         x: (B, T, I) if ``batch_first`` else (T, B, I), or (T, I) for one unbatched sequence.
@@ -399,10 +417,12 @@ class LSTM:
         in [0, T], the valid steps of each sequence (batched input only); None: all T.
         device: "auto" runs where x lives (NumPy: CPU; an array with
         ``__cuda_array_interface__``: GPU), "cpu", or "cuda" (NumPy in is copied over; see
-        ``lstm_numba.dispatch``).
+        ``lstm_numba.dispatch``). return_gates: also return the ``Gates`` traces (f, i, C̃, o, C
+        of every layer, direction, row, step and unit), recorded by the same kernels.
 
-        Returns ``y, (h_n, c_n)``: y (B, T, D·H_out) or (T, B, D·H_out), the last layer's hidden
-        states, forward then reverse on the last axis, zeros past each sequence's length; h_n and
+        Returns ``y, (h_n, c_n)`` (and ``gates`` with ``return_gates``): y (B, T, D·H_out) or
+        (T, B, D·H_out), the last layer's hidden states, forward then reverse on the last axis,
+        zeros past each sequence's length; h_n and
         c_n shaped as h0 and c0, the states at each sequence's last valid step (the reverse
         direction's after reading back to step 0; h0/c0 for a length of 0). Arrays of x's kind.
         """
@@ -437,16 +457,25 @@ class LSTM:
         )
         padded = padded and bool(np.any(lengths < steps))
         h0, c0 = self._initial_states(hx, batch, unbatched, on_gpu)
+        layers_directions = self.num_layers * self.num_directions
+        traces = None
+        if return_gates:
+            trace_shape = (layers_directions, 5, batch, steps, self.hidden_size)
+            traces = np.full(trace_shape, np.nan, self.dtype)
 
         if on_gpu:
-            y, (h_n, c_n) = self._forward_cuda(x, h0, c0, lengths)
+            y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
         else:
-            y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded)
+            y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces)
+        if on_gpu:
+            y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
+            traces = dispatch.like_input(given, traces) if return_gates else traces
         if unbatched:
             y = y.reshape(steps, y.shape[2])
             h_n, c_n = h_n.reshape(h_n.shape[0], -1), c_n.reshape(c_n.shape[0], -1)
-        if on_gpu:
-            y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
+        if return_gates:
+            traces = traces[:, :, 0] if unbatched else traces
+            return y, (h_n, c_n), Gates(*(traces[:, k] for k in range(5)))
         return y, (h_n, c_n)
 
     def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None):
@@ -513,8 +542,9 @@ class LSTM:
             states.append(given.reshape(shape) if on_gpu else np.array(given).reshape(shape))
         return states
 
-    def _forward_cpu(self, x, h_n, c_n, lengths, padded):
-        """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place."""
+    def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces):
+        """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
+        is ``traces`` (L·D, 5, B, T, H), unless it is None."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
         layer_input = np.ascontiguousarray(x)
@@ -536,22 +566,29 @@ class LSTM:
                     lengths,
                     self.reverse,
                     self.batch_first,
+                    None if traces is None else traces[states],
                 )
             layer_input = y
         return y, (h_n, c_n)
 
-    def _forward_cuda(self, x, h0, c0, lengths):
-        """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out."""
+    def _forward_cuda(self, x, h0, c0, lengths, traces):
+        """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the
+        traces (as ``_forward_cpu``'s) copied over and returned on the device."""
         from numba import cuda
 
         from lstm_numba import gpu
 
+        if traces is None:  # the GPU kernel tests the trace's size, uniformly across threads
+            traces = np.empty((h0.shape[0], 0, 0, 0, 0), self.dtype)
+        traces = cuda.to_device(traces)
         if lengths.size == 0:
             y_shape = (*x.shape[:2], self.num_directions * self.output_size)
             empty = (cuda.device_array(shape, self.dtype) for shape in (h0.shape, c0.shape))
-            return cuda.device_array(y_shape, self.dtype), tuple(empty)
+            return cuda.device_array(y_shape, self.dtype), tuple(empty), traces
         layers = self._device_layers or self._upload_layers()
         steps = int(lengths.max())
-        return gpu.lstm_forward(
-            layers, x, h0, c0, cuda.to_device(lengths), steps, self.reverse, self.batch_first
-        )
+        y, states = gpu.lstm_forward(
+            layers, x, h0, c0, cuda.to_device(lengths), steps, self.reverse, self.batch_first,
+            traces,
+        )  # fmt: skip
+        return y, states, traces

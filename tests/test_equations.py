@@ -73,7 +73,7 @@ def test_fused_step_is_vectorized():
     args += [np.zeros((batch, 3, hidden)), True]  # y, write_y
     options = {**KERNEL_OPTIONS, "cache": False}  # cached code cannot be inspected
     kernel = njit(**options)(cpu.lstm_step_pointwise.py_func)
-    kernel(*args, 0, True, 0)
+    kernel(*args, 0, True, 0, None, 0)
     assembly = "\n".join(kernel.inspect_asm().values())
     assert re.search(r"\bv?divpd\b", assembly), "no packed division: the loop did not vectorize"
 

@@ -245,6 +245,7 @@ def cuda_kernel_arguments(dtype, proj_size=0):
         kinds[0], parameters[0], peepholes[0], bound, input_forget,
         np.zeros((2, batch, out), dtype), np.zeros((batch, 4), dtype), np.zeros((batch, 4), dtype),
         np.zeros((rows, 2 * out), dtype), np.zeros(batch, np.int64), 3, 1, True, False,
+        np.zeros((5, batch, 3, 4), dtype),
     )  # fmt: skip
 
 

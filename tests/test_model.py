@@ -260,7 +260,7 @@ def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batc
     cpu.lstm_partitioned_forward(
         x, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
         stacks["bias_ih"] + stacks["bias_hh"], model._cell(0), h, c, y, lengths, model.reverse,
-        batch_first, tiled, partitions,
+        batch_first, tiled, partitions, None,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
