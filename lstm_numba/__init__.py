@@ -24,10 +24,11 @@ from lstm_numba.gates import (
     lstm_step,
     output_gate,
 )
-from lstm_numba.model import LSTM
+from lstm_numba.model import LSTM, Gates
 from lstm_numba.storage import load
 
 __all__ = [
+    "Gates",
     "LSTM",
     "available_devices",
     "candidate_memory",

@@ -141,6 +141,21 @@ def test_forward_matches_reference_without_lengths(gpu, rng):
 
 
 @runs_kernels
+@pytest.mark.parametrize("options", [{"bidirectional": True}, {"peepholes": True, "proj_size": 2}])
+def test_gate_traces_match_cpu(gpu, rng, options):
+    model = ln.LSTM(3, 4, **options, seed=10)
+    x, hx = random_call(rng, model)
+    lengths = np.array([4, 0, 2])
+    _, _, gates = model(x, hx, lengths, device="cuda", return_gates=True)
+    _, _, expected = model(x, hx, lengths, return_gates=True)
+    for name in ln.Gates._fields:
+        trace, reference = getattr(gates, name), getattr(expected, name)
+        assert isinstance(trace, np.ndarray) and trace.shape == reference.shape
+        np.testing.assert_array_equal(np.isnan(trace), np.isnan(reference))
+        assert_close(np.nan_to_num(trace), np.nan_to_num(reference))
+
+
+@runs_kernels
 def test_weights_from_global_memory(gpu, rng, monkeypatch):
     """The fallback when a block's W_hh slice does not fit in shared memory."""
     monkeypatch.setattr(gpu, "SHARED_BYTES", 0)
