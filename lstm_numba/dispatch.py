@@ -74,6 +74,11 @@ def to_device(value):
     return cuda.to_device(np.ascontiguousarray(value))
 
 
+def to_host(value):
+    """``value`` as a NumPy array, copied from the device when it lives there."""
+    return to_device(value).copy_to_host() if is_gpu_array(value) else np.asarray(value)
+
+
 def like_input(x, array):
     """Device array ``array`` as the kind of array ``x`` is: CuPy → CuPy, torch → torch (both
     zero-copy, through ``__cuda_array_interface__``), NumPy → NumPy (copied back), otherwise the

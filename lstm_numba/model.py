@@ -178,6 +178,7 @@ class LSTM:
             name: self._layers[layer][kind][direction]
             for name, (layer, kind, direction) in self._parameter_locations().items()
         }
+        self._cells = [self._make_cell(layer) for layer in range(self.num_layers)]
 
     @property
     def config(self):
@@ -346,6 +347,10 @@ class LSTM:
         if self._device_layers is not None:
             self._device_layers = self._upload_layers()
 
+    def stream(self, batch_size):
+        """A ``Stream``: stateful inference for ``batch_size`` sequences arriving in chunks."""
+        return Stream(self, batch_size)
+
     def save(self, path):
         """Write the configuration and weights to a ``.npz`` or ``.safetensors`` file;
         ``lstm_numba.load(path)`` reads it back bit-identically (see ``lstm_numba.storage``)."""
@@ -372,7 +377,11 @@ class LSTM:
         return weights
 
     def _cell(self, layer):
-        """The cell options in the kernels' form (see ``cpu.lstm_rows_forward``)."""
+        """The cell options in the kernels' form (see ``cpu.lstm_rows_forward``); built once, as
+        they are fixed at construction (the peepholes are a view of the live weights)."""
+        return self._cells[layer]
+
+    def _make_cell(self, layer):
         onnx = (
             self.peepholes
             or self.clip is not None
@@ -592,3 +601,72 @@ class LSTM:
             traces,
         )  # fmt: skip
         return y, states, traces
+
+
+class Stream:
+    """Stateful inference over sequences that arrive in chunks (``model.stream(batch_size)``).
+
+    ``stream.step(chunk)`` runs the next (B, t, I) chunk (time-major when the model is not
+    ``batch_first``) from the state the previous chunk left and returns its y; chunked calls equal
+    one call on the concatenated sequence. ``stream.reset(rows=None)`` restarts some sequences (all
+    by default) from zero states; ``stream.state`` is a copy of ``(h, c)``. Forward models only:
+    a reverse direction would need the end of the sequence first.
+    """
+
+    def __init__(self, model, batch_size):
+        if model.bidirectional or model.reverse:
+            raise ValueError(
+                "stream: a bidirectional or reverse LSTM needs the whole sequence before its "
+                "first output; streaming is for forward models"
+            )
+        self.model = model
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        states = model.num_layers
+        self._h = np.zeros((states, self.batch_size, model.output_size), model.dtype)
+        self._c = np.zeros((states, self.batch_size, model.hidden_size), model.dtype)
+
+    @property
+    def state(self):
+        """Copies of the current ``(h, c)``: (L, B, H_out) and (L, B, H)."""
+        return self._h.copy(), self._c.copy()
+
+    def reset(self, rows=None):
+        """Zero the states of batch ``rows`` (indices; all rows when None)."""
+        if rows is None:
+            rows = np.arange(self.batch_size)
+        rows = np.atleast_1d(np.asarray(rows))
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise TypeError(f"rows: expected integer row indices, got {rows!r}")
+        outside = rows[(rows < 0) | (rows >= self.batch_size)]
+        if outside.size:
+            raise ValueError(
+                f"rows: expected indices in [0, {self.batch_size}) (batch_size), got {outside}"
+            )
+        self._h[:, rows] = 0
+        self._c[:, rows] = 0
+
+    def step(self, chunk, *, return_gates=False):
+        """The next chunk's y, (B, t, H_out) or (t, B, H_out); with ``return_gates``, ``(y,
+        gates)``. The state moves on to the chunk's last step."""
+        model = self.model
+        if return_gates or dispatch.is_gpu_array(chunk):
+            results = model(chunk, (self._h, self._c), return_gates=return_gates)
+            y, (h_n, c_n) = results[:2]
+            self._h[...], self._c[...] = dispatch.to_host(h_n), dispatch.to_host(c_n)
+            return (y, results[2]) if return_gates else y
+        chunk = as_float_array("chunk", chunk, model.dtype)
+        layout = "(B, t, I)" if model.batch_first else "(t, B, I)"
+        batch_axis = 0 if model.batch_first else 1
+        if chunk.ndim != 3 or chunk.shape[batch_axis] != self.batch_size:
+            raise ValueError(
+                f"chunk: expected {layout} with B = {self.batch_size}, got shape {chunk.shape}"
+            )
+        if chunk.shape[2] != model.input_size or chunk.shape[1 - batch_axis] == 0:
+            raise ValueError(
+                f"chunk: expected {layout} with I = {model.input_size} and t >= 1, got shape "
+                f"{chunk.shape}"
+            )
+        steps = chunk.shape[1 - batch_axis]
+        lengths = np.full(self.batch_size, steps, np.int64)
+        y, _ = model._forward_cpu(chunk, self._h, self._c, lengths, False, None)
+        return y

@@ -1,0 +1,88 @@
+"""Streaming: chunked calls equal one call on the whole sequence."""
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import lstm_numba as ln
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"num_layers": 3, "batch_first": False},
+        {"num_layers": 2, "proj_size": 2, "peepholes": True, "clip": 1.0},
+    ],
+)
+def test_chunks_equal_one_call(rng, dtype, options):
+    model = ln.LSTM(3, 5, **options, dtype=dtype, seed=1)
+    steps, batch = 23, 4
+    x = rng.standard_normal((batch, steps, 3)).astype(dtype)
+    if not model.batch_first:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    y, (h_n, c_n) = model(x)
+    cuts = np.sort(rng.choice(np.arange(1, steps), size=6, replace=False))
+    stream = model.stream(batch)
+    time_axis = 1 if model.batch_first else 0
+    pieces = [stream.step(chunk) for chunk in np.split(x, cuts, axis=time_axis)]
+    assert_close(np.concatenate(pieces, axis=time_axis), y)
+    h, c = stream.state
+    assert_close(h, h_n)
+    assert_close(c, c_n)
+
+
+def test_one_step_chunks_and_gates(rng):
+    model = ln.LSTM(3, 4, num_layers=2, seed=2)
+    x = rng.standard_normal((2, 7, 3)).astype(np.float32)
+    y, _, gates = model(x, return_gates=True)
+    stream = model.stream(2)
+    outputs = [stream.step(x[:, t : t + 1], return_gates=True) for t in range(7)]
+    assert_close(np.concatenate([o[0] for o in outputs], axis=1), y)
+    cells = np.concatenate([o[1].cell for o in outputs], axis=2)
+    assert_close(cells, gates.cell)
+
+
+def test_reset_restarts_only_the_given_rows(rng):
+    model = ln.LSTM(3, 4, seed=3)
+    x = rng.standard_normal((3, 10, 3)).astype(np.float32)
+    stream = model.stream(3)
+    stream.step(x[:, :6])
+    stream.reset(rows=[1])
+    y = stream.step(x[:, 6:])
+    assert_close(y[1], model(x[1:2, 6:])[0][0])  # row 1 starts afresh
+    assert_close(y[[0, 2]], model(x[[0, 2]])[0][:, 6:])  # the others carry on
+    stream.reset()
+    assert not np.any(stream.state[0]) and not np.any(stream.state[1])
+
+
+def test_state_is_a_copy():
+    stream = ln.LSTM(3, 4).stream(2)
+    h, c = stream.state
+    h += 1
+    assert not np.any(stream.state[0])
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda s: s.step(np.zeros((3, 2, 3), np.float32)), ValueError, r"with B = 2, got shape"),
+        (lambda s: s.step(np.zeros((2, 2, 5), np.float32)), ValueError, r"with I = 3 and t >= 1"),
+        (lambda s: s.step(np.zeros((2, 0, 3), np.float32)), ValueError, r"with I = 3 and t >= 1"),
+        (lambda s: s.step(np.zeros((2, 2, 3))), TypeError, r"chunk: expected dtype float32"),
+        (lambda s: s.reset(rows=[2]), ValueError, r"rows: expected indices in \[0, 2\)"),
+        (lambda s: s.reset(rows=[0.5]), TypeError, r"rows: expected integer row indices"),
+    ],
+)
+def test_bad_stream_calls(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call(ln.LSTM(3, 4).stream(2))
+
+
+@pytest.mark.parametrize("options", [{"bidirectional": True}, {"reverse": True}])
+def test_only_forward_models_stream(options):
+    with pytest.raises(ValueError, match="stream: a bidirectional or reverse LSTM"):
+        ln.LSTM(3, 4, **options).stream(1)
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+        ln.LSTM(3, 4).stream(0)
