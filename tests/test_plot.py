@@ -1,0 +1,66 @@
+"""``lstm_numba.plot`` headless: files written, figures labelled, bad arguments clear."""
+
+import numpy as np
+import pytest
+
+import lstm_numba as ln
+
+matplotlib = pytest.importorskip("matplotlib")
+from lstm_numba import plot  # noqa: E402  (needs matplotlib)
+
+
+@pytest.fixture(scope="module")
+def gates():
+    model = ln.LSTM(3, 8, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 12, 3)).astype(np.float32)
+    return model(x, lengths=[12, 7], return_gates=True)[2]
+
+
+def test_gates_figure(gates, tmp_path):
+    figure = plot.gates(gates, batch=1, units=[0, 3, 5], index=3)
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title().split()[0] for ax in panels] == [
+        "forget", "input", "candidate", "output", "cell",
+    ]  # fmt: skip
+    assert all(ax.get_ylabel() == "hidden unit" for ax in panels)
+    assert panels[-1].get_xlabel() == "time step t"
+    assert len(figure.axes) == 10  # five panels, five colour bars
+    assert figure.get_suptitle() == "LSTM gates, batch row 1, traces[3]"
+    figure.savefig(tmp_path / "gates.png")
+    assert (tmp_path / "gates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cell_update_figure(gates, tmp_path):
+    figure = plot.cell_update(gates, batch=0, unit=5, index=1)
+    top, bottom = figure.axes
+    kept, admitted, cell = (line.get_ydata() for line in top.get_lines()[:3])
+    np.testing.assert_allclose(kept + admitted, cell, rtol=1e-6)  # f·C_prev + i·C̃ = C
+    np.testing.assert_allclose(cell, gates.cell[1, 0, :, 5])
+    assert top.get_ylabel() and bottom.get_xlabel() == "time step t" and top.get_legend()
+    figure.savefig(tmp_path / "cell.png")
+    assert (tmp_path / "cell.png").stat().st_size > 1000
+
+
+def test_pyplot_is_left_alone(gates):
+    import sys
+
+    plot.gates(gates)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or not pyplot.get_fignums()
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda g: plot.gates(g, batch=2), ValueError, r"batch: expected 0 <= batch < 2"),
+        (lambda g: plot.gates(g, index=4), ValueError, r"index: expected 0 <= index < 4"),
+        (lambda g: plot.gates(g, units=[1, 8]), ValueError, r"units: expected indices in \[0, 8\)"),
+        (lambda g: plot.gates(g, units=[]), ValueError, r"units: expected a slice or integer"),
+        (lambda g: plot.cell_update(g, unit=8), ValueError, r"unit: expected 0 <= unit < 8"),
+        (lambda g: plot.cell_update(g, unit=1.5), TypeError, r"unit: expected an integer"),
+        (lambda g: plot.cell_update(g, batch=-1), ValueError, r"batch: expected 0 <= batch < 2"),
+    ],
+)
+def test_bad_arguments(gates, call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call(gates)
