@@ -52,16 +52,22 @@ def _trace(gates, name, index, batch):
     return values[index, batch].astype(np.float64)
 
 
-def gates(gates, batch=0, units=slice(0, 32), index=0):
+def gates(gates, batch=0, units=slice(0, 32), index=0, panels=None):
     """Heatmaps over time of the forget, input, candidate and output gates and the cell state of
-    one batch row, one panel each, for hidden ``units`` (a slice or indices; the first 32 by
-    default) of entry ``index`` of the traces' leading axis (layer k, direction d at k·D + d).
-    Steps past the sequence's length (NaN) stay blank. Returns a ``Figure``."""
+    one batch row, one panel each (``panels``: some of these names, in this order, all by
+    default), for hidden ``units`` (a slice or indices; the first 32 by default) of entry
+    ``index`` of the traces' leading axis (layer k, direction d at k·D + d). Steps past the
+    sequence's length (NaN) stay blank. Returns a ``Figure``."""
     hidden = np.asarray(gates.cell).shape[-1]
     selected = _selected_units(units, hidden)
-    figure = Figure(figsize=(9, 2.1 * len(GATE_PANELS)), layout="constrained")
-    axes = figure.subplots(len(GATE_PANELS), 1, sharex=True)
-    for ax, (name, title, colours, limits) in zip(axes, GATE_PANELS, strict=True):
+    names = [panel[0] for panel in GATE_PANELS]
+    chosen = names if panels is None else list(panels)
+    if not chosen or any(name not in names for name in chosen):
+        raise ValueError(f"panels: expected some of {names}, got {panels!r}")
+    shown = [panel for panel in GATE_PANELS if panel[0] in chosen]
+    figure = Figure(figsize=(9, 1.2 + 2.1 * len(shown)), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(len(shown), 1, sharex=True))
+    for ax, (name, title, colours, limits) in zip(axes, shown, strict=True):
         values = _trace(gates, name, index, batch)[:, selected].T  # (units, T)
         if limits is None:
             bound = max(float(np.nanmax(np.abs(values), initial=0.0)), 1e-12)
@@ -72,7 +78,7 @@ def gates(gates, batch=0, units=slice(0, 32), index=0):
         )  # fmt: skip
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("hidden unit")
-        ticks = np.linspace(0, len(selected) - 1, min(len(selected), 6)).round().astype(int)
+        ticks = np.linspace(0, len(selected) - 1, min(len(selected), 8)).round().astype(int)
         ax.set_yticks(ticks, [str(selected[t]) for t in ticks])
         figure.colorbar(image, ax=ax, label=name)
     axes[-1].set_xlabel("time step t")

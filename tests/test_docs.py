@@ -15,3 +15,20 @@ def test_python_blocks_run(document):
     namespace = {}
     for block in blocks:  # blocks of one document share a namespace, like a reader's session
         exec(compile(block, str(document), "exec"), namespace)
+
+
+def test_tutorial_figures_are_made_by_its_script(tmp_path):
+    """``docs/make_figures.py`` runs the tutorial and writes every figure the page shows; the
+    committed copies exist too."""
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs/make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = {path.name for path in module.make_figures(tmp_path)}
+    shown = set(re.findall(r"\]\(figures/([^)]+\.png)\)", (ROOT / "docs/tutorial.md").read_text()))
+    assert shown and shown == written
+    for name in shown:
+        assert (tmp_path / name).stat().st_size > 1000
+        assert (ROOT / "docs/figures" / name).is_file(), f"run python docs/make_figures.py ({name})"

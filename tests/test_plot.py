@@ -56,6 +56,7 @@ def test_pyplot_is_left_alone(gates):
         (lambda g: plot.gates(g, index=4), ValueError, r"index: expected 0 <= index < 4"),
         (lambda g: plot.gates(g, units=[1, 8]), ValueError, r"units: expected indices in \[0, 8\)"),
         (lambda g: plot.gates(g, units=[]), ValueError, r"units: expected a slice or integer"),
+        (lambda g: plot.gates(g, panels=["gate"]), ValueError, r"panels: expected some of"),
         (lambda g: plot.cell_update(g, unit=8), ValueError, r"unit: expected 0 <= unit < 8"),
         (lambda g: plot.cell_update(g, unit=1.5), TypeError, r"unit: expected an integer"),
         (lambda g: plot.cell_update(g, batch=-1), ValueError, r"batch: expected 0 <= batch < 2"),
@@ -64,3 +65,9 @@ def test_pyplot_is_left_alone(gates):
 def test_bad_arguments(gates, call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(gates)
+
+
+def test_chosen_panels(gates):
+    figure = plot.gates(gates, panels=["forget", "cell"])
+    titles = [ax.get_title().split()[0] for ax in figure.axes if ax.get_title()]
+    assert titles == ["forget", "cell"]
