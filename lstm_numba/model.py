@@ -431,13 +431,13 @@ class LSTM:
 
         Returns ``y, (h_n, c_n)`` (and ``gates`` with ``return_gates``): y (B, T, D·H_out) or
         (T, B, D·H_out), the last layer's hidden states, forward then reverse on the last axis,
-        zeros past each sequence's length; h_n and
-        c_n shaped as h0 and c0, the states at each sequence's last valid step (the reverse
-        direction's after reading back to step 0; h0/c0 for a length of 0). Arrays of x's kind.
+        zeros past each sequence's length; h_n and c_n shaped as h0 and c0, the states at each
+        sequence's last valid step (the reverse direction's after reading back to step 0; h0/c0
+        for a length of 0). Arrays of x's kind.
         """
         on_gpu = dispatch.select_device(x, device) == "cuda"
         given = x
-        x = dispatch.to_device(x) if on_gpu else np.asarray(x)
+        x = dispatch.to_device(x) if dispatch.is_gpu_array(x) else np.asarray(x)
         x = check_float_dtype("x", x, self.dtype)
         if x.ndim not in (2, 3):
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
@@ -456,7 +456,9 @@ class LSTM:
             )
         if steps == 0:
             raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
-        if on_gpu and not x.is_c_contiguous():
+        if on_gpu and isinstance(x, np.ndarray):
+            x = dispatch.to_device(x)  # NumPy in, device="cuda": copied over once checked
+        elif on_gpu and not x.is_c_contiguous():
             raise ValueError("x: expected a C-contiguous CUDA array (e.g. tensor.contiguous())")
         padded = lengths is not None
         if padded and dispatch.is_gpu_array(lengths):
