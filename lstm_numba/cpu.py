@@ -62,6 +62,30 @@ def plan_forward(batch, hidden, directions=1):
     return tiled, partitions
 
 
+def length_order(lengths, partitions):
+    """A permutation of the batch rows that lets lengths save work: each of the ``partitions``
+    slices of rows (``lstm_partitioned_forward``'s) holds rows of descending length, so that
+    finished rows leave a shrinking prefix, and the slices get long and short rows alike (rank r
+    of the lengths goes to slice r mod ``partitions``), so that the threads finish together.
+
+    Returns ``order``: row ``order[k]`` of the batch goes to position k.
+    """
+    batch = lengths.size
+    ranked = np.argsort(-lengths, kind="stable")
+    starts = np.arange(partitions + 1) * batch // partitions
+    sizes = np.diff(starts)
+    rank = np.arange(batch)
+    part, within = rank % partitions, rank // partitions
+    fits = within < sizes[part]
+    position = np.empty(batch, np.int64)
+    position[fits] = starts[part[fits]] + within[fits]
+    # With B not a multiple of the slices, the shortest rows fill the slots left at slice ends.
+    position[~fits] = np.setdiff1d(rank, position[fits])
+    order = np.empty(batch, np.int64)
+    order[position] = ranked
+    return order
+
+
 @njit(**REDUCTION_KERNEL_OPTIONS)
 def recurrent_rows(h, w_hh, out):
     """``out = h · w_hhᵀ``: h (B, H), w_hh (4H, H), out (B, 4H).
@@ -241,7 +265,8 @@ def lstm_rows_forward(
 
     The input projection runs as one GEMM per chunk of steps (``PROJECTION_ROWS`` rows), so the
     workspace does not grow with T. Each step is one recurrent product and one fused pointwise
-    pass (plus one product with w_hr when projecting).
+    pass (plus one product with w_hr when projecting), over the rows up to the last one still
+    running: ordering rows by descending length turns padding into saved work.
     """
     batch = row_stop - row_start
     inputs = x.shape[2]
@@ -282,25 +307,30 @@ def lstm_rows_forward(
             projected[:n].reshape(n * batch, gate_rows),
         )
         for s in range(n):
+            # Rows past the last one still running sit out the step (rows ordered by descending
+            # length, as the model orders them, leave a shrinking prefix).
+            active = 0
+            for b in range(batch):
+                if times[s, b] >= 0:
+                    active = b + 1
+            h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
             if tiled:
-                recurrent_rows(h_rows, w_hh, recurrent)
+                recurrent_rows(h_act, w_hh, rec)
             else:
-                np.dot(h_rows, w_hh_t, recurrent)
-            h_new = h_unprojected if projecting else h_rows
+                np.dot(h_act, w_hh_t, rec)
+            h_new = h_unprojected[:active] if projecting else h_act
             if cell[0]:
                 lstm_step_pointwise_onnx(
-                    recurrent, projected[s], bias, onnx_cell, c_rows, h_new, times[s], y,
-                    not projecting, column, batch_first, row_start, traces, direction,
+                    rec, projected[s, :active], bias, onnx_cell, c_rows[:active], h_new,
+                    time_act, y, not projecting, column, batch_first, row_start, traces, direction,
                 )  # fmt: skip
             else:
                 lstm_step_pointwise(
-                    recurrent, projected[s], bias, c_rows, h_new, times[s], y,
+                    rec, projected[s, :active], bias, c_rows[:active], h_new, time_act, y,
                     not projecting, column, batch_first, row_start, traces, direction,
                 )  # fmt: skip
             if projecting:
-                project_hidden(
-                    h_unprojected, w_hr_t, h_rows, times[s], y, column, batch_first, row_start
-                )
+                project_hidden(h_new, w_hr_t, h_act, time_act, y, column, batch_first, row_start)
 
 
 @njit(**KERNEL_OPTIONS)

@@ -555,7 +555,32 @@ class LSTM:
 
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces):
         """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
-        is ``traces`` (L·D, 5, B, T, H), unless it is None."""
+        is ``traces`` (L·D, 5, B, T, H), unless it is None. With lengths below T (``padded``),
+        the rows run in ``cpu.length_order``, so that finished rows stop costing work, and are
+        put back in order."""
+        if not padded:
+            return self._run_layers(x, h_n, c_n, lengths, False, traces), (h_n, c_n)
+        batch_axis = 0 if self.batch_first else 1
+        partitions = cpu.plan_forward(x.shape[batch_axis], self.hidden_size, self.num_directions)
+        order = cpu.length_order(lengths, partitions[1])
+        h_ordered, c_ordered = h_n[:, order], c_n[:, order]
+        traces_ordered = None if traces is None else traces[:, :, order]
+        y_ordered = self._run_layers(
+            np.take(x, order, axis=batch_axis), h_ordered, c_ordered, lengths[order], True,
+            traces_ordered,
+        )  # fmt: skip
+        h_n[:, order], c_n[:, order] = h_ordered, c_ordered
+        if traces is not None:
+            traces[:, :, order] = traces_ordered
+        y = np.empty_like(y_ordered)
+        if self.batch_first:
+            y[order] = y_ordered
+        else:
+            y[:, order] = y_ordered
+        return y, (h_n, c_n)
+
+    def _run_layers(self, x, h_n, c_n, lengths, padded, traces):
+        """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order)."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
         layer_input = np.ascontiguousarray(x)
@@ -580,7 +605,7 @@ class LSTM:
                     None if traces is None else traces[states],
                 )
             layer_input = y
-        return y, (h_n, c_n)
+        return y
 
     def _forward_cuda(self, x, h0, c0, lengths, traces):
         """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the

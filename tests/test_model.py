@@ -278,3 +278,16 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     # the directions of a bidirectional layer take the threads first
     threads = get_num_threads()
     assert cpu.plan_forward(32, 256, directions=2) == (True, max(1, min(threads // 2, 32)))
+
+
+@pytest.mark.parametrize("batch, partitions", [(1, 1), (7, 1), (7, 2), (9, 4), (64, 3)])
+def test_length_order_sorts_each_slice_and_balances_them(rng, batch, partitions):
+    lengths = rng.integers(0, 50, batch)
+    order = cpu.length_order(lengths, partitions)
+    assert sorted(order) == list(range(batch))
+    starts = np.arange(partitions + 1) * batch // partitions
+    slices = [lengths[order][a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    for part in slices:
+        assert np.all(np.diff(part) <= 0), "descending within a slice"
+    longest = [part.max() for part in slices if part.size]
+    assert longest == list(np.sort(lengths)[::-1][: len(longest)]), "each slice gets a long row"
