@@ -361,58 +361,43 @@ ONNX_ATTRIBUTES = {
 """The ONNX LSTM operator's attributes (opset 14); any other is an error."""
 
 
-def _onnx_lstm_node(onnx_model, node_name):
+def _onnx_lstm_nodes(onnx_model, node_name):
+    """The LSTM nodes ``node_name`` designates: None (the only one), a name, or a list of names."""
     nodes = [node for node in onnx_model.graph.node if node.op_type == "LSTM"]
-    if node_name is not None:
-        nodes = [node for node in nodes if node.name == node_name]
+    if node_name is None:
         if not nodes:
-            raise ValueError(f"from_onnx: no LSTM node named {node_name!r}")
-    if not nodes:
-        operators = sorted({node.op_type for node in onnx_model.graph.node})
-        raise ValueError(f"from_onnx: the graph has no LSTM node (operators: {operators})")
-    if len(nodes) > 1:
-        names = [node.name for node in nodes]
-        raise ValueError(f"from_onnx: {len(nodes)} LSTM nodes {names}; pass node_name=")
-    return nodes[0]
+            operators = sorted({node.op_type for node in onnx_model.graph.node})
+            raise ValueError(f"from_onnx: the graph has no LSTM node (operators: {operators})")
+        if len(nodes) > 1:
+            names = [node.name for node in nodes]
+            raise ValueError(
+                f"from_onnx: {len(nodes)} LSTM nodes {names}; pass node_name= (one name, or a "
+                "list of names to stack as layers)"
+            )
+        return nodes
+    by_name = {node.name: node for node in nodes}
+    names = [node_name] if isinstance(node_name, str) else list(node_name)
+    missing = [name for name in names if name not in by_name]
+    if missing or not names:
+        shown = node_name if isinstance(node_name, str) or not missing else missing
+        raise ValueError(f"from_onnx: no LSTM node named {shown!r}")
+    return [by_name[name] for name in names]
 
 
-def from_onnx(model, node_name=None, *, weights=None):
-    """An ``LSTM`` equal to the ``LSTM`` node of an ONNX model (needs the ``onnx`` package).
-    Layout as ``onnx/defs/rnn/defs.cc``: W [D, 4H, I], R [D, 4H, H], B [D, 8H] = [Wb, Rb], gates
-    i, o, f, c (reordered to PyTorch's i, f, g, o); P [D, 3H] in i, o, f (kept).
+def _onnx_layer(node, layer, read):
+    """Layer ``layer``'s weights under PyTorch's names, and ``LSTM``'s options, from one ONNX LSTM
+    node; ``read(name)`` gives an input's array."""
+    from onnx import helper
 
-    ``model``: a path or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
-    several. W, R, B and P are read from the graph's initializers, or from ``weights`` (name →
-    array) for those that are graph inputs. Every attribute of the operator is honoured:
-    direction (forward, reverse, bidirectional), hidden_size, activations with activation_alpha/
-    beta, clip, input_forget, and layout (1 → ``batch_first=True``, else False), so that
-    ``run_onnx_io`` takes and returns the node's X, Y, Y_h, Y_c as they are. float16 weights
-    become float32; float64 stays float64.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model))
-    node = _onnx_lstm_node(model, node_name)
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     unknown = sorted(attributes.keys() - ONNX_ATTRIBUTES)
     if unknown:
         raise ValueError(f"from_onnx: unknown LSTM attributes {unknown} on node {node.name!r}")
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    given = dict(weights or {})
 
     def weight(position, label):
         if len(node.input) <= position or not node.input[position]:
             return None
-        name = node.input[position]
-        if name in given:
-            return np.asarray(given[name])
-        if name in initializers:
-            return numpy_helper.to_array(initializers[name])
-        raise ValueError(
-            f"from_onnx: {label} ({name!r}) is neither an initializer nor given in weights="
-        )
+        return read(node.input[position], label)
 
     w, r, b, p = weight(1, "W"), weight(2, "R"), weight(3, "B"), weight(7, "P")
     if w is None or r is None or w.ndim != 3 or r.ndim != 3:
@@ -437,32 +422,73 @@ def from_onnx(model, node_name=None, *, weights=None):
                 f"from_onnx: {label} expected shape [D, {width // hidden}H] = "
                 f"{(directions, width)}, got {array.shape}"
             )
-    dtype = np.float32 if w.dtype == np.float16 else w.dtype
     state = {}
     for d, suffix in enumerate(("", "_reverse")[:directions]):
-        state[f"weight_ih_l0{suffix}"] = _onnx_gate_order(
-            w[d : d + 1], hidden, ONNX_TO_TORCH_GATES
-        )[0]
-        state[f"weight_hh_l0{suffix}"] = _onnx_gate_order(
-            r[d : d + 1], hidden, ONNX_TO_TORCH_GATES
-        )[0]
+        name = f"_l{layer}{suffix}"
+        reorder = [_onnx_gate_order(a[d : d + 1], hidden, ONNX_TO_TORCH_GATES)[0] for a in (w, r)]
+        state["weight_ih" + name], state["weight_hh" + name] = reorder
         biases = np.zeros((2, gate_rows), w.dtype) if b is None else b[d].reshape(2, gate_rows)
         reordered = _onnx_gate_order(biases, hidden, ONNX_TO_TORCH_GATES)
-        state[f"bias_ih_l0{suffix}"], state[f"bias_hh_l0{suffix}"] = reordered
+        state["bias_ih" + name], state["bias_hh" + name] = reordered
         if p is not None:
-            state[f"peephole_l0{suffix}"] = p[d]
-    activations = [
-        name.decode() if isinstance(name, bytes) else name
-        for name in attributes.get("activations", ["Sigmoid", "Tanh", "Tanh"])
-    ]
-    return from_state_dict(
-        state,
-        batch_first=attributes.get("layout", 0) == 1,
-        dtype=dtype,
-        reverse=direction == "reverse",
-        clip=attributes.get("clip"),
-        input_forget=bool(attributes.get("input_forget", 0)),
-        activations=activations,
-        activation_alpha=attributes.get("activation_alpha", ()),
-        activation_beta=attributes.get("activation_beta", ()),
-    )
+            state["peephole" + name] = p[d]
+    options = {
+        "batch_first": attributes.get("layout", 0) == 1,
+        "dtype": np.dtype(np.float32 if w.dtype == np.float16 else w.dtype),
+        "reverse": direction == "reverse",
+        "clip": attributes.get("clip"),
+        "input_forget": bool(attributes.get("input_forget", 0)),
+        "activations": [
+            name.decode() if isinstance(name, bytes) else name
+            for name in attributes.get("activations", ["Sigmoid", "Tanh", "Tanh"])
+        ],
+        "activation_alpha": list(attributes.get("activation_alpha", ())),
+        "activation_beta": list(attributes.get("activation_beta", ())),
+        "peepholes": p is not None,
+        "bidirectional": direction == "bidirectional",
+    }
+    return state, options
+
+
+def from_onnx(model, node_name=None, *, weights=None):
+    """An ``LSTM`` equal to the ``LSTM`` node of an ONNX model (needs the ``onnx`` package).
+    Layout as ``onnx/defs/rnn/defs.cc``: W [D, 4H, I], R [D, 4H, H], B [D, 8H] = [Wb, Rb], gates
+    i, o, f, c (reordered to PyTorch's i, f, g, o); P [D, 3H] in i, o, f (kept).
+
+    ``model``: a path or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
+    several, or a list of node names to stack as layers in that order (as ``to_onnx`` writes a
+    multi-layer model; their options must agree). W, R, B and P are read from the graph's
+    initializers, or from ``weights`` (name → array) for those that are graph inputs. Every
+    attribute of the operator is honoured: direction (forward, reverse, bidirectional),
+    hidden_size, activations with activation_alpha/beta, clip, input_forget, and layout (1 →
+    ``batch_first=True``, else False), so that ``run_onnx_io`` takes and returns the node's X, Y,
+    Y_h, Y_c as they are. float16 weights become float32; float64 stays float64.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model))
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    given = dict(weights or {})
+
+    def read(name, label):
+        if name in given:
+            return np.asarray(given[name])
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        raise ValueError(
+            f"from_onnx: {label} ({name!r}) is neither an initializer nor given in weights="
+        )
+
+    state, options = {}, None
+    for layer, node in enumerate(_onnx_lstm_nodes(model, node_name)):
+        layer_state, layer_options = _onnx_layer(node, layer, read)
+        if options is not None and layer_options != options:
+            differ = sorted(k for k in options if options[k] != layer_options[k])
+            raise ValueError(f"from_onnx: node {node.name!r} differs from the first in {differ}")
+        state.update(layer_state)
+        options = layer_options
+    options.pop("peepholes")
+    options.pop("bidirectional")
+    return from_state_dict(state, **options)

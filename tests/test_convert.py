@@ -293,6 +293,29 @@ def test_onnx_round_trip_matches_onnx_runtime(rng, tmp_path, options):
         assert_close(ours, theirs)
 
 
+def test_stacked_onnx_nodes_load_as_layers(rng):
+    """``to_onnx`` writes a node per layer; ``from_onnx`` with their names reads one model back,
+    and its ONNX-shaped call equals ONNX Runtime's on the whole graph."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = ln.LSTM(3, 4, num_layers=3, bidirectional=True, batch_first=False, seed=11)
+    onnx_model = to_onnx(model)
+    with pytest.raises(ValueError, match=r"3 LSTM nodes .* list of names to stack as layers"):
+        ln.from_onnx(onnx_model)
+    loaded = ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1", "LSTM_l2"])
+    assert_same_model(loaded, model)
+    x = random_input(rng, model)
+    states = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
+    session = ort.InferenceSession(onnx_model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    expected = session.run(None, {"X": x, "initial_h": states[0], "initial_c": states[1]})
+    for ours, theirs in zip(loaded.run_onnx_io(x, None, *states), expected, strict=True):
+        assert_close(ours, theirs)
+    onnx_model.graph.node[2].attribute.append(onnx.helper.make_attribute("clip", 2.0))
+    with pytest.raises(ValueError, match=r"node 'LSTM_l1' differs from the first in \['clip'\]"):
+        ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1"])
+
+
 def test_run_onnx_io_layouts_agree(rng):
     """Layout 1 (batch_first) is layout 0 with the batch axis first."""
     time_major = ln.LSTM(3, 4, bidirectional=True, batch_first=False, seed=5)
