@@ -283,6 +283,7 @@ def lstm_rows_forward(
     h_rows = h[row_start:row_stop]
     c_rows = c[row_start:row_stop]
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
+    h_projected = np.empty((batch, h.shape[1] if projecting else 0), dtype=h.dtype)
     w_ih_t = w_ih.T
     w_hh_t = w_hh.T
     w_hr_t = w_hr.T
@@ -330,18 +331,23 @@ def lstm_rows_forward(
                     not projecting, column, batch_first, row_start, traces, direction,
                 )  # fmt: skip
             if projecting:
-                project_hidden(h_new, w_hr_t, h_act, time_act, y, column, batch_first, row_start)
+                project_hidden(
+                    h_new, w_hr_t, h_projected[:active], h_act, time_act, y, column, batch_first,
+                    row_start,
+                )  # fmt: skip
 
 
 @njit(**KERNEL_OPTIONS)
-def project_hidden(h_unprojected, w_hr_t, h, times, y, column, batch_first, row_offset):
+def project_hidden(
+    h_unprojected, w_hr_t, projected, h, times, y, column, batch_first, row_offset
+):  # fmt: skip
     """LSTMP's projection h = h_unprojected · W_hrᵀ for the rows that computed this step.
 
-    h_unprojected: (B', H); w_hr_t: (H, P); h: (B', P), rows with ``times[b] >= 0`` overwritten;
-    y: (B, T, ·) or (T, B, ·), those rows' step ``times[b]`` written in columns
-    [column, column + P).
+    h_unprojected: (B', H); w_hr_t: (H, P); projected: (B', P) workspace; h: (B', P), rows with
+    ``times[b] >= 0`` overwritten; y: (B, T, ·) or (T, B, ·), those rows' step ``times[b]``
+    written in columns [column, column + P).
     """
-    projected = np.dot(h_unprojected, w_hr_t)
+    np.dot(h_unprojected, w_hr_t, projected)
     size = w_hr_t.shape[1]
     for b in range(h.shape[0]):
         t = times[b]
