@@ -204,14 +204,15 @@ def lstm_step_pointwise_onnx(
     recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first, row_offset,
     traces, direction,
 ):  # fmt: skip
-    """``lstm_step_pointwise`` with ONNX's options (``equations.lstm_cell_onnx``).
+    """``lstm_step_pointwise`` with ONNX's options (``equations.lstm_gates_onnx``).
 
-    cell: ``(kinds, params, peepholes, bound, input_forget)``: kinds (3,) int64, indices into
-    ``equations.ACTIVATIONS`` for f, g, h; params (3, 2) their alpha, beta; peepholes (3, H) in
-    ONNX order i, o, f (zeros when unused); bound the clip (∞ when unused). Other arguments as
-    ``lstm_step_pointwise``.
+    cell: ``(kinds, params, peepholes, bound, input_forget)`` with a leading direction axis D,
+    read at ``direction``: kinds (D, 3) int64, indices into ``equations.ACTIVATIONS`` for f, g, h;
+    params (D, 3, 2) their alpha, beta; peepholes (D, 3, H) in ONNX order i, o, f (zeros when
+    unused); bound the clip (∞ when unused). Other arguments as ``lstm_step_pointwise``.
     """
-    kinds, params, peepholes, bound, input_forget = cell
+    all_kinds, all_params, all_peepholes, bound, input_forget = cell
+    kinds, params, peepholes = all_kinds[direction], all_params[direction], all_peepholes[direction]
     f_kind, g_kind, h_kind = kinds[0], kinds[1], kinds[2]
     f_alpha, f_beta = params[0, 0], params[0, 1]
     g_alpha, g_beta = params[1, 0], params[1, 1]
@@ -255,8 +256,8 @@ def lstm_rows_forward(
     x: (B, T, I) if ``batch_first`` else (T, B, I); y: (B, T, D·H_out) or (T, B, D·H_out), this
     direction's columns [column, column + H_out) written (rows past a length are left alone).
     w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
-    or (0, 0) for none (H_out = H). cell: ``(onnx, kinds, params, peepholes, bound,
-    input_forget)``; ``onnx`` False runs the plain cell and ignores the rest (see
+    or (0, 0) for none (H_out = H). cell: None for the seed's cell (the kernel compiled for None
+    has no ONNX code, which halves its compile time), or ONNX's options (see
     ``lstm_step_pointwise_onnx``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``tiled``: the recurrent product
@@ -287,7 +288,6 @@ def lstm_rows_forward(
     w_ih_t = w_ih.T
     w_hh_t = w_hh.T
     w_hr_t = w_hr.T
-    onnx_cell = cell[1:]
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
         for s in range(n):
@@ -320,14 +320,14 @@ def lstm_rows_forward(
             else:
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act
-            if cell[0]:
-                lstm_step_pointwise_onnx(
-                    rec, projected[s, :active], bias, onnx_cell, c_rows[:active], h_new,
-                    time_act, y, not projecting, column, batch_first, row_start, traces, direction,
-                )  # fmt: skip
-            else:
+            if cell is None:
                 lstm_step_pointwise(
                     rec, projected[s, :active], bias, c_rows[:active], h_new, time_act, y,
+                    not projecting, column, batch_first, row_start, traces, direction,
+                )  # fmt: skip
+            else:
+                lstm_step_pointwise_onnx(
+                    rec, projected[s, :active], bias, cell, c_rows[:active], h_new, time_act, y,
                     not projecting, column, batch_first, row_start, traces, direction,
                 )  # fmt: skip
             if projecting:
@@ -365,18 +365,17 @@ def lstm_partitioned_forward(
 
     Batch rows and directions are independent through the whole sequence, so the threads never
     wait for each other. Weights, bias, states and the cell's arrays carry a leading direction axis
-    D (forward, then reverse); ``backward``: the only direction (D = 1) reads backwards (ONNX's
+    D (forward, then reverse; ``cell``'s arrays too, when not None); ``backward``: the only
+    direction (D = 1) reads backwards (ONNX's
     direction="reverse"); traces: (D, 5, B, T, H) or None; other arguments as
     ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
-    onnx, kinds, params, peepholes, bound, input_forget = cell
     directions, batch, width = h.shape
     for item in prange(directions * partitions):
         d = item // partitions
         part = item % partitions
         lstm_rows_forward(
-            x, w_ih[d], w_hh[d], w_hr[d], bias[d],
-            (onnx, kinds[d], params[d], peepholes[d], bound, input_forget),
+            x, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
             h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, tiled,
             part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
@@ -393,10 +392,8 @@ def lstm_layer_forward(
     directions, batch, _ = h.shape
     tiled, partitions = plan_forward(batch, c.shape[2], directions)
     if directions * partitions == 1:
-        onnx, kinds, params, peepholes, bound, input_forget = cell
         lstm_rows_forward(
-            x, w_ih[0], w_hh[0], w_hr[0], bias[0],
-            (onnx, kinds[0], params[0], peepholes[0], bound, input_forget),
+            x, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
             h[0], c[0], y, 0, lengths, backward, batch_first, tiled, 0, batch, traces, 0,
         )  # fmt: skip
     else:

@@ -377,9 +377,16 @@ class LSTM:
         return weights
 
     def _cell(self, layer):
-        """The cell options in the kernels' form (see ``cpu.lstm_rows_forward``); built once, as
-        they are fixed at construction (the peepholes are a view of the live weights)."""
+        """The cell options in the GPU kernels' form, ``(onnx, kinds, params, peepholes, bound,
+        input_forget)``; built once, as they are fixed at construction (the peepholes are a view
+        of the live weights)."""
         return self._cells[layer]
+
+    def _cpu_cell(self, layer):
+        """The cell options as the CPU kernels take them: None for the seed's cell (a kernel
+        without the ONNX cell), else ONNX's options (see ``cpu.lstm_step_pointwise_onnx``)."""
+        cell = self._cells[layer]
+        return cell[1:] if cell[0] else None
 
     def _make_cell(self, layer):
         onnx = (
@@ -595,7 +602,7 @@ class LSTM:
                     stacks["weight_hh"],
                     stacks["weight_hr"],
                     stacks["bias_ih"] + stacks["bias_hh"],
-                    self._cell(layer),
+                    self._cpu_cell(layer),
                     h_n[states],
                     c_n[states],
                     y,

@@ -259,7 +259,7 @@ def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batc
     stacks = model._layers[0]
     cpu.lstm_partitioned_forward(
         x, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
-        stacks["bias_ih"] + stacks["bias_hh"], model._cell(0), h, c, y, lengths, model.reverse,
+        stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, lengths, model.reverse,
         batch_first, tiled, partitions, None,
     )  # fmt: skip
     assert_close(y, expected)
