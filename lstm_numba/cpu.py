@@ -364,11 +364,10 @@ def lstm_partitioned_forward(
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
     Batch rows and directions are independent through the whole sequence, so the threads never
-    wait for each other. Weights, bias, states and the cell's arrays carry a leading direction axis
-    D (forward, then reverse; ``cell``'s arrays too, when not None); ``backward``: the only
-    direction (D = 1) reads backwards (ONNX's
-    direction="reverse"); traces: (D, 5, B, T, H) or None; other arguments as
-    ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
+    wait for each other. Weights, bias, states, the cell's arrays (when not None) and the traces
+    (D, 5, B, T, H) (when not None) carry a leading direction axis D (forward, then reverse);
+    ``backward``: the only direction (D = 1) reads backwards (ONNX's direction="reverse"); other
+    arguments as ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
     directions, batch, width = h.shape
     for item in prange(directions * partitions):
