@@ -150,20 +150,25 @@ def _trace_rows(traces, direction, row, t, fallback):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_step_pointwise(
-    recurrent, projected, bias, c, h_new, times, y, write_y, column, batch_first, row_offset,
-    traces, direction,
+    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first,
+    row_offset, traces, direction,
 ):  # fmt: skip
     """Fused pointwise part of one step: all four gates, the cell update and the hidden state.
 
     recurrent: (B', 4H) h_prev·W_hhᵀ; projected: (B', 4H) x_t·W_ihᵀ; bias: (4H,) b_ih + b_hh, gate
-    blocks in PyTorch order i, f, g, o. c: (B', H), the previous cell states, overwritten with the
-    new ones; h_new: (B', H), written with the new hidden states. times: (B',) the time index each
-    row computes, -1 for a row past its length (skipped, its states kept). y: (B, T, ·) if
-    ``batch_first`` else (T, B, ·); if ``write_y``, row ``row_offset + b`` of step ``times[b]``
-    written with h in columns [column, column + H). traces: (D, 5, B, T, H), where row
-    ``row_offset + b`` of step ``times[b]`` records f, i, C̃, o and C at ``direction``, or None:
-    the kernel compiled for None has no trace code at all. No intermediate arrays: each gate
-    pre-activation is read once and lives in registers.
+    blocks in PyTorch order i, f, g, o. cell: None for the seed's cell (``equations.lstm_gates``),
+    or ONNX's options (``equations.lstm_gates_onnx``) ``(kinds, params, peepholes, bound,
+    input_forget)`` with a leading direction axis D, read at ``direction``: kinds (D, 3) int64,
+    indices into ``equations.ACTIVATIONS`` for f, g, h; params (D, 3, 2) their alpha, beta;
+    peepholes (D, 3, H) in ONNX order i, o, f; bound the clip (∞ when unused). c: (B', H), the
+    previous cell states, overwritten with the new ones; h_new: (B', H), written with the new
+    hidden states. times: (B',) the time index each row computes, -1 for a row past its length
+    (skipped, its states kept). y: (B, T, ·) if ``batch_first`` else (T, B, ·); if ``write_y``,
+    row ``row_offset + b`` of step ``times[b]`` written with h in columns [column, column + H).
+    traces: (D, 5, B, T, H), where row ``row_offset + b`` of step ``times[b]`` records f, i, C̃, o
+    and C at ``direction``, or None. A kernel compiled for ``cell``/``traces`` None has no ONNX or
+    trace code at all (Numba prunes ``is None`` on a None-typed argument). No intermediate arrays:
+    each gate pre-activation is read once and lives in registers.
     """
     batch, hidden = c.shape
     # per-gate slices, indexed from 0, keep the inner loop simple enough for LLVM to vectorize
@@ -172,6 +177,10 @@ def lstm_step_pointwise(
     g_gate = slice(2 * hidden, 3 * hidden)
     o_gate = slice(3 * hidden, 4 * hidden)
     b_i, b_f, b_g, b_o = bias[i_gate], bias[f_gate], bias[g_gate], bias[o_gate]
+    if cell is not None:
+        all_kinds, all_params, all_peepholes, bound, input_forget = cell
+        kinds, params = all_kinds[direction], all_params[direction]
+        peep_i, peep_o, peep_f = all_peepholes[direction]
     for b in range(batch):
         t = times[b]
         if t < 0:
@@ -185,60 +194,18 @@ def lstm_step_pointwise(
         y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
         t_f, t_i, t_g, t_o, t_c = _trace_rows(traces, direction, row_offset + b, t, h_row)
         for j in range(hidden):
-            f, i, g, o, c_new, h = equations.lstm_gates(
-                r_i[j] + p_i[j] + b_i[j],
-                r_f[j] + p_f[j] + b_f[j],
-                r_g[j] + p_g[j] + b_g[j],
-                r_o[j] + p_o[j] + b_o[j],
-                c_row[j],
-            )
-            c_row[j] = c_new
-            h_row[j] = h
-            y_row[j] = h
-            if traces is not None:
-                t_f[j], t_i[j], t_g[j], t_o[j], t_c[j] = f, i, g, o, c_new
-
-
-@njit(**KERNEL_OPTIONS)
-def lstm_step_pointwise_onnx(
-    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first, row_offset,
-    traces, direction,
-):  # fmt: skip
-    """``lstm_step_pointwise`` with ONNX's options (``equations.lstm_gates_onnx``).
-
-    cell: ``(kinds, params, peepholes, bound, input_forget)`` with a leading direction axis D,
-    read at ``direction``: kinds (D, 3) int64, indices into ``equations.ACTIVATIONS`` for f, g, h;
-    params (D, 3, 2) their alpha, beta; peepholes (D, 3, H) in ONNX order i, o, f (zeros when
-    unused); bound the clip (∞ when unused). Other arguments as ``lstm_step_pointwise``.
-    """
-    all_kinds, all_params, all_peepholes, bound, input_forget = cell
-    kinds, params, peepholes = all_kinds[direction], all_params[direction], all_peepholes[direction]
-    f_kind, g_kind, h_kind = kinds[0], kinds[1], kinds[2]
-    f_alpha, f_beta = params[0, 0], params[0, 1]
-    g_alpha, g_beta = params[1, 0], params[1, 1]
-    h_alpha, h_beta = params[2, 0], params[2, 1]
-    peep_i, peep_o, peep_f = peepholes[0], peepholes[1], peepholes[2]
-    batch, hidden = c.shape
-    for b in range(batch):
-        t = times[b]
-        if t < 0:
-            continue
-        rec = recurrent[b]
-        prj = projected[b]
-        h_row = h_new[b]
-        c_row = c[b]
-        y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
-        t_f, t_i, t_g, t_o, t_c = _trace_rows(traces, direction, row_offset + b, t, h_row)
-        for j in range(hidden):
-            f, i, g, o, c_new, h = equations.lstm_gates_onnx(
-                rec[j] + prj[j] + bias[j],
-                rec[hidden + j] + prj[hidden + j] + bias[hidden + j],
-                rec[2 * hidden + j] + prj[2 * hidden + j] + bias[2 * hidden + j],
-                rec[3 * hidden + j] + prj[3 * hidden + j] + bias[3 * hidden + j],
-                c_row[j],
-                peep_i[j], peep_o[j], peep_f[j], bound, input_forget,
-                f_kind, f_alpha, f_beta, g_kind, g_alpha, g_beta, h_kind, h_alpha, h_beta,
-            )  # fmt: skip
+            z_i = r_i[j] + p_i[j] + b_i[j]
+            z_f = r_f[j] + p_f[j] + b_f[j]
+            z_g = r_g[j] + p_g[j] + b_g[j]
+            z_o = r_o[j] + p_o[j] + b_o[j]
+            if cell is None:
+                f, i, g, o, c_new, h = equations.lstm_gates(z_i, z_f, z_g, z_o, c_row[j])
+            else:
+                f, i, g, o, c_new, h = equations.lstm_gates_onnx(
+                    z_i, z_f, z_g, z_o, c_row[j], peep_i[j], peep_o[j], peep_f[j], bound,
+                    input_forget, kinds[0], params[0, 0], params[0, 1], kinds[1], params[1, 0],
+                    params[1, 1], kinds[2], params[2, 0], params[2, 1],
+                )  # fmt: skip
             c_row[j] = c_new
             h_row[j] = h
             y_row[j] = h
@@ -258,7 +225,7 @@ def lstm_rows_forward(
     w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
     or (0, 0) for none (H_out = H). cell: None for the seed's cell (the kernel compiled for None
     has no ONNX code, which halves its compile time), or ONNX's options (see
-    ``lstm_step_pointwise_onnx``). h: (B, H_out), c: (B, H), the initial states on entry and the
+    ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``tiled``: the recurrent product
     runs in ``recurrent_rows``, else in BLAS. traces, direction: gate traces (see
@@ -320,16 +287,10 @@ def lstm_rows_forward(
             else:
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act
-            if cell is None:
-                lstm_step_pointwise(
-                    rec, projected[s, :active], bias, c_rows[:active], h_new, time_act, y,
-                    not projecting, column, batch_first, row_start, traces, direction,
-                )  # fmt: skip
-            else:
-                lstm_step_pointwise_onnx(
-                    rec, projected[s, :active], bias, cell, c_rows[:active], h_new, time_act, y,
-                    not projecting, column, batch_first, row_start, traces, direction,
-                )  # fmt: skip
+            lstm_step_pointwise(
+                rec, projected[s, :active], bias, cell, c_rows[:active], h_new, time_act, y,
+                not projecting, column, batch_first, row_start, traces, direction,
+            )  # fmt: skip
             if projecting:
                 project_hidden(
                     h_new, w_hr_t, h_projected[:active], h_act, time_act, y, column, batch_first,

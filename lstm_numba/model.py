@@ -384,7 +384,7 @@ class LSTM:
 
     def _cpu_cell(self, layer):
         """The cell options as the CPU kernels take them: None for the seed's cell (a kernel
-        without the ONNX cell), else ONNX's options (see ``cpu.lstm_step_pointwise_onnx``)."""
+        without the ONNX cell), else ONNX's options (see ``cpu.lstm_step_pointwise``)."""
         cell = self._cells[layer]
         return cell[1:] if cell[0] else None
 

@@ -69,6 +69,7 @@ def test_fused_step_is_vectorized():
     loop would cost ~10× more per element."""
     batch, hidden = 2, 8
     args = [np.zeros((batch, 4 * hidden)), np.zeros((batch, 4 * hidden)), np.zeros(4 * hidden)]
+    args += [None]  # the seed's cell
     args += [np.zeros((batch, hidden)), np.zeros((batch, hidden)), np.zeros(batch, np.int64)]
     args += [np.zeros((batch, 3, hidden)), True]  # y, write_y
     options = {**KERNEL_OPTIONS, "cache": False}  # cached code cannot be inspected
