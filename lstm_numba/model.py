@@ -570,11 +570,14 @@ class LSTM:
         batch_axis = 0 if self.batch_first else 1
         partitions = cpu.plan_forward(x.shape[batch_axis], self.hidden_size, self.num_directions)
         order = cpu.length_order(lengths, partitions[1])
-        h_ordered, c_ordered = h_n[:, order], c_n[:, order]
-        traces_ordered = None if traces is None else traces[:, :, order]
+        # Indexing a middle axis gives non-C-contiguous arrays; the kernels take C-contiguous ones
+        # only (one compiled signature per dtype).
+        h_ordered = np.ascontiguousarray(h_n[:, order])
+        c_ordered = np.ascontiguousarray(c_n[:, order])
+        traces_ordered = None if traces is None else np.ascontiguousarray(traces[:, :, order])
         y_ordered = self._run_layers(
-            np.take(x, order, axis=batch_axis), h_ordered, c_ordered, lengths[order], True,
-            traces_ordered,
+            np.ascontiguousarray(np.take(x, order, axis=batch_axis)), h_ordered, c_ordered,
+            lengths[order], True, traces_ordered,
         )  # fmt: skip
         h_n[:, order], c_n[:, order] = h_ordered, c_ordered
         if traces is not None:

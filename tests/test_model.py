@@ -291,3 +291,18 @@ def test_length_order_sorts_each_slice_and_balances_them(rng, batch, partitions)
         assert np.all(np.diff(part) <= 0), "descending within a slice"
     longest = [part.max() for part in slices if part.size]
     assert longest == list(np.sort(lengths)[::-1][: len(longest)]), "each slice gets a long row"
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first):
+    """A bounded set of compiled signatures: every path (lengths reorder rows, traces, layouts)
+    hands the kernels C-contiguous arrays, never 'A'-layout ones (a second signature each, and
+    np.dot copying its operands)."""
+    model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, seed=4)
+    x = rng.standard_normal((4, 6, 3) if batch_first else (6, 4, 3)).astype(np.float32)
+    model(x, lengths=[6, 2, 5, 1], return_gates=True)
+    model(x, lengths=[6, 2, 5, 1])
+    for kernel in (cpu.lstm_rows_forward, cpu.lstm_partitioned_forward, cpu.lstm_step_pointwise):
+        for signature in kernel.signatures:
+            layouts = [t.layout for t in signature if hasattr(t, "layout")]
+            assert "A" not in layouts, (kernel, signature)
