@@ -20,24 +20,72 @@ TANH_SATURATION = 20.0
 
 
 @njit(**EQUATION_OPTIONS)
+def clip(z, bound):
+    """z clamped to [-bound, bound]; NaN stays NaN (ONNX's ``clip`` on gate pre-activations,
+    bound = ∞: none)."""
+    return min(max(z, -bound), bound)
+
+
+@njit(**EQUATION_OPTIONS)
 def tanh(x):
     """tanh(x) in x's own precision, as branch-free arithmetic that vectorizes.
 
     Numba 0.68 has no SVML, so ``math.tanh`` stays a scalar libm call (40–50 ns an element).
-    Here the clamped argument is scaled by 2⁻⁵, sinh and cosh of the small argument come from their
+    float32 arguments get ``tanh_rational``, float64 ones ``tanh_series``.
+    """
+    if is_single_precision(x):
+        return tanh_rational(x)
+    return tanh_series(x)
+
+
+@njit(**EQUATION_OPTIONS)
+def is_single_precision(x):
+    """Whether x is a float32: arithmetic on constants that the compiler folds, so the caller's
+    untaken branch is removed (Numba has no compile-time type test inside jitted code; this one
+    works on every target, plain Python included)."""
+    real = type(x)
+    return real(1.0) + real(2.0**-30) == real(1.0)
+
+
+@njit(**EQUATION_OPTIONS)
+def tanh_rational(x):
+    """tanh(x) for float32: a 13/6-degree rational minimax approximation on [-9, 9] (the
+    coefficients of Eigen's ``generic_fast_tanh_float``), ±1 beyond. Eleven multiply-adds and one
+    division, 2.3× faster than ``tanh_series`` in float32. NaN passes through the clamps.
+    Error: ≤ 3e-7 absolute and relative (≤ 5 units in the last place; checked over every float32
+    in [1e-4, 9.5]), and never beyond ±1.
+    """
+    real = type(x)
+    clamped = clip(x, real(9.0))
+    x2 = clamped * clamped
+    p = real(-2.76076847742355e-16)
+    p = p * x2 + real(2.00018790482477e-13)
+    p = p * x2 + real(-8.60467152213735e-11)
+    p = p * x2 + real(5.12229709037114e-08)
+    p = p * x2 + real(1.48572235717979e-05)
+    p = p * x2 + real(6.37261928875436e-04)
+    p = p * x2 + real(4.89352455891786e-03)
+    q = real(1.19825839466702e-06)
+    q = q * x2 + real(1.18534705686654e-04)
+    q = q * x2 + real(2.26843463243900e-03)
+    q = q * x2 + real(4.89352518554385e-03)
+    one = real(1.0)
+    return min(max(clamped * (p / q), -one), one)  # rounding may overshoot ±1 by an ulp or two
+
+
+@njit(**EQUATION_OPTIONS)
+def tanh_series(x):
+    """tanh(x) to float64 precision, as branch-free arithmetic that vectorizes.
+
+    The clamped argument is scaled by 2⁻⁵, sinh and cosh of the small argument come from their
     Taylor series (truncation error < 1e-16 for |y| ≤ 0.625), and five doublings
     sinh 2y = 2 sinh y cosh y, cosh 2y = sinh²y + cosh²y bring them back; one division at the end.
     Each doubling adds one rounding and does not amplify earlier ones, and cosh stays ≤ cosh 20,
-    so nothing overflows. NaN passes through the clamp. Error: ≤ 2.4e-7 (float32) and
-    ≤ 1.1e-15 relative (float64).
+    so nothing overflows. NaN passes through the clamp. Error: ≤ 1.1e-15 relative
+    (float64).
     """
     real = type(x)  # constants in x's precision: a float64 literal would promote float32 math
-    bound = real(TANH_SATURATION)
-    if x > bound:
-        x = bound
-    elif x < -bound:
-        x = -bound
-    y = x * real(1.0 / 32.0)
+    y = clip(x, real(TANH_SATURATION)) * real(1.0 / 32.0)
     y2 = y * y
     s = y * (
         real(1.0)
@@ -192,12 +240,6 @@ def activation(kind, x, alpha, beta):
         return x / (one + abs(x))
     # SOFTPLUS, log(1 + eˣ) without overflow
     return max(x, zero) + math.log1p(math.exp(-abs(x)))
-
-
-@njit(**EQUATION_OPTIONS)
-def clip(z, bound):
-    """z clamped to [-bound, bound] (ONNX's ``clip`` on gate pre-activations; bound = ∞: none)."""
-    return min(max(z, -bound), bound)
 
 
 @njit(**EQUATION_OPTIONS)

@@ -28,10 +28,21 @@ def test_tanh_matches_numpy(dtype):
     actual = cpu.tanh(x)
     assert actual.dtype == dtype
     if dtype == np.float32:
-        np.testing.assert_allclose(actual, expected, rtol=0, atol=2.5e-7)
-        np.testing.assert_allclose(actual, expected, rtol=5e-7, atol=1e-37)
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=3e-7)
+        np.testing.assert_allclose(actual, expected, rtol=3e-7, atol=1e-37)
     else:
         np.testing.assert_allclose(actual, expected, rtol=1.5e-15, atol=1e-300)
+
+
+def test_float32_tanh_on_every_seventh_float():
+    """float32 tanh (``equations.tanh_rational``) over every 7th float32 in [1e-4, 9.5], where
+    its rational approximation and rounding matter, and never beyond ±1."""
+    first, last = np.array([1e-4, 9.5], np.float32).view(np.uint32)
+    x = np.arange(first, last, 7, dtype=np.uint32).view(np.float32)
+    expected = np.tanh(x.astype(np.float64))
+    actual = cpu.tanh(x)
+    np.testing.assert_allclose(actual, expected, rtol=3e-7, atol=0)
+    assert np.all(np.abs(actual) <= 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
