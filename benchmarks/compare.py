@@ -8,7 +8,8 @@
 Every library runs the same float32 LSTM (same weights, zero initial states; one layer unless
 ``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
 [T/2, T] under ``--lengths`` (torch: a packed sequence; ONNX Runtime: ``sequence_lens``); each time
-is the best of ``--repeats`` calls after one warm-up call. Ratios are
+is the best of ``--repeats`` calls after one warm-up call, the libraries taking turns call by call
+(a slow spell of a shared machine then hits them alike, not whichever ran then). Ratios are
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, measured at the start. Torch and ONNX
 Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
@@ -55,6 +56,21 @@ def best_seconds(call, repeats=5):
         call()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def interleaved_best_seconds(calls, repeats):
+    """``{name: seconds}``, the fastest of ``repeats[name]`` calls of each of ``calls`` (``{name:
+    call}``) after one warm-up call each, the calls taking turns."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for round_ in range(max(repeats.values())):
+        for name, call in calls.items():
+            if round_ < repeats[name]:
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return {name: min(seconds) for name, seconds in times.items()}
 
 
 def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1):
@@ -235,11 +251,15 @@ def main(argv=None):
         lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None
         row = {"shape": (batch, steps, inputs, hidden)}
         calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths)
-        for name, (version, call) in calls.items():
-            if args.no_reference and name.startswith("numpy"):
-                continue
-            versions[name] = version
-            row[name] = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
+        if args.no_reference:
+            calls = {name: value for name, value in calls.items() if not name.startswith("numpy")}
+        versions.update({name: version for name, (version, _) in calls.items()})
+        row.update(
+            interleaved_best_seconds(
+                {name: call for name, (_, call) in calls.items()},
+                {name: 1 if name.startswith("numpy") else args.repeats for name in calls},
+            )
+        )
         flops = forward_flops(*row["shape"], args.num_layers, directions)
         if lengths is not None:
             flops *= lengths.mean() / steps
