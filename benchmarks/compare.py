@@ -8,8 +8,7 @@
 Every library runs the same float32 LSTM (same weights, zero initial states; one layer unless
 ``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
 [T/2, T] under ``--lengths`` (torch: a packed sequence; ONNX Runtime: ``sequence_lens``); each time
-is the best of ``--repeats`` calls after one warm-up call, the libraries taking turns call by call
-(a slow spell of a shared machine then hits them alike, not whichever ran then). Ratios are
+is the best of ``--repeats`` calls after one warm-up call. Ratios are
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, measured at the start. Torch and ONNX
 Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
@@ -58,21 +57,6 @@ def best_seconds(call, repeats=5):
     return min(times)
 
 
-def interleaved_best_seconds(calls, repeats):
-    """``{name: seconds}``, the fastest of ``repeats[name]`` calls of each of ``calls`` (``{name:
-    call}``) after one warm-up call each, the calls taking turns."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for round_ in range(max(repeats.values())):
-        for name, call in calls.items():
-            if round_ < repeats[name]:
-                start = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - start)
-    return {name: min(seconds) for name, seconds in times.items()}
-
-
 def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1):
     """2 × the multiply-adds of a forward's matrix products: 2·B·T·4H·(I + H) per layer and
     direction, the input size above the first layer being D·H."""
@@ -92,6 +76,24 @@ def sgemm_gflops(size=2048):
     b = rng.standard_normal((size, size), dtype=np.float32)
     out = np.empty_like(a)
     return 2 * size**3 / best_seconds(lambda: _gemm(a, b, out), repeats=3) / 1e9
+
+
+def machine_description():
+    """The CPU as LLVM names it (what the kernels are compiled for), the core count, and the BLAS
+    that the kernels call (SciPy's) with the kernel set it picked for this CPU."""
+    from llvmlite import binding
+    from threadpoolctl import threadpool_info
+
+    libraries = [info for info in threadpool_info() if info["user_api"] == "blas"]
+    scipy_blas = [info for info in libraries if "scipy.libs" in info["filepath"]] or libraries
+    blas = "no BLAS loaded yet"
+    if scipy_blas:
+        info = scipy_blas[0]
+        blas = f"{info['internal_api']} {info['version']} ({info.get('architecture')} kernels)"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return f"{platform.machine()} {binding.get_host_cpu_name()}, {os.cpu_count()} cores; {blas}" + (
+        f", OPENBLAS_CORETYPE={forced}" if forced else ""
+    )
 
 
 def library_calls(model, x, lengths=None):
@@ -232,8 +234,7 @@ def main(argv=None):
         print(f"float32 matmul (4096³) through torch/cuBLAS: {sgemm or float('nan'):.0f} GFLOP/s")
     else:
         sgemm = sgemm_gflops()
-        blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores; OPENBLAS_CORETYPE={blas}")
+        print(f"machine: {machine_description()}")
         print(f"float32 GEMM (2048³) through @njit np.dot: {sgemm:.0f} GFLOP/s")
     directions = 2 if args.bidirectional else 1
     print(
@@ -251,15 +252,11 @@ def main(argv=None):
         lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None
         row = {"shape": (batch, steps, inputs, hidden)}
         calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths)
-        if args.no_reference:
-            calls = {name: value for name, value in calls.items() if not name.startswith("numpy")}
-        versions.update({name: version for name, (version, _) in calls.items()})
-        row.update(
-            interleaved_best_seconds(
-                {name: call for name, (_, call) in calls.items()},
-                {name: 1 if name.startswith("numpy") else args.repeats for name in calls},
-            )
-        )
+        for name, (version, call) in calls.items():
+            if args.no_reference and name.startswith("numpy"):
+                continue
+            versions[name] = version
+            row[name] = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
         flops = forward_flops(*row["shape"], args.num_layers, directions)
         if lengths is not None:
             flops *= lengths.mean() / steps

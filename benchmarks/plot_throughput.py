@@ -7,7 +7,6 @@ of 5 calls after a warm-up, both libraries timed in this process at each batch s
 """
 
 import argparse
-import os
 import pathlib
 
 import numpy as np
@@ -29,7 +28,7 @@ def main(argv=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from compare import best_seconds, library_calls
+    from compare import best_seconds, library_calls, machine_description
 
     batches = [int(b) for b in args.batches.split(",")]
     model = lstm_numba.LSTM(args.size, args.size, seed=0)
@@ -49,11 +48,9 @@ def main(argv=None):
     axes.set_yscale("log")
     axes.set_xlabel("batch size B")
     axes.set_ylabel("sequences per second")
-    blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
     axes.set_title(
-        f"LSTM forward, float32, T={args.steps}, I=H={args.size}, "
-        f"{os.cpu_count()} CPU cores (OPENBLAS_CORETYPE={blas})",
-        fontsize=10,
+        f"LSTM forward, float32, T={args.steps}, I=H={args.size}\n{machine_description()}",
+        fontsize=9,
     )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
