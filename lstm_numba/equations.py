@@ -20,13 +20,6 @@ TANH_SATURATION = 20.0
 
 
 @njit(**EQUATION_OPTIONS)
-def clip(z, bound):
-    """z clamped to [-bound, bound]; NaN stays NaN (ONNX's ``clip`` on gate pre-activations,
-    bound = ∞: none)."""
-    return min(max(z, -bound), bound)
-
-
-@njit(**EQUATION_OPTIONS)
 def tanh(x):
     """tanh(x) in x's own precision, as branch-free arithmetic that vectorizes.
 
@@ -56,8 +49,12 @@ def tanh_rational(x):
     in [1e-4, 9.5]), and never beyond ±1.
     """
     real = type(x)
-    clamped = clip(x, real(9.0))
-    x2 = clamped * clamped
+    bound = real(9.0)
+    if x > bound:
+        x = bound
+    elif x < -bound:
+        x = -bound
+    x2 = x * x
     p = real(-2.76076847742355e-16)
     p = p * x2 + real(2.00018790482477e-13)
     p = p * x2 + real(-8.60467152213735e-11)
@@ -69,8 +66,15 @@ def tanh_rational(x):
     q = q * x2 + real(1.18534705686654e-04)
     q = q * x2 + real(2.26843463243900e-03)
     q = q * x2 + real(4.89352518554385e-03)
+    y = x * (p / q)
+    # rounding may overshoot ±1 by an ulp or two; comparisons, not min/max, so that NaN raises no
+    # floating-point "invalid" flag (NumPy would warn about it from the ufuncs)
     one = real(1.0)
-    return min(max(clamped * (p / q), -one), one)  # rounding may overshoot ±1 by an ulp or two
+    if y > one:
+        y = one
+    elif y < -one:
+        y = -one
+    return y
 
 
 @njit(**EQUATION_OPTIONS)
@@ -85,7 +89,12 @@ def tanh_series(x):
     (float64).
     """
     real = type(x)  # constants in x's precision: a float64 literal would promote float32 math
-    y = clip(x, real(TANH_SATURATION)) * real(1.0 / 32.0)
+    bound = real(TANH_SATURATION)
+    if x > bound:
+        x = bound
+    elif x < -bound:
+        x = -bound
+    y = x * real(1.0 / 32.0)
     y2 = y * y
     s = y * (
         real(1.0)
@@ -240,6 +249,12 @@ def activation(kind, x, alpha, beta):
         return x / (one + abs(x))
     # SOFTPLUS, log(1 + eˣ) without overflow
     return max(x, zero) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(**EQUATION_OPTIONS)
+def clip(z, bound):
+    """z clamped to [-bound, bound] (ONNX's ``clip`` on gate pre-activations; bound = ∞: none)."""
+    return min(max(z, -bound), bound)
 
 
 @njit(**EQUATION_OPTIONS)

@@ -55,6 +55,7 @@ def test_sigmoid_matches_scipy(dtype):
     np.testing.assert_allclose(cpu.sigmoid(x), expected, rtol=0, atol=atol)
 
 
+@pytest.mark.filterwarnings("error")  # NaN in must not raise the "invalid" flag NumPy warns about
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activations_saturate_and_propagate_nan(dtype):
     x = np.array([np.inf, -np.inf, 1e4, -1e4, np.nan], dtype)
