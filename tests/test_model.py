@@ -267,6 +267,17 @@ def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batc
     assert_close(c, c_ref)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("hidden", [4, 5, 6])  # 4H mod 3 = 1, 2, 0: every leftover of the tiles
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recurrent_rows_is_the_product(rng, batch, hidden, dtype):
+    h = rng.standard_normal((batch, hidden)).astype(dtype)
+    w_hh = rng.standard_normal((4 * hidden, hidden)).astype(dtype)
+    out = np.full((batch, 4 * hidden), np.nan, dtype)
+    cpu.recurrent_rows(h, w_hh, out)
+    assert_close(out, h.astype(np.float64) @ w_hh.T.astype(np.float64))
+
+
 def test_plan_uses_threads_and_tiles_where_they_pay():
     from numba import get_num_threads
 
