@@ -43,25 +43,31 @@ TILED_BATCH = (2, 48)
 GEMM wins."""
 
 TILED_MAX_HIDDEN = 512
-"""Above this H, W_hh (16·H² bytes in float32) no longer fits the caches that ``recurrent_rows``
-relies on, and BLAS's cache blocking wins at every batch size (measured on a Zen 5; on a Zen 3,
-``recurrent_rows`` still won at 4 rows a thread and H = 1024, docs/performance.md)."""
+"""Up to this H, ``TILED_BATCH`` decides. Above, W_hh (16·H² bytes in float32) is beyond the caches
+and ``LARGE_HIDDEN_TILED_ROWS`` does."""
+
+LARGE_HIDDEN_TILED_ROWS = 8
+"""Above ``TILED_MAX_HIDDEN``: up to this many rows a thread, the batch is split over the threads
+and ``recurrent_rows`` runs (one row: BLAS's GEMV), since a per-thread BLAS GEMM would pack all of
+W_hh every step for a handful of rows; above, one BLAS call on BLAS's own threads takes the whole
+batch, each of them packing its part of W_hh (measured on a Zen 3, docs/performance.md)."""
 
 PARTITION_MIN_BATCH = 4
-"""Split the batch over the threads from this batch size on; below, one thread runs the sequence
-and BLAS may use the others."""
+"""Up to ``TILED_MAX_HIDDEN``, split the batch over the threads from this batch size on; below,
+one thread runs the sequence and BLAS may use the others."""
 
 
 def plan_forward(batch, hidden, directions=1):
     """``(tiled, partitions)`` for ``lstm_layer_forward``: whether the recurrent product runs in
     ``recurrent_rows`` (else BLAS), and into how many slices each direction's batch rows are split
     (directions already run on threads of their own)."""
-    if hidden > TILED_MAX_HIDDEN:
-        # BLAS's packed GEMM for every batch size, in one call with BLAS's own threads over the
-        # whole batch: each of them packs its part of W_hh every step, where per-thread slices
-        # of the batch would each pack all of it (16·H² bytes, beyond the caches).
-        return False, 1
     threads = max(1, get_num_threads() // directions)
+    if hidden > TILED_MAX_HIDDEN:
+        partitions = min(threads, batch)
+        rows = -(-batch // partitions)
+        if rows > LARGE_HIDDEN_TILED_ROWS:
+            return False, 1
+        return rows >= TILED_BATCH[0], partitions
     partitions = min(threads, batch) if batch >= PARTITION_MIN_BATCH else 1
     rows = -(-batch // partitions)
     return TILED_BATCH[0] <= rows <= TILED_BATCH[1], partitions

@@ -284,11 +284,14 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     assert cpu.plan_forward(1, 128) == (False, 1)
     assert cpu.plan_forward(2, 128) == (True, 1)
     assert cpu.plan_forward(32, 256) == (True, min(get_num_threads(), 32))
-    # beyond the caches, one BLAS call on its own threads packs each part of W_hh once
-    assert cpu.plan_forward(32, 1024) == (False, 1)
+    # W_hh beyond the caches: a few rows a thread run tiled (one row: GEMV) on slices of the
+    # batch; many rows, one BLAS call on BLAS's own threads, each packing its part of W_hh
+    threads = get_num_threads()
+    assert cpu.plan_forward(2 * threads, 1024) == (True, threads)
+    assert cpu.plan_forward(threads, 1024) == (False, threads)
+    assert cpu.plan_forward(4096, 1024) == (False, 1)
     assert cpu.plan_forward(256, 512)[0] is False
     # the directions of a bidirectional layer take the threads first
-    threads = get_num_threads()
     assert cpu.plan_forward(32, 256, directions=2) == (True, max(1, min(threads // 2, 32)))
 
 
