@@ -37,7 +37,7 @@ def test_gpu_kernels_under_the_simulator():
     if importlib.util.find_spec("numba_cuda") is None:
         pytest.skip("numba-cuda is not installed (pip install -e '.[test]')")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", __file__],
         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
         cwd=pathlib.Path(__file__).parent.parent,
         capture_output=True,
