@@ -41,6 +41,17 @@ def is_single_precision(x):
 
 
 @njit(**EQUATION_OPTIONS)
+def saturate(x, bound):
+    """x clamped to [-bound, bound], NaN kept. Comparisons, not min/max: those raise the
+    floating-point "invalid" flag on NaN, which NumPy reports as a warning from the ufuncs."""
+    if x > bound:
+        return bound
+    if x < -bound:
+        return -bound
+    return x
+
+
+@njit(**EQUATION_OPTIONS)
 def tanh_rational(x):
     """tanh(x) for float32: a 13/6-degree rational minimax approximation on [-9, 9] (the
     coefficients of Eigen's ``generic_fast_tanh_float``), ±1 beyond. Eleven multiply-adds and one
@@ -49,11 +60,7 @@ def tanh_rational(x):
     in [1e-4, 9.5]), and never beyond ±1.
     """
     real = type(x)
-    bound = real(9.0)
-    if x > bound:
-        x = bound
-    elif x < -bound:
-        x = -bound
+    x = saturate(x, real(9.0))
     x2 = x * x
     p = real(-2.76076847742355e-16)
     p = p * x2 + real(2.00018790482477e-13)
@@ -66,15 +73,7 @@ def tanh_rational(x):
     q = q * x2 + real(1.18534705686654e-04)
     q = q * x2 + real(2.26843463243900e-03)
     q = q * x2 + real(4.89352518554385e-03)
-    y = x * (p / q)
-    # rounding may overshoot ±1 by an ulp or two; comparisons, not min/max, so that NaN raises no
-    # floating-point "invalid" flag (NumPy would warn about it from the ufuncs)
-    one = real(1.0)
-    if y > one:
-        y = one
-    elif y < -one:
-        y = -one
-    return y
+    return saturate(x * (p / q), real(1.0))  # rounding may overshoot ±1 by an ulp or two
 
 
 @njit(**EQUATION_OPTIONS)
@@ -89,12 +88,7 @@ def tanh_series(x):
     (float64).
     """
     real = type(x)  # constants in x's precision: a float64 literal would promote float32 math
-    bound = real(TANH_SATURATION)
-    if x > bound:
-        x = bound
-    elif x < -bound:
-        x = -bound
-    y = x * real(1.0 / 32.0)
+    y = saturate(x, real(TANH_SATURATION)) * real(1.0 / 32.0)
     y2 = y * y
     s = y * (
         real(1.0)
