@@ -14,7 +14,15 @@ from lstm_numba._config import (
     EQUATION_OPTIONS,
     FASTMATH,
     KERNEL_OPTIONS,
-    REDUCTION_KERNEL_OPTIONS,
+)
+from lstm_numba.register_tile import (
+    panel_width,
+    tile_1,
+    tile_2,
+    tile_3,
+    tile_4,
+    tile_5,
+    tile_6,
 )
 
 _FLOAT_UNARY = ["float32(float32)", "float64(float64)"]
@@ -37,40 +45,27 @@ PROJECTION_ROWS = 1024
 """Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
 run near its peak, small enough that the workspace does not grow with the sequence length."""
 
-TILED_BATCH = (2, 48)
-"""Batch rows per thread for which ``recurrent_rows`` beats BLAS on the recurrent product
-(measured on 2 cores, docs/performance.md): for one row BLAS's GEMV is faster; above, its packed
-GEMM wins."""
-
-TILED_MAX_HIDDEN = 512
-"""Up to this H, ``TILED_BATCH`` decides. Above, W_hh (16·H² bytes in float32) is beyond the caches
-and ``LARGE_HIDDEN_TILED_ROWS`` does."""
-
-LARGE_HIDDEN_TILED_ROWS = 8
-"""Above ``TILED_MAX_HIDDEN``: up to this many rows a thread, the batch is split over the threads
-and ``recurrent_rows`` runs (one row: BLAS's GEMV), since a per-thread BLAS GEMM would pack all of
-W_hh every step for a handful of rows; above, one BLAS call on BLAS's own threads takes the whole
-batch, each of them packing its part of W_hh (measured on a Zen 3, docs/performance.md)."""
-
 PARTITION_MIN_BATCH = 4
-"""Up to ``TILED_MAX_HIDDEN``, split the batch over the threads from this batch size on; below,
-one thread runs the sequence and BLAS may use the others."""
+"""Split the batch over the threads from this batch size on; below, one thread runs the sequence
+(two or three rows in one register tile beat a row a thread, which reads all of W_hh per row)
+and BLAS may use the other threads for the input projection."""
+
+PARTITION_ALWAYS_ABOVE_HIDDEN = 512
+"""Above this H, W_hh (16·H² bytes in float32) is beyond the caches and the batch is split over
+the threads at any size: two rows on two threads, each a GEMV, beat one thread's tile."""
 
 
 def plan_forward(batch, hidden, directions=1):
     """``(tiled, partitions)`` for ``lstm_layer_forward``: whether the recurrent product runs in
-    ``recurrent_rows`` (else BLAS), and into how many slices each direction's batch rows are split
-    (directions already run on threads of their own)."""
+    ``recurrent_panels`` (else BLAS, a GEMV for one row a thread), and into how many slices each
+    direction's batch rows are split (directions already run on threads of their own). Measured
+    on 2 cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread
+    on, up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call."""
     threads = max(1, get_num_threads() // directions)
-    if hidden > TILED_MAX_HIDDEN:
-        partitions = min(threads, batch)
-        rows = -(-batch // partitions)
-        if rows > LARGE_HIDDEN_TILED_ROWS:
-            return False, 1
-        return rows >= TILED_BATCH[0], partitions
-    partitions = min(threads, batch) if batch >= PARTITION_MIN_BATCH else 1
+    split = batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
+    partitions = min(threads, batch) if split else 1
     rows = -(-batch // partitions)
-    return TILED_BATCH[0] <= rows <= TILED_BATCH[1], partitions
+    return rows >= 2, partitions
 
 
 def length_order(lengths, partitions):
@@ -97,73 +92,47 @@ def length_order(lengths, partitions):
     return order
 
 
-@njit(**REDUCTION_KERNEL_OPTIONS)
-def recurrent_rows(h, w_hh, out):
-    """``out = h · w_hhᵀ``: h (B, H), w_hh (4H, H), out (B, 4H).
-
-    A register-tiled product for small batches, where BLAS spends its time repacking W_hh on every
-    call: each tile is 4 batch rows × 3 weight rows, twelve dot products that vectorize over H
-    (``reassoc``) and keep twelve vector registers accumulating (enough to hide the multiply-add
-    latency, and they fit AVX2's sixteen), so one weight load feeds four multiply-adds and W_hh
-    streams through the cache once per 4 rows. The 4H mod 3 weight rows left get 4 × 1 tiles.
-    """
-    batch, hidden = h.shape
-    gate_rows = w_hh.shape[0]
-    tiled_rows = gate_rows - gate_rows % 3
-    zero = h.dtype.type(0)
-    for b0 in range(0, batch, 4):
-        rows = min(4, batch - b0)
-        # a partial tile repeats row b0; its extra sums are computed and dropped
-        h0 = h[b0]
-        h1 = h[b0 + 1] if rows > 1 else h0
-        h2 = h[b0 + 2] if rows > 2 else h0
-        h3 = h[b0 + 3] if rows > 3 else h0
-        for n in range(0, tiled_rows, 3):
-            w0, w1, w2 = w_hh[n], w_hh[n + 1], w_hh[n + 2]
-            a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = zero
+@njit(**KERNEL_OPTIONS)
+def pack_panels(w_hh):
+    """W_hh (4H, H) as the register tile reads it: (P, H, W) panels, panel p holding rows
+    [W·p, W·(p + 1)) transposed, zeros past the last row; W = ``register_tile.panel_width``."""
+    gate_rows, hidden = w_hh.shape
+    width = panel_width(w_hh.itemsize)
+    count = -(-gate_rows // width)
+    panels = np.zeros((count, hidden, width), dtype=w_hh.dtype)
+    for p in range(count):
+        for j in range(min(width, gate_rows - p * width)):
+            row = w_hh[p * width + j]
             for k in range(hidden):
-                v0, v1, v2 = w0[k], w1[k], w2[k]
-                x = h0[k]
-                a00 += x * v0
-                a01 += x * v1
-                a02 += x * v2
-                x = h1[k]
-                a10 += x * v0
-                a11 += x * v1
-                a12 += x * v2
-                x = h2[k]
-                a20 += x * v0
-                a21 += x * v1
-                a22 += x * v2
-                x = h3[k]
-                a30 += x * v0
-                a31 += x * v1
-                a32 += x * v2
-            _store_sums(out, b0, rows, n, a00, a10, a20, a30)
-            _store_sums(out, b0, rows, n + 1, a01, a11, a21, a31)
-            _store_sums(out, b0, rows, n + 2, a02, a12, a22, a32)
-        for n in range(tiled_rows, gate_rows):
-            w0 = w_hh[n]
-            a0 = a1 = a2 = a3 = zero
-            for k in range(hidden):
-                v0 = w0[k]
-                a0 += h0[k] * v0
-                a1 += h1[k] * v0
-                a2 += h2[k] * v0
-                a3 += h3[k] * v0
-            _store_sums(out, b0, rows, n, a0, a1, a2, a3)
+                panels[p, k, j] = row[k]
+    return panels
 
 
-@njit(**EQUATION_OPTIONS)
-def _store_sums(out, b0, rows, n, s0, s1, s2, s3):
-    """Column n of a tile's rows: ``out[b0 + r, n] = s_r`` for the ``rows`` real rows of it."""
-    out[b0, n] = s0
-    if rows > 1:
-        out[b0 + 1, n] = s1
-    if rows > 2:
-        out[b0 + 2, n] = s2
-    if rows > 3:
-        out[b0 + 3, n] = s3
+@njit(**KERNEL_OPTIONS)
+def recurrent_panels(h, panels, out):
+    """``out[:, :W·P] = h · w_hhᵀ``: h (B, H), panels (P, H, W) = ``pack_panels(w_hh)``, out (B, ≥
+    W·P); the columns past 4H get zeros.
+
+    For small batches, where BLAS spends its time repacking W_hh on every call: W_hh is packed
+    once a forward, and each panel (H × W, in L1 or L2) serves every batch row in register tiles
+    of up to 6 rows (``register_tile``)."""
+    batch = h.shape[0]
+    for p in range(panels.shape[0]):
+        b0 = 0
+        while batch - b0 >= 6:
+            tile_6(h, panels, out, b0, p)
+            b0 += 6
+        rows = batch - b0
+        if rows == 5:
+            tile_5(h, panels, out, b0, p)
+        elif rows == 4:
+            tile_4(h, panels, out, b0, p)
+        elif rows == 3:
+            tile_3(h, panels, out, b0, p)
+        elif rows == 2:
+            tile_2(h, panels, out, b0, p)
+        elif rows == 1:
+            tile_1(h, panels, out, b0, p)
 
 
 @njit(**EQUATION_OPTIONS)
@@ -262,8 +231,9 @@ def lstm_rows_forward(
     ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``tiled``: the recurrent product
-    runs in ``recurrent_rows``, else in BLAS. traces, direction: gate traces (see
-    ``lstm_step_pointwise``), or None. Floats all float32 or all float64, all C-contiguous.
+    runs in ``recurrent_panels`` (each worker packs W_hh for it), else in BLAS. traces,
+    direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
+    float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``PROJECTION_ROWS`` rows), so the
     workspace does not grow with T. Each step is one recurrent product and one fused pointwise
@@ -281,7 +251,9 @@ def lstm_rows_forward(
     x_chunk = np.empty((chunk, batch, inputs), dtype=h.dtype)
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
-    recurrent = np.empty((batch, gate_rows), dtype=h.dtype)
+    # the panels' zero padding makes the tile's product up to W - 1 columns wider than 4H
+    panels = pack_panels(w_hh) if tiled else np.empty((0, 0, 0), dtype=h.dtype)
+    recurrent = np.empty((batch, max(gate_rows, panels.shape[0] * panels.shape[2])), h.dtype)
     h_rows = h[row_start:row_stop]
     c_rows = c[row_start:row_stop]
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
@@ -317,7 +289,7 @@ def lstm_rows_forward(
                     active = b + 1
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
             if tiled:
-                recurrent_rows(h_act, w_hh, rec)
+                recurrent_panels(h_act, panels, rec)
             else:
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act

@@ -6,6 +6,7 @@ from conftest import assert_close
 
 import lstm_numba as ln
 from lstm_numba import cpu, reference
+from lstm_numba.register_tile import panel_width
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [  # (B, T, I, H)
@@ -274,30 +275,32 @@ def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batc
     assert_close(c, c_ref)
 
 
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
-@pytest.mark.parametrize("hidden", [4, 5, 6])  # 4H mod 3 = 1, 2, 0: every leftover of the tiles
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 11, 13])  # every tile height, 6 + rest
+@pytest.mark.parametrize("hidden", [4, 5, 9])  # 4H = 16, 20, 36: whole and partial panels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_recurrent_rows_is_the_product(rng, batch, hidden, dtype):
+def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     h = rng.standard_normal((batch, hidden)).astype(dtype)
     w_hh = rng.standard_normal((4 * hidden, hidden)).astype(dtype)
-    out = np.full((batch, 4 * hidden), np.nan, dtype)
-    cpu.recurrent_rows(h, w_hh, out)
-    assert_close(out, h.astype(np.float64) @ w_hh.T.astype(np.float64))
+    panels = cpu.pack_panels(w_hh)
+    width = panel_width(np.dtype(dtype).itemsize)
+    assert panels.shape == (-(-4 * hidden // width), hidden, width)
+    out = np.full((batch, panels.shape[0] * width), np.nan, dtype)
+    cpu.recurrent_panels(h, panels, out)
+    assert_close(out[:, : 4 * hidden], h.astype(np.float64) @ w_hh.T.astype(np.float64))
+    assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
 
 
 def test_plan_uses_threads_and_tiles_where_they_pay():
     from numba import get_num_threads
 
-    assert cpu.plan_forward(1, 128) == (False, 1)
-    assert cpu.plan_forward(2, 128) == (True, 1)
-    assert cpu.plan_forward(32, 256) == (True, min(get_num_threads(), 32))
-    # W_hh beyond the caches: a few rows a thread run tiled (one row: GEMV) on slices of the
-    # batch; many rows, one BLAS call on BLAS's own threads, each packing its part of W_hh
     threads = get_num_threads()
-    assert cpu.plan_forward(2 * threads, 1024) == (True, threads)
-    assert cpu.plan_forward(threads, 1024) == (False, threads)
-    assert cpu.plan_forward(4096, 1024) == (False, 1)
-    assert cpu.plan_forward(256, 512)[0] is False
+    assert cpu.plan_forward(1, 128) == (False, 1)  # one row: BLAS's GEMV
+    assert cpu.plan_forward(2, 128) == (True, 1)  # a few rows share one thread's tile
+    assert cpu.plan_forward(32, 256) == (True, min(threads, 32))
+    assert cpu.plan_forward(4096, 512) == (True, threads)
+    # W_hh beyond the caches: split from two rows on (one row a thread: GEMV)
+    assert cpu.plan_forward(2, 1024) == (threads < 2, min(threads, 2))
+    assert cpu.plan_forward(4 * threads, 1024) == (True, threads)
     # the directions of a bidirectional layer take the threads first
     assert cpu.plan_forward(32, 256, directions=2) == (True, max(1, min(threads // 2, 32)))
 

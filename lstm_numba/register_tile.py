@@ -1,0 +1,107 @@
+"""The recurrent product's micro-kernel: a register tile of h·W_hhᵀ written in LLVM IR.
+
+A GEMM runs at the machine's speed when its inner loop keeps a tile of the output in vector
+registers and, per step k of the reduction, loads one row of weights and broadcasts one value per
+output row (an outer product): no horizontal sums, and every load feeds several multiply-adds.
+Numba has no vector type and LLVM does not turn scalar code into such a tile, so ``tile(rows)``
+writes it as an ``@intrinsic``: ``rows`` batch rows × two vectors of weight columns, the
+accumulators held in registers for the whole loop over k.
+
+The weights come packed in panels (``cpu.pack_panels``): panel p is W_hh's rows
+[W·p, W·(p + 1)) transposed to (H, W), W = ``panel_width(itemsize)``, so the tile reads it as one
+contiguous stream.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+VECTOR_BYTES = 32
+"""Width of the vectors the tile is written in (AVX2's 256 bits). LLVM splits them on narrower
+machines; AVX-512 machines run them at half their vector width."""
+
+MAX_TILE_ROWS = 6
+"""Batch rows per tile: 6 rows × 2 vectors = 12 accumulators, beside the 2 weight vectors and one
+broadcast within AVX2's 16 vector registers (BLIS's Haswell tile has the same shape), and enough
+independent multiply-adds to hide their latency."""
+
+
+@njit(inline="always")
+def panel_width(itemsize):
+    """Weight rows per panel: two vectors of ``itemsize``-byte floats (16 float32, 8 float64)."""
+    return 2 * VECTOR_BYTES // itemsize
+
+
+def _emit_tile(context, builder, signature, args, rows):
+    """LLVM IR of ``tile(h, panels, out, b0, p)`` for ``rows`` rows (see ``_tile``)."""
+    h_type, panels_type, out_type = signature.args[:3]
+    h_array = context.make_array(h_type)(context, builder, args[0])
+    panels_array = context.make_array(panels_type)(context, builder, args[1])
+    out_array = context.make_array(out_type)(context, builder, args[2])
+    b0, p = args[3], args[4]
+    dtype = np.dtype(str(h_type.dtype))
+    lanes = VECTOR_BYTES // dtype.itemsize
+    vector = ir.VectorType(context.get_value_type(h_type.dtype), lanes)
+    index = ir.IntType(64)
+    multiply_add = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector, [vector] * 3),
+        f"llvm.fmuladd.v{lanes}f{dtype.itemsize * 8}",
+    )
+
+    def pointer(array_type, array, *indices):
+        return cgutils.get_item_pointer(context, builder, array_type, array, indices)
+
+    def row(r):
+        return builder.add(b0, index(r))
+
+    h_rows = [pointer(h_type, h_array, row(r), index(0)) for r in range(rows)]
+    panel = pointer(panels_type, panels_array, p, index(0), index(0))
+    zeros = ir.Constant(vector, None)
+    broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    # allocas of vectors: LLVM promotes them to registers (phi nodes of the loop over k)
+    sums = [[cgutils.alloca_once_value(builder, zeros) for _ in range(2)] for _ in range(rows)]
+    hidden = cgutils.unpack_tuple(builder, h_array.shape, 2)[1]
+    with cgutils.for_range(builder, hidden) as loop:
+        k = loop.index
+        panel_row = builder.bitcast(
+            builder.gep(panel, [builder.mul(k, index(2 * lanes))]), vector.as_pointer()
+        )
+        weights = [
+            builder.load(builder.gep(panel_row, [index(v)]), align=dtype.itemsize) for v in range(2)
+        ]
+        for r in range(rows):
+            value = builder.load(builder.gep(h_rows[r], [k]))
+            value = builder.insert_element(zeros, value, ir.IntType(32)(0))
+            value = builder.shuffle_vector(value, zeros, broadcast)
+            for v in range(2):
+                total = builder.call(multiply_add, [value, weights[v], builder.load(sums[r][v])])
+                builder.store(total, sums[r][v])
+    column = builder.mul(p, index(2 * lanes))
+    for r in range(rows):
+        out_row = pointer(out_type, out_array, row(r), column)
+        out_row = builder.bitcast(out_row, vector.as_pointer())
+        for v in range(2):
+            target = builder.gep(out_row, [index(v)])
+            builder.store(builder.load(sums[r][v]), target, align=dtype.itemsize)
+    return context.get_dummy_value()
+
+
+def _tile(rows):
+    """An intrinsic ``tile(h, panels, out, b0, p)``: out[b0 + r, W·p : W·(p + 1)] =
+    h[b0 + r] · panels[p] for r < ``rows``; h (B, H), panels (P, H, W), out (B, ≥ W·P), all
+    C-contiguous, of one float dtype."""
+
+    @intrinsic
+    def tile(typingctx, h, panels, out, b0, p):
+        def codegen(context, builder, signature, args):
+            return _emit_tile(context, builder, signature, args, rows)
+
+        return types.void(h, panels, out, b0, p), codegen
+
+    return tile
+
+
+tile_1, tile_2, tile_3, tile_4, tile_5, tile_6 = (_tile(rows) for rows in range(1, 7))
