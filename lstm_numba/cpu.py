@@ -16,9 +16,11 @@ from lstm_numba._config import (
     KERNEL_OPTIONS,
 )
 from lstm_numba.register_tile import (
+    MAX_TILE_ROWS,
     panel_width,
     tile_1,
     tile_2,
+    tile_2_wide,
     tile_3,
     tile_4,
     tile_5,
@@ -114,25 +116,39 @@ def recurrent_panels(h, panels, out):
     W·P); the columns past 4H get zeros.
 
     For small batches, where BLAS spends its time repacking W_hh on every call: W_hh is packed
-    once a forward, and each panel (H × W, in L1 or L2) serves every batch row in register tiles
-    of up to 6 rows (``register_tile``)."""
+    once a forward, and each pair of panels (in L1 or L2) serves every batch row in register
+    tiles (``register_tile``) of up to 6 rows, the rows dealt evenly to the tiles (8 rows: 4 + 4,
+    not 6 + 2, since a short tile has too few accumulators to keep the multiply-adds busy)."""
     batch = h.shape[0]
-    for p in range(panels.shape[0]):
-        b0 = 0
-        while batch - b0 >= 6:
-            tile_6(h, panels, out, b0, p)
-            b0 += 6
-        rows = batch - b0
-        if rows == 5:
-            tile_5(h, panels, out, b0, p)
-        elif rows == 4:
-            tile_4(h, panels, out, b0, p)
-        elif rows == 3:
-            tile_3(h, panels, out, b0, p)
-        elif rows == 2:
-            tile_2(h, panels, out, b0, p)
-        elif rows == 1:
-            tile_1(h, panels, out, b0, p)
+    count = panels.shape[0]
+    tiles = -(-batch // MAX_TILE_ROWS)
+    for p in range(0, count, 2):
+        for t in range(tiles):
+            b0 = t * batch // tiles
+            rows = (t + 1) * batch // tiles - b0
+            if rows == 2 and p + 1 < count:
+                tile_2_wide(h, panels, out, b0, p)
+            else:
+                _tile_rows(h, panels, out, b0, rows, p)
+                if p + 1 < count:
+                    _tile_rows(h, panels, out, b0, rows, p + 1)
+
+
+@njit(**EQUATION_OPTIONS)
+def _tile_rows(h, panels, out, b0, rows, p):
+    """The register tile of ``rows`` (1 to 6) rows from b0 on, panel p."""
+    if rows == 6:
+        tile_6(h, panels, out, b0, p)
+    elif rows == 5:
+        tile_5(h, panels, out, b0, p)
+    elif rows == 4:
+        tile_4(h, panels, out, b0, p)
+    elif rows == 3:
+        tile_3(h, panels, out, b0, p)
+    elif rows == 2:
+        tile_2(h, panels, out, b0, p)
+    else:
+        tile_1(h, panels, out, b0, p)
 
 
 @njit(**EQUATION_OPTIONS)

@@ -34,8 +34,9 @@ def panel_width(itemsize):
     return 2 * VECTOR_BYTES // itemsize
 
 
-def _emit_tile(context, builder, signature, args, rows):
-    """LLVM IR of ``tile(h, panels, out, b0, p)`` for ``rows`` rows (see ``_tile``)."""
+def _emit_tile(context, builder, signature, args, rows, panel_count):
+    """LLVM IR of ``tile(h, panels, out, b0, p)`` for ``rows`` rows and ``panel_count`` panels
+    (see ``_tile``)."""
     h_type, panels_type, out_type = signature.args[:3]
     h_array = context.make_array(h_type)(context, builder, args[0])
     panels_array = context.make_array(panels_type)(context, builder, args[1])
@@ -43,6 +44,7 @@ def _emit_tile(context, builder, signature, args, rows):
     b0, p = args[3], args[4]
     dtype = np.dtype(str(h_type.dtype))
     lanes = VECTOR_BYTES // dtype.itemsize
+    align = dtype.itemsize  # rows of h, panels and out start anywhere: unaligned vectors
     vector = ir.VectorType(context.get_value_type(h_type.dtype), lanes)
     index = ir.IntType(64)
     multiply_add = cgutils.get_or_insert_function(
@@ -58,46 +60,56 @@ def _emit_tile(context, builder, signature, args, rows):
         return builder.add(b0, index(r))
 
     h_rows = [pointer(h_type, h_array, row(r), index(0)) for r in range(rows)]
-    panel = pointer(panels_type, panels_array, p, index(0), index(0))
+    panel_starts = [
+        pointer(panels_type, panels_array, builder.add(p, index(q)), index(0), index(0))
+        for q in range(panel_count)
+    ]
+    vectors = 2 * panel_count
     zeros = ir.Constant(vector, None)
     broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     # allocas of vectors: LLVM promotes them to registers (phi nodes of the loop over k)
-    sums = [[cgutils.alloca_once_value(builder, zeros) for _ in range(2)] for _ in range(rows)]
+    sums = [
+        [cgutils.alloca_once_value(builder, zeros) for _ in range(vectors)] for _ in range(rows)
+    ]
     hidden = cgutils.unpack_tuple(builder, h_array.shape, 2)[1]
     with cgutils.for_range(builder, hidden) as loop:
         k = loop.index
-        panel_row = builder.bitcast(
-            builder.gep(panel, [builder.mul(k, index(2 * lanes))]), vector.as_pointer()
-        )
-        weights = [
-            builder.load(builder.gep(panel_row, [index(v)]), align=dtype.itemsize) for v in range(2)
-        ]
+        weights = []
+        for panel in panel_starts:
+            panel_row = builder.gep(panel, [builder.mul(k, index(2 * lanes))])
+            panel_row = builder.bitcast(panel_row, vector.as_pointer())
+            for v in range(2):
+                weights.append(builder.load(builder.gep(panel_row, [index(v)]), align=align))
         for r in range(rows):
             value = builder.load(builder.gep(h_rows[r], [k]))
             value = builder.insert_element(zeros, value, ir.IntType(32)(0))
             value = builder.shuffle_vector(value, zeros, broadcast)
-            for v in range(2):
+            for v in range(vectors):
                 total = builder.call(multiply_add, [value, weights[v], builder.load(sums[r][v])])
                 builder.store(total, sums[r][v])
     column = builder.mul(p, index(2 * lanes))
     for r in range(rows):
         out_row = pointer(out_type, out_array, row(r), column)
         out_row = builder.bitcast(out_row, vector.as_pointer())
-        for v in range(2):
+        for v in range(vectors):
             target = builder.gep(out_row, [index(v)])
-            builder.store(builder.load(sums[r][v]), target, align=dtype.itemsize)
+            builder.store(builder.load(sums[r][v]), target, align=align)
     return context.get_dummy_value()
 
 
-def _tile(rows):
-    """An intrinsic ``tile(h, panels, out, b0, p)``: out[b0 + r, W·p : W·(p + 1)] =
-    h[b0 + r] · panels[p] for r < ``rows``; h (B, H), panels (P, H, W), out (B, ≥ W·P), all
-    C-contiguous, of one float dtype."""
+def _tile(rows, panel_count=1):
+    """An intrinsic ``tile(h, panels, out, b0, p)``: out[b0 + r, W·(p + q)  : W·(p + q + 1)] =
+    h[b0 + r] · panels[p + q] for r < ``rows``, q < ``panel_count``; h (B, H), panels (P, H, W),
+    out (B, ≥ W·P), all C-contiguous, of one float dtype."""
 
     @intrinsic
     def tile(typingctx, h, panels, out, b0, p):
+        arrays = (h, panels, out)
+        if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
+            return None  # the IR steps through rows with unit stride
+
         def codegen(context, builder, signature, args):
-            return _emit_tile(context, builder, signature, args, rows)
+            return _emit_tile(context, builder, signature, args, rows, panel_count)
 
         return types.void(h, panels, out, b0, p), codegen
 
@@ -105,3 +117,7 @@ def _tile(rows):
 
 
 tile_1, tile_2, tile_3, tile_4, tile_5, tile_6 = (_tile(rows) for rows in range(1, 7))
+tile_2_wide = _tile(2, panel_count=2)
+"""Two rows × two panels: eight accumulators, enough to hide the multiply-add latency that a
+one-panel tile of two rows (four accumulators) waits on. Three rows × two panels would need more
+registers than AVX2 has (it ran at half the speed)."""

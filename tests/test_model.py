@@ -290,6 +290,17 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
 
 
+def test_register_tile_refuses_strided_rows(rng):
+    """The tile's IR walks rows with unit stride: a non-contiguous operand is a typing error,
+    not a wrong product."""
+    from numba.core.errors import TypingError
+
+    w_hh = rng.standard_normal((16, 4)).astype(np.float32)
+    strided = rng.standard_normal((2, 8)).astype(np.float32)[:, ::2]
+    with pytest.raises(TypingError):
+        cpu.recurrent_panels(strided, cpu.pack_panels(w_hh), np.empty((2, 16), np.float32))
+
+
 def test_plan_uses_threads_and_tiles_where_they_pay():
     from numba import get_num_threads
 
