@@ -12,3 +12,7 @@ EQUATION_OPTIONS = {"inline": "always", "fastmath": FASTMATH, "error_model": "nu
 
 KERNEL_OPTIONS = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
 """Array kernels: cached on disk, so a second process loads them instead of compiling."""
+
+REDUCTION_KERNEL_OPTIONS = {**KERNEL_OPTIONS, "fastmath": FASTMATH | {"reassoc"}}
+"""Dot-product kernels: ``reassoc`` lets LLVM split a sum into vector lanes (BLAS reorders its sums
+the same way)."""

@@ -14,6 +14,7 @@ from lstm_numba._config import (
     EQUATION_OPTIONS,
     FASTMATH,
     KERNEL_OPTIONS,
+    REDUCTION_KERNEL_OPTIONS,
 )
 from lstm_numba.register_tile import (
     MAX_TILE_ROWS,
@@ -57,9 +58,21 @@ PARTITION_ALWAYS_ABOVE_HIDDEN = 512
 the threads at any size: two rows on two threads, each a GEMV, beat one thread's tile."""
 
 
-def plan_forward(batch, hidden, directions=1):
-    """``(tiled, partitions)`` for ``lstm_layer_forward``: whether the recurrent product runs in
-    ``recurrent_panels`` (else BLAS, a GEMV for one row a thread), and into how many slices each
+RECURRENT_BLAS, RECURRENT_ROWS, RECURRENT_PANELS = 0, 1, 2
+"""How ``lstm_rows_forward`` computes the recurrent product: BLAS (``np.dot``), the dot-product
+tile on W_hh as it is (``recurrent_rows``), or the register tile on packed W_hh
+(``recurrent_panels``)."""
+
+PANEL_MIN_ROW_STEPS = 128
+"""``recurrent_panels`` from this many rows a thread × steps on: each worker packs W_hh for it once
+a forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512), which the
+tile's faster steps repay after ≈ 50–100 row-steps; below, ``recurrent_rows``, which needs no
+packing (measured on a Zen 3, docs/performance.md)."""
+
+
+def plan_forward(batch, hidden, steps, directions=1):
+    """``(product, partitions)`` for ``lstm_layer_forward``: how the recurrent product runs (one
+    of the ``RECURRENT_*``; BLAS's GEMV for one row a thread), and into how many slices each
     direction's batch rows are split (directions already run on threads of their own). Measured
     on 2 cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread
     on, up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call."""
@@ -67,7 +80,10 @@ def plan_forward(batch, hidden, directions=1):
     split = batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
     partitions = min(threads, batch) if split else 1
     rows = -(-batch // partitions)
-    return rows >= 2, partitions
+    if rows < 2:
+        return RECURRENT_BLAS, partitions
+    packing_pays = rows * steps >= PANEL_MIN_ROW_STEPS
+    return (RECURRENT_PANELS if packing_pays else RECURRENT_ROWS), partitions
 
 
 def length_order(lengths, partitions):
@@ -149,6 +165,76 @@ def _tile_rows(h, panels, out, b0, rows, p):
         tile_2(h, panels, out, b0, p)
     else:
         tile_1(h, panels, out, b0, p)
+
+
+@njit(**REDUCTION_KERNEL_OPTIONS)
+def recurrent_rows(h, w_hh, out):
+    """``out = h · w_hhᵀ``: h (B, H), w_hh (4H, H), out (B, 4H).
+
+    The product for sequences too short to pay for packing W_hh (``recurrent_panels``), where BLAS
+    would spend its time repacking W_hh on every call: each tile is 4 batch rows × 3 weight rows,
+    twelve dot products that vectorize over H (``reassoc``) and keep twelve vector registers
+    accumulating, so one weight load feeds four multiply-adds. Each dot product ends in a
+    horizontal sum, which is what the panels' outer-product tile avoids. The 4H mod 3 weight rows
+    left get 4 × 1 tiles.
+    """
+    batch, hidden = h.shape
+    gate_rows = w_hh.shape[0]
+    tiled_rows = gate_rows - gate_rows % 3
+    zero = h.dtype.type(0)
+    for b0 in range(0, batch, 4):
+        rows = min(4, batch - b0)
+        # a partial tile repeats row b0; its extra sums are computed and dropped
+        h0 = h[b0]
+        h1 = h[b0 + 1] if rows > 1 else h0
+        h2 = h[b0 + 2] if rows > 2 else h0
+        h3 = h[b0 + 3] if rows > 3 else h0
+        for n in range(0, tiled_rows, 3):
+            w0, w1, w2 = w_hh[n], w_hh[n + 1], w_hh[n + 2]
+            a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = zero
+            for k in range(hidden):
+                v0, v1, v2 = w0[k], w1[k], w2[k]
+                x = h0[k]
+                a00 += x * v0
+                a01 += x * v1
+                a02 += x * v2
+                x = h1[k]
+                a10 += x * v0
+                a11 += x * v1
+                a12 += x * v2
+                x = h2[k]
+                a20 += x * v0
+                a21 += x * v1
+                a22 += x * v2
+                x = h3[k]
+                a30 += x * v0
+                a31 += x * v1
+                a32 += x * v2
+            _store_sums(out, b0, rows, n, a00, a10, a20, a30)
+            _store_sums(out, b0, rows, n + 1, a01, a11, a21, a31)
+            _store_sums(out, b0, rows, n + 2, a02, a12, a22, a32)
+        for n in range(tiled_rows, gate_rows):
+            w0 = w_hh[n]
+            a0 = a1 = a2 = a3 = zero
+            for k in range(hidden):
+                v0 = w0[k]
+                a0 += h0[k] * v0
+                a1 += h1[k] * v0
+                a2 += h2[k] * v0
+                a3 += h3[k] * v0
+            _store_sums(out, b0, rows, n, a0, a1, a2, a3)
+
+
+@njit(**EQUATION_OPTIONS)
+def _store_sums(out, b0, rows, n, s0, s1, s2, s3):
+    """Column n of a tile's rows: ``out[b0 + r, n] = s_r`` for the ``rows`` real rows of it."""
+    out[b0, n] = s0
+    if rows > 1:
+        out[b0 + 1, n] = s1
+    if rows > 2:
+        out[b0 + 2, n] = s2
+    if rows > 3:
+        out[b0 + 3, n] = s3
 
 
 @njit(**EQUATION_OPTIONS)
@@ -234,7 +320,7 @@ def lstm_step_pointwise(
 
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first, tiled,
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first, product,
     row_start, row_stop, traces, direction,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
@@ -246,8 +332,9 @@ def lstm_rows_forward(
     has no ONNX code, which halves its compile time), or ONNX's options (see
     ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
-    ``reverse`` reads each row from its step length − 1 down to 0. ``tiled``: the recurrent product
-    runs in ``recurrent_panels`` (each worker packs W_hh for it), else in BLAS. traces,
+    ``reverse`` reads each row from its step length − 1 down to 0. ``product``: how the recurrent
+    product runs, one of the ``RECURRENT_*`` (for ``RECURRENT_PANELS`` each worker packs W_hh
+    once). traces,
     direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
     float64, all C-contiguous.
 
@@ -268,6 +355,7 @@ def lstm_rows_forward(
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
     # the panels' zero padding makes the tile's product up to W - 1 columns wider than 4H
+    tiled = product == RECURRENT_PANELS
     panels = pack_panels(w_hh) if tiled else np.empty((0, 0, 0), dtype=h.dtype)
     recurrent = np.empty((batch, max(gate_rows, panels.shape[0] * panels.shape[2])), h.dtype)
     h_rows = h[row_start:row_stop]
@@ -306,6 +394,8 @@ def lstm_rows_forward(
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
             if tiled:
                 recurrent_panels(h_act, panels, rec)
+            elif product == RECURRENT_ROWS:
+                recurrent_rows(h_act, w_hh, rec)
             else:
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act
@@ -341,8 +431,8 @@ def project_hidden(
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled, partitions,
-    traces,
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
+    partitions, traces,
 ):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
@@ -358,7 +448,7 @@ def lstm_partitioned_forward(
         part = item % partitions
         lstm_rows_forward(
             x, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
-            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, tiled,
+            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product,
             part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
 
@@ -372,15 +462,16 @@ def lstm_layer_forward(
     keeps its own threads; with several, each thread runs BLAS single-threaded on its rows.
     """
     directions, batch, _ = h.shape
-    tiled, partitions = plan_forward(batch, c.shape[2], directions)
+    steps = int(lengths.max()) if batch else 0
+    product, partitions = plan_forward(batch, c.shape[2], steps, directions)
     if directions * partitions == 1:
         lstm_rows_forward(
             x, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
-            h[0], c[0], y, 0, lengths, backward, batch_first, tiled, 0, batch, traces, 0,
+            h[0], c[0], y, 0, lengths, backward, batch_first, product, 0, batch, traces, 0,
         )  # fmt: skip
     else:
         with _BLAS_THREADS.limit(limits=1, user_api="blas"):
             lstm_partitioned_forward(
-                x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, tiled,
+                x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
                 partitions, traces,
             )  # fmt: skip

@@ -568,8 +568,10 @@ class LSTM:
         if not padded:
             return self._run_layers(x, h_n, c_n, lengths, False, traces), (h_n, c_n)
         batch_axis = 0 if self.batch_first else 1
-        partitions = cpu.plan_forward(x.shape[batch_axis], self.hidden_size, self.num_directions)
-        order = cpu.length_order(lengths, partitions[1])
+        _, partitions = cpu.plan_forward(
+            x.shape[batch_axis], self.hidden_size, int(lengths.max()), self.num_directions
+        )
+        order = cpu.length_order(lengths, partitions)
         # Indexing a middle axis gives non-C-contiguous arrays; the kernels take C-contiguous ones
         # only (one compiled signature per dtype).
         h_ordered = np.ascontiguousarray(h_n[:, order])

@@ -233,7 +233,7 @@ def test_workspace_does_not_grow_with_sequence_length():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("product", [cpu.RECURRENT_BLAS, cpu.RECURRENT_ROWS, cpu.RECURRENT_PANELS])
 @pytest.mark.parametrize("partitions", [1, 2, 3])
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize(
@@ -246,10 +246,10 @@ def test_workspace_does_not_grow_with_sequence_length():
     ],
     ids=["plain", "reverse", "bidirectional", "projected-onnx-cell"],
 )
-def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batch_first, options):
-    """Each way the forward can run (BLAS or tiled recurrent product, batch split over threads or
-    not, directions in parallel), forced on a shape with partial 4-row tiles (B = 7, split 3 + 4 or
-    2 + 2 + 3) and lengths that include 0 and T."""
+def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, batch_first, options):
+    """Each way the forward can run (BLAS or one of the tiles for the recurrent product, batch
+    split over threads or not, directions in parallel), forced on a shape with partial tiles
+    (B = 7, split 3 + 4 or 2 + 2 + 3) and lengths that include 0 and T."""
     batch, steps, inputs, hidden = 7, 11, 5, 9
     model = ln.LSTM(
         inputs, hidden, batch_first=batch_first, dtype=dtype, seed=rng.integers(2**32), **options
@@ -268,11 +268,22 @@ def test_every_kernel_plan_matches_reference(rng, dtype, tiled, partitions, batc
     cpu.lstm_partitioned_forward(
         x, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
         stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, lengths, model.reverse,
-        batch_first, tiled, partitions, None,
+        batch_first, product, partitions, None,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
     assert_close(c, c_ref)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("hidden", [4, 5, 6])  # 4H mod 3 = 1, 2, 0: every leftover of the tiles
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recurrent_rows_is_the_product(rng, batch, hidden, dtype):
+    h = rng.standard_normal((batch, hidden)).astype(dtype)
+    w_hh = rng.standard_normal((4 * hidden, hidden)).astype(dtype)
+    out = np.full((batch, 4 * hidden), np.nan, dtype)
+    cpu.recurrent_rows(h, w_hh, out)
+    assert_close(out, h.astype(np.float64) @ w_hh.T.astype(np.float64))
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 11, 13])  # every tile height, 6 + rest
@@ -304,16 +315,23 @@ def test_register_tile_refuses_strided_rows(rng):
 def test_plan_uses_threads_and_tiles_where_they_pay():
     from numba import get_num_threads
 
+    blas, rows, panels = cpu.RECURRENT_BLAS, cpu.RECURRENT_ROWS, cpu.RECURRENT_PANELS
     threads = get_num_threads()
-    assert cpu.plan_forward(1, 128) == (False, 1)  # one row: BLAS's GEMV
-    assert cpu.plan_forward(2, 128) == (True, 1)  # a few rows share one thread's tile
-    assert cpu.plan_forward(32, 256) == (True, min(threads, 32))
-    assert cpu.plan_forward(4096, 512) == (True, threads)
+    steps = 1000
+    assert cpu.plan_forward(1, 128, steps) == (blas, 1)  # one row: BLAS's GEMV
+    assert cpu.plan_forward(2, 128, steps) == (panels, 1)  # a few rows share one thread's tile
+    assert cpu.plan_forward(32, 256, steps) == (panels, min(threads, 32))
+    assert cpu.plan_forward(4096, 512, steps) == (panels, threads)
+    # too few steps to pay for packing W_hh
+    row_steps = cpu.PANEL_MIN_ROW_STEPS
+    assert cpu.plan_forward(2, 256, row_steps // 2 - 1) == (rows, 1)
+    assert cpu.plan_forward(2, 256, row_steps // 2) == (panels, 1)
     # W_hh beyond the caches: split from two rows on (one row a thread: GEMV)
-    assert cpu.plan_forward(2, 1024) == (threads < 2, min(threads, 2))
-    assert cpu.plan_forward(4 * threads, 1024) == (True, threads)
+    assert cpu.plan_forward(2, 1024, steps) == (panels if threads < 2 else blas, min(threads, 2))
+    assert cpu.plan_forward(4 * threads, 1024, steps) == (panels, threads)
     # the directions of a bidirectional layer take the threads first
-    assert cpu.plan_forward(32, 256, directions=2) == (True, max(1, min(threads // 2, 32)))
+    expected = (panels, max(1, min(threads // 2, 32)))
+    assert cpu.plan_forward(32, 256, steps, directions=2) == expected
 
 
 @pytest.mark.parametrize("batch, partitions", [(1, 1), (7, 1), (7, 2), (9, 4), (64, 3)])
