@@ -64,8 +64,8 @@ tile on W_hh as it is (``recurrent_rows``), or the register tile on packed W_hh
 (``recurrent_panels``)."""
 
 PANEL_MIN_ROW_STEPS = 128
-"""``recurrent_panels`` from this many rows a thread × steps on: each worker packs W_hh for it once
-a forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512), which the
+"""``recurrent_panels`` from this many rows a thread × steps on: W_hh is packed for it once a
+forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512), which the
 tile's faster steps repay after ≈ 50–100 row-steps; below, ``recurrent_rows``, which needs no
 packing (measured on a Zen 3, docs/performance.md)."""
 
@@ -110,26 +110,30 @@ def length_order(lengths, partitions):
     return order
 
 
-@njit(**KERNEL_OPTIONS)
+@njit(parallel=True, **KERNEL_OPTIONS)
 def pack_panels(w_hh):
-    """W_hh (4H, H) as the register tile reads it: (P, H, W) panels, panel p holding rows
-    [W·p, W·(p + 1)) transposed, zeros past the last row; W = ``register_tile.panel_width``."""
-    gate_rows, hidden = w_hh.shape
+    """W_hh (D, 4H, H) as the register tile reads it: (D, P, H, W) panels, panel p of direction d
+    holding rows [W·p, W·(p + 1)) of w_hh[d] transposed, zeros past the last row; W =
+    ``register_tile.panel_width``. Packed once a forward and layer, on all threads, and shared by
+    them."""
+    directions, gate_rows, hidden = w_hh.shape
     width = panel_width(w_hh.itemsize)
     count = -(-gate_rows // width)
-    panels = np.zeros((count, hidden, width), dtype=w_hh.dtype)
-    for p in range(count):
+    panels = np.zeros((directions, count, hidden, width), dtype=w_hh.dtype)
+    for item in prange(directions * count):
+        d = item // count
+        p = item % count
         for j in range(min(width, gate_rows - p * width)):
-            row = w_hh[p * width + j]
+            row = w_hh[d, p * width + j]
             for k in range(hidden):
-                panels[p, k, j] = row[k]
+                panels[d, p, k, j] = row[k]
     return panels
 
 
 @njit(**KERNEL_OPTIONS)
 def recurrent_panels(h, panels, out):
-    """``out[:, :W·P] = h · w_hhᵀ``: h (B, H), panels (P, H, W) = ``pack_panels(w_hh)``, out (B, ≥
-    W·P); the columns past 4H get zeros.
+    """``out[:, :W·P] = h · w_hhᵀ``: h (B, H), panels (P, H, W) = one direction's
+    ``pack_panels(w_hh)``, out (B, ≥ W·P); the columns past 4H get zeros.
 
     For small batches, where BLAS spends its time repacking W_hh on every call: W_hh is packed
     once a forward, and each pair of panels (in L1 or L2) serves every batch row in register
@@ -321,7 +325,7 @@ def lstm_step_pointwise(
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
     x, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first, product,
-    row_start, row_stop, traces, direction,
+    panels, row_start, row_stop, traces, direction,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
@@ -333,8 +337,8 @@ def lstm_rows_forward(
     ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``product``: how the recurrent
-    product runs, one of the ``RECURRENT_*`` (for ``RECURRENT_PANELS`` each worker packs W_hh
-    once). traces,
+    product runs, one of the ``RECURRENT_*``; panels: (P, H_out, W), W_hh packed for
+    ``RECURRENT_PANELS`` (``pack_panels``), else empty. traces,
     direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
     float64, all C-contiguous.
 
@@ -355,8 +359,6 @@ def lstm_rows_forward(
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
     # the panels' zero padding makes the tile's product up to W - 1 columns wider than 4H
-    tiled = product == RECURRENT_PANELS
-    panels = pack_panels(w_hh) if tiled else np.empty((0, 0, 0), dtype=h.dtype)
     recurrent = np.empty((batch, max(gate_rows, panels.shape[0] * panels.shape[2])), h.dtype)
     h_rows = h[row_start:row_stop]
     c_rows = c[row_start:row_stop]
@@ -392,7 +394,7 @@ def lstm_rows_forward(
                 if times[s, b] >= 0:
                     active = b + 1
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
-            if tiled:
+            if product == RECURRENT_PANELS:
                 recurrent_panels(h_act, panels, rec)
             elif product == RECURRENT_ROWS:
                 recurrent_rows(h_act, w_hh, rec)
@@ -431,7 +433,7 @@ def project_hidden(
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product, panels,
     partitions, traces,
 ):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
@@ -448,7 +450,7 @@ def lstm_partitioned_forward(
         part = item % partitions
         lstm_rows_forward(
             x, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
-            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product,
+            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product, panels[d],
             part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
 
@@ -464,14 +466,19 @@ def lstm_layer_forward(
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
     product, partitions = plan_forward(batch, c.shape[2], steps, directions)
+    if product == RECURRENT_PANELS:
+        panels = pack_panels(w_hh)
+    else:
+        panels = np.empty((directions, 0, 0, 0), w_hh.dtype)
     if directions * partitions == 1:
         lstm_rows_forward(
             x, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
-            h[0], c[0], y, 0, lengths, backward, batch_first, product, 0, batch, traces, 0,
+            h[0], c[0], y, 0, lengths, backward, batch_first, product, panels[0], 0, batch,
+            traces, 0,
         )  # fmt: skip
     else:
         with _BLAS_THREADS.limit(limits=1, user_api="blas"):
             lstm_partitioned_forward(
                 x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
-                partitions, traces,
+                panels, partitions, traces,
             )  # fmt: skip
