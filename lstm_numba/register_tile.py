@@ -98,7 +98,7 @@ def _emit_tile(context, builder, signature, args, rows, panel_count):
 
 
 def _tile(rows, panel_count=1):
-    """An intrinsic ``tile(h, panels, out, b0, p)``: out[b0 + r, W·(p + q)  : W·(p + q + 1)] =
+    """An intrinsic ``tile(h, panels, out, b0, p)``: out[b0 + r, W·(p + q) : W·(p + q + 1)] =
     h[b0 + r] · panels[p + q] for r < ``rows``, q < ``panel_count``; h (B, H), panels (P, H, W),
     out (B, ≥ W·P), all C-contiguous, of one float dtype."""
 
@@ -107,6 +107,8 @@ def _tile(rows, panel_count=1):
         arrays = (h, panels, out)
         if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
             return None  # the IR steps through rows with unit stride
+        if not (isinstance(h.dtype, types.Float) and h.dtype == panels.dtype == out.dtype):
+            return None  # the IR is written for one float type
 
         def codegen(context, builder, signature, args):
             return _emit_tile(context, builder, signature, args, rows, panel_count)

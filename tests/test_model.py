@@ -308,15 +308,18 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
 
 
-def test_register_tile_refuses_strided_rows(rng):
-    """The tile's IR walks rows with unit stride: a non-contiguous operand is a typing error,
-    not a wrong product."""
+def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
+    """The tile's IR walks rows with unit stride, in one float type: a non-contiguous operand or
+    mixed dtypes are a typing error, not a wrong product."""
     from numba.core.errors import TypingError
 
     w_hh = rng.standard_normal((16, 4)).astype(np.float32)
+    panels = cpu.pack_panels(w_hh[None])[0]
     strided = rng.standard_normal((2, 8)).astype(np.float32)[:, ::2]
     with pytest.raises(TypingError):
-        cpu.recurrent_panels(strided, cpu.pack_panels(w_hh[None])[0], np.empty((2, 16), np.float32))
+        cpu.recurrent_panels(strided, panels, np.empty((2, 16), np.float32))
+    with pytest.raises(TypingError):
+        cpu.recurrent_panels(strided[:, :].copy(), panels, np.empty((2, 16), np.float64))
 
 
 def test_plan_uses_threads_and_tiles_where_they_pay():
