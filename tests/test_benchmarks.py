@@ -41,6 +41,7 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
     assert not [line for line in lines if line.rstrip().endswith("failed")], output
     for name in (
         "TimeGates.time_lstm_step",
+        "RecurrentProduct.time_product",
         "Forward.time_forward",
         "ForwardLayersDirectionsLengths.time_forward",
         "StreamStep.time_step",
