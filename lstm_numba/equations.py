@@ -42,13 +42,13 @@ def is_single_precision(x):
 
 @njit(**EQUATION_OPTIONS)
 def saturate(x, bound):
-    """x clamped to [-bound, bound], NaN kept. Comparisons, not min/max: those raise the
-    floating-point "invalid" flag on NaN, which NumPy reports as a warning from the ufuncs."""
-    if x > bound:
-        return bound
-    if x < -bound:
-        return -bound
-    return x
+    """x clamped to [-bound, bound], NaN kept, and without the floating-point "invalid" flag, which
+    NumPy reports as a warning from the ufuncs: LLVM turns a clamp into x86's (vector) min/max or
+    ordered comparisons, which raise it on NaN, so NaN reaches them as 0 (an equality test, which
+    is quiet) and is put back after."""
+    number = x == x
+    clamped = min(max(x if number else type(x)(0), -bound), bound)
+    return clamped if number else x
 
 
 @njit(**EQUATION_OPTIONS)

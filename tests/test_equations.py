@@ -57,10 +57,11 @@ def test_sigmoid_matches_scipy(dtype):
 
 @pytest.mark.filterwarnings("error")  # NaN in must not raise the "invalid" flag NumPy warns about
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_activations_saturate_and_propagate_nan(dtype):
-    x = np.array([np.inf, -np.inf, 1e4, -1e4, np.nan], dtype)
-    np.testing.assert_array_equal(cpu.tanh(x), [1, -1, 1, -1, np.nan])
-    np.testing.assert_array_equal(cpu.sigmoid(x), [1, 0, 1, 0, np.nan])
+@pytest.mark.parametrize("repeats", [1, 20])  # 5 and 100 elements: scalar and vector loops
+def test_activations_saturate_and_propagate_nan(dtype, repeats):
+    x = np.tile(np.array([np.inf, -np.inf, 1e4, -1e4, np.nan], dtype), repeats)
+    np.testing.assert_array_equal(cpu.tanh(x), np.tile([1, -1, 1, -1, np.nan], repeats))
+    np.testing.assert_array_equal(cpu.sigmoid(x), np.tile([1, 0, 1, 0, np.nan], repeats))
 
 
 def test_equations_callable_from_user_njit():
@@ -76,19 +77,25 @@ def test_equations_callable_from_user_njit():
     assert h == pytest.approx(o * np.tanh(f * 0.5 + i * g), rel=1e-14)
 
 
-def test_fused_step_is_vectorized():
+@pytest.mark.parametrize("dtype, division", [("float32", "divps"), ("float64", "divpd")])
+def test_fused_step_is_vectorized(dtype, division):
     """The pointwise kernel's transcendental math must compile to packed SIMD divisions: a scalar
-    loop would cost ~10× more per element."""
+    loop costs ~7× more per element (float32: 27 against 4 ns a hidden unit)."""
     batch, hidden = 2, 8
     args = [np.zeros((batch, 4 * hidden)), np.zeros((batch, 4 * hidden)), np.zeros(4 * hidden)]
     args += [None]  # the seed's cell
     args += [np.zeros((batch, hidden)), np.zeros((batch, hidden)), np.zeros(batch, np.int64)]
     args += [np.zeros((batch, 3, hidden)), True]  # y, write_y
+    args = [
+        a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args
+    ]
     options = {**KERNEL_OPTIONS, "cache": False}  # cached code cannot be inspected
     kernel = njit(**options)(cpu.lstm_step_pointwise.py_func)
     kernel(*args, 0, True, 0, None, 0)
     assembly = "\n".join(kernel.inspect_asm().values())
-    assert re.search(r"\bv?divpd\b", assembly), "no packed division: the loop did not vectorize"
+    assert re.search(rf"\bv?{division}\b", assembly), (
+        "no packed division: the loop did not vectorize"
+    )
 
 
 with warnings.catch_warnings():
