@@ -242,6 +242,14 @@ def _store_sums(out, b0, rows, n, s0, s1, s2, s3):
 
 
 @njit(**EQUATION_OPTIONS)
+def _copy(source, target):
+    """``target[:] = source`` for 1-D arrays of one size, element by element: Numba compiles a
+    slice assignment with a formatted shape-mismatch error, ≈ 3 s of a cold first call."""
+    for k in range(source.size):
+        target[k] = source[k]
+
+
+@njit(**EQUATION_OPTIONS)
 def _output_row(y, row, t, batch_first, column, width):
     """The (width,) slice of y where batch row ``row`` writes step t, from ``column`` on."""
     return (y[row, t] if batch_first else y[t, row])[column : column + width]
@@ -377,7 +385,7 @@ def lstm_rows_forward(
                 if step < length:
                     t = length - 1 - step if reverse else step
                     times[s, b] = t
-                    x_chunk[s, b] = x[row, t] if batch_first else x[t, row]
+                    _copy(x[row, t] if batch_first else x[t, row], x_chunk[s, b])
                 else:
                     times[s, b] = -1
                     x_chunk[s, b] = 0
@@ -427,8 +435,8 @@ def project_hidden(
     for b in range(h.shape[0]):
         t = times[b]
         if t >= 0:
-            h[b] = projected[b]
-            _output_row(y, row_offset + b, t, batch_first, column, size)[:] = projected[b]
+            _copy(projected[b], h[b])
+            _copy(projected[b], _output_row(y, row_offset + b, t, batch_first, column, size))
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
