@@ -34,12 +34,25 @@ _FLOAT_QUATERNARY = [
     "float32(float32, float32, float32, float32)",
     "float64(float64, float64, float64, float64)",
 ]
-_UFUNC_OPTIONS = {"cache": True, "fastmath": FASTMATH}
+_UFUNC_SIGNATURES = {
+    "sigmoid": _FLOAT_UNARY,
+    "tanh": _FLOAT_UNARY,
+    "cell_update": _FLOAT_QUATERNARY,
+    "hidden_state": _FLOAT_BINARY,
+}
 
-sigmoid = vectorize(_FLOAT_UNARY, **_UFUNC_OPTIONS)(equations.sigmoid.py_func)
-tanh = vectorize(_FLOAT_UNARY, **_UFUNC_OPTIONS)(equations.tanh.py_func)
-cell_update = vectorize(_FLOAT_QUATERNARY, **_UFUNC_OPTIONS)(equations.cell_update.py_func)
-hidden_state = vectorize(_FLOAT_BINARY, **_UFUNC_OPTIONS)(equations.hidden_state.py_func)
+
+def __getattr__(name):
+    """``sigmoid``, ``tanh``, ``cell_update``, ``hidden_state``: the equations as NumPy ufuncs for
+    float32 and float64 arrays, built on first use (PEP 562): a ufunc compiles all its signatures
+    when built, ≈ 3 s on a cold cache that a program running only the model would pay at import."""
+    if name not in _UFUNC_SIGNATURES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    options = {"cache": True, "fastmath": FASTMATH}
+    ufunc = vectorize(_UFUNC_SIGNATURES[name], **options)(getattr(equations, name).py_func)
+    globals()[name] = ufunc
+    return ufunc
+
 
 _BLAS_THREADS = ThreadpoolController()
 """Sets the thread count of the BLAS that SciPy loaded, around the parallel driver."""
