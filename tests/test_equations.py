@@ -158,5 +158,7 @@ def _both_cells(z, c_prev):
 
 
 def test_onnx_cell_with_default_options_is_the_seed_cell(rng):
+    """The same math to the last bits (each compiles on its own, so LLVM may fuse a multiply-add
+    in one that it leaves apart in the other)."""
     out = _both_cells(rng.standard_normal((1000, 4)) * 4, rng.standard_normal(1000) * 4)
-    np.testing.assert_array_equal(out[:, 2:], out[:, :2])
+    np.testing.assert_allclose(out[:, 2:], out[:, :2], rtol=4e-15, atol=0)
