@@ -1,8 +1,8 @@
 """The seed's equations on scalars: the single source of truth for every compile target.
 
-Each function is an ``@njit`` function inlined into the kernels that call it. CUDA kernels call
-the same functions: Numba compiles a CPU-jitted function called from a ``@cuda.jit`` kernel as a
-device function (``cuda.jit(device=True)``), so the math below is written once. Keep it to plain
+Each function is an ``@njit`` function inlined into the kernels that call it: by LLVM on the
+CPU, in Numba's IR when a ``@cuda.jit`` kernel calls it (``_config.inline_on_gpu_only``). CPU and
+CUDA kernels call the same functions, so the math below is written once. Keep it to plain
 arithmetic and comparisons that every target compiles.
 
 Every function computes in its arguments' precision: float32 inputs give float32 math, which
