@@ -82,13 +82,14 @@ def test_fused_step_is_vectorized(dtype, division):
     """The pointwise kernel's transcendental math must compile to packed SIMD divisions: a scalar
     loop costs ~7× more per element (float32: 27 against 4 ns a hidden unit)."""
     batch, hidden = 2, 8
-    args = [np.zeros((batch, 4 * hidden)), np.zeros((batch, 4 * hidden)), np.zeros(4 * hidden)]
+
+    def zeros(*shape):
+        return np.zeros(shape, dtype)
+
+    args = [zeros(batch, 4 * hidden), zeros(batch, 4 * hidden), zeros(4 * hidden)]
     args += [None]  # the seed's cell
-    args += [np.zeros((batch, hidden)), np.zeros((batch, hidden)), np.zeros(batch, np.int64)]
-    args += [np.zeros((batch, 3, hidden)), True]  # y, write_y
-    args = [
-        a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args
-    ]
+    args += [zeros(batch, hidden), zeros(batch, hidden), np.zeros(batch, np.int64)]
+    args += [zeros(batch, 3, hidden), True]  # y, write_y
     options = {**KERNEL_OPTIONS, "cache": False}  # cached code cannot be inspected
     kernel = njit(**options)(cpu.lstm_step_pointwise.py_func)
     kernel(*args, 0, True, 0, None, 0)
