@@ -358,8 +358,9 @@ def lstm_rows_forward(
     ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``product``: how the recurrent
-    product runs, one of the ``RECURRENT_*``; panels: (P, H_out, W), W_hh packed for
-    ``RECURRENT_PANELS`` (``pack_panels``), else empty. traces,
+    product runs, one of the ``RECURRENT_*``; panels: (D, P, H_out, W), every direction's W_hh
+    packed for ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else None (a kernel
+    compiled for None has no register tile: ≈ 1.2 s less to compile). traces,
     direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
     float64, all C-contiguous.
 
@@ -380,7 +381,8 @@ def lstm_rows_forward(
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
     # the panels' zero padding makes the tile's product up to W - 1 columns wider than 4H
-    recurrent = np.empty((batch, max(gate_rows, panels.shape[0] * panels.shape[2])), h.dtype)
+    width = gate_rows if panels is None else max(gate_rows, panels.shape[1] * panels.shape[3])
+    recurrent = np.empty((batch, width), h.dtype)
     h_rows = h[row_start:row_stop]
     c_rows = c[row_start:row_stop]
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
@@ -415,8 +417,8 @@ def lstm_rows_forward(
                 if times[s, b] >= 0:
                     active = b + 1
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
-            if product == RECURRENT_PANELS:
-                recurrent_panels(h_act, panels, rec)
+            if panels is not None:
+                recurrent_panels(h_act, panels[direction], rec)
             elif product == RECURRENT_ROWS:
                 recurrent_rows(h_act, w_hh, rec)
             else:
@@ -471,7 +473,7 @@ def lstm_partitioned_forward(
         part = item % partitions
         lstm_rows_forward(
             x, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
-            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product, panels[d],
+            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product, panels,
             part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
 
@@ -487,14 +489,11 @@ def lstm_layer_forward(
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
     product, partitions = plan_forward(batch, c.shape[2], steps, directions)
-    if product == RECURRENT_PANELS:
-        panels = pack_panels(w_hh)
-    else:
-        panels = np.empty((directions, 0, 0, 0), w_hh.dtype)
+    panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
     if directions * partitions == 1:
         lstm_rows_forward(
             x, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
-            h[0], c[0], y, 0, lengths, backward, batch_first, product, panels[0], 0, batch,
+            h[0], c[0], y, 0, lengths, backward, batch_first, product, panels, 0, batch,
             traces, 0,
         )  # fmt: skip
     else:

@@ -268,10 +268,7 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
     y = np.zeros(expected.shape, dtype)
     stacks = model._layers[0]
     w_hh = stacks["weight_hh"]
-    if product == cpu.RECURRENT_PANELS:
-        panels = cpu.pack_panels(w_hh)
-    else:
-        panels = np.empty((directions, 0, 0, 0), dtype)
+    panels = cpu.pack_panels(w_hh) if product == cpu.RECURRENT_PANELS else None
     cpu.lstm_partitioned_forward(
         x, stacks["weight_ih"], w_hh, stacks["weight_hr"], stacks["bias_ih"] + stacks["bias_hh"],
         model._cpu_cell(0), h, c, y, lengths, model.reverse, batch_first, product, panels,
