@@ -5,6 +5,8 @@ Layers of names, from the inside out: scalar equations (``equations``), elementw
 Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and ``model`` do.
 """
 
+import threading
+
 import numpy as np
 from numba import get_num_threads, njit, prange, vectorize
 from threadpoolctl import ThreadpoolController
@@ -56,6 +58,12 @@ def __getattr__(name):
 
 _BLAS_THREADS = ThreadpoolController()
 """Sets the thread count of the BLAS that SciPy loaded, around the parallel driver."""
+
+_PARALLEL_FORWARD = threading.Lock()
+"""One parallel driver at a time in the process. Each runs on all of Numba's threads, so two would
+only compete for the same cores, and for the BLAS thread limit, which is process-wide; and
+Numba's workqueue threading layer, its fallback where neither OpenMP nor TBB is installed, aborts
+the process when two threads launch parallel kernels at once."""
 
 PROJECTION_ROWS = 1024
 """Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
@@ -484,7 +492,8 @@ def lstm_layer_forward(
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
     Arguments as ``lstm_partitioned_forward``. With one work item (one direction, small batch) BLAS
-    keeps its own threads; with several, each thread runs BLAS single-threaded on its rows.
+    keeps its own threads; with several, each thread runs BLAS single-threaded on its rows, and
+    calls from other Python threads wait for the driver (``_PARALLEL_FORWARD``).
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
@@ -497,7 +506,7 @@ def lstm_layer_forward(
             traces, 0,
         )  # fmt: skip
     else:
-        with _BLAS_THREADS.limit(limits=1, user_api="blas"):
+        with _PARALLEL_FORWARD, _BLAS_THREADS.limit(limits=1, user_api="blas"):
             lstm_partitioned_forward(
                 x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
                 panels, partitions, traces,

@@ -1,5 +1,9 @@
 """``LSTM``: forward against the float64 reference, PyTorch and ONNX Runtime; weights; bad input."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -367,3 +371,40 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first):
         for signature in kernel.signatures:
             layouts = [t.layout for t in signature if hasattr(t, "layout")]
             assert "A" not in layouts, (kernel, signature)
+
+
+CONCURRENT_CALLS = """
+import threading
+import numba
+import numpy as np
+import lstm_numba
+
+model = lstm_numba.LSTM(8, 16, seed=0)
+x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
+expected = model(x)[0]
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+same = []
+
+
+def calls():
+    same.extend(np.array_equal(model(x)[0], expected) for _ in range(20))
+
+
+threads = [threading.Thread(target=calls) for _ in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+assert same == [True] * 60, same
+"""
+
+
+def test_python_threads_may_call_a_model_at_once():
+    """Under Numba's workqueue threading layer (its fallback where neither OpenMP nor TBB is
+    installed), two threads launching parallel kernels at once abort the process; the model must
+    survive three threads calling its parallel driver (B = 8 on 2 threads) together."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_CALLS], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
