@@ -93,3 +93,19 @@ class ForwardLayersDirectionsLengths:
 
     def time_forward(self, *_):
         self.model(self.x, lengths=self.lengths)
+
+
+class ForwardProjected:
+    """LSTMP (``proj_size`` P): the forward with h projected to P, beside the plain one (P = 0)."""
+
+    params = (choose([0, 128], [0, 8]), choose([1, 32], [2]))
+    param_names = ["proj_size", "batch"]
+    timeout = 300
+
+    def setup(self, proj_size, batch):
+        shape = (batch, choose(128, 4), INPUTS, choose(256, 16))
+        self.model, self.x = model_and_input(*shape, proj_size=proj_size)
+        self.model(self.x)  # compile or load from the cache
+
+    def time_forward(self, *_):
+        self.model(self.x)

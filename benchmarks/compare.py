@@ -57,11 +57,14 @@ def best_seconds(call, repeats=5):
     return min(times)
 
 
-def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1):
+def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1, proj_size=0):
     """2 × the multiply-adds of a forward's matrix products: 2·B·T·4H·(I + H) per layer and
-    direction, the input size above the first layer being D·H."""
-    layer_inputs = inputs + (num_layers - 1) * directions * hidden
-    return 2 * batch * steps * 4 * hidden * directions * (layer_inputs + num_layers * hidden)
+    direction, the input size above the first layer being D·H; with a projection (P > 0),
+    2·B·T·(4H·(I + P) + H·P), the input size above the first layer D·P."""
+    out = proj_size or hidden
+    layer_inputs = inputs + (num_layers - 1) * directions * out
+    per_row_step = 4 * hidden * (layer_inputs + num_layers * out) + num_layers * hidden * proj_size
+    return 2 * batch * steps * directions * per_row_step
 
 
 @njit
@@ -116,8 +119,8 @@ def library_calls(model, x, lengths=None):
     try:
         import onnxruntime
     except ImportError:
-        pass
-    else:
+        onnxruntime = None
+    if onnxruntime is not None and not model.proj_size:  # ONNX's LSTM has no projection
         session = onnxruntime.InferenceSession(
             to_onnx(model, sequence_lens=lengths is not None).SerializeToString(),
             providers=["CPUExecutionProvider"],
@@ -143,6 +146,7 @@ def torch_call(torch, model, x, lengths, device):
         num_layers=model.num_layers,
         batch_first=True,
         bidirectional=model.bidirectional,
+        proj_size=model.proj_size,
     )
     torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     torch_lstm.to(device)
@@ -222,6 +226,9 @@ def main(argv=None):
     parser.add_argument(
         "--lengths", action="store_true", help="random sequence lengths in [T/2, T]"
     )
+    parser.add_argument(
+        "--proj-size", type=int, default=0, help="LSTMP's projection size P (ONNX has none)"
+    )
     args = parser.parse_args(argv)
 
     on_gpu = args.device == "cuda"
@@ -239,13 +246,18 @@ def main(argv=None):
     directions = 2 if args.bidirectional else 1
     print(
         f"num_layers={args.num_layers}, directions={directions}, "
-        f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}"
+        f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}, proj_size={args.proj_size}"
     )
     rows, versions = [], {}
     for text in shapes:
         batch, steps, inputs, hidden = (int(v) for v in text.split(","))
         model = lstm_numba.LSTM(
-            inputs, hidden, args.num_layers, bidirectional=args.bidirectional, seed=0
+            inputs,
+            hidden,
+            args.num_layers,
+            bidirectional=args.bidirectional,
+            proj_size=args.proj_size,
+            seed=0,
         )
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, steps, inputs), dtype=np.float32)
@@ -257,7 +269,7 @@ def main(argv=None):
                 continue
             versions[name] = version
             row[name] = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
-        flops = forward_flops(*row["shape"], args.num_layers, directions)
+        flops = forward_flops(*row["shape"], args.num_layers, directions, args.proj_size)
         if lengths is not None:
             flops *= lengths.mean() / steps
         row["gflops"] = flops / row["lstm_numba"] / 1e9

@@ -319,6 +319,9 @@ def lstm_step_pointwise(
         all_kinds, all_params, all_peepholes, bound, input_forget = cell
         kinds, params = all_kinds[direction], all_params[direction]
         peep_i, peep_o, peep_f = all_peepholes[direction]
+    # Where h goes when y is not written: a row of its own. Storing to h_row twice would fail the
+    # vectorized loop's runtime overlap check and run the loop scalar (6× slower).
+    sink = np.empty(0 if write_y else hidden, dtype=c.dtype)
     for b in range(batch):
         t = times[b]
         if t < 0:
@@ -329,7 +332,7 @@ def lstm_step_pointwise(
         p_i, p_f, p_g, p_o = prj[i_gate], prj[f_gate], prj[g_gate], prj[o_gate]
         h_row = h_new[b]
         c_row = c[b]
-        y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else h_row
+        y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else sink
         t_f, t_i, t_g, t_o, t_c = _trace_rows(traces, direction, row_offset + b, t, h_row)
         for j in range(hidden):
             z_i = r_i[j] + p_i[j] + b_i[j]

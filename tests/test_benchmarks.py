@@ -44,6 +44,7 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
         "RecurrentProduct.time_product",
         "Forward.time_forward",
         "ForwardLayersDirectionsLengths.time_forward",
+        "ForwardProjected.time_forward",
         "StreamStep.time_step",
         "GateTraces.time_forward",
         "FirstCall.track_cold_cache",
