@@ -30,7 +30,15 @@ def check_float_dtype(name, array, dtype=None):
     """``array`` (NumPy or a device array: anything with a NumPy ``dtype``) unchanged, after
     checking its dtype as ``as_float_array`` does."""
     if array.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
+        native = array.dtype.newbyteorder("=")
+        swapped = (
+            f" ({native} in the other byte order); convert it with .astype(np.{native})"
+            if native in SUPPORTED_DTYPES
+            else ""
+        )
+        raise TypeError(
+            f"{name}: expected a float32 or float64 array, got dtype {array.dtype}{swapped}"
+        )
     if dtype is not None and array.dtype != dtype:
         raise TypeError(
             f"{name}: expected dtype {dtype}, got {array.dtype}; convert it with "

@@ -169,6 +169,11 @@ def test_state_dict_round_trip(rng):
         (lambda m: m(np.zeros((2, 3, 5), np.float32)), ValueError, r"I = 4 .*\(2, 3, 5\)"),
         (lambda m: m(np.zeros((2, 3, 4))), TypeError, r"x: expected dtype float32, got float64"),
         (lambda m: m(np.zeros((2, 3, 4), int)), TypeError, r"x: expected a float32 or float64"),
+        (
+            lambda m: m(np.zeros((2, 3, 4), np.dtype(np.float32).newbyteorder())),
+            TypeError,
+            r"x: .*got dtype [<>]f4 \(float32 in the other byte order\); .*\.astype\(np\.float32\)",
+        ),
         (lambda m: m(np.zeros((2, 3, 4), np.float32), np.zeros((1, 2, 6))), ValueError, r"hx: "),
         (
             lambda m: m(np.zeros((2, 3, 4), np.float32), (np.zeros((1, 3, 6), np.float32),) * 2),
