@@ -5,10 +5,11 @@ Layers of names, from the inside out: scalar equations (``equations``), elementw
 Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and ``model`` do.
 """
 
+import os
 import threading
 
 import numpy as np
-from numba import get_num_threads, njit, prange, vectorize
+from numba import get_num_threads, njit, prange, threading_layer, vectorize
 from threadpoolctl import ThreadpoolController
 
 from lstm_numba import equations
@@ -65,6 +66,37 @@ only compete for the same cores, and for the BLAS thread limit, which is process
 Numba's workqueue threading layer, its fallback where neither OpenMP nor TBB is installed, aborts
 the process when two threads launch parallel kernels at once."""
 
+
+def _started_gnu_openmp():
+    """Whether this process has started Numba's threads on GNU OpenMP (libgomp): Numba terminates
+    a process forked after that when it launches a parallel kernel ("fork() called from a
+    process already using GNU OpenMP, this is unsafe")."""
+    try:
+        layer = threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return False
+    if layer != "omp":
+        return False
+    from numba.np.ufunc import omppool
+
+    return omppool.openmp_vendor == "GNU"
+
+
+_FORKED_FROM_GNU_OPENMP = False
+"""Whether this process was forked (``os.fork``, multiprocessing's "fork" start method, the
+default on Linux before Python 3.14) from one that had started Numba's threads on GNU OpenMP.
+Then the parallel driver's work items run one after another, on this thread
+(``lstm_layer_forward``), instead of terminating the process."""
+
+
+def _note_fork():
+    global _FORKED_FROM_GNU_OPENMP
+    _FORKED_FROM_GNU_OPENMP = _FORKED_FROM_GNU_OPENMP or _started_gnu_openmp()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_note_fork)
+
 PROJECTION_ROWS = 1024
 """Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
 run near its peak, small enough that the workspace does not grow with the sequence length."""
@@ -97,7 +129,7 @@ def plan_forward(batch, hidden, steps, directions=1):
     direction's batch rows are split (directions already run on threads of their own). Measured
     on 2 cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread
     on, up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call."""
-    threads = max(1, get_num_threads() // directions)
+    threads = 1 if _FORKED_FROM_GNU_OPENMP else max(1, get_num_threads() // directions)
     split = batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
     partitions = min(threads, batch) if split else 1
     rows = -(-batch // partitions)
@@ -496,7 +528,9 @@ def lstm_layer_forward(
 
     Arguments as ``lstm_partitioned_forward``. With one work item (one direction, small batch) BLAS
     keeps its own threads; with several, each thread runs BLAS single-threaded on its rows, and
-    calls from other Python threads wait for the driver (``_PARALLEL_FORWARD``).
+    calls from other Python threads wait for the driver (``_PARALLEL_FORWARD``). In a process
+    forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), the work items (one per
+    direction) run one after another through the driver's Python function.
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
@@ -508,9 +542,13 @@ def lstm_layer_forward(
             h[0], c[0], y, 0, lengths, backward, batch_first, product, panels, 0, batch,
             traces, 0,
         )  # fmt: skip
+        return
+    arguments = (
+        x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product, panels,
+        partitions, traces,
+    )  # fmt: skip
+    if _FORKED_FROM_GNU_OPENMP:
+        lstm_partitioned_forward.py_func(*arguments)  # prange is range in Python
     else:
         with _PARALLEL_FORWARD, _BLAS_THREADS.limit(limits=1, user_api="blas"):
-            lstm_partitioned_forward(
-                x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
-                panels, partitions, traces,
-            )  # fmt: skip
+            lstm_partitioned_forward(*arguments)

@@ -413,3 +413,45 @@ def test_python_threads_may_call_a_model_at_once():
         [sys.executable, "-c", CONCURRENT_CALLS], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+FORKED_CALLS = """
+import multiprocessing
+import sys
+import numba
+import numpy as np
+import lstm_numba
+
+x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
+models = [lstm_numba.LSTM(8, 16, seed=0), lstm_numba.LSTM(8, 16, bidirectional=True, seed=0)]
+try:
+    expected = [model(x)[0] for model in models]  # the parallel driver: starts OpenMP
+except ValueError as error:  # Numba found no OpenMP here
+    print("SKIP", error)
+    sys.exit(0)
+assert numba.threading_layer() == "omp", numba.threading_layer()
+
+
+def forward(k):
+    return models[k](x)[0]
+
+
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    results = pool.map_async(forward, [0, 1, 0, 1]).get(timeout=300)
+for k, result in enumerate(results):
+    np.testing.assert_allclose(result, expected[k % 2], rtol=1e-5, atol=1e-6)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_processes_forked_after_openmp_started_may_call_a_model():
+    """Numba terminates a process forked after GNU OpenMP started when it launches a parallel
+    kernel (multiprocessing's "fork" pools hang on it); such a process must run the forward
+    without one, and get the parent's result, batch split over threads and both directions."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "omp", "NUMBA_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_CALLS], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    if result.stdout.startswith("SKIP"):
+        pytest.skip(result.stdout)
