@@ -5,6 +5,9 @@ and infinity keep their IEEE meaning, so NaN in gives NaN out. ``error_model="nu
 zero check Python semantics put on every division; that check keeps LLVM from vectorizing loops.
 """
 
+import warnings
+
+from numba import njit
 from numba.core.target_extension import current_target
 
 FASTMATH = {"nsz", "arcp", "contract", "afn"}
@@ -33,8 +36,39 @@ EQUATION_OPTIONS = {
 """Scalar equations: inlined into their caller (``inline_on_gpu_only``), so the caller's loop
 vectorizes through them."""
 
-KERNEL_OPTIONS = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
-"""Array kernels: cached on disk, so a second process loads them instead of compiling."""
+
+def _cache_probe():
+    """Compiled by nothing: ``disk_cache_available`` decorates it to ask Numba for a cache."""
+
+
+def disk_cache_available():
+    """Whether Numba finds a writable directory for the on-disk cache of this package's kernels:
+    ``NUMBA_CACHE_DIR``, the package's own ``__pycache__``, or the user's cache directory. Where
+    it finds none (a read-only install run by a user without a writable home, as in some
+    containers), Numba refuses ``cache=True`` when a function is decorated, i.e. on import."""
+    try:
+        njit(cache=True)(_cache_probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+CACHE = disk_cache_available()
+"""``cache=`` of every compiled kernel: on disk where Numba can write, so that a second process
+loads the kernels instead of compiling them; else nothing is cached (with a warning)."""
+if not CACHE:
+    warnings.warn(
+        "lstm_numba: Numba finds no writable directory for its on-disk cache (the package's "
+        "directory and the user's cache directory are read-only), so every process compiles "
+        "the kernels again on its first call; set NUMBA_CACHE_DIR to a writable directory to "
+        "keep them",
+        RuntimeWarning,
+        stacklevel=1,
+    )
+
+KERNEL_OPTIONS = {"cache": CACHE, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
+"""Array kernels: cached on disk (``CACHE``), so a second process loads them instead of
+compiling."""
 
 REDUCTION_KERNEL_OPTIONS = {**KERNEL_OPTIONS, "fastmath": FASTMATH | {"reassoc"}}
 """Dot-product kernels: ``reassoc`` lets LLVM split a sum into vector lanes (BLAS reorders its sums

@@ -14,6 +14,7 @@ from threadpoolctl import ThreadpoolController
 
 from lstm_numba import equations
 from lstm_numba._config import (
+    CACHE,
     EQUATION_OPTIONS,
     FASTMATH,
     KERNEL_OPTIONS,
@@ -51,7 +52,7 @@ def __getattr__(name):
     when built, ≈ 3 s on a cold cache that a program running only the model would pay at import."""
     if name not in _UFUNC_SIGNATURES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    options = {"cache": True, "fastmath": FASTMATH}
+    options = {"cache": CACHE, "fastmath": FASTMATH}
     ufunc = vectorize(_UFUNC_SIGNATURES[name], **options)(getattr(equations, name).py_func)
     globals()[name] = ufunc
     return ufunc

@@ -23,6 +23,7 @@ import math
 import numpy as np
 from numba import config, cuda
 
+from lstm_numba._config import CACHE
 from lstm_numba.equations import lstm_gates, lstm_gates_onnx
 
 GEMM_THREADS = 16
@@ -41,7 +42,7 @@ SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
 
 
-@cuda.jit(cache=True)
+@cuda.jit(cache=CACHE)
 def input_projection(a, w, bias, out):
     """out (M, N) = a (M, K) · wᵀ + bias, w (N, K), bias (N,); one dtype.
 
@@ -193,7 +194,7 @@ def project_step(step, w_hr, h, h_unprojected, y, lengths, direction, reverse, b
         y[row, direction * out + p] = acc
 
 
-@cuda.jit(cache=True)
+@cuda.jit(cache=CACHE)
 def lstm_sequence(
     projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
     h, h_unprojected, c, y, lengths, steps, direction, reverse, batch_first, trace,

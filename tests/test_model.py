@@ -455,3 +455,37 @@ def test_processes_forked_after_openmp_started_may_call_a_model():
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     if result.stdout.startswith("SKIP"):
         pytest.skip(result.stdout)
+
+
+WITHOUT_DISK_CACHE = """
+import numpy as np
+from numba.core import caching
+
+
+def read_only(locator):
+    raise OSError("read-only file system")
+
+
+caching._CacheLocator.ensure_cache_path = read_only  # as a read-only install, no writable home
+import lstm_numba
+from lstm_numba import reference
+
+model = lstm_numba.LSTM(4, 8, seed=0)
+x = np.random.default_rng(0).standard_normal((8, 3, 4)).astype(np.float32)
+expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
+np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
+"""
+
+
+def test_without_a_writable_cache_directory_the_kernels_compile_in_memory():
+    """Numba refuses ``cache=True`` on decoration (so on import) where it can write no cache
+    (read-only package directory and home, as in some containers): the package must import, warn
+    with the remedy, and run."""
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", WITHOUT_DISK_CACHE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "set NUMBA_CACHE_DIR to a writable directory" in result.stderr, result.stderr
