@@ -29,24 +29,32 @@ def _gate_preactivation(h_prev, x, W, b, gate):
     return np.concatenate([h_prev, x], axis=1) @ W.T + b
 
 
+def _elementwise(ufunc, *arrays):
+    """``ufunc(*arrays)`` (one of ``cpu``'s), NaN in giving NaN out without NumPy's "invalid value"
+    warning, as ``np.tanh`` does: whether the compiled clamps raise the floating-point flag on NaN
+    depends on the LLVM version under Numba (they do up to Numba 0.65's)."""
+    with np.errstate(invalid="ignore"):
+        return ufunc(*arrays)
+
+
 def forget_gate(h_prev, x, W_f, b_f):
     """f = σ(W_f·[h, x] + b_f): how much of each cell's old memory to keep. Returns (B, H)."""
-    return cpu.sigmoid(_gate_preactivation(h_prev, x, W_f, b_f, "f"))
+    return _elementwise(cpu.sigmoid, _gate_preactivation(h_prev, x, W_f, b_f, "f"))
 
 
 def input_gate(h_prev, x, W_i, b_i):
     """i = σ(W_i·[h, x] + b_i): how much of the candidate memory to write. Returns (B, H)."""
-    return cpu.sigmoid(_gate_preactivation(h_prev, x, W_i, b_i, "i"))
+    return _elementwise(cpu.sigmoid, _gate_preactivation(h_prev, x, W_i, b_i, "i"))
 
 
 def candidate_memory(h_prev, x, W_c, b_c):
     """C̃ = tanh(W_c·[h, x] + b_c): the new content proposed for the cell. Returns (B, H)."""
-    return cpu.tanh(_gate_preactivation(h_prev, x, W_c, b_c, "c"))
+    return _elementwise(cpu.tanh, _gate_preactivation(h_prev, x, W_c, b_c, "c"))
 
 
 def output_gate(h_prev, x, W_o, b_o):
     """o = σ(W_o·[h, x] + b_o): how much of the squashed cell state to expose. Returns (B, H)."""
-    return cpu.sigmoid(_gate_preactivation(h_prev, x, W_o, b_o, "o"))
+    return _elementwise(cpu.sigmoid, _gate_preactivation(h_prev, x, W_o, b_o, "o"))
 
 
 def cell_update(f, c_prev, i, c_tilde):
@@ -58,7 +66,9 @@ def cell_update(f, c_prev, i, c_tilde):
     check_same_dtype(arrays)
     for name, array in arrays.items():
         check_shape(name, array, arrays["c_prev"].shape, "of c_prev")
-    return cpu.cell_update(arrays["f"], arrays["c_prev"], arrays["i"], arrays["c_tilde"])
+    return _elementwise(
+        cpu.cell_update, arrays["f"], arrays["c_prev"], arrays["i"], arrays["c_tilde"]
+    )
 
 
 def hidden_state(o, c):
@@ -67,7 +77,7 @@ def hidden_state(o, c):
     c = as_float_array("c", c)
     check_same_dtype({"o": o, "c": c})
     check_shape("o", o, c.shape, "of c")
-    return cpu.hidden_state(o, c)
+    return _elementwise(cpu.hidden_state, o, c)
 
 
 def lstm_step(h_prev, c_prev, x, W_f, b_f, W_i, b_i, W_c, b_c, W_o, b_o):
