@@ -60,10 +60,10 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
     and a Reshape of Y to [T, B, D·H]. The weights are initializers. ONNX has no projection, so a
     model with ``proj_size > 0`` raises ``ValueError``.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     if model.proj_size:
         raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    from onnx import TensorProto, helper, numpy_helper
+
     hidden, directions = model.hidden_size, model.num_directions
     element = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[model.dtype.type]
     config = model.config
