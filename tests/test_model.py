@@ -443,6 +443,41 @@ for k, result in enumerate(results):
 """
 
 
+FORKED_WHILE_A_THREAD_RUNS_A_FORWARD = """
+import os
+import numpy as np
+import lstm_numba
+from lstm_numba import cpu
+
+model = lstm_numba.LSTM(8, 16, seed=0)
+x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
+expected = model(x)[0]
+cpu._PARALLEL_FORWARD.acquire()  # as another thread of this process running a forward holds it
+pid = os.fork()
+if pid == 0:
+    np.testing.assert_array_equal(model(x)[0], expected)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_process_forked_while_a_thread_runs_a_forward_may_call_a_model():
+    """The parallel driver's lock is held by whichever thread runs a forward; a process forked
+    meanwhile inherits it held, with no thread to release it, and must not wait on it forever.
+    Under workqueue, the threading layer that lets the child run the parallel driver."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_WHILE_A_THREAD_RUNS_A_FORWARD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
 def test_processes_forked_after_openmp_started_may_call_a_model():
     """Numba terminates a process forked after GNU OpenMP started when it launches a parallel
