@@ -9,6 +9,7 @@ import os
 import threading
 
 import numpy as np
+from numba import config as numba_config
 from numba import get_num_threads, njit, prange, threading_layer, vectorize
 from threadpoolctl import ThreadpoolController
 
@@ -133,14 +134,16 @@ def plan_forward(batch, hidden, steps, directions=1):
     of the ``RECURRENT_*``; BLAS's GEMV for one row a thread), and into how many slices each
     direction's batch rows are split (directions already run on threads of their own). Measured
     on 2 cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread
-    on, up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call."""
+    on, up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call. Under
+    ``NUMBA_DISABLE_JIT=1`` (the kernels run as Python, for a debugger), never the register tile,
+    an LLVM intrinsic with no Python form."""
     threads = 1 if _FORKED_FROM_GNU_OPENMP else max(1, get_num_threads() // directions)
     split = batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
     partitions = min(threads, batch) if split else 1
     rows = -(-batch // partitions)
     if rows < 2:
         return RECURRENT_BLAS, partitions
-    packing_pays = rows * steps >= PANEL_MIN_ROW_STEPS
+    packing_pays = rows * steps >= PANEL_MIN_ROW_STEPS and not numba_config.DISABLE_JIT
     return (RECURRENT_PANELS if packing_pays else RECURRENT_ROWS), partitions
 
 

@@ -524,3 +524,26 @@ def test_without_a_writable_cache_directory_the_kernels_compile_in_memory():
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "set NUMBA_CACHE_DIR to a writable directory" in result.stderr, result.stderr
+
+
+WITHOUT_JIT = """
+import numpy as np
+import lstm_numba
+from lstm_numba import cpu, reference
+
+model = lstm_numba.LSTM(4, 8, bidirectional=True, seed=0)
+x = np.random.default_rng(0).standard_normal((4, 70, 4)).astype(np.float32)
+assert cpu.plan_forward(4, 8, 70)[0] == cpu.RECURRENT_ROWS  # with the JIT: the register tile
+expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
+np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
+"""
+
+
+def test_the_kernels_run_as_python_under_numba_disable_jit():
+    """``NUMBA_DISABLE_JIT=1`` runs the kernels as Python, to step through them in a debugger;
+    a shape whose plan is the register tile (an LLVM intrinsic) must run too."""
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_JIT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
