@@ -30,9 +30,10 @@ def _gate_preactivation(h_prev, x, W, b, gate):
 
 
 def _elementwise(ufunc, *arrays):
-    """``ufunc(*arrays)`` (one of ``cpu``'s), NaN in giving NaN out without NumPy's "invalid value"
-    warning, as ``np.tanh`` does: whether the compiled clamps raise the floating-point flag on NaN
-    depends on the LLVM version under Numba (they do up to Numba 0.65's)."""
+    """``ufunc(*arrays)``, one of ``cpu``'s with σ or tanh in it: NaN in gives NaN out without
+    NumPy's "invalid value" warning, as ``np.tanh`` does. Whether their compiled clamps raise the
+    floating-point flag on NaN depends on the LLVM version under Numba (they do up to Numba
+    0.65's)."""
     with np.errstate(invalid="ignore"):
         return ufunc(*arrays)
 
@@ -66,9 +67,7 @@ def cell_update(f, c_prev, i, c_tilde):
     check_same_dtype(arrays)
     for name, array in arrays.items():
         check_shape(name, array, arrays["c_prev"].shape, "of c_prev")
-    return _elementwise(
-        cpu.cell_update, arrays["f"], arrays["c_prev"], arrays["i"], arrays["c_tilde"]
-    )
+    return cpu.cell_update(arrays["f"], arrays["c_prev"], arrays["i"], arrays["c_tilde"])
 
 
 def hidden_state(o, c):
