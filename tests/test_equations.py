@@ -1,5 +1,6 @@
 """The scalar equations: accuracy against float64 libm, stability, and usability from user code."""
 
+import importlib.util
 import re
 import warnings
 
@@ -129,13 +130,13 @@ def cuda_cell_kernel(z, c, h):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_equations_compile_for_cuda(dtype):
     """The single source of the math compiles for the GPU too (PTX for sm_90, no GPU needed)."""
+    if importlib.util.find_spec("numba_cuda") is None:  # Numba's own numba.cuda needs a driver
+        pytest.skip("numba-cuda is not installed (pip install -e '.[test]')")
     real = getattr(numba, dtype)
     try:
         ptx, _ = cuda.compile_ptx(cuda_cell_kernel, (real[:, :], real[:], real[:]), cc=(9, 0))
-    except Exception as error:
-        # no NVVM (CUDA toolkit) here, or Numba's own numba.cuda (without the numba-cuda package
-        # of the [cuda] and [test] extras), which needs a driver even to emit PTX
-        if "nvvm" in str(error).lower() or type(error).__name__ == "CudaSupportError":
+    except Exception as error:  # no NVVM (CUDA toolkit) on this machine
+        if "nvvm" in str(error).lower():
             pytest.skip(f"cannot compile for CUDA here: {error}")
         raise
     assert ptx.count("div.rn") == 5  # one division per tanh: 3 σ + 2 tanh, nothing else

@@ -25,6 +25,8 @@ from conftest import assert_close
 import lstm_numba as ln
 from lstm_numba import dispatch
 
+NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+"""numba-cuda installed (the [cuda] and [test] extras); Numba's own numba.cuda is not tested."""
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 REAL_GPU = not SIMULATED and dispatch.cuda_status()[0]
 runs_kernels = pytest.mark.skipif(
@@ -34,7 +36,7 @@ runs_kernels = pytest.mark.skipif(
 
 @pytest.mark.skipif(SIMULATED or REAL_GPU, reason="the kernels run in this process")
 def test_gpu_kernels_under_the_simulator():
-    if importlib.util.find_spec("numba_cuda") is None:
+    if not NUMBA_CUDA:
         pytest.skip("numba-cuda is not installed (pip install -e '.[test]')")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", __file__],
@@ -265,6 +267,7 @@ def cuda_kernel_arguments(dtype, proj_size=0):
 
 
 @pytest.mark.skipif(SIMULATED, reason="the simulator does not compile")
+@pytest.mark.skipif(not NUMBA_CUDA, reason="numba-cuda is not installed (pip install -e '.[test]')")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_kernels_compile_to_ptx(monkeypatch, dtype, proj_size):
