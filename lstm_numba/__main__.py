@@ -15,7 +15,7 @@ from lstm_numba import reference
 
 
 def main(argv=None):
-    description = __doc__.split("\n")[0]
+    description = __doc__.split("\n")[0] if __doc__ else None  # None under python -OO
     parser = argparse.ArgumentParser(prog="python -m lstm_numba", description=description)
     parser.add_argument("--batch", type=int, default=64, help="sequences per batch, B (64)")
     parser.add_argument("--steps", type=int, default=100, help="time steps, T (100)")

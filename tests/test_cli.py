@@ -30,6 +30,12 @@ def test_main_job_with_layers_and_directions():
     assert "num_layers=2" in out and "bidirectional=True" in out and "OK" in out
 
 
+def test_main_job_runs_without_docstrings():
+    """``python -OO`` strips docstrings, which the command line's help is built from."""
+    out = run_python("-OO", "-m", "lstm_numba", "--help")
+    assert "--hidden-size" in out
+
+
 CALL_AND_REPORT_CACHE = """
 import numpy as np, lstm_numba as ln
 from lstm_numba import cpu
