@@ -328,7 +328,7 @@ def _trace_rows(traces, direction, row, t, fallback):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_step_pointwise(
-    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first,
+    recurrent, projected, bias, cell, c, h_new, times, y, write_y, sink, column, batch_first,
     row_offset, traces, direction,
 ):  # fmt: skip
     """Fused pointwise part of one step: all four gates, the cell update and the hidden state.
@@ -342,7 +342,9 @@ def lstm_step_pointwise(
     previous cell states, overwritten with the new ones; h_new: (B', H), written with the new
     hidden states. times: (B',) the time index each row computes, -1 for a row past its length
     (skipped, its states kept). y: (B, T, ·) if ``batch_first`` else (T, B, ·); if ``write_y``,
-    row ``row_offset + b`` of step ``times[b]`` written with h in columns [column, column + H).
+    row ``row_offset + b`` of step ``times[b]`` written with h in columns [column, column + H);
+    else h goes to sink (H,) instead, a row of its own (a second store into h_new's row would fail
+    the vectorized loop's runtime overlap check and run the loop scalar, 6× slower).
     traces: (D, 5, B, T, H), where row ``row_offset + b`` of step ``times[b]`` records f, i, C̃, o
     and C at ``direction``, or None. A kernel compiled for ``cell``/``traces`` None has no ONNX or
     trace code at all (Numba prunes ``is None`` on a None-typed argument). No intermediate arrays:
@@ -359,9 +361,6 @@ def lstm_step_pointwise(
         all_kinds, all_params, all_peepholes, bound, input_forget = cell
         kinds, params = all_kinds[direction], all_params[direction]
         peep_i, peep_o, peep_f = all_peepholes[direction]
-    # Where h goes when y is not written: a row of its own. Storing to h_row twice would fail the
-    # vectorized loop's runtime overlap check and run the loop scalar (6× slower).
-    sink = np.empty(0 if write_y else hidden, dtype=c.dtype)
     for b in range(batch):
         t = times[b]
         if t < 0:
@@ -438,6 +437,7 @@ def lstm_rows_forward(
     c_rows = c[row_start:row_stop]
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
     h_projected = np.empty((batch, h.shape[1] if projecting else 0), dtype=h.dtype)
+    sink = np.empty(hidden if projecting else 0, dtype=h.dtype)
     w_ih_t = w_ih.T
     w_hh_t = w_hh.T
     w_hr_t = w_hr.T
@@ -477,7 +477,7 @@ def lstm_rows_forward(
             h_new = h_unprojected[:active] if projecting else h_act
             lstm_step_pointwise(
                 rec, projected[s, :active], bias, cell, c_rows[:active], h_new, time_act, y,
-                not projecting, column, batch_first, row_start, traces, direction,
+                not projecting, sink, column, batch_first, row_start, traces, direction,
             )  # fmt: skip
             if projecting:
                 project_hidden(
