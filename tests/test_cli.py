@@ -47,3 +47,14 @@ print(sum(cpu.lstm_rows_forward.stats.cache_hits.values()))
 def test_second_process_loads_kernels_from_cache():
     run_python("-c", CALL_AND_REPORT_CACHE)  # compiles and saves, unless a cache exists
     assert int(run_python("-c", CALL_AND_REPORT_CACHE).strip().splitlines()[-1]) >= 1
+
+
+def test_import_leaves_the_reference_and_scipy_special_unloaded():
+    """``lstm_numba.reference`` loads ``scipy.special`` (≈ 0.3 s), which no forward needs: it is
+    imported on first use, and works then."""
+    out = run_python(
+        "-c",
+        "import sys, lstm_numba; print('scipy.special' in sys.modules); "
+        "print(lstm_numba.reference.lstm_forward.__name__)",
+    )
+    assert out.split() == ["False", "lstm_forward"]
