@@ -45,7 +45,9 @@ def saturate(x, bound):
     """x clamped to [-bound, bound], NaN kept, and without the floating-point "invalid" flag, which
     NumPy reports as a warning from the ufuncs: LLVM turns a clamp into x86's (vector) min/max or
     ordered comparisons, which raise it on NaN, so NaN reaches them as 0 (an equality test, which
-    is quiet) and is put back after."""
+    is quiet) and is put back after. Older LLVMs (Numba ≤ 0.65, checked) still evaluate the
+    min/max on NaN in float32 vector loops, so the public gate functions also silence the warning
+    (``gates._elementwise``)."""
     number = x == x
     clamped = min(max(x if number else type(x)(0), -bound), bound)
     return clamped if number else x
