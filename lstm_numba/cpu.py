@@ -5,6 +5,7 @@ Layers of names, from the inside out: scalar equations (``equations``), elementw
 Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and ``model`` do.
 """
 
+import functools
 import os
 import threading
 
@@ -59,8 +60,17 @@ def __getattr__(name):
     return ufunc
 
 
-_BLAS_THREADS = ThreadpoolController()
-"""Sets the thread count of the BLAS that SciPy loaded, around the parallel driver."""
+@functools.cache
+def _blas_threads():
+    """Sets the thread count of the BLAS libraries around the parallel driver. Created on first
+    use, after loading the BLAS that Numba's ``np.dot`` calls (SciPy's, through
+    ``scipy.linalg.cython_blas``): a controller only sees the libraries loaded when it is created,
+    and one created at import (before anything had loaded SciPy's BLAS) left that BLAS on all its
+    threads inside each of the driver's threads, which made the parallel forward ≈ 2× slower."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+
+    return ThreadpoolController()
+
 
 _PARALLEL_FORWARD = threading.Lock()
 """One parallel driver at a time in the process. Each runs on all of Numba's threads, so two would
@@ -558,5 +568,5 @@ def lstm_layer_forward(
     if _FORKED_FROM_GNU_OPENMP:
         lstm_partitioned_forward.py_func(*arguments)  # prange is range in Python
     else:
-        with _PARALLEL_FORWARD, _BLAS_THREADS.limit(limits=1, user_api="blas"):
+        with _PARALLEL_FORWARD, _blas_threads().limit(limits=1, user_api="blas"):
             lstm_partitioned_forward(*arguments)

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -25,3 +28,18 @@ def assert_close(actual, expected, dtype=None):
 def rng(request):
     """A generator seeded by the test's name: reproducible, different per test."""
     return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+def run_python(*args, **environment):
+    """``python *args`` in a fresh process, with the keyword arguments added to its environment;
+    asserts that it succeeded and returns it (``.stdout``, ``.stderr``)."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return result

@@ -1,22 +1,13 @@
 """``python -m lstm_numba`` and the on-disk kernel cache, each in a fresh process."""
 
-import subprocess
-import sys
-
-
-def run_python(*args):
-    result = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=600, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+from conftest import run_python
 
 
 def test_main_job_checks_and_times():
     out = run_python(
         "-m", "lstm_numba", "--batch", "3", "--steps", "4", "--input-size", "5",
         "--hidden-size", "6", "--repeats", "2",
-    )  # fmt: skip
+    ).stdout  # fmt: skip
     assert "check against the float64 reference" in out and "OK" in out
     assert "first call (compile or cache load)" in out
     assert "sequences/s" in out
@@ -26,13 +17,13 @@ def test_main_job_with_layers_and_directions():
     out = run_python(
         "-m", "lstm_numba", "--batch", "2", "--steps", "3", "--input-size", "4",
         "--hidden-size", "5", "--num-layers", "2", "--bidirectional", "--repeats", "1",
-    )  # fmt: skip
+    ).stdout  # fmt: skip
     assert "num_layers=2" in out and "bidirectional=True" in out and "OK" in out
 
 
 def test_main_job_runs_without_docstrings():
     """``python -OO`` strips docstrings, which the command line's help is built from."""
-    out = run_python("-OO", "-m", "lstm_numba", "--help")
+    out = run_python("-OO", "-m", "lstm_numba", "--help").stdout
     assert "--hidden-size" in out
 
 
@@ -46,7 +37,7 @@ print(sum(cpu.lstm_rows_forward.stats.cache_hits.values()))
 
 def test_second_process_loads_kernels_from_cache():
     run_python("-c", CALL_AND_REPORT_CACHE)  # compiles and saves, unless a cache exists
-    assert int(run_python("-c", CALL_AND_REPORT_CACHE).strip().splitlines()[-1]) >= 1
+    assert int(run_python("-c", CALL_AND_REPORT_CACHE).stdout.strip().splitlines()[-1]) >= 1
 
 
 def test_import_leaves_the_reference_and_scipy_special_unloaded():
@@ -56,5 +47,5 @@ def test_import_leaves_the_reference_and_scipy_special_unloaded():
         "-c",
         "import sys, lstm_numba; print('scipy.special' in sys.modules); "
         "print(lstm_numba.reference.lstm_forward.__name__)",
-    )
+    ).stdout
     assert out.split() == ["False", "lstm_forward"]

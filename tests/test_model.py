@@ -1,12 +1,11 @@
 """``LSTM``: forward against the float64 reference, PyTorch and ONNX Runtime; weights; bad input."""
 
+import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, run_python
 
 import lstm_numba as ln
 from lstm_numba import cpu, reference
@@ -408,11 +407,7 @@ def test_python_threads_may_call_a_model_at_once():
     """Under Numba's workqueue threading layer (its fallback where neither OpenMP nor TBB is
     installed), two threads launching parallel kernels at once abort the process; the model must
     survive three threads calling its parallel driver (B = 8 on 2 threads) together."""
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
-    result = subprocess.run(
-        [sys.executable, "-c", CONCURRENT_CALLS], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    run_python("-c", CONCURRENT_CALLS, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
 
 
 FORKED_CALLS = """
@@ -467,15 +462,12 @@ def test_a_process_forked_while_a_thread_runs_a_forward_may_call_a_model():
     """The parallel driver's lock is held by whichever thread runs a forward; a process forked
     meanwhile inherits it held, with no thread to release it, and must not wait on it forever.
     Under workqueue, the threading layer that lets the child run the parallel driver."""
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
-    result = subprocess.run(
-        [sys.executable, "-c", FORKED_WHILE_A_THREAD_RUNS_A_FORWARD],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_python(
+        "-c",
+        FORKED_WHILE_A_THREAD_RUNS_A_FORWARD,
+        NUMBA_THREADING_LAYER="workqueue",
+        NUMBA_NUM_THREADS="2",
     )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
@@ -483,13 +475,47 @@ def test_processes_forked_after_openmp_started_may_call_a_model():
     """Numba terminates a process forked after GNU OpenMP started when it launches a parallel
     kernel (multiprocessing's "fork" pools hang on it); such a process must run the forward
     without one, and get the parent's result, batch split over threads and both directions."""
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "omp", "NUMBA_NUM_THREADS": "2"}
-    result = subprocess.run(
-        [sys.executable, "-c", FORKED_CALLS], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    result = run_python("-c", FORKED_CALLS, NUMBA_THREADING_LAYER="omp", NUMBA_NUM_THREADS="2")
     if result.stdout.startswith("SKIP"):
         pytest.skip(result.stdout)
+
+
+BLAS_THREADS_IN_THE_DRIVER = """
+import json
+import numpy as np
+import lstm_numba  # first: nothing has loaded SciPy's BLAS yet, as in a user's fresh process
+from lstm_numba import cpu
+from threadpoolctl import threadpool_info
+
+def blas_threads():
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+inside = {}
+driver = cpu.lstm_partitioned_forward
+
+def recording_driver(*arguments):
+    driver(*arguments)  # loads the BLAS its np.dot calls, if nothing had
+    inside.update(blas_threads())
+
+cpu.lstm_partitioned_forward = recording_driver
+lstm_numba.LSTM(8, 16, seed=0)(np.zeros((8, 20, 8), np.float32))
+print(json.dumps({"inside": inside, "outside": blas_threads()}))
+"""
+
+
+def test_blas_runs_one_thread_inside_each_thread_of_the_parallel_driver():
+    """Each of the driver's threads calls BLAS for its rows; BLAS on all its threads in each would
+    put threads² on the cores (the forward ran ≈ 2× slower). Every BLAS loaded, SciPy's that
+    Numba calls among them, runs one thread meanwhile, in a process that loads it only on the
+    first forward."""
+    result = run_python(
+        "-c", BLAS_THREADS_IN_THE_DRIVER, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2"
+    )
+    threads = json.loads(result.stdout.splitlines()[-1])
+    if max(threads["outside"].values()) < 2:
+        pytest.skip(f"BLAS runs one thread here anyway: {threads['outside']}")
+    assert threads["inside"].keys() == threads["outside"].keys(), threads
+    assert set(threads["inside"].values()) == {1}, threads
 
 
 WITHOUT_DISK_CACHE = """
@@ -516,13 +542,7 @@ def test_without_a_writable_cache_directory_the_kernels_compile_in_memory():
     """Numba refuses ``cache=True`` on decoration (so on import) where it can write no cache
     (read-only package directory and home, as in some containers): the package must import, warn
     with the remedy, and run."""
-    result = subprocess.run(
-        [sys.executable, "-W", "always", "-c", WITHOUT_DISK_CACHE],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    result = run_python("-W", "always", "-c", WITHOUT_DISK_CACHE)
     assert "set NUMBA_CACHE_DIR to a writable directory" in result.stderr, result.stderr
 
 
@@ -542,8 +562,4 @@ np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
 def test_the_kernels_run_as_python_under_numba_disable_jit():
     """``NUMBA_DISABLE_JIT=1`` runs the kernels as Python, to step through them in a debugger;
     a shape whose plan is the register tile (an LLVM intrinsic) must run too."""
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_JIT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    run_python("-c", WITHOUT_JIT, NUMBA_DISABLE_JIT="1")
