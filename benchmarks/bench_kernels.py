@@ -36,13 +36,14 @@ class RecurrentProduct:
         # the tile writes whole panels: up to 15 columns past 4H
         padded = np.empty((rows, self.panels.shape[0] * self.panels.shape[2]), np.float32)
         out = np.empty((rows, 4 * hidden), np.float32)
-        self.limits = threadpool_limits(1, user_api="blas")
         self.product = {
             "panels": lambda: cpu.recurrent_panels(self.h, self.panels, padded),
             "rows": lambda: cpu.recurrent_rows(self.h, self.w_hh, out),
             "blas": lambda: blas_product(self.h, self.w_hh, out),
         }[kernel]
-        self.product()  # compile or load from the cache
+        self.product()  # compile or load from the cache, which loads the BLAS np.dot calls
+        # after that: threadpoolctl limits only the libraries already loaded
+        self.limits = threadpool_limits(1, user_api="blas")
 
     def teardown(self, *_):
         self.limits.restore_original_limits()
