@@ -1,17 +1,17 @@
-"""Per-call cost of streaming one time step at batch 1 (lstm_numba's ``Stream`` against
-``torch.nn.LSTM`` called step by step), and the cost of gate traces."""
+"""Per-call cost of streaming one time step (lstm_numba's ``Stream`` against ``torch.nn.LSTM``
+called step by step), and the cost of gate traces."""
 
 from .common import choose, model_and_input
 
 
 class StreamStep:
-    params = (["lstm_numba", "torch"], choose([128, 512], [16]))
-    param_names = ["library", "hidden"]
+    params = (["lstm_numba", "torch"], choose([1, 8], [2]), choose([128, 512], [16]))
+    param_names = ["library", "batch", "hidden"]
 
-    def setup(self, library, hidden):
-        model, x = model_and_input(1, 1, hidden, hidden)
+    def setup(self, library, batch, hidden):
+        model, x = model_and_input(batch, 1, hidden, hidden)
         if library == "lstm_numba":
-            stream = model.stream(1)
+            stream = model.stream(batch)
             self.step = lambda: stream.step(x)
         else:
             try:
@@ -20,7 +20,7 @@ class StreamStep:
                 raise NotImplementedError("torch is not installed") from error
             lstm = torch.nn.LSTM(hidden, hidden, batch_first=True)
             x_torch = torch.from_numpy(x)
-            state = [(torch.zeros(1, 1, hidden), torch.zeros(1, 1, hidden))]
+            state = [(torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden))]
 
             def step():
                 with torch.no_grad():

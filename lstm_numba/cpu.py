@@ -117,6 +117,23 @@ PROJECTION_ROWS = 1024
 """Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
 run near its peak, small enough that the workspace does not grow with the sequence length."""
 
+PARALLEL_MIN_MULTIPLY_ADDS = 1_000_000
+"""Run the directions of a layer on threads of their own from this much work on (the products'
+multiply-adds of all directions, B·T·4H·(I + H)·D); below, one after another on the calling
+thread: starting the parallel driver and holding BLAS to one thread meanwhile cost ≈ 40–50 µs
+a call (measured on 2 cores of a Zen 3, docs/performance.md)."""
+
+PARTITION_MIN_MULTIPLY_ADDS = 6_000_000
+"""Split the batch of a direction over threads from this much work on (its multiply-adds,
+B·T·4H·(I + H)); below, one thread runs it, with BLAS's own threads for the projection."""
+
+PARTITION_MIN_ROW_STEPS = 16
+"""Split the batch of a direction over threads only where each thread gets this many rows ×
+steps on: the rows of its input projection's GEMMs (up to ``PROJECTION_ROWS``), for which BLAS
+packs all of W_ih. With fewer, as in one-step ``Stream`` calls, packing dominates, and one
+thread whose BLAS has its own threads packs W_ih once instead of once a thread: (8, 1, 512, 512)
+0.88 ms on one thread against 1.7–2.0 ms split (docs/performance.md)."""
+
 PARTITION_MIN_BATCH = 4
 """Split the batch over the threads from this batch size on; below, one thread runs the sequence
 (two or three rows in one register tile beat a row a thread, which reads all of W_hh per row)
@@ -139,22 +156,34 @@ tile's faster steps repay after ≈ 50–100 row-steps; below, ``recurrent_rows`
 packing (measured on a Zen 3, docs/performance.md)."""
 
 
-def plan_forward(batch, hidden, steps, directions=1):
-    """``(product, partitions)`` for ``lstm_layer_forward``: how the recurrent product runs (one
-    of the ``RECURRENT_*``; BLAS's GEMV for one row a thread), and into how many slices each
-    direction's batch rows are split (directions already run on threads of their own). Measured
-    on 2 cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread
-    on, up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call. Under
-    ``NUMBA_DISABLE_JIT=1`` (the kernels run as Python, for a debugger), never the register tile,
-    an LLVM intrinsic with no Python form."""
-    threads = 1 if _FORKED_FROM_GNU_OPENMP else max(1, get_num_threads() // directions)
-    split = batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
-    partitions = min(threads, batch) if split else 1
+def plan_forward(batch, inputs, hidden, steps, directions=1):
+    """``(product, partitions, parallel)`` for ``lstm_layer_forward``: how the recurrent product
+    runs (one of the ``RECURRENT_*``; BLAS's GEMV for one row a thread), into how many slices
+    each direction's batch rows are split, and whether the directions × slices run on threads
+    of their own (``lstm_partitioned_forward``) or one after another on this one. Measured on 2
+    cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread on,
+    up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call; small
+    calls run faster without threads (``PARALLEL_MIN_MULTIPLY_ADDS``,
+    ``PARTITION_MIN_MULTIPLY_ADDS``, ``PARTITION_MIN_ROW_STEPS``). Under
+    ``NUMBA_DISABLE_JIT=1`` (the kernels run as Python, for a debugger), never the register
+    tile, an LLVM intrinsic with no Python form."""
+    work = batch * steps * 4 * hidden * (inputs + hidden)
+    threads = 1 if _FORKED_FROM_GNU_OPENMP else get_num_threads()
+    parallel = threads > 1 and work * directions >= PARALLEL_MIN_MULTIPLY_ADDS
+    partitions = min(max(1, threads // directions), batch)
     rows = -(-batch // partitions)
+    split = (
+        parallel
+        and work >= PARTITION_MIN_MULTIPLY_ADDS
+        and (batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN)
+        and rows * steps >= PARTITION_MIN_ROW_STEPS
+    )
+    if not split:
+        partitions, rows = 1, batch
     if rows < 2:
-        return RECURRENT_BLAS, partitions
+        return RECURRENT_BLAS, partitions, parallel
     packing_pays = rows * steps >= PANEL_MIN_ROW_STEPS and not numba_config.DISABLE_JIT
-    return (RECURRENT_PANELS if packing_pays else RECURRENT_ROWS), partitions
+    return (RECURRENT_PANELS if packing_pays else RECURRENT_ROWS), partitions, parallel
 
 
 def length_order(lengths, partitions):
@@ -539,20 +568,27 @@ def lstm_partitioned_forward(
         )  # fmt: skip
 
 
+serial_partitioned_forward = getattr(lstm_partitioned_forward, "py_func", lstm_partitioned_forward)
+"""``lstm_partitioned_forward``'s work items one after another on the calling thread: its Python
+function (``prange`` is ``range`` in Python), which calls the compiled row worker; under
+``NUMBA_DISABLE_JIT=1`` the driver is that function already."""
+
+
 def lstm_layer_forward(
     x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces
 ):
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
-    Arguments as ``lstm_partitioned_forward``. With one work item (one direction, small batch) BLAS
-    keeps its own threads; with several, each thread runs BLAS single-threaded on its rows, and
-    calls from other Python threads wait for the driver (``_PARALLEL_FORWARD``). In a process
-    forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), the work items (one per
-    direction) run one after another through the driver's Python function.
+    Arguments as ``lstm_partitioned_forward``. With one work item (one direction, one slice of
+    rows) BLAS keeps its own threads. Several run on threads of their own, each with BLAS on
+    one thread for its rows, and calls from other Python threads wait for the driver
+    (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
+    forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
+    driver's Python function.
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
-    product, partitions = plan_forward(batch, c.shape[2], steps, directions)
+    product, partitions, parallel = plan_forward(batch, x.shape[2], c.shape[2], steps, directions)
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
     if directions * partitions == 1:
         lstm_rows_forward(
@@ -565,8 +601,8 @@ def lstm_layer_forward(
         x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product, panels,
         partitions, traces,
     )  # fmt: skip
-    if _FORKED_FROM_GNU_OPENMP:
-        lstm_partitioned_forward.py_func(*arguments)  # prange is range in Python
-    else:
-        with _PARALLEL_FORWARD, _blas_threads().limit(limits=1, user_api="blas"):
-            lstm_partitioned_forward(*arguments)
+    if not parallel:
+        serial_partitioned_forward(*arguments)
+        return
+    with _PARALLEL_FORWARD, _blas_threads().limit(limits=1, user_api="blas"):
+        lstm_partitioned_forward(*arguments)

@@ -43,3 +43,13 @@ def run_python(*args, **environment):
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return result
+
+
+def threads_at_any_size(monkeypatch):
+    """Have the layers run on threads (``cpu.lstm_partitioned_forward``, the batch split) even at
+    the small shapes of the tests, which take the calling thread otherwise."""
+    from lstm_numba import cpu
+
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(cpu, "PARTITION_MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(cpu, "PARTITION_MIN_ROW_STEPS", 0)

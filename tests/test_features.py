@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, threads_at_any_size
 
 import lstm_numba as ln
 from lstm_numba import reference
@@ -71,8 +71,10 @@ def random_inputs(rng, model, batch, steps, states=True):
 
 
 @pytest.mark.parametrize("case", range(24))
-def test_random_configurations_match_reference(case):
-    """Random combinations of every feature, shape and option."""
+def test_random_configurations_match_reference(case, monkeypatch):
+    """Random combinations of every feature, shape and option; half of them on threads."""
+    if case % 4 >= 2:
+        threads_at_any_size(monkeypatch)
     rng = np.random.default_rng(1000 + case)
     hidden = int(rng.integers(1, 20))
     model = ln.LSTM(

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import assert_close, run_python
+from conftest import assert_close, run_python, threads_at_any_size
 
 import lstm_numba as ln
 from lstm_numba import cpu, reference
@@ -332,21 +332,37 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
 
     blas, rows, panels = cpu.RECURRENT_BLAS, cpu.RECURRENT_ROWS, cpu.RECURRENT_PANELS
     threads = get_num_threads()
+    parallel = threads > 1
     steps = 1000
-    assert cpu.plan_forward(1, 128, steps) == (blas, 1)  # one row: BLAS's GEMV
-    assert cpu.plan_forward(2, 128, steps) == (panels, 1)  # a few rows share one thread's tile
-    assert cpu.plan_forward(32, 256, steps) == (panels, min(threads, 32))
-    assert cpu.plan_forward(4096, 512, steps) == (panels, threads)
+
+    def plan(batch, hidden, steps, directions=1):
+        return cpu.plan_forward(batch, hidden, hidden, steps, directions)
+
+    assert plan(1, 128, steps) == (blas, 1, parallel)  # one row: BLAS's GEMV
+    assert plan(2, 128, steps) == (panels, 1, parallel)  # a few rows share one thread's tile
+    assert plan(32, 256, steps) == (panels, min(threads, 32), parallel)
+    assert plan(4096, 512, steps) == (panels, threads, parallel)
     # too few steps to pay for packing W_hh
     row_steps = cpu.PANEL_MIN_ROW_STEPS
-    assert cpu.plan_forward(2, 256, row_steps // 2 - 1) == (rows, 1)
-    assert cpu.plan_forward(2, 256, row_steps // 2) == (panels, 1)
+    assert plan(2, 256, row_steps // 2 - 1) == (rows, 1, parallel)
+    assert plan(2, 256, row_steps // 2) == (panels, 1, parallel)
     # W_hh beyond the caches: split from two rows on (one row a thread: GEMV)
-    assert cpu.plan_forward(2, 1024, steps) == (panels if threads < 2 else blas, min(threads, 2))
-    assert cpu.plan_forward(4 * threads, 1024, steps) == (panels, threads)
+    assert plan(2, 1024, steps) == (panels if threads < 2 else blas, min(threads, 2), parallel)
+    assert plan(4 * threads, 1024, steps) == (panels, threads, parallel)
     # the directions of a bidirectional layer take the threads first
-    expected = (panels, max(1, min(threads // 2, 32)))
-    assert cpu.plan_forward(32, 256, steps, directions=2) == expected
+    expected = (panels, max(1, min(threads // 2, 32)), parallel)
+    assert plan(32, 256, steps, directions=2) == expected
+    # too little work to pay for starting threads: all of it, or a direction, on one thread
+    split_steps = -(-cpu.PARTITION_MIN_MULTIPLY_ADDS // (64 * 4 * 32 * (32 + 32)))
+    assert plan(64, 32, split_steps - 1) == (panels, 1, parallel)
+    assert plan(64, 32, split_steps) == (panels, threads, parallel)
+    # a few rows a thread: each thread's projection would pack all of W_ih for them
+    row_steps = cpu.PARTITION_MIN_ROW_STEPS
+    assert plan(row_steps * threads, 512, 1)[1:] == (threads, parallel)
+    assert plan((row_steps - 1) * threads, 512, 1)[1:] == (1, parallel)
+    threaded_steps = -(-cpu.PARALLEL_MIN_MULTIPLY_ADDS // (2 * 4 * 4 * 32 * (32 + 32)))
+    assert plan(4, 32, threaded_steps - 1, directions=2) == (rows, 1, False)
+    assert plan(4, 32, threaded_steps, directions=2) == (rows, 1, parallel)
 
 
 @pytest.mark.parametrize("batch, partitions", [(1, 1), (7, 1), (7, 2), (9, 4), (64, 3)])
@@ -363,10 +379,13 @@ def test_length_order_sorts_each_slice_and_balances_them(rng, batch, partitions)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first):
-    """A bounded set of compiled signatures: every path (lengths reorder rows, traces, layouts)
-    hands the kernels C-contiguous arrays, never 'A'-layout ones (a second signature each, and
-    np.dot copying its operands)."""
+@pytest.mark.parametrize("threads", [False, True], ids=["calling-thread", "parallel-driver"])
+def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monkeypatch):
+    """A bounded set of compiled signatures: every path (lengths reorder rows, traces, layouts,
+    the parallel driver or not) hands the kernels C-contiguous arrays, never 'A'-layout ones (a
+    second signature each, and np.dot copying its operands)."""
+    if threads:
+        threads_at_any_size(monkeypatch)
     model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, seed=4)
     x = rng.standard_normal((4, 6, 3) if batch_first else (6, 4, 3)).astype(np.float32)
     model(x, lengths=[6, 2, 5, 1], return_gates=True)
@@ -382,6 +401,10 @@ import threading
 import numba
 import numpy as np
 import lstm_numba
+from lstm_numba import cpu
+
+# the parallel driver even at these small shapes
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
 
 model = lstm_numba.LSTM(8, 16, seed=0)
 x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
@@ -416,6 +439,10 @@ import sys
 import numba
 import numpy as np
 import lstm_numba
+from lstm_numba import cpu
+
+# the parallel driver even at these small shapes
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
 
 x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
 models = [lstm_numba.LSTM(8, 16, seed=0), lstm_numba.LSTM(8, 16, bidirectional=True, seed=0)]
@@ -443,6 +470,8 @@ import os
 import numpy as np
 import lstm_numba
 from lstm_numba import cpu
+# the parallel driver even at these small shapes
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
 
 model = lstm_numba.LSTM(8, 16, seed=0)
 x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
@@ -485,6 +514,8 @@ import json
 import numpy as np
 import lstm_numba  # first: nothing has loaded SciPy's BLAS yet, as in a user's fresh process
 from lstm_numba import cpu
+# the parallel driver even at these small shapes
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
 from threadpoolctl import threadpool_info
 
 def blas_threads():
@@ -553,7 +584,7 @@ from lstm_numba import cpu, reference
 
 model = lstm_numba.LSTM(4, 8, bidirectional=True, seed=0)
 x = np.random.default_rng(0).standard_normal((4, 70, 4)).astype(np.float32)
-assert cpu.plan_forward(4, 8, 70)[0] == cpu.RECURRENT_ROWS  # with the JIT: the register tile
+assert cpu.plan_forward(4, 4, 8, 70)[0] == cpu.RECURRENT_ROWS  # with the JIT: the register tile
 expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
 np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
 """

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, threads_at_any_size
 
 import lstm_numba as ln
 
@@ -91,7 +91,10 @@ def test_traces_satisfy_the_cell_equations(rng, options):
         assert_close(y[..., width:], gates.output[1] * np.tanh(gates.cell[1]))
 
 
-def test_traces_leave_the_forward_unchanged(rng):
+@pytest.mark.parametrize("threads", [False, True], ids=["calling-thread", "parallel-driver"])
+def test_traces_leave_the_forward_unchanged(rng, threads, monkeypatch):
+    if threads:
+        threads_at_any_size(monkeypatch)
     model = ln.LSTM(3, 4, num_layers=2, bidirectional=True, seed=3)
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)
     lengths = np.array([6, 3, 1, 6])
