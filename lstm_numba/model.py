@@ -568,10 +568,9 @@ class LSTM:
         if not padded:
             return self._run_layers(x, h_n, c_n, lengths, False, traces), (h_n, c_n)
         batch_axis = 0 if self.batch_first else 1
-        # the slices of the layer with the most inputs (a deeper layer's are D·H_out)
-        inputs = max(
-            self.input_size, (self.num_layers > 1) * self.output_size * self.num_directions
-        )
+        inputs = self.input_size
+        if self.num_layers > 1:  # the slices of the layer with the most inputs: D·H_out deeper
+            inputs = max(inputs, self.num_directions * self.output_size)
         _, partitions, _ = cpu.plan_forward(
             x.shape[batch_axis], inputs, self.hidden_size, int(lengths.max()), self.num_directions
         )
