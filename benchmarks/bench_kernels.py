@@ -38,7 +38,7 @@ class RecurrentProduct:
         out = np.empty((rows, 4 * hidden), np.float32)
         self.product = {
             "panels": lambda: cpu.recurrent_panels(self.h, self.panels, padded),
-            "rows": lambda: cpu.recurrent_rows(self.h, self.w_hh, out),
+            "rows": lambda: cpu.dot_tile_product(self.h, self.w_hh, out),
             "blas": lambda: blas_product(self.h, self.w_hh, out),
         }[kernel]
         self.product()  # compile or load from the cache, which loads the BLAS np.dot calls

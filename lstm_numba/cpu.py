@@ -117,6 +117,12 @@ PROJECTION_ROWS = 1024
 """Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
 run near its peak, small enough that the workspace does not grow with the sequence length."""
 
+SMALL_PRODUCT_ROWS = 32
+"""Below this many rows, the input projection and LSTMP's projection run in the dot-product
+tile (``dot_tile_product``) on the weights as they are; from it on, in BLAS, which packs the
+weights on every call. At 16 rows the tile is 1.3–3× faster than BLAS on two threads, level at 32
+(measured on a Zen 3, docs/performance.md)."""
+
 PARALLEL_MIN_MULTIPLY_ADDS = 1_000_000
 """Run the directions of a layer on threads of their own from this much work on (the products'
 multiply-adds of all directions, B·T·4H·(I + H)·D); below, one after another on the calling
@@ -144,15 +150,15 @@ PARTITION_ALWAYS_ABOVE_HIDDEN = 512
 the threads at any size: two rows on two threads, each a GEMV, beat one thread's tile."""
 
 
-RECURRENT_BLAS, RECURRENT_ROWS, RECURRENT_PANELS = 0, 1, 2
+RECURRENT_BLAS, RECURRENT_DOT_TILE, RECURRENT_PANELS = 0, 1, 2
 """How ``lstm_rows_forward`` computes the recurrent product: BLAS (``np.dot``), the dot-product
-tile on W_hh as it is (``recurrent_rows``), or the register tile on packed W_hh
+tile on W_hh as it is (``dot_tile_product``), or the register tile on packed W_hh
 (``recurrent_panels``)."""
 
 PANEL_MIN_ROW_STEPS = 128
 """``recurrent_panels`` from this many rows a thread × steps on: W_hh is packed for it once a
 forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512), which the
-tile's faster steps repay after ≈ 50–100 row-steps; below, ``recurrent_rows``, which needs no
+tile's faster steps repay after ≈ 50–100 row-steps; below, ``dot_tile_product``, which needs no
 packing (measured on a Zen 3, docs/performance.md)."""
 
 
@@ -183,7 +189,7 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     if rows < 2:
         return RECURRENT_BLAS, partitions, parallel
     packing_pays = rows * steps >= PANEL_MIN_ROW_STEPS and not numba_config.DISABLE_JIT
-    return (RECURRENT_PANELS if packing_pays else RECURRENT_ROWS), partitions, parallel
+    return (RECURRENT_PANELS if packing_pays else RECURRENT_DOT_TILE), partitions, parallel
 
 
 def length_order(lengths, partitions):
@@ -272,60 +278,62 @@ def _tile_rows(h, panels, out, b0, rows, p):
 
 
 @njit(**REDUCTION_KERNEL_OPTIONS)
-def recurrent_rows(h, w_hh, out):
-    """``out = h · w_hhᵀ``: h (B, H), w_hh (4H, H), out (B, 4H).
+def dot_tile_product(a, weights, out):
+    """``out = a · weightsᵀ``: a (M, K), weights (N, K), out (M, N), for a few rows of a.
 
-    The product for sequences too short to pay for packing W_hh (``recurrent_panels``), where BLAS
-    would spend its time repacking W_hh on every call: each tile is 4 batch rows × 3 weight rows,
-    twelve dot products that vectorize over H (``reassoc``) and keep twelve vector registers
-    accumulating, so one weight load feeds four multiply-adds. Each dot product ends in a
-    horizontal sum, which is what the panels' outer-product tile avoids. The 4H mod 3 weight rows
-    left get 4 × 1 tiles.
+    For products with too few rows to pay for packing the weights, where BLAS would spend its
+    time packing them on every call: the recurrent product of sequences too short for
+    ``recurrent_panels``, and the input and LSTMP projections of fewer than
+    ``SMALL_PRODUCT_ROWS`` rows (one-step ``Stream`` calls). Each tile is 4 rows of a × 3 rows of
+    weights, twelve dot products that vectorize over K (``reassoc``) and keep twelve vector
+    registers accumulating, so one weight load feeds four multiply-adds. Each dot product ends in
+    a horizontal sum, which is what the panels' outer-product tile avoids. The N mod 3 weight
+    rows left get 4 × 1 tiles.
     """
-    batch, hidden = h.shape
-    gate_rows = w_hh.shape[0]
-    tiled_rows = gate_rows - gate_rows % 3
-    zero = h.dtype.type(0)
-    for b0 in range(0, batch, 4):
-        rows = min(4, batch - b0)
+    count, inner = a.shape
+    columns = weights.shape[0]
+    tiled = columns - columns % 3
+    zero = a.dtype.type(0)
+    for b0 in range(0, count, 4):
+        rows = min(4, count - b0)
         # a partial tile repeats row b0; its extra sums are computed and dropped
-        h0 = h[b0]
-        h1 = h[b0 + 1] if rows > 1 else h0
-        h2 = h[b0 + 2] if rows > 2 else h0
-        h3 = h[b0 + 3] if rows > 3 else h0
-        for n in range(0, tiled_rows, 3):
-            w0, w1, w2 = w_hh[n], w_hh[n + 1], w_hh[n + 2]
+        row0 = a[b0]
+        row1 = a[b0 + 1] if rows > 1 else row0
+        row2 = a[b0 + 2] if rows > 2 else row0
+        row3 = a[b0 + 3] if rows > 3 else row0
+        for n in range(0, tiled, 3):
+            w0, w1, w2 = weights[n], weights[n + 1], weights[n + 2]
             a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = zero
-            for k in range(hidden):
+            for k in range(inner):
                 v0, v1, v2 = w0[k], w1[k], w2[k]
-                x = h0[k]
+                x = row0[k]
                 a00 += x * v0
                 a01 += x * v1
                 a02 += x * v2
-                x = h1[k]
+                x = row1[k]
                 a10 += x * v0
                 a11 += x * v1
                 a12 += x * v2
-                x = h2[k]
+                x = row2[k]
                 a20 += x * v0
                 a21 += x * v1
                 a22 += x * v2
-                x = h3[k]
+                x = row3[k]
                 a30 += x * v0
                 a31 += x * v1
                 a32 += x * v2
             _store_sums(out, b0, rows, n, a00, a10, a20, a30)
             _store_sums(out, b0, rows, n + 1, a01, a11, a21, a31)
             _store_sums(out, b0, rows, n + 2, a02, a12, a22, a32)
-        for n in range(tiled_rows, gate_rows):
-            w0 = w_hh[n]
+        for n in range(tiled, columns):
+            w0 = weights[n]
             a0 = a1 = a2 = a3 = zero
-            for k in range(hidden):
+            for k in range(inner):
                 v0 = w0[k]
-                a0 += h0[k] * v0
-                a1 += h1[k] * v0
-                a2 += h2[k] * v0
-                a3 += h3[k] * v0
+                a0 += row0[k] * v0
+                a1 += row1[k] * v0
+                a2 += row2[k] * v0
+                a3 += row3[k] * v0
             _store_sums(out, b0, rows, n, a0, a1, a2, a3)
 
 
@@ -479,7 +487,6 @@ def lstm_rows_forward(
     sink = np.empty(hidden if projecting else 0, dtype=h.dtype)
     w_ih_t = w_ih.T
     w_hh_t = w_hh.T
-    w_hr_t = w_hr.T
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
         for s in range(n):
@@ -494,11 +501,12 @@ def lstm_rows_forward(
                 else:
                     times[s, b] = -1
                     x_chunk[s, b] = 0
-        np.dot(
-            x_chunk[:n].reshape(n * batch, inputs),
-            w_ih_t,
-            projected[:n].reshape(n * batch, gate_rows),
-        )
+        x_rows = x_chunk[:n].reshape(n * batch, inputs)
+        projected_rows = projected[:n].reshape(n * batch, gate_rows)
+        if n * batch < SMALL_PRODUCT_ROWS:
+            dot_tile_product(x_rows, w_ih, projected_rows)
+        else:
+            np.dot(x_rows, w_ih_t, projected_rows)
         for s in range(n):
             # Rows past the last one still running sit out the step (rows ordered by descending
             # length, as the model orders them, leave a shrinking prefix).
@@ -509,8 +517,8 @@ def lstm_rows_forward(
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
             if panels is not None:
                 recurrent_panels(h_act, panels[direction], rec)
-            elif product == RECURRENT_ROWS:
-                recurrent_rows(h_act, w_hh, rec)
+            elif product == RECURRENT_DOT_TILE:
+                dot_tile_product(h_act, w_hh, rec)
             else:
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act
@@ -520,23 +528,26 @@ def lstm_rows_forward(
             )  # fmt: skip
             if projecting:
                 project_hidden(
-                    h_new, w_hr_t, h_projected[:active], h_act, time_act, y, column, batch_first,
+                    h_new, w_hr, h_projected[:active], h_act, time_act, y, column, batch_first,
                     row_start,
                 )  # fmt: skip
 
 
 @njit(**KERNEL_OPTIONS)
 def project_hidden(
-    h_unprojected, w_hr_t, projected, h, times, y, column, batch_first, row_offset
+    h_unprojected, w_hr, projected, h, times, y, column, batch_first, row_offset
 ):  # fmt: skip
     """LSTMP's projection h = h_unprojected · W_hrᵀ for the rows that computed this step.
 
-    h_unprojected: (B', H); w_hr_t: (H, P); projected: (B', P) workspace; h: (B', P), rows with
+    h_unprojected: (B', H); w_hr: (P, H); projected: (B', P) workspace; h: (B', P), rows with
     ``times[b] >= 0`` overwritten; y: (B, T, ·) or (T, B, ·), those rows' step ``times[b]``
     written in columns [column, column + P).
     """
-    np.dot(h_unprojected, w_hr_t, projected)
-    size = w_hr_t.shape[1]
+    if h_unprojected.shape[0] < SMALL_PRODUCT_ROWS:
+        dot_tile_product(h_unprojected, w_hr, projected)
+    else:
+        np.dot(h_unprojected, w_hr.T, projected)
+    size = w_hr.shape[0]
     for b in range(h.shape[0]):
         t = times[b]
         if t >= 0:

@@ -243,7 +243,9 @@ def test_workspace_does_not_grow_with_sequence_length():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("product", [cpu.RECURRENT_BLAS, cpu.RECURRENT_ROWS, cpu.RECURRENT_PANELS])
+@pytest.mark.parametrize(
+    "product", [cpu.RECURRENT_BLAS, cpu.RECURRENT_DOT_TILE, cpu.RECURRENT_PANELS]
+)
 @pytest.mark.parametrize("partitions", [1, 2, 3])
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize(
@@ -287,15 +289,17 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
     assert_close(c, c_ref)
 
 
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
-@pytest.mark.parametrize("hidden", [4, 5, 6])  # 4H mod 3 = 1, 2, 0: every leftover of the tiles
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("columns", [16, 20, 24, 5])  # N mod 3 = 1, 2, 0: every leftover tile
+@pytest.mark.parametrize("inner", [7, 33])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_recurrent_rows_is_the_product(rng, batch, hidden, dtype):
-    h = rng.standard_normal((batch, hidden)).astype(dtype)
-    w_hh = rng.standard_normal((4 * hidden, hidden)).astype(dtype)
-    out = np.full((batch, 4 * hidden), np.nan, dtype)
-    cpu.recurrent_rows(h, w_hh, out)
-    assert_close(out, h.astype(np.float64) @ w_hh.T.astype(np.float64))
+def test_dot_tile_product_is_the_product(rng, rows, columns, inner, dtype):
+    """a · weightsᵀ for any (M, K) × (N, K): W_hh (4H, H), W_ih (4H, I), W_hr (P, H)."""
+    a = rng.standard_normal((rows, inner)).astype(dtype)
+    weights = rng.standard_normal((columns, inner)).astype(dtype)
+    out = np.full((rows, columns), np.nan, dtype)
+    cpu.dot_tile_product(a, weights, out)
+    assert_close(out, a.astype(np.float64) @ weights.T.astype(np.float64))
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 11, 13])  # every tile height, 6 + rest
@@ -330,7 +334,7 @@ def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
 def test_plan_uses_threads_and_tiles_where_they_pay():
     from numba import get_num_threads
 
-    blas, rows, panels = cpu.RECURRENT_BLAS, cpu.RECURRENT_ROWS, cpu.RECURRENT_PANELS
+    blas, rows, panels = cpu.RECURRENT_BLAS, cpu.RECURRENT_DOT_TILE, cpu.RECURRENT_PANELS
     threads = get_num_threads()
     parallel = threads > 1
     steps = 1000
@@ -584,7 +588,7 @@ from lstm_numba import cpu, reference
 
 model = lstm_numba.LSTM(4, 8, bidirectional=True, seed=0)
 x = np.random.default_rng(0).standard_normal((4, 70, 4)).astype(np.float32)
-assert cpu.plan_forward(4, 4, 8, 70)[0] == cpu.RECURRENT_ROWS  # with the JIT: the register tile
+assert cpu.plan_forward(4, 4, 8, 70)[0] == cpu.RECURRENT_DOT_TILE  # with the JIT: the register tile
 expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
 np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
 """
