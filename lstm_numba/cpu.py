@@ -202,6 +202,8 @@ def length_order(lengths, partitions):
     """
     batch = lengths.size
     ranked = np.argsort(-lengths, kind="stable")
+    if partitions == 1:
+        return ranked
     starts = np.arange(partitions + 1) * batch // partitions
     sizes = np.diff(starts)
     rank = np.arange(batch)
@@ -210,7 +212,9 @@ def length_order(lengths, partitions):
     position = np.empty(batch, np.int64)
     position[fits] = starts[part[fits]] + within[fits]
     # With B not a multiple of the slices, the shortest rows fill the slots left at slice ends.
-    position[~fits] = np.setdiff1d(rank, position[fits])
+    free = np.ones(batch, bool)
+    free[position[fits]] = False
+    position[~fits] = np.flatnonzero(free)
     order = np.empty(batch, np.int64)
     order[position] = ranked
     return order
