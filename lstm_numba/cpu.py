@@ -118,10 +118,11 @@ PROJECTION_ROWS = 1024
 run near its peak, small enough that the workspace does not grow with the sequence length."""
 
 SMALL_PRODUCT_ROWS = 32
-"""Below this many rows, the input projection and LSTMP's projection run in the dot-product
-tile (``dot_tile_product``) on the weights as they are; from it on, in BLAS, which packs the
-weights on every call. At 16 rows the tile is 1.3–3× faster than BLAS on two threads, level at 32
-(measured on a Zen 3, docs/performance.md)."""
+"""Below this many rows (but more than one, a GEMV), the input projection and LSTMP's projection
+run in the dot-product tile (``dot_tile_product``) on the weights as they are; from it on, in
+BLAS, which packs the weights on every call. At 2–16 rows the tile is 1.3–4× faster than BLAS on
+two threads, level at 32; for one row BLAS's GEMV is 1.2–2.8× faster than the tile (measured on
+a Zen 3, docs/performance.md)."""
 
 PARALLEL_MIN_MULTIPLY_ADDS = 1_000_000
 """Run the directions of a layer on threads of their own from this much work on (the products'
@@ -342,6 +343,18 @@ def dot_tile_product(a, weights, out):
 
 
 @njit(**EQUATION_OPTIONS)
+def weights_product(a, weights, out):
+    """``out = a · weightsᵀ`` (a (M, K), weights (N, K), out (M, N)) the faster way for M rows:
+    BLAS for one row (a GEMV, which packs nothing) and from ``SMALL_PRODUCT_ROWS`` rows on; the
+    dot tile (``dot_tile_product``) between, where BLAS's GEMM would spend its time packing the
+    weights."""
+    if 1 < a.shape[0] < SMALL_PRODUCT_ROWS:
+        dot_tile_product(a, weights, out)
+    else:
+        np.dot(a, weights.T, out)
+
+
+@njit(**EQUATION_OPTIONS)
 def _store_sums(out, b0, rows, n, s0, s1, s2, s3):
     """Column n of a tile's rows: ``out[b0 + r, n] = s_r`` for the ``rows`` real rows of it."""
     out[b0, n] = s0
@@ -489,7 +502,6 @@ def lstm_rows_forward(
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
     h_projected = np.empty((batch, h.shape[1] if projecting else 0), dtype=h.dtype)
     sink = np.empty(hidden if projecting else 0, dtype=h.dtype)
-    w_ih_t = w_ih.T
     w_hh_t = w_hh.T
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
@@ -507,10 +519,7 @@ def lstm_rows_forward(
                     x_chunk[s, b] = 0
         x_rows = x_chunk[:n].reshape(n * batch, inputs)
         projected_rows = projected[:n].reshape(n * batch, gate_rows)
-        if n * batch < SMALL_PRODUCT_ROWS:
-            dot_tile_product(x_rows, w_ih, projected_rows)
-        else:
-            np.dot(x_rows, w_ih_t, projected_rows)
+        weights_product(x_rows, w_ih, projected_rows)
         for s in range(n):
             # Rows past the last one still running sit out the step (rows ordered by descending
             # length, as the model orders them, leave a shrinking prefix).
@@ -547,10 +556,7 @@ def project_hidden(
     ``times[b] >= 0`` overwritten; y: (B, T, ·) or (T, B, ·), those rows' step ``times[b]``
     written in columns [column, column + P).
     """
-    if h_unprojected.shape[0] < SMALL_PRODUCT_ROWS:
-        dot_tile_product(h_unprojected, w_hr, projected)
-    else:
-        np.dot(h_unprojected, w_hr.T, projected)
+    weights_product(h_unprojected, w_hr, projected)
     size = w_hr.shape[0]
     for b in range(h.shape[0]):
         t = times[b]
