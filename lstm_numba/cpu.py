@@ -177,7 +177,7 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     work = batch * steps * 4 * hidden * (inputs + hidden)
     threads = 1 if _FORKED_FROM_GNU_OPENMP else get_num_threads()
     parallel = threads > 1 and work * directions >= PARALLEL_MIN_MULTIPLY_ADDS
-    partitions = min(max(1, threads // directions), batch)
+    partitions = max(1, min(threads // directions, batch))
     rows = -(-batch // partitions)
     split = (
         parallel

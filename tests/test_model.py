@@ -342,6 +342,7 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     def plan(batch, hidden, steps, directions=1):
         return cpu.plan_forward(batch, hidden, hidden, steps, directions)
 
+    assert plan(0, 1024, steps)[1] == 1  # no rows: nothing to split
     assert plan(1, 128, steps) == (blas, 1, parallel)  # one row: BLAS's GEMV
     assert plan(2, 128, steps) == (panels, 1, parallel)  # a few rows share one thread's tile
     assert plan(32, 256, steps) == (panels, min(threads, 32), parallel)
