@@ -62,14 +62,15 @@ def __getattr__(name):
 
 @functools.cache
 def _blas_threads():
-    """Sets the thread count of the BLAS libraries around the parallel driver. Created on first
-    use, after loading the BLAS that Numba's ``np.dot`` calls (SciPy's, through
-    ``scipy.linalg.cython_blas``): a controller only sees the libraries loaded when it is created,
-    and one created at import (before anything had loaded SciPy's BLAS) left that BLAS on all its
-    threads inside each of the driver's threads, which made the parallel forward ≈ 2× slower."""
+    """Sets the thread count of the BLAS libraries around the parallel driver (those only: the
+    limit reads the state of every library it holds, ≈ 5 µs each). Created on first use, after
+    loading the BLAS that Numba's ``np.dot`` calls (SciPy's, through ``scipy.linalg.cython_blas``):
+    a controller only sees the libraries loaded when it is created, and one created at import
+    (before anything had loaded SciPy's BLAS) left that BLAS on all its threads inside each of
+    the driver's threads, which made the parallel forward ≈ 2× slower."""
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
 
-    return ThreadpoolController()
+    return ThreadpoolController().select(user_api="blas")
 
 
 _PARALLEL_FORWARD = threading.Lock()
@@ -625,5 +626,5 @@ def lstm_layer_forward(
     if not parallel:
         serial_partitioned_forward(*arguments)
         return
-    with _PARALLEL_FORWARD, _blas_threads().limit(limits=1, user_api="blas"):
+    with _PARALLEL_FORWARD, _blas_threads().limit(limits=1):
         lstm_partitioned_forward(*arguments)
