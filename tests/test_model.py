@@ -358,9 +358,10 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     expected = (panels, max(1, min(threads // 2, 32)), parallel)
     assert plan(32, 256, steps, directions=2) == expected
     # too little work to pay for starting threads: all of it, or a direction, on one thread
-    split_steps = -(-cpu.PARTITION_MIN_MULTIPLY_ADDS // (64 * 4 * 32 * (32 + 32)))
-    assert plan(64, 32, split_steps - 1) == (panels, 1, parallel)
-    assert plan(64, 32, split_steps) == (panels, threads, parallel)
+    batch = 16 * threads  # 16 rows a thread when split
+    split_steps = -(-cpu.PARTITION_MIN_MULTIPLY_ADDS // (batch * 4 * 32 * (32 + 32)))
+    assert plan(batch, 32, split_steps - 1)[1] == 1
+    assert plan(batch, 32, split_steps)[1] == threads
     # a few rows a thread: each thread's projection would pack all of W_ih for them
     row_steps = cpu.PARTITION_MIN_ROW_STEPS
     assert plan(row_steps * threads, 512, 1)[1:] == (threads, parallel)
