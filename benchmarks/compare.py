@@ -8,7 +8,8 @@
 Every library runs the same float32 LSTM (same weights, zero initial states; one layer unless
 ``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
 [T/2, T] under ``--lengths`` (torch: a packed sequence; ONNX Runtime: ``sequence_lens``); each time
-is the best of ``--repeats`` calls after one warm-up call. Ratios are
+is the best of ``--repeats`` calls after one warm-up call (with ``--rounds N``, the libraries
+take N turns and each keeps its best). Ratios are
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, measured at the start. Torch and ONNX
 Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
@@ -220,6 +221,13 @@ def main(argv=None):
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every library this many times in turn, keeping each one's best (the "
+        "machine's speed drifts: turns spread that over all of them)",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
     parser.add_argument("--num-layers", type=int, default=1)
     parser.add_argument("--bidirectional", action="store_true")
@@ -264,11 +272,13 @@ def main(argv=None):
         lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None
         row = {"shape": (batch, steps, inputs, hidden)}
         calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths)
-        for name, (version, call) in calls.items():
-            if args.no_reference and name.startswith("numpy"):
-                continue
-            versions[name] = version
-            row[name] = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
+        for _ in range(args.rounds):
+            for name, (version, call) in calls.items():
+                if args.no_reference and name.startswith("numpy"):
+                    continue
+                versions[name] = version
+                seconds = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
+                row[name] = min(row.get(name, np.inf), seconds)
         flops = forward_flops(*row["shape"], args.num_layers, directions, args.proj_size)
         if lengths is not None:
             flops *= lengths.mean() / steps

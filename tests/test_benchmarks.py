@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +51,16 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
         "FirstCall.track_cold_cache",
     ):
         assert any(name in line for line in lines), f"{name} did not run:\n{output}"
+
+
+def test_compare_script_runs_in_rounds(capsys):
+    """``benchmarks/compare.py``: every library in turn, ``--rounds`` times, one table row."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    compare.main(["--shapes", "2,3,4,5", "--repeats", "1", "--rounds", "2", "--no-reference"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("| (2, 3, 4, 5) |"), lines
+    assert lines[-3].startswith("| (B, T, I, H) | lstm_numba ms |"), lines
