@@ -8,6 +8,7 @@ Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and
 import functools
 import os
 import threading
+import warnings
 
 import numpy as np
 from numba import config as numba_config
@@ -70,7 +71,16 @@ def _blas_threads():
     the driver's threads, which made the parallel forward ≈ 2× slower."""
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
 
-    return ThreadpoolController().select(user_api="blas")
+    controller = ThreadpoolController().select(user_api="blas")
+    if not controller.lib_controllers:
+        warnings.warn(
+            "lstm_numba: threadpoolctl finds no BLAS library in this process, so forwards on "
+            "several threads cannot hold BLAS to one thread in each, and may run slower than "
+            "on one (NUMBA_NUM_THREADS=1 avoids that)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return controller
 
 
 _PARALLEL_FORWARD = threading.Lock()

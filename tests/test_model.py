@@ -557,6 +557,25 @@ def test_blas_runs_one_thread_inside_each_thread_of_the_parallel_driver():
     assert set(threads["inside"].values()) == {1}, threads
 
 
+def test_a_blas_that_threadpoolctl_does_not_know_is_reported(monkeypatch):
+    """Without a BLAS controller the driver's threads would each run BLAS on all its threads:
+    say so once, with the remedy."""
+
+    class NoLibraries:
+        lib_controllers = []
+
+        def select(self, **_):
+            return self
+
+    monkeypatch.setattr(cpu, "ThreadpoolController", NoLibraries)
+    cpu._blas_threads.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="finds no BLAS library"):
+            cpu._blas_threads()
+    finally:
+        cpu._blas_threads.cache_clear()
+
+
 WITHOUT_DISK_CACHE = """
 import numpy as np
 from numba.core import caching
