@@ -274,6 +274,15 @@ def _max_cooperative_blocks(args, threads, shared_bytes):
     return kernel.max_cooperative_grid_blocks(threads, shared_bytes)
 
 
+def device_view(array, index):
+    """``array[index]`` of a device array, also when it holds no elements (no projection: W_hr
+    (D, 0, 0); no traces: (D·L, 0, 0, 0, 0)): Numba cannot index those (their data pointer is
+    NULL), so a new empty array of the view's shape stands in."""
+    if array.size:
+        return array[index]
+    return cuda.device_array(np.empty(array.shape, array.dtype)[index].shape, array.dtype)
+
+
 def lstm_layer_forward(
     x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, batch_first, traces
 ):
@@ -299,9 +308,9 @@ def lstm_layer_forward(
     h_unprojected = cuda.device_array((batch, hidden), dtype=x.dtype)
     for d in range(directions):
         args = (
-            projected, w_hh[d], w_hr[d], onnx, kinds[d], parameters[d], peepholes[d], bound,
-            input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d, d == 1 or backward,
-            batch_first, traces[d],
+            projected, w_hh[d], device_view(w_hr, d), onnx, kinds[d], parameters[d],
+            peepholes[d], bound, input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d,
+            d == 1 or backward, batch_first, device_view(traces, d),
         )  # fmt: skip
         threads = min(SEQUENCE_THREADS, max(32, hidden * batch))
         max_blocks = 1
@@ -367,7 +376,7 @@ def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first, trace
             steps,
             backward,
             batch_first,
-            traces[states],
+            device_view(traces, states),
         )
         for d in range(directions):
             h_n[states.start + d].copy_to_device(h[d, steps % 2])

@@ -251,6 +251,32 @@ def test_device_arrays_in_device_arrays_out(gpu, rng):
         assert_close(host, model(x)[0])
 
 
+@pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU: several blocks, the grid barrier")
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((1, 40, 64, 1024), {}),  # on an H200: 264 blocks, W_hh read from global memory
+        ((16, 30, 100, 257), {"bidirectional": True}),  # W_hh slices in shared memory
+        ((64, 20, 32, 512), {"num_layers": 2, "proj_size": 96}),
+        ((5, 12, 48, 2000), {"dtype": np.float64}),
+    ],
+)
+def test_realistic_shapes_match_cpu(gpu, rng, monkeypatch, shape, options):
+    """Shapes that spread the hidden units over many blocks, synchronised by the grid barrier
+    (the simulator runs one block)."""
+    plans = []
+    plan_sequence = gpu.plan_sequence
+    monkeypatch.setattr(
+        gpu, "plan_sequence", lambda *a: plans.append(plan_sequence(*a)) or plans[-1]
+    )
+    batch, steps, inputs, hidden = shape
+    model = ln.LSTM(inputs, hidden, **options, seed=11)
+    x = rng.standard_normal((batch, steps, inputs)).astype(model.dtype)
+    lengths = rng.integers(1, steps + 1, batch)
+    assert_same_as_cpu(model, x, lengths=lengths)
+    assert plans and all(blocks > 1 for blocks, _, _ in plans), plans
+
+
 def cuda_kernel_arguments(dtype, proj_size=0):
     """Arguments of a ``gpu.lstm_sequence`` launch as NumPy arrays and scalars, for typing."""
     model = ln.LSTM(3, 4, bidirectional=True, proj_size=proj_size, dtype=dtype)
