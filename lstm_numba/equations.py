@@ -1,7 +1,7 @@
 """The seed's equations on scalars: the single source of truth for every compile target.
 
-Each function is an ``@njit`` function inlined into the kernels that call it: by LLVM on the
-CPU, in Numba's IR when a ``@cuda.jit`` kernel calls it (``_config.inline_on_gpu_only``). CPU and
+Each function is an ``@njit`` function that LLVM inlines into the kernels that call it
+(``forceinline``); a ``@cuda.jit`` kernel calls it as a device function, which NVVM inlines. CPU and
 CUDA kernels call the same functions, so the math below is written once. Keep it to plain
 arithmetic and comparisons that every target compiles.
 

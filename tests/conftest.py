@@ -53,3 +53,18 @@ def threads_at_any_size(monkeypatch):
     monkeypatch.setattr(cpu, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "PARTITION_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "PARTITION_MIN_ROW_STEPS", 0)
+
+
+@pytest.fixture
+def ptx_without_a_gpu(monkeypatch):
+    """numba-cuda asks the driver for the GPU's compute capability when it compiles a device
+    function, even for PTX alone: without a usable GPU, a stand-in answers 9.0."""
+    import types
+
+    from lstm_numba import dispatch
+
+    if not dispatch.cuda_status()[0]:
+        from numba.cuda import dispatcher
+
+        sm_90 = types.SimpleNamespace(compute_capability=(9, 0))
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: sm_90)

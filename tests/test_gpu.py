@@ -296,21 +296,14 @@ def cuda_kernel_arguments(dtype, proj_size=0):
 @pytest.mark.skipif(not NUMBA_CUDA, reason="numba-cuda is not installed (pip install -e '.[test]')")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("proj_size", [0, 2])
-def test_kernels_compile_to_ptx(monkeypatch, dtype, proj_size):
+def test_kernels_compile_to_ptx(ptx_without_a_gpu, dtype, proj_size):
     """A real type check of both kernels without a GPU: PTX for sm_90 (the grid barrier is only
-    linked at launch). Device functions ask the driver for the GPU's compute capability; without
-    one, a stand-in answers 9.0."""
-    import types
-
+    linked at launch)."""
     import numba
     from numba import cuda
-    from numba.cuda import dispatcher
 
     from lstm_numba import gpu
 
-    if not REAL_GPU:
-        sm_90 = types.SimpleNamespace(compute_capability=(9, 0))
-        monkeypatch.setattr(dispatcher, "get_current_device", lambda: sm_90)
     real = numba.from_dtype(np.dtype(dtype))
     matrix = real[:, ::1]
     kernels = {
