@@ -16,7 +16,8 @@ Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
 
 With ``--device cuda`` the weights and x live on the GPU before timing (``model.to("cuda")``,
 ``cuda.to_device``; torch: ``.cuda()``), every call ends with a device synchronisation, the peer
-is torch on CUDA (cuDNN), and "of sgemm" is relative to torch's float32 matmul (cuBLAS, TF32 off)
+is torch on CUDA (cuDNN) in float32 and, as "torch TF32", with torch's default TF32 tensor-core
+math, and "of sgemm" is relative to torch's float32 matmul (cuBLAS, TF32 off)
 on 4096³ when torch can use the GPU.
 
 The asv suite (``benchmarks/bench_*.py``) imports its timing helpers from here.
@@ -188,8 +189,21 @@ def gpu_library_calls(model, x, lengths=None):
         return calls
     if torch.cuda.is_available():
         version = f"{torch.__version__} cuDNN {torch.backends.cudnn.version()}"
-        calls["torch"] = (version, torch_call(torch, model, x, lengths, "cuda"))
+        for name, tf32 in (("torch", False), ("torch TF32", True)):
+            call = torch_call(torch, model, x, lengths, "cuda")
+            calls[name] = (version, _with_cudnn_tf32(torch, call, tf32))
     return calls
+
+
+def _with_cudnn_tf32(torch, call, allowed):
+    """``call`` with cuDNN's TF32 tensor-core math on or off (torch's default: on, which rounds
+    the float32 products' inputs to 10-bit mantissas; off, cuDNN computes in float32 as we do)."""
+
+    def run():
+        torch.backends.cudnn.allow_tf32 = allowed
+        return call()
+
+    return run
 
 
 def gpu_sgemm_gflops(size=4096):

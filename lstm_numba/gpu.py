@@ -5,10 +5,12 @@ A layer runs as two kernels, whatever T is:
 1. ``input_projection``: x·W_ihᵀ + b for every time step and both directions in one register-tiled
    shared-memory GEMM, (N, I) · (D·4H, I)ᵀ → (N, D·4H) with N = B·T rows in x's own order.
 2. ``lstm_sequence``: one launch per direction runs the whole sequence (the "persistent RNN"
-   design). Each block owns a slice of hidden units and computes all four gates of them for every
-   batch row, so the cell update is fused and the pre-activations never go to global memory; its
-   slice of W_hh is loaded into shared memory once when it fits (``weights_in_shared``), read
-   from global memory (L2) otherwise. A grid-wide barrier (cooperative launch) separates the steps.
+   design). Each block owns a slice of hidden units (and, when blocks are left over, a slice of
+   the batch rows) and computes all four gates of them, so the cell update is fused and the
+   pre-activations never go to global memory; its slice of W_hh is loaded into shared memory once
+   when it fits (``weights_in_shared``), read from global memory (L2) otherwise. Groups of
+   threads (``lanes``) share each (unit, row)'s dot products, so that even batch 1 keeps the
+   threads busy. A grid-wide barrier (cooperative launch) separates the steps.
 
 The gate math is ``lstm_numba.equations``, the same functions the CPU kernels inline, compiled by
 Numba as CUDA device functions.
@@ -38,6 +40,11 @@ GEMM_DEPTH = 16
 
 SEQUENCE_THREADS = 256
 """Threads per ``lstm_sequence`` block."""
+SEQUENCE_LANES = 32
+"""Most threads that share one (unit, row)'s four dot products, each summing every lanes-th term
+(a warp: its loads of h and W_hh are coalesced)."""
+SEQUENCE_MIN_LANES = 8
+"""Fewest: 8 float32 values of h are one 32-byte memory sector."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
 
@@ -96,80 +103,99 @@ def input_projection(a, w, bias, out):
 
 
 @cuda.jit(device=True)
-def gate_preactivation(
-    projected, row, column, w_hh, shared, weights_in_shared, shared_row, gate_row, h_prev, b
-):
-    """projected[row, column] + W_hh[gate_row] · h_prev[b], the row of W_hh read from ``shared``
-    (at ``shared_row``) when it was staged there."""
-    acc = projected[row, column]
-    if weights_in_shared:
-        base = shared_row * h_prev.shape[1]
-        for k in range(h_prev.shape[1]):
-            acc += shared[base + k] * h_prev[b, k]
-    else:
-        for k in range(h_prev.shape[1]):
-            acc += w_hh[gate_row, k] * h_prev[b, k]
-    return acc
-
-
-@cuda.jit(device=True)
 def sequence_step(
     step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
     h, h_unprojected, c, y, lengths, direction, reverse, batch_first, shared, weights_in_shared,
-    trace,
+    unit_blocks, lanes, trace,
 ):  # fmt: skip
-    """The cell update of one time step for the hidden units this block owns, every batch row.
+    """The cell update of one time step for the hidden units and batch rows this block owns.
 
-    Writes C, and h (into h[1 − step % 2]) or, with a projection, o ⊙ h(C) into ``h_unprojected``
-    (``project_step`` finishes h). Rows whose sequence has ended carry their state over. trace:
-    (5, B, T, H) records f, i, C̃, o, C, or (0, 0, 0, 0) for none.
+    The block's threads form groups of ``lanes``. A group takes one (unit j, row b) pair at a
+    time, pairs row-fastest (the groups of a warp read the same weights); each of its threads sums
+    every lanes-th term of W_hh[gate·H + j] · h_prev[b] for the four gates, and the group's first
+    thread adds up the partial sums (shared[:4·threads]), applies the gates and writes C, and h
+    (into h[1 − step % 2]) or, with a projection, o ⊙ h(C) into ``h_unprojected``
+    (``project_step`` finishes h). Rows whose sequence has ended carry their state over.
+    trace: (5, B, T, H) records f, i, C̃, o, C, or (0, 0, 0, 0) for none.
     """
     batch, hidden = c.shape
     out = h.shape[2]
+    threads = cuda.blockDim.x
+    thread = cuda.threadIdx.x
     steps = projected.shape[0] // batch
-    units = (hidden + cuda.gridDim.x - 1) // cuda.gridDim.x
-    first = cuda.blockIdx.x * units
-    owned = min(units, hidden - first)
+    units = (hidden + unit_blocks - 1) // unit_blocks
+    first_unit = (cuda.blockIdx.x % unit_blocks) * units
+    owned = max(0, min(units, hidden - first_unit))
+    slices = cuda.gridDim.x // unit_blocks
+    rows = (batch + slices - 1) // slices
+    first_row = (cuda.blockIdx.x // unit_blocks) * rows
+    owned_rows = max(0, min(rows, batch - first_row))
+    group, lane = thread // lanes, thread % lanes
+    groups = threads // lanes
+    weights = 4 * threads  # this block's W_hh rows start there in ``shared``
     projecting = w_hr.shape[0] > 0
     h_prev, h_next = h[step % 2], h[1 - step % 2]
-    for pair in range(cuda.threadIdx.x, max(owned, 0) * batch, cuda.blockDim.x):
-        local, b = pair % owned, pair // owned
-        j = first + local
+    zero = type(c[0, 0])(0)
+    pairs = owned * owned_rows
+    for start in range(0, pairs, groups):  # the same rounds in every thread: they synchronise
+        pair = start + group
+        local, b = pair // owned_rows, first_row + pair % owned_rows
+        j = first_unit + local
         length = lengths[b]
-        if step >= length:
-            if not projecting:
-                h_next[b, j] = h_prev[b, j]
-            continue
-        t = length - 1 - step if reverse else step
-        row = b * steps + t if batch_first else t * batch + b
-        base = direction * 4 * hidden + j
-        z_i = gate_preactivation(projected, row, base, w_hh, shared, weights_in_shared,
-                                 local, j, h_prev, b)  # fmt: skip
-        z_f = gate_preactivation(projected, row, base + hidden, w_hh, shared, weights_in_shared,
-                                 owned + local, hidden + j, h_prev, b)  # fmt: skip
-        z_g = gate_preactivation(projected, row, base + 2 * hidden, w_hh, shared,
-                                 weights_in_shared, 2 * owned + local, 2 * hidden + j, h_prev,
-                                 b)  # fmt: skip
-        z_o = gate_preactivation(projected, row, base + 3 * hidden, w_hh, shared,
-                                 weights_in_shared, 3 * owned + local, 3 * hidden + j, h_prev,
-                                 b)  # fmt: skip
-        if onnx:
-            f, i, g, o, c_value, h_value = lstm_gates_onnx(
-                z_i, z_f, z_g, z_o, c[b, j], peepholes[0, j], peepholes[1, j], peepholes[2, j],
-                bound, input_forget, kinds[0], parameters[0, 0], parameters[0, 1], kinds[1],
-                parameters[1, 0], parameters[1, 1], kinds[2], parameters[2, 0], parameters[2, 1],
-            )  # fmt: skip
-        else:
-            f, i, g, o, c_value, h_value = lstm_gates(z_i, z_f, z_g, z_o, c[b, j])
-        if trace.shape[0] > 0:
-            trace[0, b, t, j], trace[1, b, t, j], trace[2, b, t, j] = f, i, g
-            trace[3, b, t, j], trace[4, b, t, j] = o, c_value
-        c[b, j] = c_value
-        if projecting:
-            h_unprojected[b, j] = h_value
-        else:
-            h_next[b, j] = h_value
-            y[row, direction * out + j] = h_value
+        sum_i, sum_f, sum_g, sum_o = zero, zero, zero, zero
+        if pair < pairs and step < length:
+            for k in range(lane, out, lanes):
+                h_k = h_prev[b, k]
+                if weights_in_shared:
+                    row = weights + local * out + k
+                    sum_i += shared[row] * h_k
+                    sum_f += shared[row + owned * out] * h_k
+                    sum_g += shared[row + 2 * owned * out] * h_k
+                    sum_o += shared[row + 3 * owned * out] * h_k
+                else:
+                    sum_i += w_hh[j, k] * h_k
+                    sum_f += w_hh[hidden + j, k] * h_k
+                    sum_g += w_hh[2 * hidden + j, k] * h_k
+                    sum_o += w_hh[3 * hidden + j, k] * h_k
+        shared[thread] = sum_i
+        shared[threads + thread] = sum_f
+        shared[2 * threads + thread] = sum_g
+        shared[3 * threads + thread] = sum_o
+        cuda.syncthreads()
+        if lane == 0 and pair < pairs:
+            if step >= length:
+                if not projecting:
+                    h_next[b, j] = h_prev[b, j]
+            else:
+                t = length - 1 - step if reverse else step
+                row = b * steps + t if batch_first else t * batch + b
+                column = direction * 4 * hidden + j
+                z_i, z_f = projected[row, column], projected[row, column + hidden]
+                z_g, z_o = projected[row, column + 2 * hidden], projected[row, column + 3 * hidden]
+                for other in range(thread, thread + lanes):
+                    z_i += shared[other]
+                    z_f += shared[threads + other]
+                    z_g += shared[2 * threads + other]
+                    z_o += shared[3 * threads + other]
+                if onnx:
+                    f, i, g, o, c_value, h_value = lstm_gates_onnx(
+                        z_i, z_f, z_g, z_o, c[b, j], peepholes[0, j], peepholes[1, j],
+                        peepholes[2, j], bound, input_forget, kinds[0], parameters[0, 0],
+                        parameters[0, 1], kinds[1], parameters[1, 0], parameters[1, 1], kinds[2],
+                        parameters[2, 0], parameters[2, 1],
+                    )  # fmt: skip
+                else:
+                    f, i, g, o, c_value, h_value = lstm_gates(z_i, z_f, z_g, z_o, c[b, j])
+                if trace.shape[0] > 0:
+                    trace[0, b, t, j], trace[1, b, t, j], trace[2, b, t, j] = f, i, g
+                    trace[3, b, t, j], trace[4, b, t, j] = o, c_value
+                c[b, j] = c_value
+                if projecting:
+                    h_unprojected[b, j] = h_value
+                else:
+                    h_next[b, j] = h_value
+                    y[row, direction * out + j] = h_value
+        cuda.syncthreads()
 
 
 @cuda.jit(device=True)
@@ -198,7 +224,7 @@ def project_step(step, w_hr, h, h_unprojected, y, lengths, direction, reverse, b
 def lstm_sequence(
     projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
     h, h_unprojected, c, y, lengths, steps, direction, reverse, batch_first, trace,
-    weights_in_shared,
+    weights_in_shared, unit_blocks, lanes,
 ):  # fmt: skip
     """One direction of one layer over the whole sequence, in one cooperative launch.
 
@@ -207,28 +233,30 @@ def lstm_sequence(
     cell options as ``cpu.lstm_rows_forward``'s, for this direction. h (2, B, H_out): h0 in h[0],
     a double buffer; h_unprojected (B, H) scratch; c (B, H) in/out; y (N, D·H_out), this
     direction's columns written (zeros past each length); lengths (B,); ``steps`` = max length;
-    trace (5, B, T, H) or (0, 0, 0, 0), see ``sequence_step``.
-    The final h is h[steps % 2]. Dynamic shared memory: 4·⌈H/blocks⌉·H_out values when
-    ``weights_in_shared``.
+    trace (5, B, T, H) or (0, 0, 0, 0), see ``sequence_step``. Launch: ``unit_blocks`` × the
+    batch slices blocks, ``lanes`` threads a (unit, row) pair (``plan_sequence``).
+    The final h is h[steps % 2]. Dynamic shared memory: 4·threads values for the partial sums,
+    then 4·⌈H/unit_blocks⌉·H_out when ``weights_in_shared``.
     """
     grid = cuda.cg.this_grid()
     batch, hidden = c.shape
     out = h.shape[2]
     shared = cuda.shared.array(0, dtype=w_hh.dtype)
     if weights_in_shared:  # this block's rows of W_hh, gate-major: (4, owned, H_out)
-        units = (hidden + cuda.gridDim.x - 1) // cuda.gridDim.x
-        first = cuda.blockIdx.x * units
+        units = (hidden + unit_blocks - 1) // unit_blocks
+        first = (cuda.blockIdx.x % unit_blocks) * units
         owned = min(units, hidden - first)
+        weights = 4 * cuda.blockDim.x
         for index in range(cuda.threadIdx.x, 4 * max(owned, 0) * out, cuda.blockDim.x):
             shared_row, k = index // out, index % out
             gate, local = shared_row // owned, shared_row % owned
-            shared[index] = w_hh[gate * hidden + first + local, k]
+            shared[weights + index] = w_hh[gate * hidden + first + local, k]
         cuda.syncthreads()
     for step in range(steps):
         sequence_step(
             step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
             h, h_unprojected, c, y, lengths, direction, reverse, batch_first, shared,
-            weights_in_shared, trace,
+            weights_in_shared, unit_blocks, lanes, trace,
         )  # fmt: skip
         grid.sync()
         if w_hr.shape[0] > 0:
@@ -249,29 +277,43 @@ def lstm_sequence(
                 y[index, direction * out + k] = 0
 
 
-def plan_sequence(hidden, out, itemsize, max_blocks):
-    """``(blocks, weights_in_shared, shared_bytes)`` for ``lstm_sequence``.
+def plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks):
+    """``(unit_blocks, batch_slices, lanes, weights_in_shared, shared_bytes)`` for
+    ``lstm_sequence`` with ``threads`` a block; ``resident_blocks(shared_bytes)``: how many blocks
+    the device holds at once (the cooperative limit).
 
-    As many blocks as it takes for each block's slice of W_hh (4·units·H_out values) to fit in
-    ``SHARED_BYTES``, when the device can hold them all at once (``max_blocks``, the cooperative
-    limit); otherwise ``max_blocks`` blocks reading W_hh from global memory. The simulator runs
-    one block (its grid barrier is a block barrier).
+    The hidden units go to as many blocks as it takes for each block's slice of W_hh
+    (4·units·H_out values) to fit in ``SHARED_BYTES`` beside the partial sums (4·threads values),
+    when the device holds them all at once; otherwise to as many blocks as it holds with the
+    partial sums alone, which read W_hh from global memory (L2). Blocks still free split the
+    batch rows: each unit slice runs in ``batch_slices`` blocks. ``lanes``: threads a (unit, row)
+    pair, from SEQUENCE_LANES down to SEQUENCE_MIN_LANES while a block has more pairs than
+    threads. The simulator runs one block (its grid barrier is a block barrier).
     """
-    if config.ENABLE_CUDASIM:
-        shared = 4 * hidden * out * itemsize
-        return 1, shared <= SHARED_BYTES, shared if shared <= SHARED_BYTES else 0
-    units = max(1, SHARED_BYTES // (4 * out * itemsize))
-    blocks = math.ceil(hidden / units)
-    if blocks <= max_blocks:
-        units = math.ceil(hidden / blocks)
-        return blocks, True, 4 * units * out * itemsize
-    return min(max_blocks, hidden), False, 0
+    scratch = 4 * threads * itemsize
+    unit_bytes = 4 * out * itemsize
+    fit = (SHARED_BYTES - scratch) // unit_bytes  # units whose W_hh rows a block holds
+    max_blocks = 1 if config.ENABLE_CUDASIM else resident_blocks(SHARED_BYTES)
+    in_shared = fit > 0 and math.ceil(hidden / fit) <= max_blocks
+    if in_shared:
+        unit_blocks = math.ceil(hidden / fit)
+    else:
+        max_blocks = 1 if config.ENABLE_CUDASIM else resident_blocks(scratch)
+        unit_blocks = min(max_blocks, hidden)
+    units = math.ceil(hidden / unit_blocks)
+    rows = math.ceil(batch / max(1, min(batch, max_blocks // unit_blocks)))
+    lanes = SEQUENCE_LANES
+    while lanes > SEQUENCE_MIN_LANES and units * rows * lanes > threads:
+        lanes //= 2
+    shared_bytes = scratch + (units * unit_bytes if in_shared else 0)
+    return unit_blocks, math.ceil(batch / rows), lanes, in_shared, shared_bytes
 
 
-def _max_cooperative_blocks(args, threads, shared_bytes):
-    """How many ``lstm_sequence`` blocks of ``threads`` can be resident at once on the device."""
+def _resident_blocks(args, threads):
+    """``resident_blocks`` for ``plan_sequence``: how many ``lstm_sequence`` blocks of
+    ``threads`` with a given dynamic shared memory the device holds at once."""
     kernel = lstm_sequence.compile(tuple(lstm_sequence.typeof_pyval(a) for a in args))
-    return kernel.max_cooperative_grid_blocks(threads, shared_bytes)
+    return lambda shared_bytes: kernel.max_cooperative_grid_blocks(threads, shared_bytes)
 
 
 def device_view(array, index):
@@ -312,12 +354,14 @@ def lstm_layer_forward(
             peepholes[d], bound, input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d,
             d == 1 or backward, batch_first, device_view(traces, d),
         )  # fmt: skip
-        threads = min(SEQUENCE_THREADS, max(32, hidden * batch))
-        max_blocks = 1
-        if not config.ENABLE_CUDASIM:
-            max_blocks = _max_cooperative_blocks((*args, True), threads, SHARED_BYTES)
-        blocks, in_shared, shared_bytes = plan_sequence(hidden, out, x.dtype.itemsize, max_blocks)
-        lstm_sequence[blocks, threads, 0, shared_bytes](*args, in_shared)
+        threads = SEQUENCE_THREADS
+        resident = None if config.ENABLE_CUDASIM else _resident_blocks((*args, True, 1, 1), threads)
+        unit_blocks, slices, lanes, in_shared, shared_bytes = plan_sequence(
+            hidden, out, batch, x.dtype.itemsize, threads, resident
+        )
+        lstm_sequence[unit_blocks * slices, threads, 0, shared_bytes](
+            *args, in_shared, unit_blocks, lanes
+        )
 
 
 def upload_layer(stacks, cell):

@@ -9,7 +9,7 @@ several blocks and k-slices and the sequence kernel's threads loop over their (u
 The simulator runs blocks one after another and its grid barrier synchronises one block only, so
 the sequence kernel runs as one block there; several blocks are tested on one-step sequences,
 which need no barrier. Not exercised by the simulator: the grid barrier across blocks and the
-cooperative-launch sizing (``gpu._max_cooperative_blocks``); they run on a real GPU.
+cooperative-launch sizing (``gpu._resident_blocks``); they run on a real GPU.
 """
 
 import importlib.util
@@ -65,6 +65,8 @@ def gpu(monkeypatch):
             ("GEMM_TILE", 8),
             ("GEMM_DEPTH", 3),
             ("SEQUENCE_THREADS", 8),
+            ("SEQUENCE_LANES", 4),
+            ("SEQUENCE_MIN_LANES", 2),
         ]:
             monkeypatch.setattr(gpu, name, value)
     return gpu
@@ -167,21 +169,54 @@ def test_weights_from_global_memory(gpu, rng, monkeypatch):
 
 
 @runs_kernels
-@pytest.mark.parametrize("blocks", [2, 3, 7])
+@pytest.mark.parametrize("unit_blocks, slices", [(2, 1), (3, 2), (7, 1), (1, 3)])
+@pytest.mark.parametrize("lanes", [1, 4])
 @pytest.mark.parametrize("in_shared", [True, False])
-def test_several_blocks_share_the_units(gpu, rng, monkeypatch, blocks, in_shared):
-    """Each block owns ⌈H/blocks⌉ hidden units (the last fewer, or none): one-step sequences, so
-    that the simulator's one-block barrier does not matter."""
-    hidden = 5
-    units = -(-hidden // blocks)
-    monkeypatch.setattr(
-        gpu,
-        "plan_sequence",
-        lambda *_: (blocks, in_shared, 4 * units * hidden * 4 if in_shared else 0),
-    )
+def test_blocks_split_the_units_and_rows(
+    gpu, rng, monkeypatch, unit_blocks, slices, lanes, in_shared
+):
+    """Each block owns ⌈H/unit_blocks⌉ hidden units (the last fewer, or none) of ⌈B/slices⌉ rows,
+    and ``lanes`` threads share a (unit, row)'s dot products: one-step sequences, so that the
+    simulator's one-block barrier does not matter."""
+    hidden, threads = 5, gpu.SEQUENCE_THREADS
+    units = -(-hidden // unit_blocks)
+    shared_bytes = 4 * threads * 4 + (4 * units * hidden * 4 if in_shared else 0)
+    plan = (unit_blocks, slices, lanes, in_shared, shared_bytes)
+    monkeypatch.setattr(gpu, "plan_sequence", lambda *_: plan)
     model = ln.LSTM(3, hidden, bidirectional=True, seed=4)
     x, hx = random_call(rng, model, batch=3, steps=1)
     assert_same_as_cpu(model, x, hx, lengths=np.array([1, 0, 1]))
+
+
+@pytest.mark.skipif(SIMULATED, reason="plans for a real GPU; the simulator runs one block")
+def test_sequence_plan_on_an_h200():
+    """``plan_sequence`` with an H200's cooperative limits for 256-thread blocks: 264 with 48 KiB
+    of shared memory (numba-cuda's answer there), 1056 (eight an SM) with the partial sums
+    alone."""
+    from lstm_numba import gpu
+
+    def h200(shared_bytes):
+        return 264 if shared_bytes > 24 * 1024 else 1056
+
+    def plan(batch, hidden, itemsize=4):
+        return gpu.plan_sequence(hidden, hidden, batch, itemsize, 256, h200)
+
+    # 11 units' W_hh rows (4·256 values each) fit beside the partial sums: 24 blocks.
+    assert plan(1, 256) == (24, 1, 16, True, 4 * 256 * 4 + 11 * 4 * 256 * 4)
+    # 11 blocks a unit slice: 24 rows each (the last 16), 8 lanes for 264 pairs.
+    assert plan(256, 256) == (24, 11, 8, True, 4 * 256 * 4 + 11 * 4 * 256 * 4)
+    # H = 1024: 2 units a block would take 512 blocks, more than 264: W_hh from L2, a unit each.
+    assert plan(1, 1024) == (1024, 1, 32, False, 4 * 256 * 4)
+    assert plan(1, 2000, itemsize=8) == (1056, 1, 32, False, 4 * 256 * 8)
+    for batch in (1, 3, 16, 100, 1000):
+        for hidden in (1, 7, 64, 300, 1024, 5000):
+            for itemsize in (4, 8):
+                unit_blocks, slices, lanes, _, shared_bytes = plan(batch, hidden, itemsize)
+                assert unit_blocks * slices <= h200(shared_bytes)
+                assert shared_bytes <= gpu.SHARED_BYTES
+                assert unit_blocks <= hidden and slices <= batch
+                assert slices * -(-batch // slices) >= batch  # every row in a slice
+                assert 256 % lanes == 0 and gpu.SEQUENCE_MIN_LANES <= lanes <= gpu.SEQUENCE_LANES
 
 
 @runs_kernels
@@ -274,7 +309,7 @@ def test_realistic_shapes_match_cpu(gpu, rng, monkeypatch, shape, options):
     x = rng.standard_normal((batch, steps, inputs)).astype(model.dtype)
     lengths = rng.integers(1, steps + 1, batch)
     assert_same_as_cpu(model, x, lengths=lengths)
-    assert plans and all(blocks > 1 for blocks, _, _ in plans), plans
+    assert plans and all(unit_blocks > 1 for unit_blocks, *_ in plans), plans
 
 
 def cuda_kernel_arguments(dtype, proj_size=0):
@@ -309,7 +344,7 @@ def test_kernels_compile_to_ptx(ptx_without_a_gpu, dtype, proj_size):
     kernels = {
         "lstm_sequence": (
             gpu.lstm_sequence,
-            tuple(numba.typeof(a) for a in (*cuda_kernel_arguments(dtype, proj_size), True)),
+            tuple(numba.typeof(a) for a in (*cuda_kernel_arguments(dtype, proj_size), True, 1, 1)),
         ),
         "input_projection": (gpu.input_projection, (matrix, matrix, real[::1], matrix)),
     }
