@@ -43,8 +43,9 @@ SEQUENCE_THREADS = 256
 SEQUENCE_LANES = 32
 """Most threads that share one (unit, row)'s four dot products, each summing every lanes-th term
 (a warp: its loads of h and W_hh are coalesced)."""
-SEQUENCE_MIN_LANES = 8
-"""Fewest: 8 float32 values of h are one 32-byte memory sector."""
+SEQUENCE_MIN_LANES = 4
+"""Fewest (at large batch: more groups for the rows, fewer partial sums to add up). On an H200,
+4 ran 3-17 % faster than 8 and 16 at every shape of the GPU table (performance.md)."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
 
@@ -299,6 +300,11 @@ def plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks):
         unit_blocks = math.ceil(hidden / fit)
     else:
         max_blocks = 1 if config.ENABLE_CUDASIM else resident_blocks(scratch)
+        if max_blocks < 1:
+            raise RuntimeError(
+                f"lstm_sequence: no block of {threads} threads fits on this GPU (registers); "
+                "lower lstm_numba.gpu.SEQUENCE_THREADS"
+            )
         unit_blocks = min(max_blocks, hidden)
     units = math.ceil(hidden / unit_blocks)
     rows = math.ceil(batch / max(1, min(batch, max_blocks // unit_blocks)))

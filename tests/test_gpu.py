@@ -189,34 +189,36 @@ def test_blocks_split_the_units_and_rows(
 
 
 @pytest.mark.skipif(SIMULATED, reason="plans for a real GPU; the simulator runs one block")
-def test_sequence_plan_on_an_h200():
-    """``plan_sequence`` with an H200's cooperative limits for 256-thread blocks: 264 with 48 KiB
-    of shared memory (numba-cuda's answer there), 1056 (eight an SM) with the partial sums
-    alone."""
+def test_sequence_plan():
+    """``plan_sequence`` on a GPU of 132 SMs that holds one 256-thread block an SM with 48 KiB of
+    shared memory and four with the partial sums alone (an H200 holds one either way: the kernel
+    takes 168 registers a thread)."""
     from lstm_numba import gpu
 
-    def h200(shared_bytes):
-        return 264 if shared_bytes > 24 * 1024 else 1056
+    def resident(shared_bytes):
+        return 132 if shared_bytes > 24 * 1024 else 528
 
     def plan(batch, hidden, itemsize=4):
-        return gpu.plan_sequence(hidden, hidden, batch, itemsize, 256, h200)
+        return gpu.plan_sequence(hidden, hidden, batch, itemsize, 256, resident)
 
     # 11 units' W_hh rows (4·256 values each) fit beside the partial sums: 24 blocks.
     assert plan(1, 256) == (24, 1, 16, True, 4 * 256 * 4 + 11 * 4 * 256 * 4)
-    # 11 blocks a unit slice: 24 rows each (the last 16), 8 lanes for 264 pairs.
-    assert plan(256, 256) == (24, 11, 8, True, 4 * 256 * 4 + 11 * 4 * 256 * 4)
-    # H = 1024: 2 units a block would take 512 blocks, more than 264: W_hh from L2, a unit each.
-    assert plan(1, 1024) == (1024, 1, 32, False, 4 * 256 * 4)
-    assert plan(1, 2000, itemsize=8) == (1056, 1, 32, False, 4 * 256 * 8)
+    # 5 blocks a unit slice: 52 rows each (the last 48), the fewest lanes for 572 pairs.
+    assert plan(256, 256) == (24, 5, gpu.SEQUENCE_MIN_LANES, True, 4 * 256 * 4 + 11 * 4 * 256 * 4)
+    # H = 1024: 2 units a block would take 512 blocks, more than 132: W_hh from L2, 2 units each.
+    assert plan(1, 1024) == (528, 1, 32, False, 4 * 256 * 4)
+    assert plan(1, 2000, itemsize=8) == (528, 1, 32, False, 4 * 256 * 8)
     for batch in (1, 3, 16, 100, 1000):
         for hidden in (1, 7, 64, 300, 1024, 5000):
             for itemsize in (4, 8):
                 unit_blocks, slices, lanes, _, shared_bytes = plan(batch, hidden, itemsize)
-                assert unit_blocks * slices <= h200(shared_bytes)
+                assert unit_blocks * slices <= resident(shared_bytes)
                 assert shared_bytes <= gpu.SHARED_BYTES
                 assert unit_blocks <= hidden and slices <= batch
                 assert slices * -(-batch // slices) >= batch  # every row in a slice
                 assert 256 % lanes == 0 and gpu.SEQUENCE_MIN_LANES <= lanes <= gpu.SEQUENCE_LANES
+    with pytest.raises(RuntimeError, match="no block of 1024 threads fits"):
+        gpu.plan_sequence(256, 256, 1, 4, 1024, lambda shared_bytes: 0)
 
 
 @runs_kernels
