@@ -104,49 +104,6 @@ def input_projection(a, w, bias, out):
 
 
 @cuda.jit(device=True)
-def partial_gate_sums(weights, first, gate_stride, h_prev, b, lane, lanes, zero):
-    """One thread's share of the four gates' W_hh row · h_prev[b]: the terms k = lane, lane +
-    lanes, … of rows ``weights[first + g·gate_stride:][:H_out]``, g = i, f, g, o (W_hh flat, in
-    global or shared memory).
-
-    Four terms a gate at a time, their loads side by side: a loop of single terms waits for each
-    load of h (from L2, written by other blocks) before it issues the next.
-    """
-    out = h_prev.shape[1]
-    sum_i, sum_f, sum_g, sum_o = zero, zero, zero, zero
-    k = lane
-    while k + 3 * lanes < out:
-        h_0, h_1 = h_prev[b, k], h_prev[b, k + lanes]
-        h_2, h_3 = h_prev[b, k + 2 * lanes], h_prev[b, k + 3 * lanes]
-        row = first + k
-        sum_i += (weights[row] * h_0 + weights[row + lanes] * h_1) + (
-            weights[row + 2 * lanes] * h_2 + weights[row + 3 * lanes] * h_3
-        )
-        row += gate_stride
-        sum_f += (weights[row] * h_0 + weights[row + lanes] * h_1) + (
-            weights[row + 2 * lanes] * h_2 + weights[row + 3 * lanes] * h_3
-        )
-        row += gate_stride
-        sum_g += (weights[row] * h_0 + weights[row + lanes] * h_1) + (
-            weights[row + 2 * lanes] * h_2 + weights[row + 3 * lanes] * h_3
-        )
-        row += gate_stride
-        sum_o += (weights[row] * h_0 + weights[row + lanes] * h_1) + (
-            weights[row + 2 * lanes] * h_2 + weights[row + 3 * lanes] * h_3
-        )
-        k += 4 * lanes
-    while k < out:
-        h_k = h_prev[b, k]
-        row = first + k
-        sum_i += weights[row] * h_k
-        sum_f += weights[row + gate_stride] * h_k
-        sum_g += weights[row + 2 * gate_stride] * h_k
-        sum_o += weights[row + 3 * gate_stride] * h_k
-        k += lanes
-    return sum_i, sum_f, sum_g, sum_o
-
-
-@cuda.jit(device=True)
 def sequence_step(
     step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
     h, h_unprojected, c, y, lengths, direction, reverse, batch_first, shared, weights_in_shared,
@@ -188,14 +145,19 @@ def sequence_step(
         length = lengths[b]
         sum_i, sum_f, sum_g, sum_o = zero, zero, zero, zero
         if pair < pairs and step < length:
-            if weights_in_shared:
-                sum_i, sum_f, sum_g, sum_o = partial_gate_sums(
-                    shared, weights + local * out, owned * out, h_prev, b, lane, lanes, zero
-                )
-            else:
-                sum_i, sum_f, sum_g, sum_o = partial_gate_sums(
-                    w_hh, j * out, hidden * out, h_prev, b, lane, lanes, zero
-                )
+            for k in range(lane, out, lanes):
+                h_k = h_prev[b, k]
+                if weights_in_shared:
+                    row = weights + local * out + k
+                    sum_i += shared[row] * h_k
+                    sum_f += shared[row + owned * out] * h_k
+                    sum_g += shared[row + 2 * owned * out] * h_k
+                    sum_o += shared[row + 3 * owned * out] * h_k
+                else:
+                    sum_i += w_hh[j, k] * h_k
+                    sum_f += w_hh[hidden + j, k] * h_k
+                    sum_g += w_hh[2 * hidden + j, k] * h_k
+                    sum_o += w_hh[3 * hidden + j, k] * h_k
         shared[thread] = sum_i
         shared[threads + thread] = sum_f
         shared[2 * threads + thread] = sum_g
@@ -268,8 +230,7 @@ def lstm_sequence(
     """One direction of one layer over the whole sequence, in one cooperative launch.
 
     projected (N, D·4H): x·W_ihᵀ + b from ``input_projection``, N = B·T rows ordered as x
-    (b·T + t if ``batch_first`` else t·B + b). w_hh (4H·H_out,): (4H, H_out) flat; w_hr (H_out, H)
-    or (0, 0); the
+    (b·T + t if ``batch_first`` else t·B + b). w_hh (4H, H_out), w_hr (H_out, H) or (0, 0); the
     cell options as ``cpu.lstm_rows_forward``'s, for this direction. h (2, B, H_out): h0 in h[0],
     a double buffer; h_unprojected (B, H) scratch; c (B, H) in/out; y (N, D·H_out), this
     direction's columns written (zeros past each length); lengths (B,); ``steps`` = max length;
@@ -290,7 +251,7 @@ def lstm_sequence(
         for index in range(cuda.threadIdx.x, 4 * max(owned, 0) * out, cuda.blockDim.x):
             shared_row, k = index // out, index % out
             gate, local = shared_row // owned, shared_row % owned
-            shared[weights + index] = w_hh[(gate * hidden + first + local) * out + k]
+            shared[weights + index] = w_hh[gate * hidden + first + local, k]
         cuda.syncthreads()
     for step in range(steps):
         sequence_step(
@@ -395,7 +356,7 @@ def lstm_layer_forward(
     h_unprojected = cuda.device_array((batch, hidden), dtype=x.dtype)
     for d in range(directions):
         args = (
-            projected, w_hh[d].reshape(-1), device_view(w_hr, d), onnx, kinds[d], parameters[d],
+            projected, w_hh[d], device_view(w_hr, d), onnx, kinds[d], parameters[d],
             peepholes[d], bound, input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d,
             d == 1 or backward, batch_first, device_view(traces, d),
         )  # fmt: skip

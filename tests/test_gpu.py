@@ -170,9 +170,9 @@ def test_weights_from_global_memory(gpu, rng, monkeypatch):
 
 @runs_kernels
 @pytest.mark.parametrize("in_shared", [True, False])
-def test_dot_products_four_terms_at_a_time(gpu, rng, monkeypatch, in_shared):
-    """H_out = 20 over 2 lanes (the simulator's plan for 40 pairs on 8 threads): each thread's
-    terms go four at a time (k = 0, 2, 4, 6 and 8 … 14), then one at a time (16, 18)."""
+def test_each_lane_sums_several_terms(gpu, rng, monkeypatch, in_shared):
+    """H_out = 20 over 2 lanes (the simulator's plan for 40 pairs on 8 threads): each thread sums
+    ten terms of each gate's dot product."""
     if not in_shared:
         monkeypatch.setattr(gpu, "SHARED_BYTES", 0)
     model = ln.LSTM(3, 20, seed=12)
@@ -333,8 +333,8 @@ def cuda_kernel_arguments(dtype, proj_size=0):
     stacks = model._layers[0]
     batch, rows, out = 2, 6, model.output_size
     return (
-        np.zeros((rows, 2 * 16), dtype), stacks["weight_hh"][0].reshape(-1),
-        stacks["weight_hr"][0], onnx, kinds[0], parameters[0], peepholes[0], bound, input_forget,
+        np.zeros((rows, 2 * 16), dtype), stacks["weight_hh"][0], stacks["weight_hr"][0], onnx,
+        kinds[0], parameters[0], peepholes[0], bound, input_forget,
         np.zeros((2, batch, out), dtype), np.zeros((batch, 4), dtype), np.zeros((batch, 4), dtype),
         np.zeros((rows, 2 * out), dtype), np.zeros(batch, np.int64), 3, 1, True, False,
         np.zeros((5, batch, 3, 4), dtype),
