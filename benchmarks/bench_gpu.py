@@ -9,7 +9,7 @@ from .compare import gpu_library_calls
 
 class GpuForward:
     params = (
-        ["lstm_numba", "torch"],
+        ["lstm_numba", "torch", "torch TF32"],
         choose([1, 16, 256], [2]),
         choose([256, 1024], [16]),
     )

@@ -45,7 +45,7 @@ SEQUENCE_LANES = 32
 (a warp: its loads of h and W_hh are coalesced)."""
 SEQUENCE_MIN_LANES = 4
 """Fewest (at large batch: more groups for the rows, fewer partial sums to add up). On an H200,
-4 ran 3-17 % faster than 8 and 16 at every shape of the GPU table (performance.md)."""
+4 ran 4-17 % faster than 8 at every shape of a sweep (performance.md, GPU)."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
 
