@@ -7,6 +7,8 @@ simulator is never a device: ``cuda_status`` reports it as unusable (the tests p
 the GPU kernels under it).
 """
 
+import importlib
+import importlib.metadata
 import importlib.util
 import os
 
@@ -24,6 +26,14 @@ def cuda_status():
         return False, "numba-cuda is not installed (pip install 'lstm-numba[cuda]')"
     from numba import cuda
 
+    try:  # the module every kernel compile loads first: it fails where NumPy is too new for it
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except Exception as error:  # any failure there leaves no kernel compilable
+        numba_cuda = importlib.metadata.version("numba-cuda")
+        return False, (
+            f"numba-cuda {numba_cuda} cannot compile kernels with NumPy {np.__version__} "
+            f"({type(error).__name__}: {error}); install a NumPy it supports or a newer numba-cuda"
+        )
     if not cuda.is_available():
         error = str(cuda.cuda_error() or "no CUDA GPU found").strip().splitlines()
         return False, f"no usable CUDA GPU: {' '.join(line.strip() for line in error)}"

@@ -53,6 +53,27 @@ def test_cuda_without_a_gpu_names_the_reason():
     assert model._device_layers is None
 
 
+def test_a_numba_cuda_too_old_for_this_numpy_is_named(monkeypatch):
+    """numba-cuda 0.30.4 refers to ``np.row_stack``, which NumPy 2.5 removed: with NumPy 2.5 it
+    compiles no kernel (seen on an H200 machine). The GPU path says so instead of failing there."""
+    pytest.importorskip("numba_cuda")
+    import importlib
+
+    import_module = importlib.import_module
+
+    def numpy_2_5(name, *args):
+        if name == "numba.cuda.np.arrayobj":
+            raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        return import_module(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", numpy_2_5)
+    usable, reason = dispatch.cuda_status()
+    assert not usable
+    assert f"with NumPy {np.__version__} (AttributeError: module 'numpy' has no attribute" in reason
+    with pytest.raises(RuntimeError, match="device='cuda': numba-cuda .* cannot compile kernels"):
+        ln.LSTM(4, 3)(np.zeros((2, 3, 4), np.float32), device="cuda")
+
+
 @pytest.mark.parametrize(
     "call, pattern",
     [
