@@ -282,6 +282,23 @@ def test_gpu_benchmark_script_runs(gpu, capsys):
     assert table.startswith("| (2, 3, 4, 5) |"), table
 
 
+@runs_kernels
+def test_gpu_profile_breakdown_runs(gpu, capsys):
+    """``python -m benchmarks.gpu_profile breakdown``, ready for a real GPU: one tiny shape, its
+    plan recorded and ``gpu.plan_sequence`` put back."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
+    try:
+        from benchmarks import gpu_profile
+    finally:
+        sys.path.pop(0)
+    plan_sequence = gpu.plan_sequence
+    gpu_profile.main(["breakdown", "--shapes", "2,3,4,5", "--repeats", "1"])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| (2, 3, 4, 5) |") and row.endswith("|"), row
+    assert "((1, 1, " in row, row  # the simulator's plan: one block
+    assert gpu.plan_sequence is plan_sequence
+
+
 @pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
 def test_device_arrays_in_device_arrays_out(gpu, rng):
     from numba import cuda

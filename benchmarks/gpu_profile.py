@@ -1,0 +1,201 @@
+"""Where the GPU forward's time goes, for a session with a GPU and a few minutes of it.
+
+    python -m benchmarks.gpu_profile breakdown   # projection (ours, cuBLAS) and sequence kernel
+    python -m benchmarks.gpu_profile barrier     # one grid barrier, by block count
+    python -m benchmarks.gpu_profile sweep       # lstm_sequence's launch constants, register cap
+
+``breakdown``: for each shape, the whole forward, our ``input_projection`` alone, the same GEMM
+through torch's cuBLAS (TF32 off; skipped without torch), the sequence kernel's share (forward less
+projection) per time step, and the launch plan ``gpu.plan_sequence`` chose (unit blocks, batch
+slices, lanes, W_hh in shared memory) with the blocks the device holds at once (48 KiB of shared
+memory; the partial sums alone). ``barrier``: an empty cooperative kernel of 1 and 2001 grid
+barriers, by block count. ``sweep``: the forward's time for register caps × threads a block ×
+fewest lanes. float32, one layer, x and weights on the GPU, best of ``--repeats`` calls that each
+end with a device synchronisation. docs/performance.md ("GPU") has the H200's numbers. CUDA is
+imported when a command runs (asv imports this module to discover benchmarks; it holds none).
+"""
+
+import argparse
+import math
+
+import numpy as np
+
+import lstm_numba
+from lstm_numba import dispatch
+
+from .compare import best_seconds
+
+SHAPES = [
+    (1, 256, 256, 256),
+    (1, 256, 1024, 1024),
+    (16, 256, 1024, 1024),
+    (64, 100, 1024, 1024),
+    (256, 64, 512, 512),
+    (256, 256, 256, 256),
+    (256, 256, 1024, 1024),
+]
+
+
+def synchronized(call):
+    """``call`` followed by a device synchronisation, so that a timer sees the kernels' time."""
+    from numba import cuda
+
+    def run():
+        call()
+        cuda.synchronize()
+
+    return run
+
+
+def on_gpu(batch, steps, inputs, hidden):
+    """A seeded float32 model with its weights on the GPU, and a random (B, T, I) device input."""
+    from numba import cuda
+
+    model = lstm_numba.LSTM(inputs, hidden, seed=0).to("cuda")
+    rng = np.random.default_rng(0)
+    return model, cuda.to_device(rng.standard_normal((batch, steps, inputs), dtype=np.float32))
+
+
+def recording_plans(plans):
+    """Install a ``gpu.plan_sequence`` that appends (plan, blocks held with 48 KiB, blocks held
+    with the partial sums alone) to ``plans``; returns the original, to put back."""
+    from lstm_numba import gpu
+
+    plan_sequence = gpu.plan_sequence
+
+    def recording(hidden, out, batch, itemsize, threads, resident_blocks):
+        plan = plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks)
+        sizes = gpu.SHARED_BYTES, 4 * threads * itemsize
+        held = [resident_blocks(b) for b in sizes] if resident_blocks else ["simulator"] * 2
+        plans.append((plan, *held))
+        return plan
+
+    gpu.plan_sequence = recording
+    return plan_sequence
+
+
+def cublas_seconds(rows, inputs, columns, repeats):
+    """Seconds of torch.addmm (cuBLAS, TF32 off) on (rows, inputs) · (inputs, columns); None
+    without torch on CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a, w = torch.randn(rows, inputs, device="cuda"), torch.randn(columns, inputs, device="cuda")
+    bias = torch.randn(columns, device="cuda")
+    return best_seconds(synchronized(lambda: torch.addmm(bias, a, w.T)), repeats)
+
+
+def breakdown(shapes, repeats):
+    from numba import cuda
+
+    from lstm_numba import gpu
+
+    header = "(B, T, I, H) | forward ms | our projection ms | cuBLAS ms | sequence µs a step"
+    print(f"| {header} | plan, blocks held (48 KiB, partial sums alone) |")
+    print("|---|---|---|---|---|---|")
+    plans = []
+    plan_sequence = recording_plans(plans)
+    try:
+        for batch, steps, inputs, hidden in shapes:
+            model, x = on_gpu(batch, steps, inputs, hidden)
+            run = synchronized(lambda model=model, x=x: model(x, device="cuda"))
+            forward = best_seconds(run, repeats)
+            layer = model._device_layers[0]
+            rows, columns = batch * steps, 4 * hidden
+            projected = cuda.device_array((rows, columns), np.float32)
+            blocks = (math.ceil(columns / gpu.GEMM_TILE), math.ceil(rows / gpu.GEMM_TILE))
+            launch = gpu.input_projection[blocks, (gpu.GEMM_THREADS,) * 2]
+            x_rows, weights, bias = x.reshape(rows, inputs), layer["weight_ih"], layer["bias"]
+            arguments = x_rows, weights, bias, projected
+            ours = best_seconds(synchronized(lambda k=launch, a=arguments: k(*a)), repeats)
+            theirs = cublas_seconds(rows, inputs, columns, repeats)
+            cublas = "n/a" if theirs is None else f"{theirs * 1e3:.3f}"
+            per_step = (forward - ours) / steps * 1e6
+            print(
+                f"| {(batch, steps, inputs, hidden)} | {forward * 1e3:.3f} | {ours * 1e3:.3f} | "
+                f"{cublas} | {per_step:.1f} | {plans[-1]} |",
+                flush=True,
+            )
+    finally:
+        gpu.plan_sequence = plan_sequence
+
+
+def barrier(block_counts, repeats):
+    from numba import cuda
+
+    @cuda.jit
+    def barriers(count, out):
+        grid = cuda.cg.this_grid()
+        for _ in range(count):
+            grid.sync()
+        if cuda.grid(1) == 0:
+            out[0] = count
+
+    out = cuda.to_device(np.zeros(1, np.int64))
+    for blocks in block_counts:
+        one, many = (
+            best_seconds(synchronized(lambda n=n, k=barriers[blocks, 256]: k(n, out)), repeats)
+            for n in (1, 2001)
+        )
+        print(f"{blocks} blocks of 256 threads: {(many - one) / 2000 * 1e6:.2f} µs a barrier")
+
+
+def sweep(shapes, repeats):
+    from numba import cuda
+
+    from lstm_numba import gpu
+
+    sequence_kernel = gpu.lstm_sequence
+    constants = gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES
+    cases = [on_gpu(*shape) for shape in shapes]
+    print("| registers, threads, fewest lanes | " + " | ".join(map(str, shapes)) + " |")
+    print("|---" * (len(shapes) + 1) + "|")
+    try:
+        for registers in (None, 128, 64):
+            gpu.lstm_sequence = (
+                sequence_kernel
+                if registers is None
+                else cuda.jit(max_registers=registers)(sequence_kernel.py_func)
+            )
+            for threads, lanes in ((256, 4), (256, 8), (128, 4), (512, 4), (1024, 4)):
+                gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES = threads, lanes
+                cells = []
+                for model, x in cases:
+                    run = synchronized(lambda model=model, x=x: model(x, device="cuda"))
+                    try:
+                        cells.append(f"{best_seconds(run, repeats) * 1e3:.2f}")
+                    except RuntimeError as error:  # no such block fits: plan_sequence says so
+                        cells.append(f"n/a: {error}"[:40])
+                row = f"| {registers}, {threads}, {lanes} | " + " | ".join(cells) + " |"
+                print(row, flush=True)
+    finally:
+        gpu.lstm_sequence = sequence_kernel
+        gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES = constants
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["breakdown", "barrier", "sweep"])
+    parser.add_argument("--shapes", nargs="*", help="B,T,I,H shapes (default: seven, T 64–256)")
+    parser.add_argument("--blocks", nargs="*", type=int, default=[24, 132, 264])
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    usable, reason = dispatch.cuda_status()
+    if not usable:
+        raise SystemExit(f"gpu_profile: needs a usable GPU: {reason}")
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    print(f"device: {reason}")
+    if args.what == "breakdown":
+        breakdown(shapes, args.repeats)
+    elif args.what == "barrier":
+        barrier(args.blocks, args.repeats)
+    else:
+        sweep(shapes, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
