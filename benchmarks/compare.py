@@ -206,8 +206,9 @@ def _with_cudnn_tf32(torch, call, allowed):
     return run
 
 
-def gpu_sgemm_gflops(size=4096):
-    """float32 matmul rate (GFLOP/s) of cuBLAS through torch, TF32 off; None without it."""
+def torch_on_cuda():
+    """torch with its float32 matmuls in float32 (TF32 off), or None where torch cannot use a
+    GPU."""
     try:
         import torch
     except ImportError:
@@ -215,6 +216,14 @@ def gpu_sgemm_gflops(size=4096):
     if not torch.cuda.is_available():
         return None
     torch.backends.cuda.matmul.allow_tf32 = False
+    return torch
+
+
+def gpu_sgemm_gflops(size=4096):
+    """float32 matmul rate (GFLOP/s) of cuBLAS through torch, TF32 off; None without it."""
+    torch = torch_on_cuda()
+    if torch is None:
+        return None
     a = torch.randn(size, size, device="cuda")
     b = torch.randn(size, size, device="cuda")
 

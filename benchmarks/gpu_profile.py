@@ -23,7 +23,7 @@ import numpy as np
 import lstm_numba
 from lstm_numba import dispatch
 
-from .compare import best_seconds
+from .compare import best_seconds, torch_on_cuda
 
 SHAPES = [
     (1, 256, 256, 256),
@@ -77,13 +77,9 @@ def recording_plans(plans):
 def cublas_seconds(rows, inputs, columns, repeats):
     """Seconds of torch.addmm (cuBLAS, TF32 off) on (rows, inputs) · (inputs, columns); None
     without torch on CUDA."""
-    try:
-        import torch
-    except ImportError:
+    torch = torch_on_cuda()
+    if torch is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
     a, w = torch.randn(rows, inputs, device="cuda"), torch.randn(columns, inputs, device="cuda")
     bias = torch.randn(columns, device="cuda")
     return best_seconds(synchronized(lambda: torch.addmm(bias, a, w.T)), repeats)
