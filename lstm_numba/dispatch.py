@@ -2,7 +2,8 @@
 
 ``device="auto"`` follows the data: arrays exposing ``__cuda_array_interface__`` (CuPy, torch CUDA
 tensors, Numba device arrays) run on the GPU and come back as the same kind of array; NumPy arrays
-run on the CPU. ``device="cuda"`` also takes NumPy input (copied over, NumPy out). Numba's CUDA
+run on the CPU (torch CPU tensors too: torch tensors out). ``device="cuda"`` also takes NumPy
+input (copied over, NumPy out). Numba's CUDA
 simulator is never a device: ``cuda_status`` reports it as unusable (the tests patch that to run
 the GPU kernels under it).
 """
@@ -91,10 +92,17 @@ def to_host(value):
 
 
 def like_input(x, array):
-    """Device array ``array`` as the kind of array ``x`` is: CuPy → CuPy, torch → torch (both
-    zero-copy, through ``__cuda_array_interface__``), NumPy → NumPy (copied back), otherwise the
-    Numba device array itself."""
+    """A result ``array`` as the kind of array ``x`` is. From the CPU path (NumPy): a torch
+    tensor for torch input (zero-copy), NumPy otherwise. From the GPU path (a Numba device
+    array): CuPy → CuPy, torch → torch (both zero-copy, through ``__cuda_array_interface__``),
+    NumPy → NumPy (copied back), otherwise the Numba device array itself."""
     module = type(x).__module__.split(".")[0]
+    if isinstance(array, np.ndarray):
+        if module == "torch":
+            import torch
+
+            return torch.from_numpy(array)
+        return array
     if module == "cupy":
         import cupy
 

@@ -440,7 +440,8 @@ class LSTM:
         (T, B, D·H_out), the last layer's hidden states, forward then reverse on the last axis,
         zeros past each sequence's length; h_n and c_n shaped as h0 and c0, the states at each
         sequence's last valid step (the reverse direction's after reading back to step 0; h0/c0
-        for a length of 0). Arrays of x's kind.
+        for a length of 0). Arrays of x's kind: NumPy for NumPy (and lists), torch tensors for
+        torch tensors (CPU or CUDA), CuPy for CuPy, Numba device arrays for those.
         """
         on_gpu = dispatch.select_device(x, device) == "cuda"
         given = x
@@ -485,9 +486,8 @@ class LSTM:
             y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
         else:
             y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces)
-        if on_gpu:
-            y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
-            traces = dispatch.like_input(given, traces) if return_gates else traces
+        y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
+        traces = dispatch.like_input(given, traces) if return_gates else traces
         if unbatched:
             y = y.reshape(steps, y.shape[2])
             h_n, c_n = h_n.reshape(h_n.shape[0], -1), c_n.reshape(c_n.shape[0], -1)
@@ -690,15 +690,16 @@ class Stream:
         self._c[:, rows] = 0
 
     def step(self, chunk, *, return_gates=False):
-        """The next chunk's y, (B, t, H_out) or (t, B, H_out); with ``return_gates``, ``(y,
-        gates)``. The state moves on to the chunk's last step."""
+        """The next chunk's y, (B, t, H_out) or (t, B, H_out), an array of the chunk's kind (as
+        ``LSTM.__call__``'s); with ``return_gates``, ``(y, gates)``. The state moves on to the
+        chunk's last step."""
         model = self.model
         if return_gates or dispatch.is_gpu_array(chunk):
             results = model(chunk, (self._h, self._c), return_gates=return_gates)
             y, (h_n, c_n) = results[:2]
             self._h[...], self._c[...] = dispatch.to_host(h_n), dispatch.to_host(c_n)
             return (y, results[2]) if return_gates else y
-        chunk = as_float_array("chunk", chunk, model.dtype)
+        given, chunk = chunk, as_float_array("chunk", chunk, model.dtype)
         layout = "(B, t, I)" if model.batch_first else "(t, B, I)"
         batch_axis = 0 if model.batch_first else 1
         if chunk.ndim != 3 or chunk.shape[batch_axis] != self.batch_size:
@@ -713,4 +714,4 @@ class Stream:
         steps = chunk.shape[1 - batch_axis]
         lengths = np.full(self.batch_size, steps, np.int64)
         y, _ = model._forward_cpu(chunk, self._h, self._c, lengths, False, None)
-        return y
+        return dispatch.like_input(given, y)

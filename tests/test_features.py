@@ -428,3 +428,27 @@ def test_state_dict_names_cover_every_layer_and_direction():
     assert len(names) == 24
     assert model.state_dict()["weight_ih_l1"].shape == (20, 4)
     assert model.state_dict()["peephole_l1_reverse"].shape == (15,)
+
+
+def test_torch_cpu_tensors_in_torch_tensors_out(rng):
+    """A torch user passes CPU tensors and gets tensors back (zero-copy views of the results), as
+    CUDA tensors give CUDA tensors."""
+    torch = pytest.importorskip("torch")
+    model = ln.LSTM(4, 3, num_layers=2, seed=13)
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    h0 = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    c0 = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    expected = model(x, (h0, c0))
+    y, (h_n, c_n), gates = model(
+        torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)), return_gates=True
+    )
+    for actual, want in zip((y, h_n, c_n), (expected[0], *expected[1]), strict=True):
+        assert isinstance(actual, torch.Tensor) and actual.dtype == torch.float32
+        np.testing.assert_array_equal(actual.numpy(), want)
+    assert all(isinstance(trace, torch.Tensor) for trace in gates)
+    y_one, (h_one, _) = model(torch.from_numpy(x[0]))  # unbatched
+    assert isinstance(y_one, torch.Tensor) and y_one.shape == (5, 3) and h_one.shape == (2, 3)
+    stream = model.stream(2)
+    chunk = stream.step(torch.from_numpy(x[:, :2]))
+    assert isinstance(chunk, torch.Tensor)
+    np.testing.assert_array_equal(chunk.numpy(), model(x[:, :2])[0])
