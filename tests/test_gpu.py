@@ -295,7 +295,7 @@ def test_gpu_profile_breakdown_runs(gpu, capsys):
     gpu_profile.main(["breakdown", "--shapes", "2,3,4,5", "--repeats", "1"])
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| (2, 3, 4, 5) |") and row.endswith("|"), row
-    assert "((1, 1, " in row, row  # the simulator's plan: one block
+    assert "((1, " in row, row  # the plan: H = 5 in one unit block (row slices on a real GPU)
     assert gpu.plan_sequence is plan_sequence
 
 
