@@ -3,9 +3,8 @@
 ``device="auto"`` follows the data: arrays exposing ``__cuda_array_interface__`` (CuPy, torch CUDA
 tensors, Numba device arrays) run on the GPU and come back as the same kind of array; NumPy arrays
 run on the CPU (torch CPU tensors too: torch tensors out). ``device="cuda"`` also takes NumPy
-input (copied over, NumPy out). Numba's CUDA
-simulator is never a device: ``cuda_status`` reports it as unusable (the tests patch that to run
-the GPU kernels under it).
+input (copied over, NumPy out). Numba's CUDA simulator is never a device: ``cuda_status`` reports
+it as unusable (the tests patch that to run the GPU kernels under it).
 """
 
 import importlib
