@@ -15,7 +15,7 @@ from numba import config as numba_config
 from numba import get_num_threads, njit, prange, threading_layer, vectorize
 from threadpoolctl import ThreadpoolController
 
-from lstm_numba import equations
+from lstm_numba import atomics, equations
 from lstm_numba._config import (
     CACHE,
     EQUATION_OPTIONS,
@@ -160,6 +160,21 @@ and BLAS may use the other threads for the input projection."""
 PARTITION_ALWAYS_ABOVE_HIDDEN = 512
 """Above this H, W_hh (16·H² bytes in float32) is beyond the caches and the batch is split over
 the threads at any size: two rows on two threads, each a GEMV, beat one thread's tile."""
+
+
+UNIT_SPLIT_MAX_HIDDEN = 256
+"""Split one sequence's hidden units over the threads (``lstm_unit_split_forward``) up to this H:
+each thread then reads 16·H²/threads bytes of W_hh a step from its own L2 instead of one core
+reading all of it (1 MB at H = 256). Above, a share outgrows a core's L2 and BLAS's GEMV on
+two threads reads from L3 as fast (measured on a Zen 4, docs/performance.md)."""
+
+UNIT_SPLIT_MIN_UNITS = 32
+"""Hidden units a thread at least, when they are split over the threads."""
+
+UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
+"""Split the hidden units only from this much recurrent work on (T·4H² multiply-adds): starting
+the threads and holding BLAS to one thread cost ≈ 30–40 µs a call, which the faster steps repay
+after ≈ 16 steps at H = 128 (measured on a Zen 4, docs/performance.md)."""
 
 
 RECURRENT_BLAS, RECURRENT_DOT_TILE, RECURRENT_PANELS = 0, 1, 2
@@ -606,6 +621,194 @@ function (``prange`` is ``range`` in Python), which calls the compiled row worke
 ``NUMBA_DISABLE_JIT=1`` the driver is that function already."""
 
 
+COUNTER_STRIDE = 16
+"""int64s between two of ``lstm_unit_split_forward``'s counters: 128 bytes, so that no two share a
+cache line (or the pair of lines the prefetcher fetches together)."""
+
+
+def plan_unit_split(batch, hidden, steps, directions, plain):
+    """Into how many parts ``lstm_layer_forward`` splits the hidden units of one sequence, each
+    on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only for one row in one
+    direction (more have threads of their own, ``plan_forward``), of the seed's cell without
+    LSTMP's projection or traces (``plain``), and where it pays (``UNIT_SPLIT_*``). Never in a
+    process forked after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics
+    are LLVM instructions with no Python form)."""
+    if batch != 1 or directions != 1 or not plain or numba_config.DISABLE_JIT:
+        return 1
+    if _FORKED_FROM_GNU_OPENMP or hidden > UNIT_SPLIT_MAX_HIDDEN:
+        return 1
+    if steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
+        return 1
+    return max(1, min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS))
+
+
+@njit(**REDUCTION_KERNEL_OPTIONS)
+def units_product(weights, vector, out, low, high):
+    """``out[:4U] = weights[rows] · vector`` for the rows of units [low, high) of each gate block
+    of weights (4H, K), gate after gate (U = high − low): vector (K,), out (≥ 4U,).
+
+    One sequence's share of the recurrent product in ``lstm_units_step``: four calls of BLAS's
+    GEMV (one a gate block) took 1.77 µs at H = 128 against 1.24 for this loop, a tile of four
+    dot products that vectorize over K and share each load of the vector.
+    """
+    hidden = weights.shape[0] // 4
+    units = high - low
+    tiled = units - units % 4
+    zero = vector.dtype.type(0)
+    for g in range(4):
+        rows = weights[g * hidden + low : g * hidden + high]
+        sums = out[g * units : (g + 1) * units]
+        for j in range(0, tiled, 4):
+            w0, w1, w2, w3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
+            a0 = a1 = a2 = a3 = zero
+            for k in range(vector.size):
+                v = vector[k]
+                a0 += w0[k] * v
+                a1 += w1[k] * v
+                a2 += w2[k] * v
+                a3 += w3[k] * v
+            sums[j], sums[j + 1], sums[j + 2], sums[j + 3] = a0, a1, a2, a3
+        for j in range(tiled, units):
+            a0 = zero
+            for k in range(vector.size):
+                a0 += rows[j, k] * vector[k]
+            sums[j] = a0
+
+
+@njit(**EQUATION_OPTIONS)
+def max_units(bounds):
+    """The most units of any part: ``max(diff(bounds))``."""
+    widest = 0
+    for part in range(bounds.size - 1):
+        widest = max(widest, bounds[part + 1] - bounds[part])
+    return widest
+
+
+@njit(**KERNEL_OPTIONS)
+def lstm_units_step(
+    part, step, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
+    projected, recurrent, step_projected, times, sink,
+):  # fmt: skip
+    """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of one sequence: their rows
+    of the recurrent product (``units_product``), the fused pointwise pass, and, at the first
+    step of each chunk of ``PROJECTION_ROWS`` steps, their input projection for the chunk (BLAS,
+    a gate block at a time).
+
+    Arguments as ``lstm_unit_split_forward``'s; recurrent and step_projected (≥ 4U,),
+    times (1,) and sink (0,) are the calling thread's workspace, U = the part's units.
+    """
+    hidden = h_buffer.shape[1]
+    low, high = bounds[part], bounds[part + 1]
+    units = high - low
+    chunk = projected.shape[2] // max_units(bounds)
+    first = step - step % chunk  # the chunk's first step
+    count = min(chunk, steps - first)
+    # the chunk's steps read x at times [start, start + count), backwards when reversed
+    start = steps - first - count if reverse else first
+    t = steps - 1 - step if reverse else step
+    if step == first:
+        rows = (x[0] if batch_first else x.reshape((x.shape[0], -1)))[start : start + count]
+        for g in range(4):
+            gate_rows = w_ih[g * hidden + low : g * hidden + high]
+            out = projected[part, g, : count * units].reshape((count, units))
+            np.dot(rows, gate_rows.T, out)
+    row = t - start
+    units_product(w_hh, h_buffer[step % 2], recurrent, low, high)
+    for g in range(4):
+        gate = slice(g * units, (g + 1) * units)
+        _copy(projected[part, g, row * units : (row + 1) * units], step_projected[gate])
+    times[0] = t
+    # non-literal constants: Literal arguments would compile the pointwise kernel a second time
+    write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
+    lstm_step_pointwise(
+        recurrent[: 4 * units].reshape((1, 4 * units)),
+        step_projected[: 4 * units].reshape((1, 4 * units)),
+        bias_parts[part, : 4 * units], None, c[low:high].reshape((1, units)),
+        h_buffer[(step + 1) % 2, low:high].reshape((1, units)), times, y, write_y, sink, low,
+        batch_first, row_offset, None, direction,
+    )  # fmt: skip
+
+
+@njit(**KERNEL_OPTIONS)
+def lstm_unit_parts_worker(
+    first, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
+    projected, counters,
+):  # fmt: skip
+    """Serial worker of one thread of ``lstm_unit_split_forward``: every step, its own part
+    (``first``) and whichever others no thread has claimed yet, once all parts of the step
+    before are done. Claiming (a compare-and-swap of the part's step counter) instead of owning
+    parts is what keeps the driver from waiting forever where the threading layer runs the
+    workers one after another (TBB may): the first worker then runs every part of every step.
+    """
+    parts = bounds.size - 1
+    widest = max_units(bounds)
+    recurrent = np.empty(4 * widest, dtype=h_buffer.dtype)
+    step_projected = np.empty(4 * widest, dtype=h_buffer.dtype)
+    times = np.empty(1, dtype=np.int64)
+    sink = np.empty(0, dtype=h_buffer.dtype)
+    done = parts * COUNTER_STRIDE
+    for step in range(steps):
+        while atomics.load(counters, done) < parts * step:
+            pass  # spin: a step takes a few µs, less than a sleeping thread takes to wake
+        for k in range(parts):
+            part = (first + k) % parts
+            if atomics.claim(counters, part * COUNTER_STRIDE, step):
+                lstm_units_step(
+                    part, step, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse,
+                    batch_first, bounds, projected, recurrent, step_projected, times, sink,
+                )  # fmt: skip
+                atomics.add(counters, done, 1)
+
+
+@njit(parallel=True, **KERNEL_OPTIONS)
+def lstm_unit_split_forward(
+    x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds, projected,
+    counters,
+):  # fmt: skip
+    """Parallel driver for one sequence: its hidden units split into parts, one thread each,
+    which hand over every step: each reads its part's rows of W_ih and W_hh only, from its own
+    core's caches (``UNIT_SPLIT_MAX_HIDDEN``), and waits for all parts' h of the step before.
+
+    x: (1, T, I) if ``batch_first`` else (T, 1, I); w_ih (4H, I), w_hh (4H, H), gate blocks i,
+    f, g, o; bias_parts (P, ≥ 4U): part p's units of b_ih + b_hh, gate after gate; h_buffer
+    (2, H): h of even steps (row 0: the initial state) and of odd ones; c (H,): the initial cell
+    state, overwritten with the final one; y: (1, T, H) or (T, 1, H), the first ``steps`` steps
+    written (from the last one down when ``reverse``); bounds (P + 1,) int64: part p's units are
+    [bounds[p], bounds[p + 1]); projected (P, 4, chunk·max units) workspace; counters
+    ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then the count
+    of parts done. After it, h_buffer[steps % 2] holds the final h. BLAS must be limited to one
+    thread meanwhile.
+    """
+    for first in prange(bounds.size - 1):
+        lstm_unit_parts_worker(
+            first, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first,
+            bounds, projected, counters,
+        )  # fmt: skip
+
+
+def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_first, parts):
+    """``lstm_unit_split_forward`` for one row in one direction: h, c (H,) the initial states,
+    overwritten with the final ones; other arguments as ``lstm_layer_forward``'s for D = 1."""
+    hidden = h.size
+    bounds = np.arange(parts + 1) * hidden // parts
+    widest = int(np.diff(bounds).max())
+    bias_parts = np.zeros((parts, 4 * widest), dtype=bias.dtype)
+    for part, (low, high) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        gates = bias.reshape(4, hidden)[:, low:high]
+        bias_parts[part, : gates.size] = gates.ravel()
+    chunk = min(steps, PROJECTION_ROWS)
+    projected = np.empty((parts, 4, chunk * widest), dtype=x.dtype)
+    counters = np.zeros((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
+    h_buffer = np.empty((2, hidden), dtype=h.dtype)
+    h_buffer[0] = h
+    with _PARALLEL_FORWARD, _blas_threads().limit(limits=1):
+        lstm_unit_split_forward(
+            x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
+            projected, counters,
+        )  # fmt: skip
+    h[:] = h_buffer[steps % 2]
+
+
 def lstm_layer_forward(
     x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces
 ):
@@ -620,6 +823,13 @@ def lstm_layer_forward(
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
+    plain = cell is None and traces is None and w_hr.shape[1] == 0
+    parts = plan_unit_split(batch, c.shape[2], steps, directions, plain)
+    if parts > 1:
+        _unit_split_forward(
+            x, w_ih[0], w_hh[0], bias[0], h[0, 0], c[0, 0], y, steps, backward, batch_first, parts
+        )
+        return
     product, partitions, parallel = plan_forward(batch, x.shape[2], c.shape[2], steps, directions)
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
     if directions * partitions == 1:

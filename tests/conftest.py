@@ -46,13 +46,16 @@ def run_python(*args, **environment):
 
 
 def threads_at_any_size(monkeypatch):
-    """Have the layers run on threads (``cpu.lstm_partitioned_forward``, the batch split) even at
-    the small shapes of the tests, which take the calling thread otherwise."""
+    """Have the layers run on threads (``cpu.lstm_partitioned_forward``, the batch split;
+    ``cpu.lstm_unit_split_forward``, a single row's units split) even at the small shapes of
+    the tests, which take the calling thread otherwise."""
     from lstm_numba import cpu
 
     monkeypatch.setattr(cpu, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "PARTITION_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "PARTITION_MIN_ROW_STEPS", 0)
+    monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_UNITS", 1)
 
 
 @pytest.fixture

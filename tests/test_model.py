@@ -289,6 +289,101 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
     assert_close(c, c_ref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("threads", [True, False], ids=["parallel", "one-after-another"])
+def test_units_split_over_threads_match_reference(
+    rng, dtype, parts, batch_first, reverse, threads, monkeypatch
+):
+    """One sequence's hidden units split into parts that hand over every step
+    (``cpu.lstm_unit_split_forward``): uneven parts (H = 11: 5 + 6, 3 + 4 + 4, every leftover of
+    the 4-row tile), a length below T, several projection chunks, read forwards and backwards.
+    "one-after-another" runs the driver's workers in turn on this thread (its Python function,
+    where ``prange`` is ``range``), as a threading layer that does not run them at once would:
+    the first must then run every part of every step instead of waiting for the others."""
+    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4)  # chunks of 4 + 4 + 4 + 1 steps
+    if not threads:
+        monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
+    steps, inputs, hidden, length = 15, 6, 11, 13
+    model = ln.LSTM(
+        inputs, hidden, batch_first=batch_first, dtype=dtype, reverse=reverse, seed=rng.integers(9)
+    )
+    x = rng.standard_normal((1, steps, inputs) if batch_first else (steps, 1, inputs)).astype(dtype)
+    h = rng.standard_normal(hidden).astype(dtype)
+    c = rng.standard_normal(hidden).astype(dtype)
+    expected, (h_ref, c_ref) = reference.lstm_forward(
+        x, model.state_dict(), (h[None, None], c[None, None]), batch_first, lengths=[length],
+        reverse=reverse,
+    )  # fmt: skip
+    y = np.zeros(x.shape[:2] + (hidden,), dtype)
+    weights = model.state_dict()
+    cpu._unit_split_forward(
+        x, weights["weight_ih_l0"], weights["weight_hh_l0"],
+        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, length, reverse, batch_first, parts,
+    )  # fmt: skip
+    assert_close(y, expected)
+    assert_close(h, h_ref[0, 0])
+    assert_close(c, c_ref[0, 0])
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "batch_first": False}])
+def test_one_sequence_runs_its_units_on_threads_where_that_pays(rng, options, monkeypatch):
+    """A batch of one takes ``cpu.lstm_unit_split_forward`` when the plan says so (every layer),
+    through ``LSTM.__call__``; models the split does not cover take the other drivers."""
+    from numba import get_num_threads
+
+    if get_num_threads() < 2:
+        pytest.skip("Numba runs one thread here: nothing to split over")
+    threads_at_any_size(monkeypatch)
+    monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_UNITS", 4)  # 2 parts of H = 8
+    calls = []
+    driver = cpu.lstm_unit_split_forward
+
+    def recording_driver(*arguments):
+        calls.append(arguments[-3].size - 1)  # bounds: parts + 1
+        driver(*arguments)
+
+    monkeypatch.setattr(cpu, "lstm_unit_split_forward", recording_driver)
+    model = ln.LSTM(5, 8, seed=rng.integers(9), **options)
+    shape = (1, 9, 5) if model.batch_first else (9, 1, 5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y, (h_n, c_n) = model(x)
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), None, model.batch_first)
+    assert calls == [2] * model.num_layers
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+    calls.clear()
+    for other in (ln.LSTM(5, 8, bidirectional=True), ln.LSTM(5, 8, proj_size=3)):
+        other(rng.standard_normal((1, 9, 5)).astype(np.float32))
+        other(rng.standard_normal((2, 9, 5)).astype(np.float32))
+    model(x, return_gates=True)
+    assert calls == []
+
+
+def test_plan_splits_units_of_one_sequence_where_that_pays():
+    from numba import get_num_threads
+
+    threads = get_num_threads()
+    hidden = cpu.UNIT_SPLIT_MAX_HIDDEN
+
+    def least_steps(hidden):  # for enough work to split
+        return -(-cpu.UNIT_SPLIT_MIN_MULTIPLY_ADDS // (4 * hidden * hidden))
+
+    def plan(batch=1, hidden=hidden, steps=None, directions=1, plain=True):
+        steps = least_steps(hidden) if steps is None else steps
+        return cpu.plan_unit_split(batch, hidden, steps, directions, plain)
+
+    assert plan() == min(threads, hidden // cpu.UNIT_SPLIT_MIN_UNITS)
+    assert plan(hidden=2 * cpu.UNIT_SPLIT_MIN_UNITS) == min(threads, 2)
+    assert plan(hidden=2 * cpu.UNIT_SPLIT_MIN_UNITS - 1) == 1  # too few units for two parts
+    assert plan(hidden=hidden + 1) == 1  # a part's weights outgrow a core's caches
+    assert plan(steps=least_steps(hidden) - 1) == 1  # too little work to pay for the threads
+    assert plan(batch=2) == plan(directions=2) == plan(plain=False) == 1
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
 @pytest.mark.parametrize("columns", [16, 20, 24, 5])  # N mod 3 = 1, 2, 0: every leftover tile
 @pytest.mark.parametrize("inner", [7, 33])
@@ -396,7 +491,11 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
     x = rng.standard_normal((4, 6, 3) if batch_first else (6, 4, 3)).astype(np.float32)
     model(x, lengths=[6, 2, 5, 1], return_gates=True)
     model(x, lengths=[6, 2, 5, 1])
-    for kernel in (cpu.lstm_rows_forward, cpu.lstm_partitioned_forward, cpu.lstm_step_pointwise):
+    one_row = ln.LSTM(3, 5, num_layers=2, batch_first=batch_first, seed=4)
+    one_row(x[:1] if batch_first else x[:, :1], lengths=[3])  # the units split, when threads
+    kernels = [cpu.lstm_rows_forward, cpu.lstm_partitioned_forward, cpu.lstm_step_pointwise]
+    kernels += [cpu.lstm_unit_split_forward, cpu.lstm_units_step, cpu.units_product]
+    for kernel in kernels:
         for signature in kernel.signatures:
             layouts = [t.layout for t in signature if hasattr(t, "layout")]
             assert "A" not in layouts, (kernel, signature)
