@@ -162,11 +162,27 @@ PARTITION_ALWAYS_ABOVE_HIDDEN = 512
 the threads at any size: two rows on two threads, each a GEMV, beat one thread's tile."""
 
 
-UNIT_SPLIT_MAX_HIDDEN = 256
-"""Split one sequence's hidden units over the threads (``lstm_unit_split_forward``) up to this H:
-each thread then reads 16·H²/threads bytes of W_hh a step from its own L2 instead of one core
-reading all of it (1 MB at H = 256). Above, a share outgrows a core's L2 and BLAS's GEMV on
-two threads reads from L3 as fast (measured on a Zen 4, docs/performance.md)."""
+CORE_CACHE_FALLBACK_BYTES = 1 << 20
+"""A core's L2, where the system does not say (``core_cache_bytes``): 1 MiB, as on Zen 4 and 5."""
+
+
+@functools.cache
+def core_cache_bytes(base="/sys/devices/system/cpu/cpu0/cache"):
+    """Bytes of a core's own cache below L3: the level-2 entry of ``base``, Linux's description
+    of the first CPU's caches; ``CORE_CACHE_FALLBACK_BYTES`` where there is none."""
+    try:
+        for entry in sorted(os.listdir(base)):
+            with open(os.path.join(base, entry, "level")) as level:
+                if level.read().strip() != "2":
+                    continue
+            with open(os.path.join(base, entry, "size")) as size:
+                text = size.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return CORE_CACHE_FALLBACK_BYTES
+
 
 UNIT_SPLIT_MIN_UNITS = 32
 """Hidden units a thread at least, when they are split over the threads."""
@@ -626,20 +642,25 @@ COUNTER_STRIDE = 16
 cache line (or the pair of lines the prefetcher fetches together)."""
 
 
-def plan_unit_split(batch, hidden, steps, directions, plain):
+def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     """Into how many parts ``lstm_layer_forward`` splits the hidden units of one sequence, each
     on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only for one row in one
     direction (more have threads of their own, ``plan_forward``), of the seed's cell without
-    LSTMP's projection or traces (``plain``), and where it pays (``UNIT_SPLIT_*``). Never in a
-    process forked after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics
-    are LLVM instructions with no Python form)."""
+    LSTMP's projection or traces (``plain``), and where it pays: where a part's share of W_hh
+    (4H·H·``itemsize`` bytes over the parts) fits a core's L2 (``core_cache_bytes``), so that
+    each step reads it from there, and with enough work (``UNIT_SPLIT_MIN_*``). On a Zen 4 (1 MB
+    L2, 2 threads) the split ran (1, 128, 320, 320) 1.54× faster, a part's share 0.8 MB, and
+    (1, 128, 384, 384) 0.85× as fast, 1.2 MB (docs/performance.md). Never in a process forked
+    after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM
+    instructions with no Python form)."""
     if batch != 1 or directions != 1 or not plain or numba_config.DISABLE_JIT:
         return 1
-    if _FORKED_FROM_GNU_OPENMP or hidden > UNIT_SPLIT_MAX_HIDDEN:
+    if _FORKED_FROM_GNU_OPENMP or steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
         return 1
-    if steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
+    parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
+    if parts < 2 or 4 * hidden * hidden * itemsize > parts * core_cache_bytes():
         return 1
-    return max(1, min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS))
+    return parts
 
 
 @njit(**REDUCTION_KERNEL_OPTIONS)
@@ -767,7 +788,7 @@ def lstm_unit_split_forward(
 ):  # fmt: skip
     """Parallel driver for one sequence: its hidden units split into parts, one thread each,
     which hand over every step: each reads its part's rows of W_ih and W_hh only, from its own
-    core's caches (``UNIT_SPLIT_MAX_HIDDEN``), and waits for all parts' h of the step before.
+    core's L2 (``plan_unit_split``), and waits for all parts' h of the step before.
 
     x: (1, T, I) if ``batch_first`` else (T, 1, I); w_ih (4H, I), w_hh (4H, H), gate blocks i,
     f, g, o; bias_parts (P, ≥ 4U): part p's units of b_ih + b_hh, gate after gate; h_buffer
@@ -824,7 +845,7 @@ def lstm_layer_forward(
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
     plain = cell is None and traces is None and w_hr.shape[1] == 0
-    parts = plan_unit_split(batch, c.shape[2], steps, directions, plain)
+    parts = plan_unit_split(batch, c.shape[2], steps, directions, plain, c.itemsize)
     if parts > 1:
         _unit_split_forward(
             x, w_ih[0], w_hh[0], bias[0], h[0, 0], c[0, 0], y, steps, backward, batch_first, parts

@@ -363,25 +363,46 @@ def test_one_sequence_runs_its_units_on_threads_where_that_pays(rng, options, mo
     assert calls == []
 
 
-def test_plan_splits_units_of_one_sequence_where_that_pays():
-    from numba import get_num_threads
-
-    threads = get_num_threads()
-    hidden = cpu.UNIT_SPLIT_MAX_HIDDEN
+def test_plan_splits_units_of_one_sequence_where_that_pays(monkeypatch):
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(cpu, "core_cache_bytes", lambda: 1 << 20)
 
     def least_steps(hidden):  # for enough work to split
         return -(-cpu.UNIT_SPLIT_MIN_MULTIPLY_ADDS // (4 * hidden * hidden))
 
-    def plan(batch=1, hidden=hidden, steps=None, directions=1, plain=True):
+    def plan(batch=1, hidden=256, steps=None, directions=1, plain=True, itemsize=4):
         steps = least_steps(hidden) if steps is None else steps
-        return cpu.plan_unit_split(batch, hidden, steps, directions, plain)
+        return cpu.plan_unit_split(batch, hidden, steps, directions, plain, itemsize)
 
-    assert plan() == min(threads, hidden // cpu.UNIT_SPLIT_MIN_UNITS)
-    assert plan(hidden=2 * cpu.UNIT_SPLIT_MIN_UNITS) == min(threads, 2)
-    assert plan(hidden=2 * cpu.UNIT_SPLIT_MIN_UNITS - 1) == 1  # too few units for two parts
-    assert plan(hidden=hidden + 1) == 1  # a part's weights outgrow a core's caches
-    assert plan(steps=least_steps(hidden) - 1) == 1  # too little work to pay for the threads
+    units = cpu.UNIT_SPLIT_MIN_UNITS
+    assert plan() == 4
+    assert plan(hidden=2 * units) == 2
+    assert plan(hidden=2 * units - 1) == 1  # too few units for two parts
+    # a part's share of W_hh, 16·H²/parts bytes in float32, must fit a core's L2 (1 MiB here)
+    assert plan(hidden=512) == 4
+    assert plan(hidden=513) == 1
+    assert plan(hidden=362, itemsize=8) == 4
+    assert plan(hidden=363, itemsize=8) == 1
+    assert plan(steps=least_steps(256) - 1) == 1  # too little work to pay for the threads
     assert plan(batch=2) == plan(directions=2) == plan(plain=False) == 1
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
+    assert (plan(hidden=362), plan(hidden=363)) == (2, 1)
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 1)
+    assert plan() == 1
+
+
+def test_core_cache_size_is_read_from_the_system(tmp_path):
+    for index, (level, size) in enumerate(
+        [("1", "48K"), ("1", "32K"), ("2", "2048K"), ("3", "32M")]
+    ):
+        entry = tmp_path / f"index{index}"
+        entry.mkdir()
+        (entry / "level").write_text(level + "\n")
+        (entry / "size").write_text(size + "\n")
+    assert cpu.core_cache_bytes(str(tmp_path)) == 2048 * 1024
+    absent = cpu.core_cache_bytes(str(tmp_path / "absent"))
+    assert absent == cpu.CORE_CACHE_FALLBACK_BYTES
+    assert cpu.core_cache_bytes() >= 64 * 1024  # this machine's, or the fallback
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
