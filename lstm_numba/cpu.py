@@ -184,8 +184,10 @@ def core_cache_bytes(base="/sys/devices/system/cpu/cpu0/cache"):
     return CORE_CACHE_FALLBACK_BYTES
 
 
-UNIT_SPLIT_MIN_UNITS = 32
-"""Hidden units a thread at least, when they are split over the threads."""
+UNIT_SPLIT_MIN_UNITS = 48
+"""Hidden units a thread at least, when they are split over the threads: with fewer, the
+hand-over between the threads every step costs about what the split saves (Zen 4, 2 threads:
+H = 64 in two parts ran 0.93–1.10× as fast as on one thread, H = 96 1.13–1.25×)."""
 
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 """Split the hidden units only from this much recurrent work on (T·4H² multiply-adds): starting
