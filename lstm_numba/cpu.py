@@ -698,15 +698,6 @@ def units_product(weights, vector, out, low, high):
             sums[j] = a0
 
 
-@njit(**EQUATION_OPTIONS)
-def max_units(bounds):
-    """The most units of any part: ``max(diff(bounds))``."""
-    widest = 0
-    for part in range(bounds.size - 1):
-        widest = max(widest, bounds[part + 1] - bounds[part])
-    return widest
-
-
 @njit(**KERNEL_OPTIONS)
 def lstm_units_step(
     part, step, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
@@ -723,7 +714,7 @@ def lstm_units_step(
     hidden = h_buffer.shape[1]
     low, high = bounds[part], bounds[part + 1]
     units = high - low
-    chunk = projected.shape[2] // max_units(bounds)
+    chunk = projected.shape[2] // np.diff(bounds).max()
     first = step - step % chunk  # the chunk's first step
     count = min(chunk, steps - first)
     # the chunk's steps read x at times [start, start + count), backwards when reversed
@@ -764,7 +755,7 @@ def lstm_unit_parts_worker(
     workers one after another (TBB may): the first worker then runs every part of every step.
     """
     parts = bounds.size - 1
-    widest = max_units(bounds)
+    widest = np.diff(bounds).max()
     recurrent = np.empty(4 * widest, dtype=h_buffer.dtype)
     step_projected = np.empty(4 * widest, dtype=h_buffer.dtype)
     times = np.empty(1, dtype=np.int64)
@@ -842,7 +833,8 @@ def lstm_layer_forward(
     one thread for its rows, and calls from other Python threads wait for the driver
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
     forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
-    driver's Python function.
+    driver's Python function. A batch of one may instead have its hidden units split over the
+    threads (``plan_unit_split``, ``lstm_unit_split_forward``).
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
