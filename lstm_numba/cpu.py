@@ -714,7 +714,7 @@ def lstm_units_step(
     hidden = h_buffer.shape[1]
     low, high = bounds[part], bounds[part + 1]
     units = high - low
-    chunk = projected.shape[2] // np.diff(bounds).max()
+    chunk = projected.shape[2] // (bias_parts.shape[1] // 4)  # (P, 4, chunk · widest part)
     first = step - step % chunk  # the chunk's first step
     count = min(chunk, steps - first)
     # the chunk's steps read x at times [start, start + count), backwards when reversed
@@ -755,7 +755,7 @@ def lstm_unit_parts_worker(
     workers one after another (TBB may): the first worker then runs every part of every step.
     """
     parts = bounds.size - 1
-    widest = np.diff(bounds).max()
+    widest = bias_parts.shape[1] // 4
     recurrent = np.empty(4 * widest, dtype=h_buffer.dtype)
     step_projected = np.empty(4 * widest, dtype=h_buffer.dtype)
     times = np.empty(1, dtype=np.int64)
@@ -784,14 +784,14 @@ def lstm_unit_split_forward(
     core's L2 (``plan_unit_split``), and waits for all parts' h of the step before.
 
     x: (1, T, I) if ``batch_first`` else (T, 1, I); w_ih (4H, I), w_hh (4H, H), gate blocks i,
-    f, g, o; bias_parts (P, ≥ 4U): part p's units of b_ih + b_hh, gate after gate; h_buffer
-    (2, H): h of even steps (row 0: the initial state) and of odd ones; c (H,): the initial cell
-    state, overwritten with the final one; y: (1, T, H) or (T, 1, H), the first ``steps`` steps
-    written (from the last one down when ``reverse``); bounds (P + 1,) int64: part p's units are
-    [bounds[p], bounds[p + 1]); projected (P, 4, chunk·max units) workspace; counters
-    ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then the count
-    of parts done. After it, h_buffer[steps % 2] holds the final h. BLAS must be limited to one
-    thread meanwhile.
+    f, g, o; bias_parts (P, 4W): part p's units of b_ih + b_hh, gate after gate, W = the widest
+    part's units; h_buffer (2, H): h of even steps (row 0: the initial state) and of odd ones;
+    c (H,): the initial cell state, overwritten with the final one; y: (1, T, H) or (T, 1, H),
+    the first ``steps`` steps written (from the last one down when ``reverse``); bounds (P + 1,)
+    int64: part p's units are [bounds[p], bounds[p + 1]); projected (P, 4, chunk·W) workspace;
+    counters ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then
+    the count of parts done. After it, h_buffer[steps % 2] holds the final h. BLAS must be
+    limited to one thread meanwhile.
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(
