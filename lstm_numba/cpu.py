@@ -153,9 +153,10 @@ thread whose BLAS has its own threads packs W_ih once instead of once a thread: 
 0.88 ms on one thread against 1.7–2.0 ms split (docs/performance.md)."""
 
 PARTITION_MIN_BATCH = 4
-"""Split the batch over the threads from this batch size on; below, one thread runs the sequence
-(two or three rows in one register tile beat a row a thread, which reads all of W_hh per row)
-and BLAS may use the other threads for the input projection."""
+"""Split the batch over the threads from this batch size on. Below, the hidden units are split
+instead where ``plan_unit_split`` takes them (rows of one length, the seed's cell); else one
+thread runs the rows (two or three rows in one register tile beat a row a thread, which reads
+all of W_hh per row) and BLAS may use the other threads for the input projection."""
 
 PARTITION_ALWAYS_ABOVE_HIDDEN = 512
 """Above this H, W_hh (16·H² bytes in float32) is beyond the caches and the batch is split over
@@ -189,8 +190,13 @@ UNIT_SPLIT_MIN_UNITS = 48
 hand-over between the threads every step costs about what the split saves (Zen 4, 2 threads:
 H = 64 in two parts ran 0.93–1.10× as fast as on one thread, H = 96 1.13–1.25×)."""
 
+UNIT_SPLIT_MAX_BATCH = 3
+"""Split the hidden units of up to this many rows (``plan_unit_split``); from
+``PARTITION_MIN_BATCH`` rows on, the rows are split over the threads instead (at 4–8 rows the
+units split ran 0.8–1.1× as fast as the rows split, Zen 4, docs/performance.md)."""
+
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
-"""Split the hidden units only from this much recurrent work on (T·4H² multiply-adds): starting
+"""Split the hidden units only from this much recurrent work on (B·T·4H² multiply-adds): starting
 the threads and holding BLAS to one thread cost ≈ 30–40 µs a call, which the faster steps repay
 after ≈ 16 steps at H = 128 (measured on a Zen 4, docs/performance.md)."""
 
@@ -274,15 +280,28 @@ def pack_panels(w_hh):
     compile."""
     directions, gate_rows, hidden = w_hh.shape
     width = panel_width(w_hh.itemsize)
-    count = -(-gate_rows // width)
-    panels = np.zeros((directions, count, hidden, width), dtype=w_hh.dtype)
+    panels = np.empty((directions, -(-gate_rows // width), hidden, width), dtype=w_hh.dtype)
+    rows = np.arange(gate_rows)
     for d in range(directions):
-        for p in range(count):
-            for j in range(min(width, gate_rows - p * width)):
-                row = w_hh[d, p * width + j]
-                for k in range(hidden):
-                    panels[d, p, k, j] = row[k]
+        pack_rows(w_hh[d], rows, panels[d])
     return panels
+
+
+@njit(**KERNEL_OPTIONS)
+def pack_rows(weights, rows, panels):
+    """Rows ``rows`` (R,) int64 of weights (·, K) into panels (P, K, W), P·W ≥ R: panel p holds
+    rows[W·p : W·(p + 1)] transposed, zeros past the last."""
+    count, depth, width = panels.shape
+    for p in range(count):
+        for j in range(width):
+            r = p * width + j
+            if r < rows.size:
+                row = weights[rows[r]]
+                for k in range(depth):
+                    panels[p, k, j] = row[k]
+            else:
+                for k in range(depth):
+                    panels[p, k, j] = 0
 
 
 @njit(**KERNEL_OPTIONS)
@@ -645,22 +664,27 @@ cache line (or the pair of lines the prefetcher fetches together)."""
 
 
 def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
-    """Into how many parts ``lstm_layer_forward`` splits the hidden units of one sequence, each
-    on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only for one row in one
-    direction (more have threads of their own, ``plan_forward``), of the seed's cell without
-    LSTMP's projection or traces (``plain``), and where it pays: where a part's share of W_hh
-    (4H·H·``itemsize`` bytes over the parts) fits a core's L2 (``core_cache_bytes``), so that
-    each step reads it from there, and with enough work (``UNIT_SPLIT_MIN_*``). On a Zen 4 (1 MB
-    L2, 2 threads) the split ran (1, 128, 320, 320) 1.54× faster, a part's share 0.8 MB, and
-    (1, 128, 384, 384) 0.85× as fast, 1.2 MB (docs/performance.md). Never in a process forked
-    after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM
-    instructions with no Python form)."""
-    if batch != 1 or directions != 1 or not plain or numba_config.DISABLE_JIT:
+    """Into how many parts ``lstm_layer_forward`` splits the hidden units of a few sequences, each
+    part on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only in one
+    direction (more have threads of their own, ``plan_forward``), up to
+    ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and
+    rows of one length (``plain``), with enough work (``UNIT_SPLIT_MIN_*``), and for one row only
+    where a part's share of W_hh (4H·H·``itemsize`` bytes over the parts) fits a core's L2
+    (``core_cache_bytes``). Measured on a Zen 4 (1 MB L2, 2 threads, docs/performance.md): one
+    row ran (1, 128, 320, 320) 1.54× faster split, a part's share 0.8 MB, but (1, 128, 384, 384)
+    0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs on both threads too; two or
+    three rows, whose alternative is the register tile on one thread, ran 1.1–1.45× faster split
+    at H = 128–1024, and four or more 0.8–1.1×. Never in a process forked after GNU OpenMP
+    started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions with no Python
+    form)."""
+    if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
         return 1
-    if _FORKED_FROM_GNU_OPENMP or steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
+    if numba_config.DISABLE_JIT or _FORKED_FROM_GNU_OPENMP:
+        return 1
+    if batch * steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
         return 1
     parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
-    if parts < 2 or 4 * hidden * hidden * itemsize > parts * core_cache_bytes():
+    if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * core_cache_bytes()):
         return 1
     return parts
 
@@ -700,53 +724,75 @@ def units_product(weights, vector, out, low, high):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_units_step(
-    part, step, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
-    projected, recurrent, step_projected, times, sink,
+    part, step, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps,
+    reverse, batch_first, bounds, projected, recurrent, step_projected, h_part, times, sink,
 ):  # fmt: skip
-    """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of one sequence: their rows
-    of the recurrent product (``units_product``), the fused pointwise pass, and, at the first
-    step of each chunk of ``PROJECTION_ROWS`` steps, their input projection for the chunk (BLAS,
-    a gate block at a time).
+    """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row: their rows of
+    the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
+    steps (``PROJECTION_ROWS`` rows × steps), their input projection for the chunk (BLAS, a gate
+    block at a time). The recurrent product of one row is ``units_product`` on W_hh as it is; of
+    more, the register tile (``recurrent_panels``) on the part's rows of W_hh, which the part's
+    first step packs.
 
-    Arguments as ``lstm_unit_split_forward``'s; recurrent and step_projected (≥ 4U,),
-    times (1,) and sink (0,) are the calling thread's workspace, U = the part's units.
+    Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
+    h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
+    units, W = the widest part's.
     """
-    hidden = h_buffer.shape[1]
+    batch, hidden = h_buffer.shape[1], h_buffer.shape[2]
     low, high = bounds[part], bounds[part + 1]
     units = high - low
-    chunk = projected.shape[2] // (bias_parts.shape[1] // 4)  # (P, 4, chunk · widest part)
+    widest = bias_parts.shape[1] // 4
+    chunk = projected.shape[2] // (batch * widest)  # steps a chunk
     first = step - step % chunk  # the chunk's first step
     count = min(chunk, steps - first)
     # the chunk's steps read x at times [start, start + count), backwards when reversed
     start = steps - first - count if reverse else first
     t = steps - 1 - step if reverse else step
+    if step == 0 and batch > 1:
+        pack_rows(w_hh, unit_rows[part, : 4 * units], panels[part])
+    # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
+    # (chunk, B, U): x's own order, so that each GEMM reads x where it is
+    row_stride, batch_stride = (units, chunk * units) if batch_first else (batch * units, units)
     if step == first:
-        rows = (x[0] if batch_first else x.reshape((x.shape[0], -1)))[start : start + count]
         for g in range(4):
             gate_rows = w_ih[g * hidden + low : g * hidden + high]
-            out = projected[part, g, : count * units].reshape((count, units))
-            np.dot(rows, gate_rows.T, out)
-    row = t - start
-    units_product(w_hh, h_buffer[step % 2], recurrent, low, high)
-    for g in range(4):
-        gate = slice(g * units, (g + 1) * units)
-        _copy(projected[part, g, row * units : (row + 1) * units], step_projected[gate])
-    times[0] = t
+            gate = projected[part, g]
+            if batch_first:
+                for b in range(batch):
+                    out = gate[b * batch_stride : b * batch_stride + count * units]
+                    np.dot(x[b, start : start + count], gate_rows.T, out.reshape((count, units)))
+            else:
+                rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
+                out = gate[: count * batch * units].reshape((count * batch, units))
+                np.dot(rows, gate_rows.T, out)
+    h_now = h_buffer[step % 2]
+    if batch == 1:
+        units_product(w_hh, h_now[0], recurrent[0], low, high)
+    else:
+        recurrent_panels(h_now, panels[part], recurrent)
+    offset = (t - start) * row_stride
+    for b in range(batch):
+        for g in range(4):
+            source = projected[part, g, offset + b * batch_stride :]
+            _copy(source[:units], step_projected[b, g * units : (g + 1) * units])
+        times[b] = t
+    h_new = h_part[: batch * units].reshape((batch, units))
     # non-literal constants: Literal arguments would compile the pointwise kernel a second time
     write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
     lstm_step_pointwise(
-        recurrent[: 4 * units].reshape((1, 4 * units)),
-        step_projected[: 4 * units].reshape((1, 4 * units)),
-        bias_parts[part, : 4 * units], None, c[low:high].reshape((1, units)),
-        h_buffer[(step + 1) % 2, low:high].reshape((1, units)), times, y, write_y, sink, low,
-        batch_first, row_offset, None, direction,
+        recurrent, step_projected, bias_parts[part, : 4 * units], None,
+        c_parts[part, : batch * units].reshape((batch, units)), h_new, times, y, write_y, sink,
+        low, batch_first, row_offset, None, direction,
     )  # fmt: skip
+    h_next = h_buffer[(step + 1) % 2]
+    for b in range(batch):
+        _copy(h_new[b], h_next[b, low:high])
 
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
-    projected, counters,
+    first, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps, reverse,
+    batch_first, bounds, projected, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every step, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the step
@@ -755,10 +801,13 @@ def lstm_unit_parts_worker(
     workers one after another (TBB may): the first worker then runs every part of every step.
     """
     parts = bounds.size - 1
+    batch = h_buffer.shape[1]
     widest = bias_parts.shape[1] // 4
-    recurrent = np.empty(4 * widest, dtype=h_buffer.dtype)
-    step_projected = np.empty(4 * widest, dtype=h_buffer.dtype)
-    times = np.empty(1, dtype=np.int64)
+    columns = max(4 * widest, panels.shape[1] * panels.shape[3])  # the panels' zero padding
+    recurrent = np.empty((batch, columns), dtype=h_buffer.dtype)
+    step_projected = np.empty((batch, 4 * widest), dtype=h_buffer.dtype)
+    h_part = np.empty(batch * widest, dtype=h_buffer.dtype)
+    times = np.empty(batch, dtype=np.int64)
     sink = np.empty(0, dtype=h_buffer.dtype)
     done = parts * COUNTER_STRIDE
     for step in range(steps):
@@ -768,59 +817,74 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, step):
                 lstm_units_step(
-                    part, step, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse,
-                    batch_first, bounds, projected, recurrent, step_projected, times, sink,
+                    part, step, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts,
+                    y, steps, reverse, batch_first, bounds, projected, recurrent, step_projected,
+                    h_part, times, sink,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds, projected,
-    counters,
+    x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps, reverse,
+    batch_first, bounds, projected, counters,
 ):  # fmt: skip
-    """Parallel driver for one sequence: its hidden units split into parts, one thread each,
-    which hand over every step: each reads its part's rows of W_ih and W_hh only, from its own
-    core's L2 (``plan_unit_split``), and waits for all parts' h of the step before.
+    """Parallel driver for a few sequences of one length: their hidden units split into parts,
+    one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
+    only, from its own core's L2 (``plan_unit_split``), and waits for all parts' h of the step
+    before.
 
-    x: (1, T, I) if ``batch_first`` else (T, 1, I); w_ih (4H, I), w_hh (4H, H), gate blocks i,
+    x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), gate blocks i,
     f, g, o; bias_parts (P, 4W): part p's units of b_ih + b_hh, gate after gate, W = the widest
-    part's units; h_buffer (2, H): h of even steps (row 0: the initial state) and of odd ones;
-    c (H,): the initial cell state, overwritten with the final one; y: (1, T, H) or (T, 1, H),
-    the first ``steps`` steps written (from the last one down when ``reverse``); bounds (P + 1,)
-    int64: part p's units are [bounds[p], bounds[p + 1]); projected (P, 4, chunk·W) workspace;
-    counters ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then
-    the count of parts done. After it, h_buffer[steps % 2] holds the final h. BLAS must be
-    limited to one thread meanwhile.
+    part's units; unit_rows (P, 4W) int64: the rows of W_hh these are; panels (P, N, H, W') the
+    workspace where each part's rows are packed for the register tile (``pack_rows``), N = 0
+    for one row; h_buffer (2, B, H): h of even steps (row 0: the initial state) and of odd
+    ones; c_parts (P, B·W): part p's units of the initial cell state as (B, U), overwritten with
+    the final ones; y: (B, T, H) or (T, B, H), the first ``steps`` steps written (from the last
+    one down when ``reverse``); bounds (P + 1,) int64: part p's units are [bounds[p],
+    bounds[p + 1]); projected (P, 4, chunk·B·W) workspace; counters ((P + 1)·``COUNTER_STRIDE``,)
+    int64 zeros: each part's next unclaimed step, then the count of parts done. After it,
+    h_buffer[steps % 2] holds the final h. BLAS must be limited to one thread meanwhile.
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(
-            first, x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first,
-            bounds, projected, counters,
+            first, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps,
+            reverse, batch_first, bounds, projected, counters,
         )  # fmt: skip
 
 
 def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_first, parts):
-    """``lstm_unit_split_forward`` for one row in one direction: h, c (H,) the initial states,
-    overwritten with the final ones; other arguments as ``lstm_layer_forward``'s for D = 1."""
-    hidden = h.size
+    """``lstm_unit_split_forward`` for rows of one length in one direction: h, c (B, H) the
+    initial states, overwritten with the final ones; other arguments as
+    ``lstm_layer_forward``'s for D = 1."""
+    batch, hidden = h.shape
     bounds = np.arange(parts + 1) * hidden // parts
     widest = int(np.diff(bounds).max())
     bias_parts = np.zeros((parts, 4 * widest), dtype=bias.dtype)
+    unit_rows = np.zeros((parts, 4 * widest), dtype=np.int64)
+    c_parts = np.empty((parts, batch * widest), dtype=c.dtype)
+    gate_starts = np.arange(4)[:, None] * hidden
     for part, (low, high) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        gates = bias.reshape(4, hidden)[:, low:high]
-        bias_parts[part, : gates.size] = gates.ravel()
-    chunk = min(steps, PROJECTION_ROWS)
-    projected = np.empty((parts, 4, chunk * widest), dtype=x.dtype)
+        units = high - low
+        bias_parts[part, : 4 * units] = bias.reshape(4, hidden)[:, low:high].ravel()
+        unit_rows[part, : 4 * units] = (gate_starts + np.arange(low, high)).ravel()
+        c_parts[part, : batch * units] = c[:, low:high].ravel()
+    width = panel_width.py_func(w_hh.itemsize)
+    packed = -(-4 * widest // width) if batch > 1 else 0
+    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype)
+    chunk = max(1, min(steps, PROJECTION_ROWS // batch))
+    projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     counters = np.zeros((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
-    h_buffer = np.empty((2, hidden), dtype=h.dtype)
+    h_buffer = np.empty((2, batch, hidden), dtype=h.dtype)
     h_buffer[0] = h
     with _PARALLEL_FORWARD, _blas_threads().limit(limits=1):
         lstm_unit_split_forward(
-            x, w_ih, w_hh, bias_parts, h_buffer, c, y, steps, reverse, batch_first, bounds,
-            projected, counters,
+            x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps, reverse,
+            batch_first, bounds, projected, counters,
         )  # fmt: skip
     h[:] = h_buffer[steps % 2]
+    for part, (low, high) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        c[:, low:high] = c_parts[part, : batch * (high - low)].reshape(batch, high - low)
 
 
 def lstm_layer_forward(
@@ -839,10 +903,11 @@ def lstm_layer_forward(
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
     plain = cell is None and traces is None and w_hr.shape[1] == 0
+    plain = plain and batch > 0 and int(lengths.min()) == steps
     parts = plan_unit_split(batch, c.shape[2], steps, directions, plain, c.itemsize)
     if parts > 1:
         _unit_split_forward(
-            x, w_ih[0], w_hh[0], bias[0], h[0, 0], c[0, 0], y, steps, backward, batch_first, parts
+            x, w_ih[0], w_hh[0], bias[0], h[0], c[0], y, steps, backward, batch_first, parts
         )
         return
     product, partitions, parallel = plan_forward(batch, x.shape[2], c.shape[2], steps, directions)

@@ -291,30 +291,33 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("batch", [1, 2, 3])
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("threads", [True, False], ids=["parallel", "one-after-another"])
 def test_units_split_over_threads_match_reference(
-    rng, dtype, parts, batch_first, reverse, threads, monkeypatch
+    rng, dtype, parts, batch, batch_first, reverse, threads, monkeypatch
 ):
-    """One sequence's hidden units split into parts that hand over every step
+    """A few sequences' hidden units split into parts that hand over every step
     (``cpu.lstm_unit_split_forward``): uneven parts (H = 11: 5 + 6, 3 + 4 + 4, every leftover of
-    the 4-row tile), a length below T, several projection chunks, read forwards and backwards.
+    the 4-row tile), one row (``units_product``) or several (the register tile on each part's
+    packed rows), a length below T, several projection chunks, read forwards and backwards.
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
     where ``prange`` is ``range``), as a threading layer that does not run them at once would:
     the first must then run every part of every step instead of waiting for the others."""
-    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4)  # chunks of 4 + 4 + 4 + 1 steps
+    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)  # chunks of 4 + 4 + 4 + 1 steps
     if not threads:
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
     steps, inputs, hidden, length = 15, 6, 11, 13
     model = ln.LSTM(
         inputs, hidden, batch_first=batch_first, dtype=dtype, reverse=reverse, seed=rng.integers(9)
     )
-    x = rng.standard_normal((1, steps, inputs) if batch_first else (steps, 1, inputs)).astype(dtype)
-    h = rng.standard_normal(hidden).astype(dtype)
-    c = rng.standard_normal(hidden).astype(dtype)
+    shape = (batch, steps, inputs) if batch_first else (steps, batch, inputs)
+    x = rng.standard_normal(shape).astype(dtype)
+    h = rng.standard_normal((batch, hidden)).astype(dtype)
+    c = rng.standard_normal((batch, hidden)).astype(dtype)
     expected, (h_ref, c_ref) = reference.lstm_forward(
-        x, model.state_dict(), (h[None, None], c[None, None]), batch_first, lengths=[length],
+        x, model.state_dict(), (h[None], c[None]), batch_first, lengths=[length] * batch,
         reverse=reverse,
     )  # fmt: skip
     y = np.zeros(x.shape[:2] + (hidden,), dtype)
@@ -324,14 +327,16 @@ def test_units_split_over_threads_match_reference(
         weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, length, reverse, batch_first, parts,
     )  # fmt: skip
     assert_close(y, expected)
-    assert_close(h, h_ref[0, 0])
-    assert_close(c, c_ref[0, 0])
+    assert_close(h, h_ref[0])
+    assert_close(c, c_ref[0])
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("options", [{}, {"num_layers": 2, "batch_first": False}])
-def test_one_sequence_runs_its_units_on_threads_where_that_pays(rng, options, monkeypatch):
-    """A batch of one takes ``cpu.lstm_unit_split_forward`` when the plan says so (every layer),
-    through ``LSTM.__call__``; models the split does not cover take the other drivers."""
+def test_few_sequences_run_their_units_on_threads_where_that_pays(rng, batch, options, monkeypatch):
+    """A batch of up to ``UNIT_SPLIT_MAX_BATCH`` rows of one length takes
+    ``cpu.lstm_unit_split_forward`` when the plan says so (every layer), through
+    ``LSTM.__call__``; models and batches the split does not cover take the other drivers."""
     from numba import get_num_threads
 
     if get_num_threads() < 2:
@@ -347,7 +352,7 @@ def test_one_sequence_runs_its_units_on_threads_where_that_pays(rng, options, mo
 
     monkeypatch.setattr(cpu, "lstm_unit_split_forward", recording_driver)
     model = ln.LSTM(5, 8, seed=rng.integers(9), **options)
-    shape = (1, 9, 5) if model.batch_first else (9, 1, 5)
+    shape = (batch, 9, 5) if model.batch_first else (9, batch, 5)
     x = rng.standard_normal(shape).astype(np.float32)
     y, (h_n, c_n) = model(x)
     y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), None, model.batch_first)
@@ -357,38 +362,44 @@ def test_one_sequence_runs_its_units_on_threads_where_that_pays(rng, options, mo
     assert_close(c_n, c_ref)
     calls.clear()
     for other in (ln.LSTM(5, 8, bidirectional=True), ln.LSTM(5, 8, proj_size=3)):
-        other(rng.standard_normal((1, 9, 5)).astype(np.float32))
-        other(rng.standard_normal((2, 9, 5)).astype(np.float32))
+        other(rng.standard_normal((batch, 9, 5)).astype(np.float32))
+    model(rng.standard_normal((cpu.UNIT_SPLIT_MAX_BATCH + 1, 9, 5)).astype(np.float32))
     model(x, return_gates=True)
+    model(np.concatenate([x, x], axis=0 if model.batch_first else 1), lengths=[9, 8] * batch)
     assert calls == []
 
 
-def test_plan_splits_units_of_one_sequence_where_that_pays(monkeypatch):
+def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 4)
     monkeypatch.setattr(cpu, "core_cache_bytes", lambda: 1 << 20)
 
-    def least_steps(hidden):  # for enough work to split
-        return -(-cpu.UNIT_SPLIT_MIN_MULTIPLY_ADDS // (4 * hidden * hidden))
+    def least_steps(hidden, batch=1):  # for enough work to split
+        return -(-cpu.UNIT_SPLIT_MIN_MULTIPLY_ADDS // (batch * 4 * hidden * hidden))
 
     def plan(batch=1, hidden=256, steps=None, directions=1, plain=True, itemsize=4):
-        steps = least_steps(hidden) if steps is None else steps
+        steps = least_steps(hidden, batch) if steps is None else steps
         return cpu.plan_unit_split(batch, hidden, steps, directions, plain, itemsize)
 
     units = cpu.UNIT_SPLIT_MIN_UNITS
     assert plan() == 4
     assert plan(hidden=2 * units) == 2
     assert plan(hidden=2 * units - 1) == 1  # too few units for two parts
-    # a part's share of W_hh, 16·H²/parts bytes in float32, must fit a core's L2 (1 MiB here)
+    # one row's share of W_hh, 16·H²/parts bytes in float32, must fit a core's L2 (1 MiB here)
     assert plan(hidden=512) == 4
     assert plan(hidden=513) == 1
     assert plan(hidden=362, itemsize=8) == 4
     assert plan(hidden=363, itemsize=8) == 1
     assert plan(steps=least_steps(256) - 1) == 1  # too little work to pay for the threads
-    assert plan(batch=2) == plan(directions=2) == plan(plain=False) == 1
+    # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H
+    most = cpu.UNIT_SPLIT_MAX_BATCH
+    assert plan(batch=2) == plan(batch=most) == plan(batch=2, hidden=1024) == 4
+    assert plan(batch=2, steps=least_steps(256, 2) - 1) == 1
+    assert plan(batch=most + 1) == plan(batch=0, steps=100) == 1
+    assert plan(directions=2) == plan(plain=False) == 1
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
     assert (plan(hidden=362), plan(hidden=363)) == (2, 1)
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 1)
-    assert plan() == 1
+    assert plan() == plan(batch=2) == 1
 
 
 def test_core_cache_size_is_read_from_the_system(tmp_path):
@@ -512,10 +523,12 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
     x = rng.standard_normal((4, 6, 3) if batch_first else (6, 4, 3)).astype(np.float32)
     model(x, lengths=[6, 2, 5, 1], return_gates=True)
     model(x, lengths=[6, 2, 5, 1])
-    one_row = ln.LSTM(3, 5, num_layers=2, batch_first=batch_first, seed=4)
-    one_row(x[:1] if batch_first else x[:, :1], lengths=[3])  # the units split, when threads
+    unidirectional = ln.LSTM(3, 5, num_layers=2, batch_first=batch_first, seed=4)
+    for rows in (1, 3):  # the units split, when threads
+        unidirectional(x[:rows] if batch_first else x[:, :rows], lengths=[3] * rows)
     kernels = [cpu.lstm_rows_forward, cpu.lstm_partitioned_forward, cpu.lstm_step_pointwise]
     kernels += [cpu.lstm_unit_split_forward, cpu.lstm_units_step, cpu.units_product]
+    kernels += [cpu.pack_rows, cpu.recurrent_panels]
     for kernel in kernels:
         for signature in kernel.signatures:
             layouts = [t.layout for t in signature if hasattr(t, "layout")]
