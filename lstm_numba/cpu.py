@@ -5,6 +5,7 @@ Layers of names, from the inside out: scalar equations (``equations``), elementw
 Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and ``model`` do.
 """
 
+import contextlib
 import functools
 import os
 import threading
@@ -81,6 +82,22 @@ def _blas_threads():
             stacklevel=2,
         )
     return controller
+
+
+@contextlib.contextmanager
+def _blas_on_one_thread():
+    """BLAS held to one thread while the block runs (the parallel drivers' threads each call it),
+    then set back: ≈ 8 µs a call through the libraries' own setters, where threadpoolctl's
+    ``limit`` took ≈ 20 µs (it reads each library's whole description first)."""
+    libraries = _blas_threads().lib_controllers
+    counts = [library.get_num_threads() for library in libraries]
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, count in zip(libraries, counts, strict=True):
+            library.set_num_threads(count)
 
 
 _PARALLEL_FORWARD = threading.Lock()
@@ -197,8 +214,9 @@ units split ran 0.8–1.1× as fast as the rows split, Zen 4, docs/performance.m
 
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 """Split the hidden units only from this much recurrent work on (B·T·4H² multiply-adds): starting
-the threads and holding BLAS to one thread cost ≈ 30–40 µs a call, which the faster steps repay
-after ≈ 16 steps at H = 128 (measured on a Zen 4, docs/performance.md)."""
+the threads and holding BLAS to one thread cost ≈ 15 µs a call, which the faster steps repay
+after a few steps at H = 128 (set when that cost was ≈ 30–40 µs and the split ran 4 steps at
+H = 128 0.63× as fast; measured on a Zen 4, docs/performance.md)."""
 
 
 RECURRENT_BLAS, RECURRENT_DOT_TILE, RECURRENT_PANELS = 0, 1, 2
@@ -724,21 +742,22 @@ def units_product(weights, vector, out, low, high):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_units_step(
-    part, step, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps,
-    reverse, batch_first, bounds, projected, recurrent, step_projected, h_part, times, sink,
+    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds,
+    projected, bias_parts, c_parts, recurrent, step_projected, h_part, times, sink,
 ):  # fmt: skip
     """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row: their rows of
     the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
     steps (``PROJECTION_ROWS`` rows × steps), their input projection for the chunk (BLAS, a gate
     block at a time). The recurrent product of one row is ``units_product`` on W_hh as it is; of
-    more, the register tile (``recurrent_panels``) on the part's rows of W_hh, which the part's
-    first step packs.
+    more, the register tile (``recurrent_panels``) on the part's rows of W_hh. The part's first
+    step gathers its units of the bias and the cell state, and packs those rows; its last
+    writes its cell states back to c.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
     units, W = the widest part's.
     """
-    batch, hidden = h_buffer.shape[1], h_buffer.shape[2]
+    batch, hidden = c.shape
     low, high = bounds[part], bounds[part + 1]
     units = high - low
     widest = bias_parts.shape[1] // 4
@@ -748,8 +767,18 @@ def lstm_units_step(
     # the chunk's steps read x at times [start, start + count), backwards when reversed
     start = steps - first - count if reverse else first
     t = steps - 1 - step if reverse else step
-    if step == 0 and batch > 1:
-        pack_rows(w_hh, unit_rows[part, : 4 * units], panels[part])
+    part_bias = bias_parts[part, : 4 * units]
+    part_c = c_parts[part, : batch * units].reshape((batch, units))
+    if step == 0:
+        rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
+        for g in range(4):
+            for u in range(units):
+                rows[g * units + u] = g * hidden + low + u
+                part_bias[g * units + u] = bias[g * hidden + low + u]
+        for b in range(batch):
+            _copy(c[b, low:high], part_c[b])
+        if batch > 1:
+            pack_rows(w_hh, rows, panels[part])
     # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
     # (chunk, B, U): x's own order, so that each GEMM reads x where it is
     row_stride, batch_stride = (units, chunk * units) if batch_first else (batch * units, units)
@@ -780,19 +809,20 @@ def lstm_units_step(
     # non-literal constants: Literal arguments would compile the pointwise kernel a second time
     write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
     lstm_step_pointwise(
-        recurrent, step_projected, bias_parts[part, : 4 * units], None,
-        c_parts[part, : batch * units].reshape((batch, units)), h_new, times, y, write_y, sink,
-        low, batch_first, row_offset, None, direction,
+        recurrent, step_projected, part_bias, None, part_c, h_new, times, y, write_y, sink, low,
+        batch_first, row_offset, None, direction,
     )  # fmt: skip
     h_next = h_buffer[(step + 1) % 2]
     for b in range(batch):
         _copy(h_new[b], h_next[b, low:high])
+        if step == steps - 1:
+            _copy(part_c[b], c[b, low:high])
 
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps, reverse,
-    batch_first, bounds, projected, counters,
+    first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds,
+    projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every step, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the step
@@ -801,14 +831,14 @@ def lstm_unit_parts_worker(
     workers one after another (TBB may): the first worker then runs every part of every step.
     """
     parts = bounds.size - 1
-    batch = h_buffer.shape[1]
+    batch = c.shape[0]
     widest = bias_parts.shape[1] // 4
     columns = max(4 * widest, panels.shape[1] * panels.shape[3])  # the panels' zero padding
-    recurrent = np.empty((batch, columns), dtype=h_buffer.dtype)
-    step_projected = np.empty((batch, 4 * widest), dtype=h_buffer.dtype)
-    h_part = np.empty(batch * widest, dtype=h_buffer.dtype)
+    recurrent = np.empty((batch, columns), dtype=c.dtype)
+    step_projected = np.empty((batch, 4 * widest), dtype=c.dtype)
+    h_part = np.empty(batch * widest, dtype=c.dtype)
     times = np.empty(batch, dtype=np.int64)
-    sink = np.empty(0, dtype=h_buffer.dtype)
+    sink = np.empty(0, dtype=c.dtype)
     done = parts * COUNTER_STRIDE
     for step in range(steps):
         while atomics.load(counters, done) < parts * step:
@@ -817,39 +847,39 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, step):
                 lstm_units_step(
-                    part, step, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts,
-                    y, steps, reverse, batch_first, bounds, projected, recurrent, step_projected,
-                    h_part, times, sink,
+                    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse,
+                    batch_first, bounds, projected, bias_parts, c_parts, recurrent,
+                    step_projected, h_part, times, sink,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps, reverse,
-    batch_first, bounds, projected, counters,
+    x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds, projected,
+    bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Parallel driver for a few sequences of one length: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
     only, from its own core's L2 (``plan_unit_split``), and waits for all parts' h of the step
     before.
 
-    x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), gate blocks i,
-    f, g, o; bias_parts (P, 4W): part p's units of b_ih + b_hh, gate after gate, W = the widest
-    part's units; unit_rows (P, 4W) int64: the rows of W_hh these are; panels (P, N, H, W') the
-    workspace where each part's rows are packed for the register tile (``pack_rows``), N = 0
-    for one row; h_buffer (2, B, H): h of even steps (row 0: the initial state) and of odd
-    ones; c_parts (P, B·W): part p's units of the initial cell state as (B, U), overwritten with
-    the final ones; y: (B, T, H) or (T, B, H), the first ``steps`` steps written (from the last
-    one down when ``reverse``); bounds (P + 1,) int64: part p's units are [bounds[p],
-    bounds[p + 1]); projected (P, 4, chunk·B·W) workspace; counters ((P + 1)·``COUNTER_STRIDE``,)
-    int64 zeros: each part's next unclaimed step, then the count of parts done. After it,
-    h_buffer[steps % 2] holds the final h. BLAS must be limited to one thread meanwhile.
+    x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,)
+    b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
+    rows of W_hh are packed for the register tile (``pack_rows``), N = 0 for one row; h_buffer
+    (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
+    cell state, overwritten with the final one; y: (B, T, H) or (T, B, H), the first ``steps``
+    steps written (from the last one down when ``reverse``); bounds (P + 1,) int64: part p's
+    units are [bounds[p], bounds[p + 1]); workspace: projected (P, 4, chunk·B·W), bias_parts
+    (P, 4W), c_parts (P, B·W), W = the widest part's units; counters ((P + 1)·
+    ``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then the count of parts
+    done. After it, h_buffer[steps % 2] holds the final h. BLAS must be limited to one thread
+    meanwhile.
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(
-            first, x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps,
-            reverse, batch_first, bounds, projected, counters,
+            first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first,
+            bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
 
 
@@ -859,32 +889,23 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_firs
     ``lstm_layer_forward``'s for D = 1."""
     batch, hidden = h.shape
     bounds = np.arange(parts + 1) * hidden // parts
-    widest = int(np.diff(bounds).max())
-    bias_parts = np.zeros((parts, 4 * widest), dtype=bias.dtype)
-    unit_rows = np.zeros((parts, 4 * widest), dtype=np.int64)
-    c_parts = np.empty((parts, batch * widest), dtype=c.dtype)
-    gate_starts = np.arange(4)[:, None] * hidden
-    for part, (low, high) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        units = high - low
-        bias_parts[part, : 4 * units] = bias.reshape(4, hidden)[:, low:high].ravel()
-        unit_rows[part, : 4 * units] = (gate_starts + np.arange(low, high)).ravel()
-        c_parts[part, : batch * units] = c[:, low:high].ravel()
+    widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
     packed = -(-4 * widest // width) if batch > 1 else 0
     panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype)
     chunk = max(1, min(steps, PROJECTION_ROWS // batch))
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
+    bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
+    c_parts = np.empty((parts, batch * widest), dtype=c.dtype)
     counters = np.zeros((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
     h_buffer = np.empty((2, batch, hidden), dtype=h.dtype)
     h_buffer[0] = h
-    with _PARALLEL_FORWARD, _blas_threads().limit(limits=1):
+    with _PARALLEL_FORWARD, _blas_on_one_thread():
         lstm_unit_split_forward(
-            x, w_ih, w_hh, bias_parts, unit_rows, panels, h_buffer, c_parts, y, steps, reverse,
-            batch_first, bounds, projected, counters,
+            x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds,
+            projected, bias_parts, c_parts, counters,
         )  # fmt: skip
     h[:] = h_buffer[steps % 2]
-    for part, (low, high) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        c[:, low:high] = c_parts[part, : batch * (high - low)].reshape(batch, high - low)
 
 
 def lstm_layer_forward(
@@ -926,5 +947,5 @@ def lstm_layer_forward(
     if not parallel:
         serial_partitioned_forward(*arguments)
         return
-    with _PARALLEL_FORWARD, _blas_threads().limit(limits=1):
+    with _PARALLEL_FORWARD, _blas_on_one_thread():
         lstm_partitioned_forward(*arguments)
