@@ -346,6 +346,24 @@ def recurrent_panels(h, panels, out):
                     _tile_rows(h, panels, out, b0, rows, p + 1)
 
 
+@njit(**KERNEL_OPTIONS)
+def few_rows_panels(h, panels, out):
+    """``recurrent_panels`` for 2 or 3 rows, the tiles it would pick (2 rows × 2 panels, or
+    3 rows × 1 panel) and no others: the units split's product, whose cold first call compiles
+    ≈ 1.5 s faster with two tiles than with ``recurrent_panels``'s seven. Arguments as
+    ``recurrent_panels``'s."""
+    count = panels.shape[0]
+    for p in range(0, count, 2):
+        if h.shape[0] == 2 and p + 1 < count:
+            tile_2_wide(h, panels, out, 0, p)
+            continue
+        for q in range(p, min(p + 2, count)):
+            if h.shape[0] == 3:
+                tile_3(h, panels, out, 0, q)
+            else:
+                tile_2(h, panels, out, 0, q)
+
+
 @njit(**EQUATION_OPTIONS)
 def _tile_rows(h, panels, out, b0, rows, p):
     """The register tile of ``rows`` (1 to 6) rows from b0 on, panel p."""
@@ -749,7 +767,7 @@ def lstm_units_step(
     the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
     steps (``PROJECTION_ROWS`` rows × steps), their input projection for the chunk (BLAS, a gate
     block at a time). The recurrent product of one row is ``units_product`` on W_hh as it is; of
-    more, the register tile (``recurrent_panels``) on the part's rows of W_hh. The part's first
+    more, the register tile (``few_rows_panels``) on the part's rows of W_hh. The part's first
     step gathers its units of the bias and the cell state, and packs those rows; its last
     writes its cell states back to c.
 
@@ -798,7 +816,7 @@ def lstm_units_step(
     if batch == 1:
         units_product(w_hh, h_now[0], recurrent[0], low, high)
     else:
-        recurrent_panels(h_now, panels[part], recurrent)
+        few_rows_panels(h_now, panels[part], recurrent)
     offset = (t - start) * row_stride
     for b in range(batch):
         for g in range(4):

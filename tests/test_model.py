@@ -442,6 +442,10 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     cpu.recurrent_panels(h, panels, out)
     assert_close(out[:, : 4 * hidden], h.astype(np.float64) @ w_hh.T.astype(np.float64))
     assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
+    if batch in (2, 3):  # the units split's version, with only the tiles for these
+        few = np.full_like(out, np.nan)
+        cpu.few_rows_panels(h, panels, few)
+        np.testing.assert_array_equal(few, out)
 
 
 def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
@@ -528,7 +532,7 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
         unidirectional(x[:rows] if batch_first else x[:, :rows], lengths=[3] * rows)
     kernels = [cpu.lstm_rows_forward, cpu.lstm_partitioned_forward, cpu.lstm_step_pointwise]
     kernels += [cpu.lstm_unit_split_forward, cpu.lstm_units_step, cpu.units_product]
-    kernels += [cpu.pack_rows, cpu.recurrent_panels]
+    kernels += [cpu.pack_rows, cpu.recurrent_panels, cpu.few_rows_panels]
     for kernel in kernels:
         for signature in kernel.signatures:
             layouts = [t.layout for t in signature if hasattr(t, "layout")]
