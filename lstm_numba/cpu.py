@@ -26,10 +26,11 @@ from lstm_numba._config import (
 )
 from lstm_numba.register_tile import (
     MAX_TILE_ROWS,
+    PANELS_PER_TILE,
+    panel_count,
     panel_width,
     tile_1,
     tile_2,
-    tile_2_wide,
     tile_3,
     tile_4,
     tile_5,
@@ -297,8 +298,8 @@ def pack_panels(w_hh):
     thread (0.6 ms at H = 512): a parallel loop would halve that but add ≈ 3.5 s to the first
     compile."""
     directions, gate_rows, hidden = w_hh.shape
-    width = panel_width(w_hh.itemsize)
-    panels = np.empty((directions, -(-gate_rows // width), hidden, width), dtype=w_hh.dtype)
+    count = panel_count(gate_rows, w_hh.itemsize)
+    panels = np.empty((directions, count, hidden, panel_width(w_hh.itemsize)), dtype=w_hh.dtype)
     rows = np.arange(gate_rows)
     for d in range(directions):
         pack_rows(w_hh[d], rows, panels[d])
@@ -325,7 +326,7 @@ def pack_rows(weights, rows, panels):
 @njit(**KERNEL_OPTIONS)
 def recurrent_panels(h, panels, out):
     """``out[:, :W·P] = h · w_hhᵀ``: h (B, H), panels (P, H, W) = one direction's
-    ``pack_panels(w_hh)``, out (B, ≥ W·P); the columns past 4H get zeros.
+    ``pack_panels(w_hh)`` (P even), out (B, ≥ W·P); the columns past 4H get zeros.
 
     For small batches, where BLAS spends its time repacking W_hh on every call: W_hh is packed
     once a forward, and each pair of panels (in L1 or L2) serves every batch row in register
@@ -338,47 +339,41 @@ def recurrent_panels(h, panels, out):
         for t in range(tiles):
             b0 = t * batch // tiles
             rows = (t + 1) * batch // tiles - b0
-            if rows == 2 and p + 1 < count:
-                tile_2_wide(h, panels, out, b0, p)
-            else:
-                _tile_rows(h, panels, out, b0, rows, p)
-                if p + 1 < count:
-                    _tile_rows(h, panels, out, b0, rows, p + 1)
+            _tile_rows(h, panels, out, b0, rows, p)
 
 
 @njit(**KERNEL_OPTIONS)
 def few_rows_panels(h, panels, out):
-    """``recurrent_panels`` for 2 or 3 rows, the tiles it would pick (2 rows × 2 panels, or
-    3 rows × 1 panel) and no others: the units split's product, whose cold first call compiles
-    ≈ 1.5 s faster with two tiles than with ``recurrent_panels``'s seven. Arguments as
-    ``recurrent_panels``'s."""
-    count = panels.shape[0]
-    for p in range(0, count, 2):
-        if h.shape[0] == 2 and p + 1 < count:
-            tile_2_wide(h, panels, out, 0, p)
-            continue
-        for q in range(p, min(p + 2, count)):
-            if h.shape[0] == 3:
-                tile_3(h, panels, out, 0, q)
-            else:
-                tile_2(h, panels, out, 0, q)
+    """``recurrent_panels`` for 2 or 3 rows, with the tiles for these only: the units split's
+    product, whose cold first call compiled ≈ 1.5 s faster with two tiles than with
+    ``recurrent_panels``'s six. Arguments as ``recurrent_panels``'s."""
+    for p in range(0, panels.shape[0], 2):
+        if h.shape[0] == 2:
+            tile_2(h, panels, out, 0, p)
+        else:
+            tile_3(h, panels, out, 0, p)
+            if PANELS_PER_TILE == 1:
+                tile_3(h, panels, out, 0, p + 1)
 
 
 @njit(**EQUATION_OPTIONS)
 def _tile_rows(h, panels, out, b0, rows, p):
-    """The register tile of ``rows`` (1 to 6) rows from b0 on, panel p."""
-    if rows == 6:
-        tile_6(h, panels, out, b0, p)
-    elif rows == 5:
-        tile_5(h, panels, out, b0, p)
-    elif rows == 4:
-        tile_4(h, panels, out, b0, p)
-    elif rows == 3:
-        tile_3(h, panels, out, b0, p)
-    elif rows == 2:
+    """The register tile of ``rows`` (1 to 6) rows from b0 on, panels p and p + 1 (one tile, or
+    one a panel where a tile reads one, ``register_tile.PANELS_PER_TILE``)."""
+    if rows == 2:
         tile_2(h, panels, out, b0, p)
-    else:
-        tile_1(h, panels, out, b0, p)
+        return
+    for q in range(p, p + 2, PANELS_PER_TILE):
+        if rows == 6:
+            tile_6(h, panels, out, b0, q)
+        elif rows == 5:
+            tile_5(h, panels, out, b0, q)
+        elif rows == 4:
+            tile_4(h, panels, out, b0, q)
+        elif rows == 3:
+            tile_3(h, panels, out, b0, q)
+        else:
+            tile_1(h, panels, out, b0, q)
 
 
 @njit(**REDUCTION_KERNEL_OPTIONS)
@@ -909,7 +904,7 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_firs
     bounds = np.arange(parts + 1) * hidden // parts
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
-    packed = -(-4 * widest // width) if batch > 1 else 0
+    packed = panel_count.py_func(4 * widest, w_hh.itemsize) if batch > 1 else 0
     panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype)
     chunk = max(1, min(steps, PROJECTION_ROWS // batch))
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)

@@ -28,10 +28,36 @@ broadcast within AVX2's 16 vector registers (BLIS's Haswell tile has the same sh
 independent multiply-adds to hide their latency."""
 
 
+def _vector_registers():
+    """Vector registers of the CPU Numba compiles for: 32 where it has AVX-512 (with AVX-512VL,
+    256-bit vectors use all 32), else 16. The features are those Numba's code generator takes
+    (``NUMBA_CPU_FEATURES``, else the host's)."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 32 if "+avx512vl" in features.split(",") else 16
+
+
+PANELS_PER_TILE = 2 if _vector_registers() >= 32 else 1
+"""Panels a tile reads at each step of k, where the registers hold it: two with 32 vector
+registers (6 rows × 4 vectors = 24 accumulators, 4 weight vectors and a broadcast), one with 16
+(AVX2). On a Zen 4, two panels ran 3 rows 1.3× faster than one (6 accumulators cannot hide the
+multiply-add latency), 4–5 rows 1.06–1.13×, 6 rows 1.03–1.07× (docs/performance.md). Two rows
+read two panels everywhere (``tile_2``)."""
+
+
 @njit(inline="always")
 def panel_width(itemsize):
     """Weight rows per panel: two vectors of ``itemsize``-byte floats (16 float32, 8 float64)."""
     return 2 * VECTOR_BYTES // itemsize
+
+
+@njit(inline="always")
+def panel_count(rows, itemsize):
+    """Panels that hold ``rows`` weight rows of ``itemsize``-byte floats: an even count (zeros
+    past the last row), since the tiles read the panels in pairs of ``panel_width`` rows each."""
+    return 2 * -(-rows * itemsize // (4 * VECTOR_BYTES))
 
 
 def _emit_tile(context, builder, signature, args, rows, panel_count):
@@ -118,8 +144,8 @@ def _tile(rows, panel_count=1):
     return tile
 
 
-tile_1, tile_2, tile_3, tile_4, tile_5, tile_6 = (_tile(rows) for rows in range(1, 7))
-tile_2_wide = _tile(2, panel_count=2)
-"""Two rows × two panels: eight accumulators, enough to hide the multiply-add latency that a
-one-panel tile of two rows (four accumulators) waits on. Three rows × two panels would need more
-registers than AVX2 has (it ran at half the speed)."""
+tile_1, tile_3, tile_4, tile_5, tile_6 = (_tile(rows, PANELS_PER_TILE) for rows in (1, 3, 4, 5, 6))
+tile_2 = _tile(2, panel_count=2)
+"""Two rows × two panels on every machine: eight accumulators, enough to hide the multiply-add
+latency that a one-panel tile of two rows (four accumulators) waits on. With 16 vector registers,
+three rows × two panels would need more than there are (it ran at half the speed)."""

@@ -8,8 +8,8 @@ import pytest
 from conftest import assert_close, run_python, threads_at_any_size
 
 import lstm_numba as ln
-from lstm_numba import cpu, reference
-from lstm_numba.register_tile import panel_width
+from lstm_numba import cpu, reference, register_tile
+from lstm_numba.register_tile import panel_count, panel_width
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [  # (B, T, I, H)
@@ -437,7 +437,8 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     w_hh = rng.standard_normal((4 * hidden, hidden)).astype(dtype)
     panels = cpu.pack_panels(w_hh[None])[0]
     width = panel_width(np.dtype(dtype).itemsize)
-    assert panels.shape == (-(-4 * hidden // width), hidden, width)
+    assert panels.shape == (panel_count(4 * hidden, np.dtype(dtype).itemsize), hidden, width)
+    assert panels.shape[0] % 2 == 0 and (panels.shape[0] - 2) * width < 4 * hidden
     out = np.full((batch, panels.shape[0] * width), np.nan, dtype)
     cpu.recurrent_panels(h, panels, out)
     assert_close(out[:, : 4 * hidden], h.astype(np.float64) @ w_hh.T.astype(np.float64))
@@ -446,6 +447,34 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
         few = np.full_like(out, np.nan)
         cpu.few_rows_panels(h, panels, few)
         np.testing.assert_array_equal(few, out)
+
+
+@pytest.mark.parametrize("panels_per_tile", [1, 2])
+@pytest.mark.parametrize("rows", range(1, register_tile.MAX_TILE_ROWS + 1))
+def test_every_register_tile_shape_is_the_product(rng, rows, panels_per_tile):
+    """Each tile the IR can be written for, reading one panel or two at a time: the machine
+    picks one of the two (``register_tile.PANELS_PER_TILE``), and the other must be right too
+    where another machine picks it. The tile starts at a row and panel offset and writes its
+    rows × panels only."""
+    from numba import njit
+
+    tile = register_tile._tile(rows, panels_per_tile)
+
+    @njit
+    def run(h, panels, out, b0, p):
+        tile(h, panels, out, b0, p)
+
+    hidden, width = 5, panel_width(4)
+    w_hh = rng.standard_normal((4 * width, hidden)).astype(np.float32)
+    panels = cpu.pack_panels(w_hh[None])[0]
+    h = rng.standard_normal((rows + 2, hidden)).astype(np.float32)
+    out = np.full((rows + 2, 4 * width), np.nan, np.float32)
+    run(h, panels, out, 1, 1)
+    columns = slice(width, width * (1 + panels_per_tile))
+    expected = h[1 : rows + 1].astype(np.float64) @ w_hh[columns].T.astype(np.float64)
+    assert_close(out[1 : rows + 1, columns], expected)
+    out[1 : rows + 1, columns] = 0
+    assert np.all(np.isnan(out[out != 0])) and np.count_nonzero(out == 0) == expected.size
 
 
 def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
