@@ -213,6 +213,14 @@ UNIT_SPLIT_MAX_BATCH = 3
 ``PARTITION_MIN_BATCH`` rows on, the rows are split over the threads instead (at 4–8 rows the
 units split ran 0.8–1.1× as fast as the rows split, Zen 4, docs/performance.md)."""
 
+UNIT_SPLIT_MIN_STEPS = 4
+"""Steps from which more than one row has its units split: each part packs its rows of W_hh for
+the register tile on every call (a copy of W_hh in all, ≈ 0.5 ms at H = 512 on one thread), which
+about 4 steps repay; above ``PARTITION_ALWAYS_ABOVE_HIDDEN``, where the rows already run on
+threads of their own and W_hh with its copy outgrows L3, 8× as many (Zen 4, split against not:
+(2, 1, 512) 0.52×, (2, 2, 512) 0.75×, (2, 4, 512) 1.10×, (3, 4, 256) 1.36×; (2, 16, 1024) 0.79×,
+(2, 32, 1024) 1.22×, (3, 32, 1024) 1.40×)."""
+
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 """Split the hidden units only from this much recurrent work on (B·T·4H² multiply-adds): starting
 the threads and holding BLAS to one thread cost ≈ 15 µs a call, which the faster steps repay
@@ -699,21 +707,24 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     part on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only in one
     direction (more have threads of their own, ``plan_forward``), up to
     ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and
-    rows of one length (``plain``), with enough work (``UNIT_SPLIT_MIN_*``), and for one row only
-    where a part's share of W_hh (4H·H·``itemsize`` bytes over the parts) fits a core's L2
-    (``core_cache_bytes``). Measured on a Zen 4 (1 MB L2, 2 threads, docs/performance.md): one
-    row ran (1, 128, 320, 320) 1.54× faster split, a part's share 0.8 MB, but (1, 128, 384, 384)
-    0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs on both threads too; two or
-    three rows, whose alternative is the register tile on one thread, ran 1.1–1.45× faster split
-    at H = 128–1024, and four or more 0.8–1.1×. Never in a process forked after GNU OpenMP
-    started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions with no Python
-    form)."""
+    rows of one length (``plain``), with enough work and steps (``UNIT_SPLIT_MIN_*``), and for
+    one row only where a part's share of W_hh (4H·H·``itemsize`` bytes over the parts) fits a
+    core's L2 (``core_cache_bytes``). Measured on a Zen 4 (1 MB L2, 2 threads,
+    docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's share
+    0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs
+    on both threads too; two or three rows, whose alternative is the register tile on one
+    thread, ran 1.1–1.45× faster split at H = 128–1024, and four or more 0.8–1.1×. Never in a
+    process forked after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are
+    LLVM instructions with no Python form)."""
     if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
         return 1
     if numba_config.DISABLE_JIT or _FORKED_FROM_GNU_OPENMP:
         return 1
     if batch * steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
         return 1
+    beyond = hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
+    if batch > 1 and steps < UNIT_SPLIT_MIN_STEPS * (8 if beyond else 1):
+        return 1  # too few steps to repay packing the parts' rows of W_hh
     parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
     if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * core_cache_bytes()):
         return 1

@@ -390,10 +390,18 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert plan(hidden=362, itemsize=8) == 4
     assert plan(hidden=363, itemsize=8) == 1
     assert plan(steps=least_steps(256) - 1) == 1  # too little work to pay for the threads
-    # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H
-    most = cpu.UNIT_SPLIT_MAX_BATCH
-    assert plan(batch=2) == plan(batch=most) == plan(batch=2, hidden=1024) == 4
-    assert plan(batch=2, steps=least_steps(256, 2) - 1) == 1
+    # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H, with steps enough to repay packing the
+    # parts' rows of W_hh (8× as many beyond H = 512)
+    most, fewest = cpu.UNIT_SPLIT_MAX_BATCH, cpu.UNIT_SPLIT_MIN_STEPS
+    assert plan(batch=2, steps=fewest) == plan(batch=most, steps=fewest) == 4
+    assert plan(batch=2, hidden=1024, steps=8 * fewest) == 4
+    assert plan(batch=2, hidden=96, steps=least_steps(96, 2)) == 2
+    assert plan(batch=2, hidden=96, steps=least_steps(96, 2) - 1) == 1
+    assert plan(batch=2, hidden=512, steps=fewest) == 4
+    assert plan(batch=2, hidden=512, steps=fewest - 1) == 1
+    assert plan(batch=1, hidden=512, steps=fewest - 1) == 4  # one row packs nothing
+    assert plan(batch=2, hidden=513, steps=8 * fewest) == 4
+    assert plan(batch=2, hidden=513, steps=8 * fewest - 1) == 1
     assert plan(batch=most + 1) == plan(batch=0, steps=100) == 1
     assert plan(directions=2) == plan(plain=False) == 1
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
