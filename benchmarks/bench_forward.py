@@ -12,7 +12,7 @@ INPUTS = 128
 
 class Forward:
     params = (
-        choose([1, 32, 256], [1]),
+        choose([1, 3, 32, 256], [1]),  # 1 and 3: their hidden units split over the threads
         choose([128, 512], [16]),
         choose([16, 128], [4]),
         ["float32", "float64"],
