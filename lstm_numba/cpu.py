@@ -794,15 +794,15 @@ def lstm_units_step(
     part_bias = bias_parts[part, : 4 * units]
     part_c = c_parts[part, : batch * units].reshape((batch, units))
     if step == 0:
-        rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
+        unit_rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
         for g in range(4):
             for u in range(units):
-                rows[g * units + u] = g * hidden + low + u
+                unit_rows[g * units + u] = g * hidden + low + u
                 part_bias[g * units + u] = bias[g * hidden + low + u]
         for b in range(batch):
             _copy(c[b, low:high], part_c[b])
         if batch > 1:
-            pack_rows(w_hh, rows, panels[part])
+            pack_rows(w_hh, unit_rows, panels[part])
     # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
     # (chunk, B, U): x's own order, so that each GEMM reads x where it is
     row_stride, batch_stride = (units, chunk * units) if batch_first else (batch * units, units)
@@ -885,8 +885,8 @@ def lstm_unit_split_forward(
 ):  # fmt: skip
     """Parallel driver for a few sequences of one length: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
-    only, from its own core's L2 (``plan_unit_split``), and waits for all parts' h of the step
-    before.
+    only (from its own core's L2 where they fit, ``plan_unit_split``), and waits for all parts'
+    h of the step before.
 
     x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,)
     b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
@@ -942,8 +942,8 @@ def lstm_layer_forward(
     one thread for its rows, and calls from other Python threads wait for the driver
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
     forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
-    driver's Python function. A batch of one may instead have its hidden units split over the
-    threads (``plan_unit_split``, ``lstm_unit_split_forward``).
+    driver's Python function. A batch of up to three rows of one length may instead have its
+    hidden units split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``).
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
