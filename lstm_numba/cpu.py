@@ -171,9 +171,10 @@ thread whose BLAS has its own threads packs W_ih once instead of once a thread: 
 0.88 ms on one thread against 1.7–2.0 ms split (docs/performance.md)."""
 
 PARTITION_MIN_BATCH = 4
-"""Split the batch over the threads from this batch size on. Below, the hidden units are split
-instead where ``plan_unit_split`` takes them (rows of one length, the seed's cell); else one
-thread runs the rows (two or three rows in one register tile beat a row a thread, which reads
+"""Split the batch over the threads from this batch size on (unless ``plan_unit_split`` splits
+the hidden units of 4–5 rows instead). Below, the hidden units are split where
+``plan_unit_split`` takes them (rows of one length, the seed's cell); else one thread runs the
+rows (two or three rows in one register tile beat a row a thread, which reads
 all of W_hh per row) and BLAS may use the other threads for the input projection."""
 
 PARTITION_ALWAYS_ABOVE_HIDDEN = 512
@@ -208,10 +209,16 @@ UNIT_SPLIT_MIN_UNITS = 48
 hand-over between the threads every step costs about what the split saves (Zen 4, 2 threads:
 H = 64 in two parts ran 0.93–1.10× as fast as on one thread, H = 96 1.13–1.25×)."""
 
-UNIT_SPLIT_MAX_BATCH = 3
-"""Split the hidden units of up to this many rows (``plan_unit_split``); from
-``PARTITION_MIN_BATCH`` rows on, the rows are split over the threads instead (at 4–8 rows the
-units split ran 0.8–1.1× as fast as the rows split, Zen 4, docs/performance.md)."""
+UNIT_SPLIT_MAX_BATCH = 5
+"""Split the hidden units of up to this many rows (``plan_unit_split``); from 6 rows on, the rows
+are split over the threads (6 rows split by units ran 0.89–1.01× as fast, Zen 4,
+docs/performance.md)."""
+
+UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS = 128
+"""Hidden units a part at least where the rows could be split over the threads instead (from
+``PARTITION_MIN_BATCH`` rows on): that split has no hand-over between the threads, so the
+units split must save more (Zen 4, 2 threads, 4–5 rows: 64–96 units a part 0.89–1.01× as fast
+as the rows split, 128–512 units 1.11–1.19×)."""
 
 UNIT_SPLIT_MIN_STEPS = 4
 """Steps from which more than one row has its units split: each part packs its rows of W_hh for
@@ -352,16 +359,21 @@ def recurrent_panels(h, panels, out):
 
 @njit(**KERNEL_OPTIONS)
 def few_rows_panels(h, panels, out):
-    """``recurrent_panels`` for 2 or 3 rows, with the tiles for these only: the units split's
-    product, whose cold first call compiled ≈ 1.5 s faster with two tiles than with
-    ``recurrent_panels``'s six. Arguments as ``recurrent_panels``'s."""
+    """``recurrent_panels`` for 2 to 5 rows, in one tile, with the tiles for these only: the
+    units split's product, whose cold first call compiled ≈ 1.5 s faster with the two tiles of
+    2 and 3 rows than with ``recurrent_panels``'s six. Arguments as ``recurrent_panels``'s."""
+    rows = h.shape[0]
     for p in range(0, panels.shape[0], 2):
-        if h.shape[0] == 2:
+        if rows == 2:
             tile_2(h, panels, out, 0, p)
-        else:
-            tile_3(h, panels, out, 0, p)
-            if PANELS_PER_TILE == 1:
-                tile_3(h, panels, out, 0, p + 1)
+            continue
+        for q in range(p, p + 2, PANELS_PER_TILE):
+            if rows == 3:
+                tile_3(h, panels, out, 0, q)
+            elif rows == 4:
+                tile_4(h, panels, out, 0, q)
+            else:
+                tile_5(h, panels, out, 0, q)
 
 
 @njit(**EQUATION_OPTIONS)
@@ -713,7 +725,9 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's share
     0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs
     on both threads too; two or three rows, whose alternative is the register tile on one
-    thread, ran 1.1–1.45× faster split at H = 128–1024, and four or more 0.8–1.1×. Never in a
+    thread, ran 1.1–1.45× faster split at H = 128–1024; four or five, whose alternative is the
+    rows split, 1.11–1.19× at H = 256–1024 but not below (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``).
+    Never in a
     process forked after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are
     LLVM instructions with no Python form)."""
     if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
@@ -727,6 +741,8 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
         return 1  # too few steps to repay packing the parts' rows of W_hh
     parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
     if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * core_cache_bytes()):
+        return 1
+    if batch >= PARTITION_MIN_BATCH and hidden // parts < UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS:
         return 1
     return parts
 
@@ -942,7 +958,7 @@ def lstm_layer_forward(
     one thread for its rows, and calls from other Python threads wait for the driver
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
     forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
-    driver's Python function. A batch of up to three rows of one length may instead have its
+    driver's Python function. A batch of up to five rows of one length may instead have its
     hidden units split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``).
     """
     directions, batch, _ = h.shape

@@ -291,7 +291,7 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("parts", [2, 3])
-@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("threads", [True, False], ids=["parallel", "one-after-another"])
@@ -331,7 +331,7 @@ def test_units_split_over_threads_match_reference(
     assert_close(c, c_ref[0])
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 5])
 @pytest.mark.parametrize("options", [{}, {"num_layers": 2, "batch_first": False}])
 def test_few_sequences_run_their_units_on_threads_where_that_pays(rng, batch, options, monkeypatch):
     """A batch of up to ``UNIT_SPLIT_MAX_BATCH`` rows of one length takes
@@ -393,7 +393,8 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H, with steps enough to repay packing the
     # parts' rows of W_hh (8× as many beyond H = 512)
     most, fewest = cpu.UNIT_SPLIT_MAX_BATCH, cpu.UNIT_SPLIT_MIN_STEPS
-    assert plan(batch=2, steps=fewest) == plan(batch=most, steps=fewest) == 4
+    assert plan(batch=2, steps=fewest) == plan(batch=3, steps=fewest) == 4
+    assert plan(batch=most, hidden=512, steps=fewest) == 4  # 128 units a part, see below
     assert plan(batch=2, hidden=1024, steps=8 * fewest) == 4
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2)) == 2
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2) - 1) == 1
@@ -406,6 +407,13 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert plan(directions=2) == plan(plain=False) == 1
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
     assert (plan(hidden=362), plan(hidden=363)) == (2, 1)
+    # from PARTITION_MIN_BATCH rows on, against the rows split: enough units a part
+    against_rows = 2 * cpu.UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS
+    for batch in range(cpu.PARTITION_MIN_BATCH, most + 1):
+        assert plan(batch=batch, hidden=against_rows, steps=fewest) == 2
+        assert plan(batch=batch, hidden=against_rows - 1, steps=fewest) == 1
+    three = cpu.PARTITION_MIN_BATCH - 1  # fewer rows than that: any units a part
+    assert plan(batch=three, hidden=96, steps=max(fewest, least_steps(96, three))) == 2
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 1)
     assert plan() == plan(batch=2) == 1
 
@@ -451,7 +459,7 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     cpu.recurrent_panels(h, panels, out)
     assert_close(out[:, : 4 * hidden], h.astype(np.float64) @ w_hh.T.astype(np.float64))
     assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
-    if batch in (2, 3):  # the units split's version, with only the tiles for these
+    if 2 <= batch <= 5:  # the units split's version, with only the tiles for these
         few = np.full_like(out, np.nan)
         cpu.few_rows_panels(h, panels, few)
         np.testing.assert_array_equal(few, out)
