@@ -608,7 +608,7 @@ def lstm_rows_forward(
     x_chunk = np.empty((chunk, batch, inputs), dtype=h.dtype)
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
-    # the panels' zero padding makes the tile's product up to W - 1 columns wider than 4H
+    # the panels' zero padding makes the tile's product up to 2W - 1 columns wider than 4H
     width = gate_rows if panels is None else max(gate_rows, panels.shape[1] * panels.shape[3])
     recurrent = np.empty((batch, width), h.dtype)
     h_rows = h[row_start:row_stop]
@@ -817,7 +817,7 @@ def lstm_units_step(
                 part_bias[g * units + u] = bias[g * hidden + low + u]
         for b in range(batch):
             _copy(c[b, low:high], part_c[b])
-        if batch > 1:
+        if panels is not None:
             pack_rows(w_hh, unit_rows, panels[part])
     # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
     # (chunk, B, U): x's own order, so that each GEMM reads x where it is
@@ -835,7 +835,7 @@ def lstm_units_step(
                 out = gate[: count * batch * units].reshape((count * batch, units))
                 np.dot(rows, gate_rows.T, out)
     h_now = h_buffer[step % 2]
-    if batch == 1:
+    if panels is None:
         units_product(w_hh, h_now[0], recurrent[0], low, high)
     else:
         few_rows_panels(h_now, panels[part], recurrent)
@@ -873,7 +873,9 @@ def lstm_unit_parts_worker(
     parts = bounds.size - 1
     batch = c.shape[0]
     widest = bias_parts.shape[1] // 4
-    columns = max(4 * widest, panels.shape[1] * panels.shape[3])  # the panels' zero padding
+    columns = 4 * widest
+    if panels is not None:
+        columns = max(columns, panels.shape[1] * panels.shape[3])  # the panels' zero padding
     recurrent = np.empty((batch, columns), dtype=c.dtype)
     step_projected = np.empty((batch, 4 * widest), dtype=c.dtype)
     h_part = np.empty(batch * widest, dtype=c.dtype)
@@ -931,8 +933,9 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_firs
     bounds = np.arange(parts + 1) * hidden // parts
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
-    packed = panel_count.py_func(4 * widest, w_hh.itemsize) if batch > 1 else 0
-    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype)
+    packed = panel_count.py_func(4 * widest, w_hh.itemsize)
+    # one row's product needs no packing: None compiles a kernel without the register tiles
+    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if batch > 1 else None
     chunk = max(1, min(steps, PROJECTION_ROWS // batch))
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
