@@ -908,7 +908,7 @@ def lstm_unit_split_forward(
 
     x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,)
     b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
-    rows of W_hh are packed for the register tile (``pack_rows``), N = 0 for one row; h_buffer
+    rows of W_hh are packed for the register tile (``pack_rows``), or None for one row; h_buffer
     (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
     cell state, overwritten with the final one; y: (B, T, H) or (T, B, H), the first ``steps``
     steps written (from the last one down when ``reverse``); bounds (P + 1,) int64: part p's
