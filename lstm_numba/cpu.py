@@ -146,6 +146,12 @@ PROJECTION_ROWS = 1024
 """Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
 run near its peak, small enough that the workspace does not grow with the sequence length."""
 
+UNIT_SPLIT_PROJECTION_ROWS = 256
+"""``PROJECTION_ROWS`` of the units split (``lstm_unit_split_forward``), whose one to five rows
+make x and y small beside a 1024-row workspace: a batch of one, T = 2000, I = H = 128 allocated
+1.82× x + y + weights with 1024 rows, 1.21× with 256, as fast (Zen 4, docs/performance.md).
+Larger batches keep 1024 rows, which ran large shapes 1–3 % faster than 256."""
+
 SMALL_PRODUCT_ROWS = 32
 """Below this many rows (but more than one, a GEMV), the input projection and LSTMP's projection
 run in the dot-product tile (``dot_tile_product``) on the weights as they are; from it on, in
@@ -787,11 +793,11 @@ def lstm_units_step(
 ):  # fmt: skip
     """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row: their rows of
     the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
-    steps (``PROJECTION_ROWS`` rows × steps), their input projection for the chunk (BLAS, a gate
-    block at a time). The recurrent product of one row is ``units_product`` on W_hh as it is; of
-    more, the register tile (``few_rows_panels``) on the part's rows of W_hh. The part's first
-    step gathers its units of the bias and the cell state, and packs those rows; its last
-    writes its cell states back to c.
+    steps (``UNIT_SPLIT_PROJECTION_ROWS`` rows × steps), their input projection for the chunk
+    (BLAS, a gate block at a time). The recurrent product of one row is ``units_product`` on W_hh
+    as it is; of more, the register tile (``few_rows_panels``) on the part's rows of W_hh. The
+    part's first step gathers its units of the bias and the cell state, and packs those rows;
+    its last writes its cell states back to c.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
@@ -936,7 +942,7 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_firs
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
     # one row's product needs no packing: None compiles a kernel without the register tiles
     panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if batch > 1 else None
-    chunk = max(1, min(steps, PROJECTION_ROWS // batch))
+    chunk = max(1, min(steps, UNIT_SPLIT_PROJECTION_ROWS // batch))
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
     c_parts = np.empty((parts, batch * widest), dtype=c.dtype)

@@ -305,7 +305,7 @@ def test_units_split_over_threads_match_reference(
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
     where ``prange`` is ``range``), as a threading layer that does not run them at once would:
     the first must then run every part of every step instead of waiting for the others."""
-    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)  # chunks of 4 + 4 + 4 + 1 steps
+    monkeypatch.setattr(cpu, "UNIT_SPLIT_PROJECTION_ROWS", 4 * batch)  # chunks: 4 + 4 + 4 + 1 steps
     if not threads:
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
     steps, inputs, hidden, length = 15, 6, 11, 13
