@@ -143,14 +143,27 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_note_fork)
 
 PROJECTION_ROWS = 1024
-"""Rows (time steps × batch) whose input projection one GEMM computes. Large enough for BLAS to
-run near its peak, small enough that the workspace does not grow with the sequence length."""
+"""Most rows (time steps × batch rows) whose input projection one GEMM computes: enough for BLAS
+to run near its peak (256 rows a GEMM ran (256, 64, 512, 512) 1–3 % slower, Zen 4)."""
 
-UNIT_SPLIT_PROJECTION_ROWS = 256
-"""``PROJECTION_ROWS`` of the units split (``lstm_unit_split_forward``), whose one to five rows
-make x and y small beside a 1024-row workspace: a batch of one, T = 2000, I = H = 128 allocated
-1.82× x + y + weights with 1024 rows, 1.21× with 256, as fast (Zen 4, docs/performance.md).
-Larger batches keep 1024 rows, which ran large shapes 1–3 % faster than 256."""
+PROJECTION_MIN_ROWS = 256
+"""Fewest rows a GEMM of the input projection computes (when the sequence has that many)."""
+
+PROJECTION_STEPS = 32
+"""Steps a chunk of the input projection covers, within ``PROJECTION_MIN_ROWS`` and
+``PROJECTION_ROWS`` rows (``projection_steps``): a bound on the workspace beside x and y for few
+rows on long sequences, where 1024 rows was as large as x or y ((1, 2000, 128, 128) allocated
+1.82× x + y + weights, (8, 2000, 256, 256) 1.33×; docs/performance.md)."""
+
+
+@njit(inline="always")
+def projection_steps(rows, steps):
+    """Steps of ``rows`` batch rows whose input projection one GEMM computes: ``PROJECTION_STEPS``,
+    within ``PROJECTION_MIN_ROWS`` and ``PROJECTION_ROWS`` rows, at most ``steps``, at least 1.
+    The workspace is then a chunk's rows × (I + 4H), whatever the sequence's length."""
+    chunk_rows = min(PROJECTION_ROWS, max(PROJECTION_MIN_ROWS, PROJECTION_STEPS * rows))
+    return max(1, min(steps, chunk_rows // max(rows, 1)))
+
 
 SMALL_PRODUCT_ROWS = 32
 """Below this many rows (but more than one, a GEMV), the input projection and LSTMP's projection
@@ -171,7 +184,7 @@ B·T·4H·(I + H)); below, one thread runs it, with BLAS's own threads for the p
 
 PARTITION_MIN_ROW_STEPS = 16
 """Split the batch of a direction over threads only where each thread gets this many rows ×
-steps on: the rows of its input projection's GEMMs (up to ``PROJECTION_ROWS``), for which BLAS
+steps on: the rows of its input projection's GEMMs (``projection_steps``), for which BLAS
 packs all of W_ih. With fewer, as in one-step ``Stream`` calls, packing dominates, and one
 thread whose BLAS has its own threads packs W_ih once instead of once a thread: (8, 1, 512, 512)
 0.88 ms on one thread against 1.7–2.0 ms split (docs/performance.md)."""
@@ -598,7 +611,7 @@ def lstm_rows_forward(
     direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
     float64, all C-contiguous.
 
-    The input projection runs as one GEMM per chunk of steps (``PROJECTION_ROWS`` rows), so the
+    The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T. Each step is one recurrent product and one fused pointwise
     pass (plus one product with w_hr when projecting), over the rows up to the last one still
     running: ordering rows by descending length turns padding into saved work.
@@ -610,7 +623,7 @@ def lstm_rows_forward(
     steps = 0
     for row in range(row_start, row_stop):
         steps = max(steps, lengths[row])
-    chunk = max(1, min(steps, PROJECTION_ROWS // max(batch, 1)))
+    chunk = projection_steps(batch, steps)
     x_chunk = np.empty((chunk, batch, inputs), dtype=h.dtype)
     projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
@@ -793,7 +806,7 @@ def lstm_units_step(
 ):  # fmt: skip
     """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row: their rows of
     the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
-    steps (``UNIT_SPLIT_PROJECTION_ROWS`` rows × steps), their input projection for the chunk
+    steps (``projection_steps``), their input projection for the chunk
     (BLAS, a gate block at a time). The recurrent product of one row is ``units_product`` on W_hh
     as it is; of more, the register tile (``few_rows_panels``) on the part's rows of W_hh. The
     part's first step gathers its units of the bias and the cell state, and packs those rows;
@@ -942,7 +955,7 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_firs
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
     # one row's product needs no packing: None compiles a kernel without the register tiles
     panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if batch > 1 else None
-    chunk = max(1, min(steps, UNIT_SPLIT_PROJECTION_ROWS // batch))
+    chunk = projection_steps.py_func(batch, steps)
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
     c_parts = np.empty((parts, batch * widest), dtype=c.dtype)

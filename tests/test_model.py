@@ -214,10 +214,10 @@ def test_bad_constructor_arguments(kwargs, error, pattern):
 
 
 def test_workspace_does_not_grow_with_sequence_length():
-    """The projection is chunked: ``PROJECTION_ROWS`` rows of (I + 4H) workspace per thread, plus
-    the (B', 4H) recurrent product, and W_hh packed for the register tile. On one
-    thread, so that the peak does not depend on whether the threads' workspaces overlap in time
-    (they may not, on a loaded machine)."""
+    """The projection is chunked: ``projection_steps`` × B' rows of (I + 4H) workspace per thread,
+    plus the (B', 4H) recurrent product, and W_hh packed for the register tile. On one thread, so
+    that the peak does not depend on whether the threads' workspaces overlap in time (they may
+    not, on a loaded machine)."""
     import tracemalloc
 
     from numba import get_num_threads, set_num_threads
@@ -237,7 +237,7 @@ def test_workspace_does_not_grow_with_sequence_length():
     finally:
         set_num_threads(threads)
     assert peaks[1] <= peaks[0] + 4096, peaks
-    per_thread = cpu.PROJECTION_ROWS * (32 + 4 * 32) + 4 * 4 * 32
+    per_thread = 4 * cpu.projection_steps.py_func(4, 10000) * (32 + 4 * 32) + 4 * 4 * 32
     per_thread += 4 * 32 * 32  # W_hh packed for the tile (once, whatever the threads)
     assert peaks[1] < per_thread * 4 * 1.1, peaks
 
@@ -305,7 +305,8 @@ def test_units_split_over_threads_match_reference(
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
     where ``prange`` is ``range``), as a threading layer that does not run them at once would:
     the first must then run every part of every step instead of waiting for the others."""
-    monkeypatch.setattr(cpu, "UNIT_SPLIT_PROJECTION_ROWS", 4 * batch)  # chunks: 4 + 4 + 4 + 1 steps
+    for limit in ("PROJECTION_ROWS", "PROJECTION_MIN_ROWS"):  # chunks of 4 + 4 + 4 + 1 steps
+        monkeypatch.setattr(cpu, limit, 4 * batch)
     if not threads:
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
     steps, inputs, hidden, length = 15, 6, 11, 13
