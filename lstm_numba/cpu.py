@@ -378,8 +378,8 @@ def recurrent_panels(h, panels, out):
 
 @njit(**KERNEL_OPTIONS)
 def few_rows_panels(h, panels, out):
-    """``recurrent_panels`` for two rows or more with the tiles of 2 to 5 rows only (the rows
-    dealt evenly to tiles of at most 5, each then of 2 or more): the units split's product, whose
+    """``recurrent_panels`` with the tiles of 1 to 5 rows only (the rows dealt evenly to tiles of
+    at most 5, each then of 2 or more unless there is one row): the units split's product, whose
     cold first call compiled ≈ 1.5 s faster with the tiles of 2 and 3 rows than with
     ``recurrent_panels``'s six. Arguments as ``recurrent_panels``'s."""
     batch = h.shape[0]
@@ -392,7 +392,9 @@ def few_rows_panels(h, panels, out):
                 tile_2(h, panels, out, b0, p)
                 continue
             for q in range(p, p + 2, PANELS_PER_TILE):
-                if rows == 3:
+                if rows == 1:
+                    tile_1(h, panels, out, b0, q)
+                elif rows == 3:
                     tile_3(h, panels, out, b0, q)
                 elif rows == 4:
                     tile_4(h, panels, out, b0, q)
@@ -742,18 +744,17 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     """Into how many parts ``lstm_layer_forward`` splits the hidden units of a few sequences, each
     part on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only in one
     direction (more have threads of their own, ``plan_forward``), up to
-    ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and
-    rows of one length (``plain``), with enough work and steps (``UNIT_SPLIT_MIN_*``), and for
-    one row only where a part's share of W_hh (4H·H·``itemsize`` bytes over the parts) fits a
-    core's L2 (``core_cache_bytes``). Measured on a Zen 4 (1 MB L2, 2 threads,
-    docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's share
-    0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs
-    on both threads too; two or three rows, whose alternative is the register tile on one
-    thread, ran 1.1–1.45× faster split at H = 128–1024; four or five, whose alternative is the
-    rows split, 1.11–1.19× at H = 256–1024 but not below (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``).
-    Never in a
-    process forked after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are
-    LLVM instructions with no Python form)."""
+    ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and,
+    read backwards, rows of one length (``plain``), with enough work and steps
+    (``UNIT_SPLIT_MIN_*``), and for one row only where a part's share of W_hh (4H·H·``itemsize``
+    bytes over the parts) fits a core's L2 (``core_cache_bytes``). Measured on a Zen 4 (1 MB L2,
+    2 threads, docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's
+    share 0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's
+    GEMV, runs on both threads too; two or three rows, whose alternative is the register tile on
+    one thread, ran 1.1–1.45× faster split at H = 128–1024; four or five, whose alternative is
+    the rows split, 1.11–1.19× at H = 256–1024 but not below
+    (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked after GNU OpenMP started,
+    nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions with no Python form)."""
     if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
         return 1
     if numba_config.DISABLE_JIT or _FORKED_FROM_GNU_OPENMP:
@@ -806,8 +807,8 @@ def units_product(weights, vector, out, low, high):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_units_step(
-    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds,
-    projected, bias_parts, c_parts, recurrent, step_projected, h_part, times, sink,
+    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
+    bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times, sink,
 ):  # fmt: skip
     """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row: their rows of
     the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
@@ -862,13 +863,17 @@ def lstm_units_step(
     if panels is None:
         units_product(w_hh, h_now[0], recurrent[0], low, high)
     else:
-        few_rows_panels(h_now, panels[part], recurrent)
+        active = 0  # rows up to the last one still running (rows in descending length: all)
+        for b in range(batch):
+            if step < lengths[b]:
+                active = b + 1
+        few_rows_panels(h_now[:active], panels[part], recurrent[:active])
     offset = (t - start) * row_stride
     for b in range(batch):
         for g in range(4):
             source = projected[part, g, offset + b * batch_stride :]
             _copy(source[:units], step_projected[b, g * units : (g + 1) * units])
-        times[b] = t
+        times[b] = t if step < lengths[b] else -1  # a row past its length sits the step out
     h_new = h_part[: batch * units].reshape((batch, units))
     # non-literal constants: Literal arguments would compile the pointwise kernel a second time
     write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
@@ -878,15 +883,15 @@ def lstm_units_step(
     )  # fmt: skip
     h_next = h_buffer[(step + 1) % 2]
     for b in range(batch):
-        _copy(h_new[b], h_next[b, low:high])
+        _copy(h_new[b] if times[b] >= 0 else h_now[b, low:high], h_next[b, low:high])
         if step == steps - 1:
             _copy(part_c[b], c[b, low:high])
 
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds,
-    projected, bias_parts, c_parts, counters,
+    first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
+    bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every step, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the step
@@ -913,8 +918,8 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, step):
                 lstm_units_step(
-                    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse,
-                    batch_first, bounds, projected, bias_parts, c_parts, recurrent,
+                    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps,
+                    reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent,
                     step_projected, h_part, times, sink,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
@@ -922,10 +927,10 @@ def lstm_unit_parts_worker(
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds, projected,
-    bias_parts, c_parts, counters,
+    x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first, bounds,
+    projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
-    """Parallel driver for a few sequences of one length: their hidden units split into parts,
+    """Parallel driver for a few sequences: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
     only (from its own core's L2 where they fit, ``plan_unit_split``), and waits for all parts'
     h of the step before.
@@ -934,8 +939,9 @@ def lstm_unit_split_forward(
     b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
     rows of W_hh are packed for the register tile (``pack_rows``), or None for one row; h_buffer
     (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
-    cell state, overwritten with the final one; y: (B, T, H) or (T, B, H), the first ``steps``
-    steps written (from the last one down when ``reverse``); bounds (P + 1,) int64: part p's
+    cell state, overwritten with the final one; y: (B, T, H) or (T, B, H), each row's first
+    lengths[b] steps written (from the last one down when ``reverse``, which needs rows of one
+    length); lengths (B,) int64, steps = their maximum; bounds (P + 1,) int64: part p's
     units are [bounds[p], bounds[p + 1]); workspace: projected (P, 4, chunk·B·W), bias_parts
     (P, 4W), c_parts (P, B·W), W = the widest part's units; counters ((P + 1)·
     ``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then the count of parts
@@ -944,16 +950,17 @@ def lstm_unit_split_forward(
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(
-            first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first,
-            bounds, projected, bias_parts, c_parts, counters,
+            first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse,
+            batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
 
 
-def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_first, parts):
-    """``lstm_unit_split_forward`` for rows of one length in one direction: h, c (B, H) the
-    initial states, overwritten with the final ones; other arguments as
-    ``lstm_layer_forward``'s for D = 1."""
+def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, lengths, reverse, batch_first, parts):
+    """``lstm_unit_split_forward`` for a few rows in one direction: h, c (B, H) the initial
+    states, overwritten with the final ones; other arguments as ``lstm_layer_forward``'s for
+    D = 1 (``reverse`` only for rows of one length)."""
     batch, hidden = h.shape
+    steps = int(lengths.max())
     bounds = np.arange(parts + 1) * hidden // parts
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
@@ -969,8 +976,8 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, steps, reverse, batch_firs
     h_buffer[0] = h
     with _PARALLEL_FORWARD, _blas_on_one_thread():
         lstm_unit_split_forward(
-            x, w_ih, w_hh, bias, panels, h_buffer, c, y, steps, reverse, batch_first, bounds,
-            projected, bias_parts, c_parts, counters,
+            x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
+            bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
     h[:] = h_buffer[steps % 2]
 
@@ -985,17 +992,18 @@ def lstm_layer_forward(
     one thread for its rows, and calls from other Python threads wait for the driver
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
     forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
-    driver's Python function. A batch of up to five rows of one length may instead have its
-    hidden units split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``).
+    driver's Python function. A batch of up to five rows may instead have its hidden units
+    split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``).
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
     plain = cell is None and traces is None and w_hr.shape[1] == 0
-    plain = plain and batch > 0 and int(lengths.min()) == steps
+    # rows of other lengths sit steps out at the end, which a reversed read would not have
+    plain = plain and batch > 0 and (not backward or int(lengths.min()) == steps)
     parts = plan_unit_split(batch, c.shape[2], steps, directions, plain, c.itemsize)
     if parts > 1:
         _unit_split_forward(
-            x, w_ih[0], w_hh[0], bias[0], h[0], c[0], y, steps, backward, batch_first, parts
+            x, w_ih[0], w_hh[0], bias[0], h[0], c[0], y, lengths, backward, batch_first, parts
         )
         return
     product, partitions, parallel = plan_forward(batch, x.shape[2], c.shape[2], steps, directions)

@@ -1,5 +1,6 @@
 """``LSTM``: forward against the float64 reference, PyTorch and ONNX Runtime; weights; bad input."""
 
+import inspect
 import json
 import os
 
@@ -301,7 +302,8 @@ def test_units_split_over_threads_match_reference(
     """A few sequences' hidden units split into parts that hand over every step
     (``cpu.lstm_unit_split_forward``): uneven parts (H = 11: 5 + 6, 3 + 4 + 4, every leftover of
     the 4-row tile), one row (``units_product``) or several (the register tile on each part's
-    packed rows), a length below T, several projection chunks, read forwards and backwards.
+    packed rows), lengths below T (different ones read forwards: the shorter rows sit the last
+    steps out), several projection chunks, read forwards and backwards.
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
     where ``prange`` is ``range``), as a threading layer that does not run them at once would:
     the first must then run every part of every step instead of waiting for the others."""
@@ -317,15 +319,16 @@ def test_units_split_over_threads_match_reference(
     x = rng.standard_normal(shape).astype(dtype)
     h = rng.standard_normal((batch, hidden)).astype(dtype)
     c = rng.standard_normal((batch, hidden)).astype(dtype)
+    lengths = np.full(batch, length) if reverse else length - 2 * np.arange(batch)
     expected, (h_ref, c_ref) = reference.lstm_forward(
-        x, model.state_dict(), (h[None], c[None]), batch_first, lengths=[length] * batch,
-        reverse=reverse,
-    )  # fmt: skip
+        x, model.state_dict(), (h[None], c[None]), batch_first, lengths=lengths, reverse=reverse
+    )
     y = np.zeros(x.shape[:2] + (hidden,), dtype)
     weights = model.state_dict()
     cpu._unit_split_forward(
         x, weights["weight_ih_l0"], weights["weight_hh_l0"],
-        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, length, reverse, batch_first, parts,
+        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, lengths, reverse, batch_first,
+        parts,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref[0])
@@ -347,8 +350,10 @@ def test_few_sequences_run_their_units_on_threads_where_that_pays(rng, batch, op
     calls = []
     driver = cpu.lstm_unit_split_forward
 
+    bounds = list(inspect.signature(driver.py_func).parameters).index("bounds")
+
     def recording_driver(*arguments):
-        calls.append(arguments[11].size - 1)  # bounds: parts + 1
+        calls.append(arguments[bounds].size - 1)  # parts + 1
         driver(*arguments)
 
     monkeypatch.setattr(cpu, "lstm_unit_split_forward", recording_driver)
@@ -366,8 +371,19 @@ def test_few_sequences_run_their_units_on_threads_where_that_pays(rng, batch, op
         other(rng.standard_normal((batch, 9, 5)).astype(np.float32))
     model(rng.standard_normal((cpu.UNIT_SPLIT_MAX_BATCH + 1, 9, 5)).astype(np.float32))
     model(x, return_gates=True)
-    model(np.concatenate([x, x], axis=0 if model.batch_first else 1), lengths=[9, 8] * batch)
+    reverse = ln.LSTM(5, 8, reverse=True, batch_first=model.batch_first)
+    reverse(np.concatenate([x, x], axis=0 if model.batch_first else 1), lengths=[9, 8] * batch)
     assert calls == []
+    # rows of different lengths read forwards: split, the shorter rows sitting the last steps out
+    lengths = [9, 4, 7, 9, 2][:batch]
+    y, (h_n, c_n) = model(x, lengths=lengths)
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(
+        x, model.state_dict(), None, model.batch_first, lengths=lengths
+    )
+    assert calls == [2] * model.num_layers
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
 
 
 def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
@@ -460,10 +476,10 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     cpu.recurrent_panels(h, panels, out)
     assert_close(out[:, : 4 * hidden], h.astype(np.float64) @ w_hh.T.astype(np.float64))
     assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
-    if batch >= 2:  # the units split's version, with the tiles of 2 to 5 rows only
-        few = np.full_like(out, np.nan)
-        cpu.few_rows_panels(h, panels, few)
-        np.testing.assert_array_equal(few, out)
+    # the units split's version, with the tiles of 1 to 5 rows only
+    few = np.full_like(out, np.nan)
+    cpu.few_rows_panels(h, panels, few)
+    np.testing.assert_array_equal(few, out)
 
 
 @pytest.mark.parametrize("panels_per_tile", [1, 2])
