@@ -192,8 +192,8 @@ thread whose BLAS has its own threads packs W_ih once instead of once a thread: 
 PARTITION_MIN_BATCH = 4
 """Split the batch over the threads from this batch size on (unless ``plan_unit_split`` splits
 the hidden units of 4–5 rows instead). Below, the hidden units are split where
-``plan_unit_split`` takes them (rows of one length, the seed's cell); else one thread runs the
-rows (two or three rows in one register tile beat a row a thread, which reads
+``plan_unit_split`` takes them (the seed's cell; read backwards, rows of one length); else one
+thread runs the rows (two or three rows in one register tile beat a row a thread, which reads
 all of W_hh per row) and BLAS may use the other threads for the input projection."""
 
 PARTITION_ALWAYS_ABOVE_HIDDEN = 512
