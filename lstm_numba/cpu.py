@@ -34,7 +34,6 @@ from lstm_numba.register_tile import (
     tile_3,
     tile_4,
     tile_5,
-    tile_6,
 )
 
 _FLOAT_UNARY = ["float32(float32)", "float64(float64)"]
@@ -364,8 +363,8 @@ def recurrent_panels(h, panels, out):
 
     For small batches, where BLAS spends its time repacking W_hh on every call: W_hh is packed
     once a forward, and each pair of panels (in L1 or L2) serves every batch row in register
-    tiles (``register_tile``) of up to 6 rows, the rows dealt evenly to the tiles (8 rows: 4 + 4,
-    not 6 + 2, since a short tile has too few accumulators to keep the multiply-adds busy)."""
+    tiles (``register_tile``) of up to 5 rows, the rows dealt evenly to the tiles (7 rows: 4 + 3,
+    not 5 + 2, since a short tile has too few accumulators to keep the multiply-adds busy)."""
     batch = h.shape[0]
     count = panels.shape[0]
     tiles = -(-batch // MAX_TILE_ROWS)
@@ -376,43 +375,15 @@ def recurrent_panels(h, panels, out):
             _tile_rows(h, panels, out, b0, rows, p)
 
 
-@njit(**KERNEL_OPTIONS)
-def few_rows_panels(h, panels, out):
-    """``recurrent_panels`` with the tiles of 1 to 5 rows only (the rows dealt evenly to tiles of
-    at most 5, each then of 2 or more unless there is one row): the units split's product, whose
-    cold first call compiled ≈ 1.5 s faster with the tiles of 2 and 3 rows than with
-    ``recurrent_panels``'s six. Arguments as ``recurrent_panels``'s."""
-    batch = h.shape[0]
-    tiles = -(-batch // 5)
-    for p in range(0, panels.shape[0], 2):
-        for t in range(tiles):
-            b0 = t * batch // tiles
-            rows = (t + 1) * batch // tiles - b0
-            if rows == 2:
-                tile_2(h, panels, out, b0, p)
-                continue
-            for q in range(p, p + 2, PANELS_PER_TILE):
-                if rows == 1:
-                    tile_1(h, panels, out, b0, q)
-                elif rows == 3:
-                    tile_3(h, panels, out, b0, q)
-                elif rows == 4:
-                    tile_4(h, panels, out, b0, q)
-                else:
-                    tile_5(h, panels, out, b0, q)
-
-
 @njit(**EQUATION_OPTIONS)
 def _tile_rows(h, panels, out, b0, rows, p):
-    """The register tile of ``rows`` (1 to 6) rows from b0 on, panels p and p + 1 (one tile, or
+    """The register tile of ``rows`` (1 to 5) rows from b0 on, panels p and p + 1 (one tile, or
     one a panel where a tile reads one, ``register_tile.PANELS_PER_TILE``)."""
     if rows == 2:
         tile_2(h, panels, out, b0, p)
         return
     for q in range(p, p + 2, PANELS_PER_TILE):
-        if rows == 6:
-            tile_6(h, panels, out, b0, q)
-        elif rows == 5:
+        if rows == 5:
             tile_5(h, panels, out, b0, q)
         elif rows == 4:
             tile_4(h, panels, out, b0, q)
@@ -814,7 +785,7 @@ def lstm_units_step(
     the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
     steps (``projection_steps``), their input projection for the chunk
     (BLAS, a gate block at a time). The recurrent product of one row is ``units_product`` on W_hh
-    as it is; of more, the register tile (``few_rows_panels``) on the part's rows of W_hh. The
+    as it is; of more, the register tile (``recurrent_panels``) on the part's rows of W_hh. The
     part's first step gathers its units of the bias and the cell state, and packs those rows;
     its last writes its cell states back to c.
 
@@ -867,7 +838,7 @@ def lstm_units_step(
         for b in range(batch):
             if step < lengths[b]:
                 active = b + 1
-        few_rows_panels(h_now[:active], panels[part], recurrent[:active])
+        recurrent_panels(h_now[:active], panels[part], recurrent[:active])
     offset = (t - start) * row_stride
     for b in range(batch):
         for g in range(4):

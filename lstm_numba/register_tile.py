@@ -22,10 +22,11 @@ VECTOR_BYTES = 32
 """Width of the vectors the tile is written in (AVX2's 256 bits). LLVM splits them on narrower
 machines; AVX-512 machines run them at half their vector width."""
 
-MAX_TILE_ROWS = 6
-"""Batch rows per tile: 6 rows × 2 vectors = 12 accumulators, beside the 2 weight vectors and one
-broadcast within AVX2's 16 vector registers (BLIS's Haswell tile has the same shape), and enough
-independent multiply-adds to hide their latency."""
+MAX_TILE_ROWS = 5
+"""Batch rows per tile: 5 rows × 2 vectors = 10 accumulators, beside the 2 weight vectors and one
+broadcast within AVX2's 16 vector registers, enough independent multiply-adds to hide their
+latency. (It was 6, BLIS's Haswell tile's shape; 5 ran forwards of 6 to 256 rows as fast on a
+Zen 4, and the units split then needs no tile set of its own, docs/performance.md.)"""
 
 
 def _vector_registers():
@@ -41,7 +42,7 @@ def _vector_registers():
 
 PANELS_PER_TILE = 2 if _vector_registers() >= 32 else 1
 """Panels a tile reads at each step of k, where the registers hold it: two with 32 vector
-registers (6 rows × 4 vectors = 24 accumulators, 4 weight vectors and a broadcast), one with 16
+registers (5 rows × 4 vectors = 20 accumulators, 4 weight vectors and a broadcast), one with 16
 (AVX2). On a Zen 4, two panels ran 3 rows 1.3× faster than one (6 accumulators cannot hide the
 multiply-add latency), 4–5 rows 1.06–1.13×, 6 rows 1.03–1.07× (docs/performance.md). Two rows
 read two panels everywhere (``tile_2``)."""
@@ -144,7 +145,7 @@ def _tile(rows, panel_count=1):
     return tile
 
 
-tile_1, tile_3, tile_4, tile_5, tile_6 = (_tile(rows, PANELS_PER_TILE) for rows in (1, 3, 4, 5, 6))
+tile_1, tile_3, tile_4, tile_5 = (_tile(rows, PANELS_PER_TILE) for rows in (1, 3, 4, 5))
 tile_2 = _tile(2, panel_count=2)
 """Two rows × two panels on every machine: eight accumulators, enough to hide the multiply-add
 latency that a one-panel tile of two rows (four accumulators) waits on. With 16 vector registers,
