@@ -3,6 +3,8 @@
     python -m benchmarks.gpu_profile breakdown   # projection (ours, cuBLAS) and sequence kernel
     python -m benchmarks.gpu_profile barrier     # one grid barrier, by block count
     python -m benchmarks.gpu_profile sweep       # lstm_sequence's launch constants, register cap
+    python -m benchmarks.gpu_profile kernels     # lstm_sequence against lstm_sequence_tiled
+    python -m benchmarks.gpu_profile kernels --geometry 8,4   # another GEMM register tile
 
 ``breakdown``: for each shape, the whole forward, our ``input_projection`` alone, the same GEMM
 through torch's cuBLAS (TF32 off; skipped without torch), the sequence kernel's share (forward less
@@ -10,9 +12,13 @@ projection) per time step, and the launch plan ``gpu.plan_sequence`` chose (unit
 slices, lanes, W_hh in shared memory) with the blocks the device holds at once (48 KiB of shared
 memory; the partial sums alone). ``barrier``: an empty cooperative kernel of 1 and 2001 grid
 barriers, by block count. ``sweep``: the forward's time for register caps × threads a block ×
-fewest lanes. float32, one layer, x and weights on the GPU, best of ``--repeats`` calls that each
-end with a device synchronisation. docs/performance.md ("GPU") has the H200's numbers. CUDA is
-imported when a command runs (asv imports this module to discover benchmarks; it holds none).
+fewest lanes. ``kernels``: the forward with each sequence kernel whatever the batch (B = 8–256 by
+default), and its largest difference from the CPU forward. ``--geometry R,C``: GEMM tiles of R × C
+outputs a thread (``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the projection and the tiled
+kernel; they are compiled in, so give each geometry its own ``NUMBA_CACHE_DIR``. float32, one
+layer, x and weights on the GPU, best of ``--repeats`` calls that each end with a device
+synchronisation. docs/performance.md ("GPU") has the H200's numbers. CUDA is imported when a
+command runs (asv imports this module to discover benchmarks; it holds none).
 """
 
 import argparse
@@ -24,6 +30,8 @@ import lstm_numba
 from lstm_numba import dispatch
 
 from .compare import best_seconds, torch_on_cuda
+
+BATCH_SWEEP = [(b, 64, h, h) for h in (256, 1024) for b in (8, 16, 32, 64, 128, 256)]
 
 SHAPES = [
     (1, 256, 256, 256),
@@ -58,10 +66,11 @@ def on_gpu(batch, steps, inputs, hidden):
 
 def recording_plans(plans):
     """Install a ``gpu.plan_sequence`` that appends (plan, blocks held with 48 KiB, blocks held
-    with the partial sums alone) to ``plans``; returns the original, to put back."""
+    with the partial sums alone) to ``plans``, and a ``gpu.plan_tiled`` that appends ("tiled",
+    blocks); returns the originals, to put back."""
     from lstm_numba import gpu
 
-    plan_sequence = gpu.plan_sequence
+    plan_sequence, plan_tiled = gpu.plan_sequence, gpu.plan_tiled
 
     def recording(hidden, out, batch, itemsize, threads, resident_blocks):
         plan = plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks)
@@ -70,8 +79,12 @@ def recording_plans(plans):
         plans.append((plan, *held))
         return plan
 
-    gpu.plan_sequence = recording
-    return plan_sequence
+    def recording_tiled(batch, hidden, resident_blocks):
+        plans.append(("tiled", plan_tiled(batch, hidden, resident_blocks)))
+        return plans[-1][1]
+
+    gpu.plan_sequence, gpu.plan_tiled = recording, recording_tiled
+    return plan_sequence, plan_tiled
 
 
 def cublas_seconds(rows, inputs, columns, repeats):
@@ -94,7 +107,7 @@ def breakdown(shapes, repeats):
     print(f"| {header} | plan, blocks held (48 KiB, partial sums alone) |")
     print("|---|---|---|---|---|---|")
     plans = []
-    plan_sequence = recording_plans(plans)
+    originals = recording_plans(plans)
     try:
         for batch, steps, inputs, hidden in shapes:
             model, x = on_gpu(batch, steps, inputs, hidden)
@@ -103,7 +116,7 @@ def breakdown(shapes, repeats):
             layer = model._device_layers[0]
             rows, columns = batch * steps, 4 * hidden
             projected = cuda.device_array((rows, columns), np.float32)
-            blocks = (math.ceil(columns / gpu.GEMM_TILE), math.ceil(rows / gpu.GEMM_TILE))
+            blocks = (math.ceil(columns / gpu.GEMM_COLUMNS), math.ceil(rows / gpu.GEMM_ROWS))
             launch = gpu.input_projection[blocks, (gpu.GEMM_THREADS,) * 2]
             x_rows, weights, bias = x.reshape(rows, inputs), layer["weight_ih"], layer["bias"]
             arguments = x_rows, weights, bias, projected
@@ -117,7 +130,45 @@ def breakdown(shapes, repeats):
                 flush=True,
             )
     finally:
-        gpu.plan_sequence = plan_sequence
+        gpu.plan_sequence, gpu.plan_tiled = originals
+
+
+def kernels(shapes, repeats):
+    """Each shape's forward with ``lstm_sequence`` and with ``lstm_sequence_tiled``."""
+    from lstm_numba import gpu
+
+    tiled_min_batch = gpu.TILED_MIN_BATCH
+    print(f"GEMM tile: {gpu.GEMM_ROW_WORK} × {gpu.GEMM_COLUMN_WORK} a thread")
+    print("| (B, T, I, H) | lstm_sequence ms | lstm_sequence_tiled ms | ratio | max error |")
+    print("|---|---|---|---|---|")
+    try:
+        for shape in shapes:
+            model, x = on_gpu(*shape)
+            expected = model(dispatch.to_host(x))[0]
+            times, error = [], 0.0
+            for tiled_from in (shape[0] + 1, shape[0]):  # lstm_sequence, then the tiled kernel
+                gpu.TILED_MIN_BATCH = tiled_from
+                run = synchronized(lambda model=model, x=x: model(x, device="cuda"))
+                times.append(best_seconds(run, repeats))
+                y = dispatch.to_host(model(x, device="cuda")[0])
+                error = max(error, float(np.abs(y - expected).max() / np.abs(expected).max()))
+            lanes, tiled = (t * 1e3 for t in times)
+            print(
+                f"| {shape} | {lanes:.3f} | {tiled:.3f} | {lanes / tiled:.2f} | {error:.1e} |",
+                flush=True,
+            )
+    finally:
+        gpu.TILED_MIN_BATCH = tiled_min_batch
+
+
+def set_geometry(row_work, column_work):
+    """GEMM tiles of row_work × column_work outputs a thread, before any kernel compiles."""
+    from lstm_numba import gpu
+
+    gpu.GEMM_ROW_WORK, gpu.GEMM_COLUMN_WORK = row_work, column_work
+    gpu.GEMM_ROWS = gpu.GEMM_THREADS * row_work
+    gpu.GEMM_COLUMNS = gpu.GEMM_THREADS * column_work
+    gpu.GEMM_ROWS_PADDED, gpu.GEMM_COLUMNS_PADDED = gpu.GEMM_ROWS + 1, gpu.GEMM_COLUMNS + 1
 
 
 def barrier(block_counts, repeats):
@@ -175,20 +226,26 @@ def sweep(shapes, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["breakdown", "barrier", "sweep"])
+    parser.add_argument("what", choices=["breakdown", "barrier", "sweep", "kernels"])
     parser.add_argument("--shapes", nargs="*", help="B,T,I,H shapes (default: seven, T 64–256)")
     parser.add_argument("--blocks", nargs="*", type=int, default=[24, 132, 264])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--geometry", help="R,C: GEMM outputs a thread (rows, columns)")
     args = parser.parse_args(argv)
     usable, reason = dispatch.cuda_status()
     if not usable:
         raise SystemExit(f"gpu_profile: needs a usable GPU: {reason}")
-    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    default = BATCH_SWEEP if args.what == "kernels" else SHAPES
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else default
+    if args.geometry:
+        set_geometry(*(int(v) for v in args.geometry.split(",")))
     print(f"device: {reason}")
     if args.what == "breakdown":
         breakdown(shapes, args.repeats)
     elif args.what == "barrier":
         barrier(args.blocks, args.repeats)
+    elif args.what == "kernels":
+        kernels(shapes, args.repeats)
     else:
         sweep(shapes, args.repeats)
 

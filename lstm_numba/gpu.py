@@ -4,19 +4,24 @@ A layer runs as two kernels, whatever T is:
 
 1. ``input_projection``: x·W_ihᵀ + b for every time step and both directions in one register-tiled
    shared-memory GEMM, (N, I) · (D·4H, I)ᵀ → (N, D·4H) with N = B·T rows in x's own order.
-2. ``lstm_sequence``: one launch per direction runs the whole sequence (the "persistent RNN"
-   design). Each block owns a slice of hidden units (and, when blocks are left over, a slice of
-   the batch rows) and computes all four gates of them, so the cell update is fused and the
-   pre-activations never go to global memory; its slice of W_hh is loaded into shared memory once
-   when it fits (``weights_in_shared``), read from global memory (L2) otherwise. Groups of
-   threads (``lanes``) share each (unit, row)'s dot products, so that even batch 1 keeps the
-   threads busy. A grid-wide barrier (cooperative launch) separates the steps.
+2. The sequence: one cooperative launch per direction runs the whole sequence (the "persistent
+   RNN" design), a grid-wide barrier between the steps. Blocks own hidden units with all four of
+   their gates, so the cell update (``finish_unit``) is fused and the pre-activations never go to
+   global memory.
+
+   - ``lstm_sequence`` (batches under ``TILED_MIN_BATCH``): each block owns a slice of hidden
+     units (and, when blocks are left over, a slice of the batch rows); its slice of W_hh is
+     loaded into shared memory once when it fits (``weights_in_shared``), read from global memory
+     (L2) otherwise. Groups of threads (``lanes``) share each (unit, row)'s dot products, so that
+     even batch 1 keeps the threads busy.
+   - ``lstm_sequence_tiled`` (larger batches): a step's recurrent product h·W_hhᵀ is a GEMM, done
+     in register tiles of rows × units (``gemm_tile``, the projection's own), W_hh read from L2.
 
 The gate math is ``lstm_numba.equations``, the same functions the CPU kernels inline, compiled by
 Numba as CUDA device functions.
 
 Under Numba's CUDA simulator a grid barrier only synchronises one block (blocks run one after
-another), so ``lstm_sequence`` must run as a single block there (``plan_sequence`` does this);
+another), so the sequence kernels run as a single block there (``plan_sequence``, ``plan_tiled``);
 the multi-block unit slicing is exercised with one-step sequences, where no barrier is needed.
 """
 
@@ -29,12 +34,20 @@ from lstm_numba._config import CACHE
 from lstm_numba.equations import lstm_gates, lstm_gates_onnx
 
 GEMM_THREADS = 16
-"""``input_projection`` blocks are GEMM_THREADS × GEMM_THREADS threads."""
-GEMM_WORK = 4
-"""Each thread computes GEMM_WORK × GEMM_WORK outputs."""
-GEMM_TILE = GEMM_THREADS * GEMM_WORK
-"""A block computes a GEMM_TILE × GEMM_TILE tile of the output (a constant: it sizes shared
+"""GEMM blocks (``input_projection``; ``lstm_sequence_tiled``'s recurrent product) are
+GEMM_THREADS × GEMM_THREADS threads."""
+GEMM_ROW_WORK = 4
+"""Rows of the output each thread computes."""
+GEMM_COLUMN_WORK = 4
+"""Columns of the output each thread computes: a multiple of 4, so that in the recurrent product a
+thread holds the four gates of each of its hidden units."""
+GEMM_ROWS = GEMM_THREADS * GEMM_ROW_WORK
+"""A block computes a GEMM_ROWS × GEMM_COLUMNS tile of the output (constants: they size shared
 arrays)."""
+GEMM_COLUMNS = GEMM_THREADS * GEMM_COLUMN_WORK
+GEMM_ROWS_PADDED, GEMM_COLUMNS_PADDED = GEMM_ROWS + 1, GEMM_COLUMNS + 1
+"""Row lengths of the tiles staged in shared memory: one more than the tile's, so that the threads
+staging consecutive k write to different banks."""
 GEMM_DEPTH = 16
 """Slice of the inner dimension staged in shared memory per iteration."""
 
@@ -46,61 +59,121 @@ SEQUENCE_LANES = 32
 SEQUENCE_MIN_LANES = 4
 """Fewest (at large batch: more groups for the rows, fewer partial sums to add up). On an H200,
 4 ran 4-17 % faster than 8 at every shape of a sweep (performance.md, GPU)."""
+TILED_MIN_BATCH = 32
+"""Batches from this size run ``lstm_sequence_tiled`` (a register-tiled GEMM a step); smaller
+ones ``lstm_sequence`` (dot products shared by lanes of threads), whose threads stay busy at batch
+1."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
+
+
+@cuda.jit(device=True)
+def gemm_tile(a, row0, w, column0, group, stride, limit, acc):
+    """acc[i, j] = Σ_k a[row0 + ty + i·GEMM_THREADS, k] · w[w_row(tx + j·GEMM_THREADS), k] for this
+    thread (tx, ty) of a GEMM_THREADS × GEMM_THREADS block: its part of a GEMM_ROWS × GEMM_COLUMNS
+    tile of a (M, K) · wᵀ, w (N, K), a thread's rows and columns GEMM_THREADS apart (shared-memory
+    reads without bank conflicts, coalesced stores). Tile column n reads w's row
+    ``column0 + (n // group)·stride + n % group``, present when ``column0 + n % group < limit``:
+    group = GEMM_COLUMNS, stride = 0 for consecutive rows (``input_projection``); group = units,
+    stride = H for the four gates' rows of units column0… (``tiled_step``). Rows of a past M and
+    absent rows of w count as zeros. acc: (GEMM_ROW_WORK, GEMM_COLUMN_WORK), overwritten.
+    """
+    a_tile = cuda.shared.array((GEMM_DEPTH, GEMM_ROWS_PADDED), dtype=a.dtype)
+    w_tile = cuda.shared.array((GEMM_DEPTH, GEMM_COLUMNS_PADDED), dtype=a.dtype)
+    a_values = cuda.local.array(GEMM_ROW_WORK, dtype=a.dtype)
+    w_values = cuda.local.array(GEMM_COLUMN_WORK, dtype=a.dtype)
+    rows, inner = a.shape
+    threads = GEMM_THREADS * GEMM_THREADS
+    thread = cuda.threadIdx.x + cuda.threadIdx.y * cuda.blockDim.x
+    tx, ty = thread % GEMM_THREADS, thread // GEMM_THREADS
+    for i in range(GEMM_ROW_WORK):
+        for j in range(GEMM_COLUMN_WORK):
+            acc[i, j] = 0
+    for k0 in range(0, inner, GEMM_DEPTH):
+        # Stage a (rows × depth) and w (columns × depth); consecutive threads read consecutive k.
+        for index in range(thread, GEMM_DEPTH * GEMM_ROWS, threads):
+            k, r = index % GEMM_DEPTH, index // GEMM_DEPTH
+            inside = k0 + k < inner and row0 + r < rows
+            a_tile[k, r] = a[row0 + r, k0 + k] if inside else 0
+        for index in range(thread, GEMM_DEPTH * GEMM_COLUMNS, threads):
+            k, n = index % GEMM_DEPTH, index // GEMM_DEPTH
+            inside = k0 + k < inner and column0 + n % group < limit
+            w_row = column0 + (n // group) * stride + n % group
+            w_tile[k, n] = w[w_row, k0 + k] if inside else 0
+        cuda.syncthreads()
+        for k in range(GEMM_DEPTH):
+            for i in range(GEMM_ROW_WORK):
+                a_values[i] = a_tile[k, ty + i * GEMM_THREADS]
+            for j in range(GEMM_COLUMN_WORK):
+                w_values[j] = w_tile[k, tx + j * GEMM_THREADS]
+            for i in range(GEMM_ROW_WORK):
+                for j in range(GEMM_COLUMN_WORK):
+                    acc[i, j] += a_values[i] * w_values[j]
+        cuda.syncthreads()
 
 
 @cuda.jit(cache=CACHE)
 def input_projection(a, w, bias, out):
     """out (M, N) = a (M, K) · wᵀ + bias, w (N, K), bias (N,); one dtype.
 
-    Launch: blocks (⌈N/GEMM_TILE⌉, ⌈M/GEMM_TILE⌉) of (GEMM_THREADS, GEMM_THREADS) threads. A
-    thread owns the outputs at rows ty + i·GEMM_THREADS and columns tx + j·GEMM_THREADS of its
-    block's tile, so shared-memory reads are conflict-free and stores are coalesced.
+    Launch: blocks (⌈N/GEMM_COLUMNS⌉, ⌈M/GEMM_ROWS⌉) of (GEMM_THREADS, GEMM_THREADS) threads,
+    each a tile (``gemm_tile``).
     """
-    tile = GEMM_TILE
-    a_tile = cuda.shared.array((GEMM_DEPTH, GEMM_TILE), dtype=a.dtype)
-    w_tile = cuda.shared.array((GEMM_DEPTH, GEMM_TILE), dtype=a.dtype)
-    acc = cuda.local.array((GEMM_WORK, GEMM_WORK), dtype=a.dtype)
-    a_values = cuda.local.array(GEMM_WORK, dtype=a.dtype)
-    w_values = cuda.local.array(GEMM_WORK, dtype=a.dtype)
-    rows, inner = a.shape
-    columns = w.shape[0]
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    thread = ty * GEMM_THREADS + tx
-    row0, column0 = cuda.blockIdx.y * tile, cuda.blockIdx.x * tile
-    for i in range(GEMM_WORK):
-        for j in range(GEMM_WORK):
-            acc[i, j] = 0
-    for k0 in range(0, inner, GEMM_DEPTH):
-        # Stage a (tile × depth) and w (tile × depth); consecutive threads read consecutive k.
-        for index in range(thread, GEMM_DEPTH * tile, GEMM_THREADS * GEMM_THREADS):
-            k, r = index % GEMM_DEPTH, index // GEMM_DEPTH
-            inside = k0 + k < inner
-            if inside and row0 + r < rows:
-                a_tile[k, r] = a[row0 + r, k0 + k]
-            else:
-                a_tile[k, r] = 0
-            if inside and column0 + r < columns:
-                w_tile[k, r] = w[column0 + r, k0 + k]
-            else:
-                w_tile[k, r] = 0
-        cuda.syncthreads()
-        for k in range(GEMM_DEPTH):
-            for i in range(GEMM_WORK):
-                a_values[i] = a_tile[k, ty + i * GEMM_THREADS]
-            for j in range(GEMM_WORK):
-                w_values[j] = w_tile[k, tx + j * GEMM_THREADS]
-            for i in range(GEMM_WORK):
-                for j in range(GEMM_WORK):
-                    acc[i, j] += a_values[i] * w_values[j]
-        cuda.syncthreads()
-    for i in range(GEMM_WORK):
-        row = row0 + ty + i * GEMM_THREADS
-        for j in range(GEMM_WORK):
-            column = column0 + tx + j * GEMM_THREADS
+    acc = cuda.local.array((GEMM_ROW_WORK, GEMM_COLUMN_WORK), dtype=a.dtype)
+    rows, columns = out.shape
+    row0, column0 = cuda.blockIdx.y * GEMM_ROWS, cuda.blockIdx.x * GEMM_COLUMNS
+    gemm_tile(a, row0, w, column0, GEMM_COLUMNS, 0, columns, acc)
+    for i in range(GEMM_ROW_WORK):
+        row = row0 + cuda.threadIdx.y + i * GEMM_THREADS
+        for j in range(GEMM_COLUMN_WORK):
+            column = column0 + cuda.threadIdx.x + j * GEMM_THREADS
             if row < rows and column < columns:
                 out[row, column] = acc[i, j] + bias[column]
+
+
+@cuda.jit(device=True)
+def finish_unit(
+    step, b, j, r_i, r_f, r_g, r_o, projected, onnx, kinds, parameters, peepholes, bound,
+    input_forget, h_prev, h_next, h_unprojected, c, y, lengths, direction, reverse, batch_first,
+    projecting, trace,
+):  # fmt: skip
+    """Hidden unit j of batch row b at ``step``, given its recurrent sums r_* = W_hh[gate·H + j] ·
+    h_prev[b]: adds the projected input, applies the gates (``lstm_numba.equations``) and writes C,
+    and h (into ``h_next`` and y) or, with a projection, o ⊙ h(C) into ``h_unprojected``
+    (``project_step`` finishes h). A row whose sequence has ended carries its state over.
+    trace: (5, B, T, H) records f, i, C̃, o, C, or (0, 0, 0, 0) for none.
+    """
+    batch, hidden = c.shape
+    steps = projected.shape[0] // batch
+    length = lengths[b]
+    if step >= length:
+        if not projecting:
+            h_next[b, j] = h_prev[b, j]
+        return
+    t = length - 1 - step if reverse else step
+    row = b * steps + t if batch_first else t * batch + b
+    column = direction * 4 * hidden + j
+    z_i = projected[row, column] + r_i
+    z_f = projected[row, column + hidden] + r_f
+    z_g = projected[row, column + 2 * hidden] + r_g
+    z_o = projected[row, column + 3 * hidden] + r_o
+    if onnx:
+        f, i, g, o, c_value, h_value = lstm_gates_onnx(
+            z_i, z_f, z_g, z_o, c[b, j], peepholes[0, j], peepholes[1, j], peepholes[2, j], bound,
+            input_forget, kinds[0], parameters[0, 0], parameters[0, 1], kinds[1],
+            parameters[1, 0], parameters[1, 1], kinds[2], parameters[2, 0], parameters[2, 1],
+        )  # fmt: skip
+    else:
+        f, i, g, o, c_value, h_value = lstm_gates(z_i, z_f, z_g, z_o, c[b, j])
+    if trace.shape[0] > 0:
+        trace[0, b, t, j], trace[1, b, t, j], trace[2, b, t, j] = f, i, g
+        trace[3, b, t, j], trace[4, b, t, j] = o, c_value
+    c[b, j] = c_value
+    if projecting:
+        h_unprojected[b, j] = h_value
+    else:
+        h_next[b, j] = h_value
+        y[row, direction * h_next.shape[1] + j] = h_value
 
 
 @cuda.jit(device=True)
@@ -109,21 +182,17 @@ def sequence_step(
     h, h_unprojected, c, y, lengths, direction, reverse, batch_first, shared, weights_in_shared,
     unit_blocks, lanes, trace,
 ):  # fmt: skip
-    """The cell update of one time step for the hidden units and batch rows this block owns.
+    """One time step of ``lstm_sequence`` for the hidden units and batch rows this block owns.
 
     The block's threads form groups of ``lanes``. A group takes one (unit j, row b) pair at a
     time, pairs row-fastest (the groups of a warp read the same weights); each of its threads sums
     every lanes-th term of W_hh[gate·H + j] · h_prev[b] for the four gates, and the group's first
-    thread adds up the partial sums (shared[:4·threads]), applies the gates and writes C, and h
-    (into h[1 − step % 2]) or, with a projection, o ⊙ h(C) into ``h_unprojected``
-    (``project_step`` finishes h). Rows whose sequence has ended carry their state over.
-    trace: (5, B, T, H) records f, i, C̃, o, C, or (0, 0, 0, 0) for none.
+    thread adds up the partial sums (shared[:4·threads]) and finishes the unit (``finish_unit``).
     """
     batch, hidden = c.shape
     out = h.shape[2]
     threads = cuda.blockDim.x
     thread = cuda.threadIdx.x
-    steps = projected.shape[0] // batch
     units = (hidden + unit_blocks - 1) // unit_blocks
     first_unit = (cuda.blockIdx.x % unit_blocks) * units
     owned = max(0, min(units, hidden - first_unit))
@@ -134,7 +203,6 @@ def sequence_step(
     group, lane = thread // lanes, thread % lanes
     groups = threads // lanes
     weights = 4 * threads  # this block's W_hh rows start there in ``shared``
-    projecting = w_hr.shape[0] > 0
     h_prev, h_next = h[step % 2], h[1 - step % 2]
     zero = type(c[0, 0])(0)
     pairs = owned * owned_rows
@@ -142,9 +210,8 @@ def sequence_step(
         pair = start + group
         local, b = pair // owned_rows, first_row + pair % owned_rows
         j = first_unit + local
-        length = lengths[b]
         sum_i, sum_f, sum_g, sum_o = zero, zero, zero, zero
-        if pair < pairs and step < length:
+        if pair < pairs and step < lengths[b]:
             for k in range(lane, out, lanes):
                 h_k = h_prev[b, k]
                 if weights_in_shared:
@@ -164,39 +231,51 @@ def sequence_step(
         shared[3 * threads + thread] = sum_o
         cuda.syncthreads()
         if lane == 0 and pair < pairs:
-            if step >= length:
-                if not projecting:
-                    h_next[b, j] = h_prev[b, j]
-            else:
-                t = length - 1 - step if reverse else step
-                row = b * steps + t if batch_first else t * batch + b
-                column = direction * 4 * hidden + j
-                z_i, z_f = projected[row, column], projected[row, column + hidden]
-                z_g, z_o = projected[row, column + 2 * hidden], projected[row, column + 3 * hidden]
-                for other in range(thread, thread + lanes):
-                    z_i += shared[other]
-                    z_f += shared[threads + other]
-                    z_g += shared[2 * threads + other]
-                    z_o += shared[3 * threads + other]
-                if onnx:
-                    f, i, g, o, c_value, h_value = lstm_gates_onnx(
-                        z_i, z_f, z_g, z_o, c[b, j], peepholes[0, j], peepholes[1, j],
-                        peepholes[2, j], bound, input_forget, kinds[0], parameters[0, 0],
-                        parameters[0, 1], kinds[1], parameters[1, 0], parameters[1, 1], kinds[2],
-                        parameters[2, 0], parameters[2, 1],
-                    )  # fmt: skip
-                else:
-                    f, i, g, o, c_value, h_value = lstm_gates(z_i, z_f, z_g, z_o, c[b, j])
-                if trace.shape[0] > 0:
-                    trace[0, b, t, j], trace[1, b, t, j], trace[2, b, t, j] = f, i, g
-                    trace[3, b, t, j], trace[4, b, t, j] = o, c_value
-                c[b, j] = c_value
-                if projecting:
-                    h_unprojected[b, j] = h_value
-                else:
-                    h_next[b, j] = h_value
-                    y[row, direction * out + j] = h_value
+            for other in range(thread + 1, thread + lanes):
+                sum_i += shared[other]
+                sum_f += shared[threads + other]
+                sum_g += shared[2 * threads + other]
+                sum_o += shared[3 * threads + other]
+            finish_unit(
+                step, b, j, sum_i, sum_f, sum_g, sum_o, projected, onnx, kinds, parameters,
+                peepholes, bound, input_forget, h_prev, h_next, h_unprojected, c, y, lengths,
+                direction, reverse, batch_first, w_hr.shape[0] > 0, trace,
+            )  # fmt: skip
         cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def tiled_step(
+    step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
+    h, h_unprojected, c, y, lengths, direction, reverse, batch_first, trace,
+):  # fmt: skip
+    """One time step of ``lstm_sequence_tiled``: the recurrent product h_prev · W_hhᵀ in tiles of
+    GEMM_ROWS batch rows × GEMM_COLUMNS / 4 hidden units (their four gates' rows of W_hh), the
+    block taking tiles gridDim apart; ``gemm_tile`` leaves each thread the four gates of its units
+    for its rows, which it finishes (``finish_unit``)."""
+    batch, hidden = c.shape
+    units = GEMM_COLUMNS // 4
+    per_gate = GEMM_COLUMN_WORK // 4  # a thread's units, each with its four gates
+    unit_tiles = (hidden + units - 1) // units
+    tiles = unit_tiles * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)
+    acc = cuda.local.array((GEMM_ROW_WORK, GEMM_COLUMN_WORK), dtype=c.dtype)
+    tx, ty = cuda.threadIdx.x % GEMM_THREADS, cuda.threadIdx.x // GEMM_THREADS
+    h_prev, h_next = h[step % 2], h[1 - step % 2]
+    projecting = w_hr.shape[0] > 0
+    for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+        row0, unit0 = (tile // unit_tiles) * GEMM_ROWS, (tile % unit_tiles) * units
+        gemm_tile(h_prev, row0, w_hh, unit0, units, hidden, hidden, acc)
+        for i in range(GEMM_ROW_WORK):
+            b = row0 + ty + i * GEMM_THREADS
+            for s in range(per_gate):
+                j = unit0 + tx + s * GEMM_THREADS
+                if b < batch and j < hidden:
+                    finish_unit(
+                        step, b, j, acc[i, s], acc[i, s + per_gate], acc[i, s + 2 * per_gate],
+                        acc[i, s + 3 * per_gate], projected, onnx, kinds, parameters, peepholes,
+                        bound, input_forget, h_prev, h_next, h_unprojected, c, y, lengths,
+                        direction, reverse, batch_first, projecting, trace,
+                    )  # fmt: skip
 
 
 @cuda.jit(device=True)
@@ -221,26 +300,44 @@ def project_step(step, w_hr, h, h_unprojected, y, lengths, direction, reverse, b
         y[row, direction * out + p] = acc
 
 
+@cuda.jit(device=True)
+def zero_past_lengths(y, lengths, direction, out, batch_first):
+    """Zeros in this direction's columns of y (N, D·H_out) past each row's length (y is not zeroed
+    beforehand), spread over the grid."""
+    total, batch = y.shape[0], lengths.shape[0]
+    time_steps = total // batch
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        b, t = (
+            (index // time_steps, index % time_steps)
+            if batch_first
+            else (index % batch, index // batch)
+        )
+        if t >= lengths[b]:
+            for k in range(out):
+                y[index, direction * out + k] = 0
+
+
 @cuda.jit(cache=CACHE)
 def lstm_sequence(
     projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
     h, h_unprojected, c, y, lengths, steps, direction, reverse, batch_first, trace,
     weights_in_shared, unit_blocks, lanes,
 ):  # fmt: skip
-    """One direction of one layer over the whole sequence, in one cooperative launch.
+    """One direction of one layer over the whole sequence, in one cooperative launch, each
+    (unit, row)'s dot products shared by ``lanes`` threads (``sequence_step``): for small batches.
 
     projected (N, D·4H): x·W_ihᵀ + b from ``input_projection``, N = B·T rows ordered as x
     (b·T + t if ``batch_first`` else t·B + b). w_hh (4H, H_out), w_hr (H_out, H) or (0, 0); the
     cell options as ``cpu.lstm_rows_forward``'s, for this direction. h (2, B, H_out): h0 in h[0],
     a double buffer; h_unprojected (B, H) scratch; c (B, H) in/out; y (N, D·H_out), this
     direction's columns written (zeros past each length); lengths (B,); ``steps`` = max length;
-    trace (5, B, T, H) or (0, 0, 0, 0), see ``sequence_step``. Launch: ``unit_blocks`` × the
+    trace (5, B, T, H) or (0, 0, 0, 0), see ``finish_unit``. Launch: ``unit_blocks`` × the
     batch slices blocks, ``lanes`` threads a (unit, row) pair (``plan_sequence``).
     The final h is h[steps % 2]. Dynamic shared memory: 4·threads values for the partial sums,
     then 4·⌈H/unit_blocks⌉·H_out when ``weights_in_shared``.
     """
     grid = cuda.cg.this_grid()
-    batch, hidden = c.shape
+    hidden = c.shape[1]
     out = h.shape[2]
     shared = cuda.shared.array(0, dtype=w_hh.dtype)
     if weights_in_shared:  # this block's rows of W_hh, gate-major: (4, owned, H_out)
@@ -264,18 +361,29 @@ def lstm_sequence(
             project_step(step, w_hr, h, h_unprojected, y, lengths, direction, reverse,
                          batch_first)  # fmt: skip
             grid.sync()
-    # Zeros past each sequence's length (y is not zeroed beforehand).
-    total = projected.shape[0]
-    time_steps = total // batch
-    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        b, t = (
-            (index // time_steps, index % time_steps)
-            if batch_first
-            else (index % batch, index // batch)
-        )
-        if t >= lengths[b]:
-            for k in range(out):
-                y[index, direction * out + k] = 0
+    zero_past_lengths(y, lengths, direction, out, batch_first)
+
+
+@cuda.jit(cache=CACHE)
+def lstm_sequence_tiled(
+    projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
+    h, h_unprojected, c, y, lengths, steps, direction, reverse, batch_first, trace,
+):  # fmt: skip
+    """``lstm_sequence`` for large batches: each step's recurrent product a register-tiled GEMM
+    (``tiled_step``). Arguments as ``lstm_sequence``'s; launch: blocks of GEMM_THREADS² threads,
+    as many as the device holds at once up to the number of tiles (``plan_tiled``)."""
+    grid = cuda.cg.this_grid()
+    for step in range(steps):
+        tiled_step(
+            step, projected, w_hh, w_hr, onnx, kinds, parameters, peepholes, bound, input_forget,
+            h, h_unprojected, c, y, lengths, direction, reverse, batch_first, trace,
+        )  # fmt: skip
+        grid.sync()
+        if w_hr.shape[0] > 0:
+            project_step(step, w_hr, h, h_unprojected, y, lengths, direction, reverse,
+                         batch_first)  # fmt: skip
+            grid.sync()
+    zero_past_lengths(y, lengths, direction, h.shape[2], batch_first)
 
 
 def plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks):
@@ -315,11 +423,18 @@ def plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks):
     return unit_blocks, math.ceil(batch / rows), lanes, in_shared, shared_bytes
 
 
-def _resident_blocks(args, threads):
-    """``resident_blocks`` for ``plan_sequence``: how many ``lstm_sequence`` blocks of
-    ``threads`` with a given dynamic shared memory the device holds at once."""
-    kernel = lstm_sequence.compile(tuple(lstm_sequence.typeof_pyval(a) for a in args))
-    return lambda shared_bytes: kernel.max_cooperative_grid_blocks(threads, shared_bytes)
+def plan_tiled(batch, hidden, resident_blocks):
+    """Blocks of ``lstm_sequence_tiled``: one a tile of GEMM_ROWS rows × GEMM_COLUMNS / 4 units, at
+    most ``resident_blocks`` (the cooperative limit); one under the simulator."""
+    tiles = math.ceil(batch / GEMM_ROWS) * math.ceil(hidden / (GEMM_COLUMNS // 4))
+    return 1 if config.ENABLE_CUDASIM else min(tiles, resident_blocks)
+
+
+def _resident_blocks(kernel, args, threads):
+    """How many blocks of ``kernel`` (``threads`` each) the device holds at once, as a function
+    of their dynamic shared memory, for these arguments' types."""
+    compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+    return lambda shared_bytes: compiled.max_cooperative_grid_blocks(threads, shared_bytes)
 
 
 def device_view(array, index):
@@ -345,23 +460,30 @@ def lstm_layer_forward(
     All arrays of one float dtype but ``lengths`` and the activation kinds.
     """
     rows, columns = x.shape[0], w_ih.shape[0]
-    tile = GEMM_TILE
     projected = cuda.device_array((rows, columns), dtype=x.dtype)
-    input_projection[(math.ceil(columns / tile), math.ceil(rows / tile)), (GEMM_THREADS,) * 2](
-        x, w_ih, bias, projected
-    )
+    blocks = (math.ceil(columns / GEMM_COLUMNS), math.ceil(rows / GEMM_ROWS))
+    input_projection[blocks, (GEMM_THREADS,) * 2](x, w_ih, bias, projected)
     onnx, kinds, parameters, peepholes, bound, input_forget = cell
     directions, _, batch, out = h.shape
     hidden = c.shape[2]
     h_unprojected = cuda.device_array((batch, hidden), dtype=x.dtype)
+    simulated = config.ENABLE_CUDASIM
     for d in range(directions):
         args = (
             projected, w_hh[d], device_view(w_hr, d), onnx, kinds[d], parameters[d],
             peepholes[d], bound, input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d,
             d == 1 or backward, batch_first, device_view(traces, d),
         )  # fmt: skip
+        if batch >= TILED_MIN_BATCH:
+            threads = GEMM_THREADS * GEMM_THREADS
+            resident = None if simulated else _resident_blocks(lstm_sequence_tiled, args, threads)
+            blocks = plan_tiled(batch, hidden, None if simulated else resident(0))
+            lstm_sequence_tiled[blocks, threads](*args)
+            continue
         threads = SEQUENCE_THREADS
-        resident = None if config.ENABLE_CUDASIM else _resident_blocks((*args, True, 1, 1), threads)
+        resident = (
+            None if simulated else _resident_blocks(lstm_sequence, (*args, True, 1, 1), threads)
+        )
         unit_blocks, slices, lanes, in_shared, shared_bytes = plan_sequence(
             hidden, out, batch, x.dtype.itemsize, threads, resident
         )

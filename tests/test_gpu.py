@@ -60,16 +60,30 @@ def gpu(monkeypatch):
     if SIMULATED:
         monkeypatch.setattr(dispatch, "cuda_status", lambda: (True, "CUDA simulator (tests)"))
         for name, value in [
-            ("GEMM_THREADS", 4),
-            ("GEMM_WORK", 2),
-            ("GEMM_TILE", 8),
             ("GEMM_DEPTH", 3),
             ("SEQUENCE_THREADS", 8),
             ("SEQUENCE_LANES", 4),
             ("SEQUENCE_MIN_LANES", 2),
         ]:
             monkeypatch.setattr(gpu, name, value)
+        set_gemm_geometry(monkeypatch, gpu, threads=4, row_work=2, column_work=4)
     return gpu
+
+
+def set_gemm_geometry(monkeypatch, gpu, threads, row_work, column_work):
+    """GEMM blocks of threads² threads, each computing row_work × column_work outputs (the
+    simulator reads these constants as it runs)."""
+    rows, columns = threads * row_work, threads * column_work
+    for name, value in [
+        ("GEMM_THREADS", threads),
+        ("GEMM_ROW_WORK", row_work),
+        ("GEMM_COLUMN_WORK", column_work),
+        ("GEMM_ROWS", rows),
+        ("GEMM_COLUMNS", columns),
+        ("GEMM_ROWS_PADDED", rows + 1),
+        ("GEMM_COLUMNS_PADDED", columns + 1),
+    ]:
+        monkeypatch.setattr(gpu, name, value)
 
 
 @runs_kernels
@@ -83,8 +97,7 @@ def test_input_projection_is_a_gemm(gpu, rng, dtype, shape):
     w = rng.standard_normal((columns, inner)).astype(dtype)
     bias = rng.standard_normal(columns).astype(dtype)
     out = cuda.device_array((rows, columns), dtype)
-    tile = gpu.GEMM_TILE
-    blocks = (-(-columns // tile), -(-rows // tile))
+    blocks = (-(-columns // gpu.GEMM_COLUMNS), -(-rows // gpu.GEMM_ROWS))
     gpu.input_projection[blocks, (gpu.GEMM_THREADS, gpu.GEMM_THREADS)](
         cuda.to_device(a), cuda.to_device(w), cuda.to_device(bias), out
     )
@@ -132,6 +145,32 @@ def test_forward_matches_cpu(gpu, rng, dtype, options):
 
 
 @runs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_tiled_forward_matches_cpu(gpu, rng, monkeypatch, dtype, options):
+    """``lstm_sequence_tiled`` at any batch size: under the simulator 10 rows make two row tiles
+    (8 rows each) and H = 5 two unit tiles (4 units each), one block looping over the four."""
+    monkeypatch.setattr(gpu, "TILED_MIN_BATCH", 1)
+    model = ln.LSTM(3, 5, **options, dtype=dtype, seed=13)
+    x, hx = random_call(rng, model, batch=10, steps=4)
+    assert_same_as_cpu(model, x, hx, lengths=np.array([4, 0, 2, 4, 1, 3, 4, 4, 2, 1]))
+
+
+@runs_kernels
+@pytest.mark.parametrize("threads, row_work, column_work", [(2, 3, 8), (4, 1, 4)])
+def test_tiled_geometries(gpu, rng, monkeypatch, threads, row_work, column_work):
+    """Other register tiles: 8 columns a thread hold two units' four gates each; one row a
+    thread."""
+    if not SIMULATED:
+        pytest.skip("the tile's geometry is compiled in: the simulator reads it as it runs")
+    set_gemm_geometry(monkeypatch, gpu, threads, row_work, column_work)
+    monkeypatch.setattr(gpu, "TILED_MIN_BATCH", 1)
+    model = ln.LSTM(6, 9, proj_size=4, dtype=np.float64, seed=14)
+    x, hx = random_call(rng, model, batch=7, steps=3)
+    assert_same_as_cpu(model, x, hx, lengths=np.array([3, 1, 0, 3, 2, 3, 3]))
+
+
+@runs_kernels
 def test_forward_matches_reference_without_lengths(gpu, rng):
     from lstm_numba import reference
 
@@ -146,7 +185,9 @@ def test_forward_matches_reference_without_lengths(gpu, rng):
 
 @runs_kernels
 @pytest.mark.parametrize("options", [{"bidirectional": True}, {"peepholes": True, "proj_size": 2}])
-def test_gate_traces_match_cpu(gpu, rng, options):
+@pytest.mark.parametrize("tiled_min_batch", [1, 1000])  # lstm_sequence_tiled, lstm_sequence
+def test_gate_traces_match_cpu(gpu, rng, monkeypatch, options, tiled_min_batch):
+    monkeypatch.setattr(gpu, "TILED_MIN_BATCH", tiled_min_batch)
     model = ln.LSTM(3, 4, **options, seed=10)
     x, hx = random_call(rng, model)
     lengths = np.array([4, 0, 2])
@@ -299,6 +340,21 @@ def test_gpu_profile_breakdown_runs(gpu, capsys):
     assert gpu.plan_sequence is plan_sequence
 
 
+@runs_kernels
+def test_gpu_profile_kernels_runs(gpu, capsys):
+    """``python -m benchmarks.gpu_profile kernels``: both sequence kernels on one tiny shape."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
+    try:
+        from benchmarks import gpu_profile
+    finally:
+        sys.path.pop(0)
+    tiled_min_batch = gpu.TILED_MIN_BATCH
+    gpu_profile.main(["kernels", "--shapes", "2,3,4,5", "--repeats", "1"])
+    cells = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert cells[1].strip() == "(2, 3, 4, 5)" and float(cells[5]) < 1e-5, cells
+    assert gpu.TILED_MIN_BATCH == tiled_min_batch
+
+
 @pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
 def test_device_arrays_in_device_arrays_out(gpu, rng):
     from numba import cuda
@@ -323,24 +379,28 @@ def test_device_arrays_in_device_arrays_out(gpu, rng):
     [
         ((1, 40, 64, 1024), {}),  # on an H200: 132 blocks reading W_hh from L2
         ((16, 30, 100, 257), {"bidirectional": True}),  # W_hh slices in shared memory
-        ((64, 20, 32, 512), {"num_layers": 2, "proj_size": 96}),
         ((5, 12, 48, 2000), {"dtype": np.float64}),
+        ((64, 20, 32, 512), {"num_layers": 2, "proj_size": 96}),  # tiled from here on
+        ((300, 9, 40, 200), {"bidirectional": True, "dtype": np.float64}),
+        ((1000, 6, 16, 1100), {"peepholes": True}),  # more tiles than blocks
     ],
 )
 def test_realistic_shapes_match_cpu(gpu, rng, monkeypatch, shape, options):
     """Shapes that spread the hidden units over many blocks, synchronised by the grid barrier
     (the simulator runs one block)."""
     plans = []
-    plan_sequence = gpu.plan_sequence
-    monkeypatch.setattr(
-        gpu, "plan_sequence", lambda *a: plans.append(plan_sequence(*a)) or plans[-1]
-    )
+    for name in ("plan_sequence", "plan_tiled"):
+        plan = getattr(gpu, name)
+        monkeypatch.setattr(gpu, name, lambda *a, plan=plan: plans.append(plan(*a)) or plans[-1])
     batch, steps, inputs, hidden = shape
     model = ln.LSTM(inputs, hidden, **options, seed=11)
     x = rng.standard_normal((batch, steps, inputs)).astype(model.dtype)
     lengths = rng.integers(1, steps + 1, batch)
     assert_same_as_cpu(model, x, lengths=lengths)
-    assert plans and all(unit_blocks > 1 for unit_blocks, *_ in plans), plans
+    if batch < gpu.TILED_MIN_BATCH:
+        assert plans and all(unit_blocks > 1 for unit_blocks, *_ in plans), plans
+    else:
+        assert plans and all(blocks > 1 for blocks in plans), plans
 
 
 def cuda_kernel_arguments(dtype, proj_size=0):
@@ -363,7 +423,7 @@ def cuda_kernel_arguments(dtype, proj_size=0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_kernels_compile_to_ptx(ptx_without_a_gpu, dtype, proj_size):
-    """A real type check of both kernels without a GPU: PTX for sm_90 (the grid barrier is only
+    """A real type check of the kernels without a GPU: PTX for sm_90 (the grid barrier is only
     linked at launch)."""
     import numba
     from numba import cuda
@@ -372,10 +432,12 @@ def test_kernels_compile_to_ptx(ptx_without_a_gpu, dtype, proj_size):
 
     real = numba.from_dtype(np.dtype(dtype))
     matrix = real[:, ::1]
+    sequence_arguments = tuple(numba.typeof(a) for a in cuda_kernel_arguments(dtype, proj_size))
     kernels = {
+        "lstm_sequence_tiled": (gpu.lstm_sequence_tiled, sequence_arguments),
         "lstm_sequence": (
             gpu.lstm_sequence,
-            tuple(numba.typeof(a) for a in (*cuda_kernel_arguments(dtype, proj_size), True, 1, 1)),
+            (*sequence_arguments, *(numba.typeof(a) for a in (True, 1, 1))),
         ),
         "input_projection": (gpu.input_projection, (matrix, matrix, real[::1], matrix)),
     }
