@@ -12,7 +12,7 @@ projection) per time step, and the launch plan ``gpu.plan_sequence`` chose (unit
 slices, lanes, W_hh in shared memory) with the blocks the device holds at once (48 KiB of shared
 memory; the partial sums alone). ``barrier``: an empty cooperative kernel of 1 and 2001 grid
 barriers, by block count. ``sweep``: the forward's time for register caps × threads a block ×
-fewest lanes. ``kernels``: the forward with each sequence kernel whatever the batch (B = 8–256 by
+fewest lanes. ``kernels``: the forward with each sequence kernel whatever the batch (B = 16–256 by
 default), and its largest difference from the CPU forward. ``--geometry R,C``: GEMM tiles of R × C
 outputs a thread (``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the projection and the tiled
 kernel; they are compiled in, so give each geometry its own ``NUMBA_CACHE_DIR``. float32, one
@@ -31,7 +31,7 @@ from lstm_numba import dispatch
 
 from .compare import best_seconds, torch_on_cuda
 
-BATCH_SWEEP = [(b, 64, h, h) for h in (256, 1024) for b in (8, 16, 32, 64, 128, 256)]
+BATCH_SWEEP = [(b, 64, h, h) for h in (256, 512, 1024) for b in (16, 64, 128, 256)]
 
 SHAPES = [
     (1, 256, 256, 256),
@@ -98,11 +98,24 @@ def cublas_seconds(rows, inputs, columns, repeats):
     return best_seconds(synchronized(lambda: torch.addmm(bias, a, w.T)), repeats)
 
 
-def breakdown(shapes, repeats):
+def projection_seconds(model, x, repeats):
+    """Seconds of our ``input_projection`` alone on the first layer of ``model`` (on the GPU) and
+    x (B, T, I)."""
     from numba import cuda
 
     from lstm_numba import gpu
 
+    layer = model._device_layers[0]
+    rows, inputs = x.shape[0] * x.shape[1], x.shape[2]
+    columns = layer["weight_ih"].shape[0]
+    projected = cuda.device_array((rows, columns), np.float32)
+    blocks = (math.ceil(columns / gpu.GEMM_COLUMNS), math.ceil(rows / gpu.GEMM_ROWS))
+    launch = gpu.input_projection[blocks, (gpu.GEMM_THREADS,) * 2]
+    arguments = x.reshape(rows, inputs), layer["weight_ih"], layer["bias"], projected
+    return best_seconds(synchronized(lambda: launch(*arguments)), repeats)
+
+
+def breakdown(shapes, repeats):
     header = "(B, T, I, H) | forward ms | our projection ms | cuBLAS ms | sequence µs a step"
     print(f"| {header} | plan, blocks held (48 KiB, partial sums alone) |")
     print("|---|---|---|---|---|---|")
@@ -113,15 +126,8 @@ def breakdown(shapes, repeats):
             model, x = on_gpu(batch, steps, inputs, hidden)
             run = synchronized(lambda model=model, x=x: model(x, device="cuda"))
             forward = best_seconds(run, repeats)
-            layer = model._device_layers[0]
-            rows, columns = batch * steps, 4 * hidden
-            projected = cuda.device_array((rows, columns), np.float32)
-            blocks = (math.ceil(columns / gpu.GEMM_COLUMNS), math.ceil(rows / gpu.GEMM_ROWS))
-            launch = gpu.input_projection[blocks, (gpu.GEMM_THREADS,) * 2]
-            x_rows, weights, bias = x.reshape(rows, inputs), layer["weight_ih"], layer["bias"]
-            arguments = x_rows, weights, bias, projected
-            ours = best_seconds(synchronized(lambda k=launch, a=arguments: k(*a)), repeats)
-            theirs = cublas_seconds(rows, inputs, columns, repeats)
+            ours = projection_seconds(model, x, repeats)
+            theirs = cublas_seconds(batch * steps, inputs, 4 * hidden, repeats)
             cublas = "n/a" if theirs is None else f"{theirs * 1e3:.3f}"
             per_step = (forward - ours) / steps * 1e6
             print(
@@ -130,17 +136,23 @@ def breakdown(shapes, repeats):
                 flush=True,
             )
     finally:
+        from lstm_numba import gpu
+
         gpu.plan_sequence, gpu.plan_tiled = originals
 
 
 def kernels(shapes, repeats):
-    """Each shape's forward with ``lstm_sequence`` and with ``lstm_sequence_tiled``."""
+    """Each shape's forward with ``lstm_sequence`` and with ``lstm_sequence_tiled``, and our
+    projection alone."""
     from lstm_numba import gpu
 
     tiled_min_batch = gpu.TILED_MIN_BATCH
     print(f"GEMM tile: {gpu.GEMM_ROW_WORK} × {gpu.GEMM_COLUMN_WORK} a thread")
-    print("| (B, T, I, H) | lstm_sequence ms | lstm_sequence_tiled ms | ratio | max error |")
-    print("|---|---|---|---|---|")
+    print(
+        "| (B, T, I, H) | lstm_sequence ms | lstm_sequence_tiled ms | ratio | max error "
+        "| projection ms | projection GFLOP/s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     try:
         for shape in shapes:
             model, x = on_gpu(*shape)
@@ -153,8 +165,12 @@ def kernels(shapes, repeats):
                 y = dispatch.to_host(model(x, device="cuda")[0])
                 error = max(error, float(np.abs(y - expected).max() / np.abs(expected).max()))
             lanes, tiled = (t * 1e3 for t in times)
+            projection = projection_seconds(model, x, repeats)
+            batch, steps, inputs, hidden = shape
+            rate = 2 * batch * steps * inputs * 4 * hidden / projection / 1e9
             print(
-                f"| {shape} | {lanes:.3f} | {tiled:.3f} | {lanes / tiled:.2f} | {error:.1e} |",
+                f"| {shape} | {lanes:.3f} | {tiled:.3f} | {lanes / tiled:.2f} | {error:.1e} | "
+                f"{projection * 1e3:.3f} | {rate:.0f} |",
                 flush=True,
             )
     finally:

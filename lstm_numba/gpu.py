@@ -35,8 +35,8 @@ from lstm_numba.equations import lstm_gates, lstm_gates_onnx
 
 GEMM_THREADS = 16
 """GEMM blocks (``input_projection``; ``lstm_sequence_tiled``'s recurrent product) are
-GEMM_THREADS × GEMM_THREADS threads."""
-GEMM_ROW_WORK = 4
+GEMM_THREADS × GEMM_THREADS threads; the inner dimension goes in slices of GEMM_THREADS."""
+GEMM_ROW_WORK = 8
 """Rows of the output each thread computes."""
 GEMM_COLUMN_WORK = 4
 """Columns of the output each thread computes: a multiple of 4, so that in the recurrent product a
@@ -48,8 +48,6 @@ GEMM_COLUMNS = GEMM_THREADS * GEMM_COLUMN_WORK
 GEMM_ROWS_PADDED, GEMM_COLUMNS_PADDED = GEMM_ROWS + 1, GEMM_COLUMNS + 1
 """Row lengths of the tiles staged in shared memory: one more than the tile's, so that the threads
 staging consecutive k write to different banks."""
-GEMM_DEPTH = 16
-"""Slice of the inner dimension staged in shared memory per iteration."""
 
 SEQUENCE_THREADS = 256
 """Threads per ``lstm_sequence`` block."""
@@ -59,12 +57,30 @@ SEQUENCE_LANES = 32
 SEQUENCE_MIN_LANES = 4
 """Fewest (at large batch: more groups for the rows, fewer partial sums to add up). On an H200,
 4 ran 4-17 % faster than 8 at every shape of a sweep (performance.md, GPU)."""
-TILED_MIN_BATCH = 32
+TILED_MIN_BATCH = 128
 """Batches from this size run ``lstm_sequence_tiled`` (a register-tiled GEMM a step); smaller
 ones ``lstm_sequence`` (dot products shared by lanes of threads), whose threads stay busy at batch
 1."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
+
+
+@cuda.jit(device=True)
+def fetch_slice(a, row0, w, column0, group, stride, limit, k0, a_next, w_next):
+    """This thread's share of the k0… slice of a GEMM tile (``gemm_tile``) into registers: column
+    k0 + tx of a's tile rows ty + i·GEMM_THREADS and of w's tile columns ty + j·GEMM_THREADS
+    (a warp reads two runs of 16 consecutive k); zeros outside a and w."""
+    rows, inner = a.shape
+    thread = cuda.threadIdx.x + cuda.threadIdx.y * cuda.blockDim.x
+    tx, ty = thread % GEMM_THREADS, thread // GEMM_THREADS
+    k = k0 + tx
+    for i in range(GEMM_ROW_WORK):
+        row = row0 + ty + i * GEMM_THREADS
+        a_next[i] = a[row, k] if row < rows and k < inner else 0
+    for j in range(GEMM_COLUMN_WORK):
+        n = ty + j * GEMM_THREADS
+        present = k < inner and column0 + n % group < limit
+        w_next[j] = w[column0 + (n // group) * stride + n % group, k] if present else 0
 
 
 @cuda.jit(device=True)
@@ -77,31 +93,34 @@ def gemm_tile(a, row0, w, column0, group, stride, limit, acc):
     group = GEMM_COLUMNS, stride = 0 for consecutive rows (``input_projection``); group = units,
     stride = H for the four gates' rows of units column0… (``tiled_step``). Rows of a past M and
     absent rows of w count as zeros. acc: (GEMM_ROW_WORK, GEMM_COLUMN_WORK), overwritten.
+
+    K goes in slices of GEMM_THREADS staged in shared memory; the next slice's loads
+    (``fetch_slice``) are in flight while the block multiplies the current one, so that even one
+    block an SM (the sequence kernels) hides the latency of L2.
     """
-    a_tile = cuda.shared.array((GEMM_DEPTH, GEMM_ROWS_PADDED), dtype=a.dtype)
-    w_tile = cuda.shared.array((GEMM_DEPTH, GEMM_COLUMNS_PADDED), dtype=a.dtype)
+    a_tile = cuda.shared.array((GEMM_THREADS, GEMM_ROWS_PADDED), dtype=a.dtype)
+    w_tile = cuda.shared.array((GEMM_THREADS, GEMM_COLUMNS_PADDED), dtype=a.dtype)
+    a_next = cuda.local.array(GEMM_ROW_WORK, dtype=a.dtype)
+    w_next = cuda.local.array(GEMM_COLUMN_WORK, dtype=a.dtype)
     a_values = cuda.local.array(GEMM_ROW_WORK, dtype=a.dtype)
     w_values = cuda.local.array(GEMM_COLUMN_WORK, dtype=a.dtype)
-    rows, inner = a.shape
-    threads = GEMM_THREADS * GEMM_THREADS
+    inner = a.shape[1]
     thread = cuda.threadIdx.x + cuda.threadIdx.y * cuda.blockDim.x
     tx, ty = thread % GEMM_THREADS, thread // GEMM_THREADS
     for i in range(GEMM_ROW_WORK):
         for j in range(GEMM_COLUMN_WORK):
             acc[i, j] = 0
-    for k0 in range(0, inner, GEMM_DEPTH):
-        # Stage a (rows × depth) and w (columns × depth); consecutive threads read consecutive k.
-        for index in range(thread, GEMM_DEPTH * GEMM_ROWS, threads):
-            k, r = index % GEMM_DEPTH, index // GEMM_DEPTH
-            inside = k0 + k < inner and row0 + r < rows
-            a_tile[k, r] = a[row0 + r, k0 + k] if inside else 0
-        for index in range(thread, GEMM_DEPTH * GEMM_COLUMNS, threads):
-            k, n = index % GEMM_DEPTH, index // GEMM_DEPTH
-            inside = k0 + k < inner and column0 + n % group < limit
-            w_row = column0 + (n // group) * stride + n % group
-            w_tile[k, n] = w[w_row, k0 + k] if inside else 0
+    fetch_slice(a, row0, w, column0, group, stride, limit, 0, a_next, w_next)
+    for k0 in range(0, inner, GEMM_THREADS):
+        for i in range(GEMM_ROW_WORK):
+            a_tile[tx, ty + i * GEMM_THREADS] = a_next[i]
+        for j in range(GEMM_COLUMN_WORK):
+            w_tile[tx, ty + j * GEMM_THREADS] = w_next[j]
         cuda.syncthreads()
-        for k in range(GEMM_DEPTH):
+        k_next = k0 + GEMM_THREADS
+        if k_next < inner:
+            fetch_slice(a, row0, w, column0, group, stride, limit, k_next, a_next, w_next)
+        for k in range(GEMM_THREADS):
             for i in range(GEMM_ROW_WORK):
                 a_values[i] = a_tile[k, ty + i * GEMM_THREADS]
             for j in range(GEMM_COLUMN_WORK):
