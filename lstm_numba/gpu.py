@@ -9,12 +9,12 @@ A layer runs as two kernels, whatever T is:
    their gates, so the cell update (``finish_unit``) is fused and the pre-activations never go to
    global memory.
 
-   - ``lstm_sequence`` (batches under ``TILED_MIN_BATCH``): each block owns a slice of hidden
-     units (and, when blocks are left over, a slice of the batch rows); its slice of W_hh is
-     loaded into shared memory once when it fits (``weights_in_shared``), read from global memory
-     (L2) otherwise. Groups of threads (``lanes``) share each (unit, row)'s dot products, so that
-     even batch 1 keeps the threads busy.
-   - ``lstm_sequence_tiled`` (larger batches): a step's recurrent product h·W_hhᵀ is a GEMM, done
+   - ``lstm_sequence`` (under ``TILED_MIN_PAIRS`` (row, unit) pairs): each block owns a slice
+     of hidden units (and, when blocks are left over, a slice of the batch rows); its slice of
+     W_hh is loaded into shared memory once when it fits (``weights_in_shared``), read from global
+     memory (L2) otherwise. Groups of threads (``lanes``) share each (unit, row)'s dot products, so
+     that even batch 1 keeps the threads busy.
+   - ``lstm_sequence_tiled`` (from there): a step's recurrent product h·W_hhᵀ is a GEMM, done
      in register tiles of rows × units (``gemm_tile``, the projection's own), W_hh read from L2.
 
 The gate math is ``lstm_numba.equations``, the same functions the CPU kernels inline, compiled by
@@ -36,7 +36,7 @@ from lstm_numba.equations import lstm_gates, lstm_gates_onnx
 GEMM_THREADS = 16
 """GEMM blocks (``input_projection``; ``lstm_sequence_tiled``'s recurrent product) are
 GEMM_THREADS × GEMM_THREADS threads; the inner dimension goes in slices of GEMM_THREADS."""
-GEMM_ROW_WORK = 8
+GEMM_ROW_WORK = 4
 """Rows of the output each thread computes."""
 GEMM_COLUMN_WORK = 4
 """Columns of the output each thread computes: a multiple of 4, so that in the recurrent product a
@@ -57,10 +57,11 @@ SEQUENCE_LANES = 32
 SEQUENCE_MIN_LANES = 4
 """Fewest (at large batch: more groups for the rows, fewer partial sums to add up). On an H200,
 4 ran 4-17 % faster than 8 at every shape of a sweep (performance.md, GPU)."""
-TILED_MIN_BATCH = 128
-"""Batches from this size run ``lstm_sequence_tiled`` (a register-tiled GEMM a step); smaller
-ones ``lstm_sequence`` (dot products shared by lanes of threads), whose threads stay busy at batch
-1."""
+TILED_MIN_PAIRS = 64 * 1024
+"""Layers of B·H (row, unit) pairs from this many run ``lstm_sequence_tiled`` (a register-tiled
+GEMM a step); fewer ``lstm_sequence`` (dot products shared by lanes of threads), whose threads stay
+busy at batch 1. On an H200 the tiled kernel won from B = 256 at H = 256, 128 at 512, 64 at 1024,
+and lost by 10-12 % at half of each (performance.md, GPU)."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
 
@@ -493,7 +494,7 @@ def lstm_layer_forward(
             peepholes[d], bound, input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d,
             d == 1 or backward, batch_first, device_view(traces, d),
         )  # fmt: skip
-        if batch >= TILED_MIN_BATCH:
+        if batch * hidden >= TILED_MIN_PAIRS:
             threads = GEMM_THREADS * GEMM_THREADS
             resident = None if simulated else _resident_blocks(lstm_sequence_tiled, args, threads)
             blocks = plan_tiled(batch, hidden, None if simulated else resident(0))

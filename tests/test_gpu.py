@@ -149,7 +149,7 @@ def test_forward_matches_cpu(gpu, rng, dtype, options):
 def test_tiled_forward_matches_cpu(gpu, rng, monkeypatch, dtype, options):
     """``lstm_sequence_tiled`` at any batch size: under the simulator 10 rows make two row tiles
     (8 rows each) and H = 5 two unit tiles (4 units each), one block looping over the four."""
-    monkeypatch.setattr(gpu, "TILED_MIN_BATCH", 1)
+    monkeypatch.setattr(gpu, "TILED_MIN_PAIRS", 1)
     model = ln.LSTM(3, 5, **options, dtype=dtype, seed=13)
     x, hx = random_call(rng, model, batch=10, steps=4)
     assert_same_as_cpu(model, x, hx, lengths=np.array([4, 0, 2, 4, 1, 3, 4, 4, 2, 1]))
@@ -163,7 +163,7 @@ def test_tiled_geometries(gpu, rng, monkeypatch, threads, row_work, column_work)
     if not SIMULATED:
         pytest.skip("the tile's geometry is compiled in: the simulator reads it as it runs")
     set_gemm_geometry(monkeypatch, gpu, threads, row_work, column_work)
-    monkeypatch.setattr(gpu, "TILED_MIN_BATCH", 1)
+    monkeypatch.setattr(gpu, "TILED_MIN_PAIRS", 1)
     model = ln.LSTM(6, 9, proj_size=4, dtype=np.float64, seed=14)
     x, hx = random_call(rng, model, batch=7, steps=3)
     assert_same_as_cpu(model, x, hx, lengths=np.array([3, 1, 0, 3, 2, 3, 3]))
@@ -184,9 +184,9 @@ def test_forward_matches_reference_without_lengths(gpu, rng):
 
 @runs_kernels
 @pytest.mark.parametrize("options", [{"bidirectional": True}, {"peepholes": True, "proj_size": 2}])
-@pytest.mark.parametrize("tiled_min_batch", [1, 1000])  # lstm_sequence_tiled, lstm_sequence
-def test_gate_traces_match_cpu(gpu, rng, monkeypatch, options, tiled_min_batch):
-    monkeypatch.setattr(gpu, "TILED_MIN_BATCH", tiled_min_batch)
+@pytest.mark.parametrize("tiled_min_pairs", [1, 10**9])  # lstm_sequence_tiled, lstm_sequence
+def test_gate_traces_match_cpu(gpu, rng, monkeypatch, options, tiled_min_pairs):
+    monkeypatch.setattr(gpu, "TILED_MIN_PAIRS", tiled_min_pairs)
     model = ln.LSTM(3, 4, **options, seed=10)
     x, hx = random_call(rng, model)
     lengths = np.array([4, 0, 2])
@@ -347,12 +347,12 @@ def test_gpu_profile_kernels_runs(gpu, capsys):
         from benchmarks import gpu_profile
     finally:
         sys.path.pop(0)
-    tiled_min_batch = gpu.TILED_MIN_BATCH
+    tiled_min_pairs = gpu.TILED_MIN_PAIRS
     gpu_profile.main(["kernels", "--shapes", "2,3,4,5", "--repeats", "1"])
     cells = capsys.readouterr().out.splitlines()[-1].split("|")
     assert cells[1].strip() == "(2, 3, 4, 5)" and float(cells[5]) < 1e-5, cells
     assert float(cells[6]) > 0, cells  # the projection's time
-    assert tiled_min_batch == gpu.TILED_MIN_BATCH
+    assert tiled_min_pairs == gpu.TILED_MIN_PAIRS
 
 
 @pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
@@ -380,8 +380,9 @@ def test_device_arrays_in_device_arrays_out(gpu, rng):
         ((1, 40, 64, 1024), {}),  # on an H200: 132 blocks reading W_hh from L2
         ((16, 30, 100, 257), {"bidirectional": True}),  # W_hh slices in shared memory
         ((5, 12, 48, 2000), {"dtype": np.float64}),
-        ((64, 20, 32, 512), {"num_layers": 2, "proj_size": 96}),  # tiled from here on
-        ((300, 9, 40, 200), {"bidirectional": True, "dtype": np.float64}),
+        ((64, 20, 32, 512), {"num_layers": 2, "proj_size": 96}),
+        ((128, 20, 32, 512), {"num_layers": 2, "proj_size": 96}),  # tiled from here on
+        ((300, 9, 40, 240), {"bidirectional": True, "dtype": np.float64}),
         ((1000, 6, 16, 1100), {"peepholes": True}),  # more tiles than blocks
     ],
 )
@@ -397,7 +398,7 @@ def test_realistic_shapes_match_cpu(gpu, rng, monkeypatch, shape, options):
     x = rng.standard_normal((batch, steps, inputs)).astype(model.dtype)
     lengths = rng.integers(1, steps + 1, batch)
     assert_same_as_cpu(model, x, lengths=lengths)
-    if batch < gpu.TILED_MIN_BATCH:
+    if batch * hidden < gpu.TILED_MIN_PAIRS:
         assert plans and all(unit_blocks > 1 for unit_blocks, *_ in plans), plans
     else:
         assert plans and all(blocks > 1 for blocks in plans), plans
