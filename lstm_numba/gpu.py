@@ -391,7 +391,9 @@ def lstm_sequence_tiled(
 ):  # fmt: skip
     """``lstm_sequence`` for large batches: each step's recurrent product a register-tiled GEMM
     (``tiled_step``). Arguments as ``lstm_sequence``'s; launch: blocks of GEMM_THREADS² threads,
-    as many as the device holds at once up to the number of tiles (``plan_tiled``)."""
+    as many as the device holds at once up to the number of tiles (``plan_tiled``). A kernel of
+    its own rather than a flag of ``lstm_sequence``: each compiles only its own step, and keeps
+    its own register count (and so its blocks an SM)."""
     grid = cuda.cg.this_grid()
     for step in range(steps):
         tiled_step(

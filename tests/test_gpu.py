@@ -322,15 +322,21 @@ def test_gpu_benchmark_script_runs(gpu, capsys):
     assert table.startswith("| (2, 3, 4, 5) |"), table
 
 
-@runs_kernels
-def test_gpu_profile_breakdown_runs(gpu, capsys):
-    """``python -m benchmarks.gpu_profile breakdown``, ready for a real GPU: one tiny shape, its
-    plan recorded and ``gpu.plan_sequence`` put back."""
+def import_gpu_profile():
+    """``benchmarks.gpu_profile``, imported from the repository's root."""
     sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
     try:
         from benchmarks import gpu_profile
     finally:
         sys.path.pop(0)
+    return gpu_profile
+
+
+@runs_kernels
+def test_gpu_profile_breakdown_runs(gpu, capsys):
+    """``python -m benchmarks.gpu_profile breakdown``, ready for a real GPU: one tiny shape, its
+    plan recorded and ``gpu.plan_sequence`` put back."""
+    gpu_profile = import_gpu_profile()
     plan_sequence = gpu.plan_sequence
     gpu_profile.main(["breakdown", "--shapes", "2,3,4,5", "--repeats", "1"])
     row = capsys.readouterr().out.splitlines()[-1]
@@ -342,11 +348,7 @@ def test_gpu_profile_breakdown_runs(gpu, capsys):
 @runs_kernels
 def test_gpu_profile_kernels_runs(gpu, capsys):
     """``python -m benchmarks.gpu_profile kernels``: both sequence kernels on one tiny shape."""
-    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
-    try:
-        from benchmarks import gpu_profile
-    finally:
-        sys.path.pop(0)
+    gpu_profile = import_gpu_profile()
     tiled_min_pairs = gpu.TILED_MIN_PAIRS
     gpu_profile.main(["kernels", "--shapes", "2,3,4,5", "--repeats", "1"])
     cells = capsys.readouterr().out.splitlines()[-1].split("|")
