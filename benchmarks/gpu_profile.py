@@ -146,7 +146,7 @@ def kernels(shapes, repeats):
     projection alone."""
     from lstm_numba import gpu
 
-    tiled_min_pairs = gpu.TILED_MIN_PAIRS
+    takes_tiled = gpu.takes_tiled
     print(f"GEMM tile: {gpu.GEMM_ROW_WORK} × {gpu.GEMM_COLUMN_WORK} a thread")
     print(
         "| (B, T, I, H) | lstm_sequence ms | lstm_sequence_tiled ms | ratio | max error "
@@ -158,9 +158,8 @@ def kernels(shapes, repeats):
             model, x = on_gpu(*shape)
             expected = model(dispatch.to_host(x))[0]
             times, error = [], 0.0
-            pairs = shape[0] * shape[3]  # B·H
-            for tiled_from in (pairs + 1, pairs):  # lstm_sequence, then the tiled kernel
-                gpu.TILED_MIN_PAIRS = tiled_from
+            for tiled in (False, True):  # lstm_sequence, then the tiled kernel
+                gpu.takes_tiled = lambda batch, hidden, tiled=tiled: tiled
                 run = synchronized(lambda model=model, x=x: model(x, device="cuda"))
                 times.append(best_seconds(run, repeats))
                 y = dispatch.to_host(model(x, device="cuda")[0])
@@ -175,7 +174,7 @@ def kernels(shapes, repeats):
                 flush=True,
             )
     finally:
-        gpu.TILED_MIN_PAIRS = tiled_min_pairs
+        gpu.takes_tiled = takes_tiled
 
 
 def set_geometry(row_work, column_work):

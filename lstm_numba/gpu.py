@@ -9,12 +9,12 @@ A layer runs as two kernels, whatever T is:
    their gates, so the cell update (``finish_unit``) is fused and the pre-activations never go to
    global memory.
 
-   - ``lstm_sequence`` (under ``TILED_MIN_PAIRS`` (row, unit) pairs): each block owns a slice
+   - ``lstm_sequence`` (unless ``takes_tiled``, for few (row, unit) pairs): each block owns a slice
      of hidden units (and, when blocks are left over, a slice of the batch rows); its slice of
      W_hh is loaded into shared memory once when it fits (``weights_in_shared``), read from global
      memory (L2) otherwise. Groups of threads (``lanes``) share each (unit, row)'s dot products, so
      that even batch 1 keeps the threads busy.
-   - ``lstm_sequence_tiled`` (from there): a step's recurrent product h·W_hhᵀ is a GEMM, done
+   - ``lstm_sequence_tiled`` (many pairs): a step's recurrent product h·W_hhᵀ is a GEMM, done
      in register tiles of rows × units (``gemm_tile``, the projection's own), W_hh read from L2.
 
 The gate math is ``lstm_numba.equations``, the same functions the CPU kernels inline, compiled by
@@ -445,6 +445,13 @@ def plan_sequence(hidden, out, batch, itemsize, threads, resident_blocks):
     return unit_blocks, math.ceil(batch / rows), lanes, in_shared, shared_bytes
 
 
+def takes_tiled(batch, hidden):
+    """Whether a layer of ``batch`` rows and ``hidden`` units runs ``lstm_sequence_tiled``: from
+    ``TILED_MIN_PAIRS`` (row, unit) pairs, with a full tile of rows (GEMM_ROWS: every win measured
+    had one; fewer rows leave most of each tile's arithmetic unused)."""
+    return batch >= GEMM_ROWS and batch * hidden >= TILED_MIN_PAIRS
+
+
 def plan_tiled(batch, hidden, resident_blocks):
     """Blocks of ``lstm_sequence_tiled``: one a tile of GEMM_ROWS rows × GEMM_COLUMNS / 4 units, at
     most ``resident_blocks`` (the cooperative limit); one under the simulator."""
@@ -496,7 +503,7 @@ def lstm_layer_forward(
             peepholes[d], bound, input_forget, h[d], h_unprojected, c[d], y, lengths, steps, d,
             d == 1 or backward, batch_first, device_view(traces, d),
         )  # fmt: skip
-        if batch * hidden >= TILED_MIN_PAIRS:
+        if takes_tiled(batch, hidden):
             threads = GEMM_THREADS * GEMM_THREADS
             resident = None if simulated else _resident_blocks(lstm_sequence_tiled, args, threads)
             blocks = plan_tiled(batch, hidden, None if simulated else resident(0))

@@ -149,7 +149,7 @@ def test_forward_matches_cpu(gpu, rng, dtype, options):
 def test_tiled_forward_matches_cpu(gpu, rng, monkeypatch, dtype, options):
     """``lstm_sequence_tiled`` at any batch size: under the simulator 10 rows make two row tiles
     (8 rows each) and H = 5 two unit tiles (4 units each), one block looping over the four."""
-    monkeypatch.setattr(gpu, "TILED_MIN_PAIRS", 1)
+    monkeypatch.setattr(gpu, "takes_tiled", lambda batch, hidden: True)
     model = ln.LSTM(3, 5, **options, dtype=dtype, seed=13)
     x, hx = random_call(rng, model, batch=10, steps=4)
     assert_same_as_cpu(model, x, hx, lengths=np.array([4, 0, 2, 4, 1, 3, 4, 4, 2, 1]))
@@ -163,7 +163,7 @@ def test_tiled_geometries(gpu, rng, monkeypatch, threads, row_work, column_work)
     if not SIMULATED:
         pytest.skip("the tile's geometry is compiled in: the simulator reads it as it runs")
     set_gemm_geometry(monkeypatch, gpu, threads, row_work, column_work)
-    monkeypatch.setattr(gpu, "TILED_MIN_PAIRS", 1)
+    monkeypatch.setattr(gpu, "takes_tiled", lambda batch, hidden: True)
     model = ln.LSTM(6, 9, proj_size=4, dtype=np.float64, seed=14)
     x, hx = random_call(rng, model, batch=7, steps=3)
     assert_same_as_cpu(model, x, hx, lengths=np.array([3, 1, 0, 3, 2, 3, 3]))
@@ -184,9 +184,9 @@ def test_forward_matches_reference_without_lengths(gpu, rng):
 
 @runs_kernels
 @pytest.mark.parametrize("options", [{"bidirectional": True}, {"peepholes": True, "proj_size": 2}])
-@pytest.mark.parametrize("tiled_min_pairs", [1, 10**9])  # lstm_sequence_tiled, lstm_sequence
-def test_gate_traces_match_cpu(gpu, rng, monkeypatch, options, tiled_min_pairs):
-    monkeypatch.setattr(gpu, "TILED_MIN_PAIRS", tiled_min_pairs)
+@pytest.mark.parametrize("tiled", [True, False])  # lstm_sequence_tiled, lstm_sequence
+def test_gate_traces_match_cpu(gpu, rng, monkeypatch, options, tiled):
+    monkeypatch.setattr(gpu, "takes_tiled", lambda batch, hidden: tiled)
     model = ln.LSTM(3, 4, **options, seed=10)
     x, hx = random_call(rng, model)
     lengths = np.array([4, 0, 2])
@@ -273,6 +273,16 @@ def test_sequence_plan():
         gpu.plan_sequence(256, 256, 1, 4, 1024, lambda shared_bytes: 0)
 
 
+def test_which_sequence_kernel():
+    """The tiled kernel from 64 Ki (row, unit) pairs (where it won on an H200) and a full tile of
+    rows (64)."""
+    from lstm_numba import gpu
+
+    assert gpu.takes_tiled(256, 256) and gpu.takes_tiled(128, 512) and gpu.takes_tiled(64, 1024)
+    assert not gpu.takes_tiled(128, 256) and not gpu.takes_tiled(64, 512)
+    assert not gpu.takes_tiled(16, 4096) and not gpu.takes_tiled(1, 10**6)
+
+
 @runs_kernels
 def test_unbatched_and_empty_batch(gpu, rng):
     model = ln.LSTM(3, 4, num_layers=2, seed=5)
@@ -349,12 +359,12 @@ def test_gpu_profile_breakdown_runs(gpu, capsys):
 def test_gpu_profile_kernels_runs(gpu, capsys):
     """``python -m benchmarks.gpu_profile kernels``: both sequence kernels on one tiny shape."""
     gpu_profile = import_gpu_profile()
-    tiled_min_pairs = gpu.TILED_MIN_PAIRS
+    takes_tiled = gpu.takes_tiled
     gpu_profile.main(["kernels", "--shapes", "2,3,4,5", "--repeats", "1"])
     cells = capsys.readouterr().out.splitlines()[-1].split("|")
     assert cells[1].strip() == "(2, 3, 4, 5)" and float(cells[5]) < 1e-5, cells
     assert float(cells[6]) > 0, cells  # the projection's time
-    assert tiled_min_pairs == gpu.TILED_MIN_PAIRS
+    assert gpu.takes_tiled is takes_tiled
 
 
 @pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
@@ -400,7 +410,7 @@ def test_realistic_shapes_match_cpu(gpu, rng, monkeypatch, shape, options):
     x = rng.standard_normal((batch, steps, inputs)).astype(model.dtype)
     lengths = rng.integers(1, steps + 1, batch)
     assert_same_as_cpu(model, x, lengths=lengths)
-    if batch * hidden < gpu.TILED_MIN_PAIRS:
+    if not gpu.takes_tiled(batch, hidden):
         assert plans and all(unit_blocks > 1 for unit_blocks, *_ in plans), plans
     else:
         assert plans and all(blocks > 1 for blocks in plans), plans
