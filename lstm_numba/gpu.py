@@ -26,6 +26,7 @@ the multi-block unit slicing is exercised with one-step sequences, where no barr
 """
 
 import math
+import warnings
 
 import numpy as np
 from numba import config, cuda
@@ -466,6 +467,16 @@ def _resident_blocks(kernel, args, threads):
     return lambda shared_bytes: compiled.max_cooperative_grid_blocks(threads, shared_bytes)
 
 
+def configured(kernel, *launch):
+    """``kernel[launch]`` without numba-cuda's warning for grids under 128 blocks: ours are that
+    small on purpose (the sequence kernels hold at most the blocks the device runs at once, and
+    fewer when W_hh's slices or the tiles are fewer; small shapes have few GEMM tiles)."""
+    with warnings.catch_warnings():
+        # numba-cuda's NumbaPerformanceWarning, whose module moved between versions
+        warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
+        return kernel[launch]
+
+
 def device_view(array, index):
     """``array[index]`` of a device array, also when it holds no elements (no projection: W_hr
     (D, 0, 0); no traces: (D·L, 0, 0, 0, 0)): Numba cannot index those (their data pointer is
@@ -491,7 +502,7 @@ def lstm_layer_forward(
     rows, columns = x.shape[0], w_ih.shape[0]
     projected = cuda.device_array((rows, columns), dtype=x.dtype)
     blocks = (math.ceil(columns / GEMM_COLUMNS), math.ceil(rows / GEMM_ROWS))
-    input_projection[blocks, (GEMM_THREADS,) * 2](x, w_ih, bias, projected)
+    configured(input_projection, blocks, (GEMM_THREADS,) * 2)(x, w_ih, bias, projected)
     onnx, kinds, parameters, peepholes, bound, input_forget = cell
     directions, _, batch, out = h.shape
     hidden = c.shape[2]
@@ -507,7 +518,7 @@ def lstm_layer_forward(
             threads = GEMM_THREADS * GEMM_THREADS
             resident = None if simulated else _resident_blocks(lstm_sequence_tiled, args, threads)
             blocks = plan_tiled(batch, hidden, None if simulated else resident(0))
-            lstm_sequence_tiled[blocks, threads](*args)
+            configured(lstm_sequence_tiled, blocks, threads)(*args)
             continue
         threads = SEQUENCE_THREADS
         resident = (
@@ -516,9 +527,8 @@ def lstm_layer_forward(
         unit_blocks, slices, lanes, in_shared, shared_bytes = plan_sequence(
             hidden, out, batch, x.dtype.itemsize, threads, resident
         )
-        lstm_sequence[unit_blocks * slices, threads, 0, shared_bytes](
-            *args, in_shared, unit_blocks, lanes
-        )
+        launch = unit_blocks * slices, threads, 0, shared_bytes
+        configured(lstm_sequence, *launch)(*args, in_shared, unit_blocks, lanes)
 
 
 def upload_layer(stacks, cell):

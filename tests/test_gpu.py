@@ -283,6 +283,23 @@ def test_which_sequence_kernel():
     assert not gpu.takes_tiled(16, 4096) and not gpu.takes_tiled(1, 10**6)
 
 
+@pytest.mark.skipif(SIMULATED, reason="the simulator's kernels do not warn")
+@pytest.mark.skipif(not NUMBA_CUDA, reason="numba-cuda is not installed (pip install -e '.[test]')")
+def test_small_grids_do_not_warn():
+    """Our launches are small on purpose (24 blocks hold W_hh at H = 256): numba-cuda's warning
+    for grids under 128 blocks would only alarm users. Configuring a launch needs no GPU."""
+    import warnings
+
+    from lstm_numba import gpu
+
+    with pytest.warns(Warning, match="under-utilization"):  # what it hides
+        gpu.input_projection[(1, 3), (16, 16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        launch = gpu.configured(gpu.input_projection, (1, 2), (16, 16))
+    assert launch.griddim == (1, 2, 1)
+
+
 @runs_kernels
 def test_unbatched_and_empty_batch(gpu, rng):
     model = ln.LSTM(3, 4, num_layers=2, seed=5)
