@@ -110,7 +110,7 @@ def projection_seconds(model, x, repeats):
     columns = layer["weight_ih"].shape[0]
     projected = cuda.device_array((rows, columns), np.float32)
     blocks = (math.ceil(columns / gpu.GEMM_COLUMNS), math.ceil(rows / gpu.GEMM_ROWS))
-    launch = gpu.input_projection[blocks, (gpu.GEMM_THREADS,) * 2]
+    launch = gpu.configured(gpu.input_projection, blocks, (gpu.GEMM_THREADS,) * 2)
     arguments = x.reshape(rows, inputs), layer["weight_ih"], layer["bias"], projected
     return best_seconds(synchronized(lambda: launch(*arguments)), repeats)
 
