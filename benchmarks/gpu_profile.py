@@ -11,14 +11,14 @@ through torch's cuBLAS (TF32 off; skipped without torch), the sequence kernel's 
 projection) per time step, and the launch plan ``gpu.plan_sequence`` chose (unit blocks, batch
 slices, lanes, W_hh in shared memory) with the blocks the device holds at once (48 KiB of shared
 memory; the partial sums alone). ``barrier``: an empty cooperative kernel of 1 and 2001 grid
-barriers, by block count. ``sweep``: the forward's time for register caps × threads a block ×
-fewest lanes. ``kernels``: the forward with each sequence kernel whatever the batch (B = 16–256 by
-default), and its largest difference from the CPU forward. ``--geometry R,C``: GEMM tiles of R × C
-outputs a thread (``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the projection and the tiled
-kernel; they are compiled in, so give each geometry its own ``NUMBA_CACHE_DIR``. float32, one
-layer, x and weights on the GPU, best of ``--repeats`` calls that each end with a device
-synchronisation. docs/performance.md ("GPU") has the H200's numbers. CUDA is imported when a
-command runs (asv imports this module to discover benchmarks; it holds none).
+barriers, by block count. ``sweep``: the forward's time for register caps (both sequence kernels) ×
+threads a block × fewest lanes. ``kernels``: the forward with each sequence kernel whatever the
+batch (B = 16–256 by default), and its largest difference from the CPU forward. ``--geometry R,C``:
+GEMM tiles of R × C outputs a thread (``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the
+projection and the tiled kernel; they are compiled in, so give each geometry its own
+``NUMBA_CACHE_DIR``. float32, one layer, x and weights on the GPU, best of ``--repeats`` calls that
+each end with a device synchronisation. docs/performance.md ("GPU") has the H200's numbers. CUDA is
+imported when a command runs (asv imports this module to discover benchmarks; it holds none).
 """
 
 import argparse
@@ -212,17 +212,18 @@ def sweep(shapes, repeats):
 
     from lstm_numba import gpu
 
-    sequence_kernel = gpu.lstm_sequence
+    kernels = gpu.lstm_sequence, gpu.lstm_sequence_tiled
     constants = gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES
     cases = [on_gpu(*shape) for shape in shapes]
     print("| registers, threads, fewest lanes | " + " | ".join(map(str, shapes)) + " |")
     print("|---" * (len(shapes) + 1) + "|")
     try:
         for registers in (None, 128, 64):
-            gpu.lstm_sequence = (
-                sequence_kernel
-                if registers is None
-                else cuda.jit(max_registers=registers)(sequence_kernel.py_func)
+            # both sequence kernels capped: fewer registers, more blocks an SM (the tiled kernel's
+            # blocks are GEMM_THREADS² threads whatever the threads and lanes below)
+            gpu.lstm_sequence, gpu.lstm_sequence_tiled = (
+                kernel if registers is None else cuda.jit(max_registers=registers)(kernel.py_func)
+                for kernel in kernels
             )
             for threads, lanes in ((256, 4), (256, 8), (128, 4), (512, 4), (1024, 4)):
                 gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES = threads, lanes
@@ -236,7 +237,7 @@ def sweep(shapes, repeats):
                 row = f"| {registers}, {threads}, {lanes} | " + " | ".join(cells) + " |"
                 print(row, flush=True)
     finally:
-        gpu.lstm_sequence = sequence_kernel
+        gpu.lstm_sequence, gpu.lstm_sequence_tiled = kernels
         gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES = constants
 
 
