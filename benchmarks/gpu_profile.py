@@ -8,17 +8,18 @@
 
 ``breakdown``: for each shape, the whole forward, our ``input_projection`` alone, the same GEMM
 through torch's cuBLAS (TF32 off; skipped without torch), the sequence kernel's share (forward less
-projection) per time step, and the launch plan ``gpu.plan_sequence`` chose (unit blocks, batch
-slices, lanes, W_hh in shared memory) with the blocks the device holds at once (48 KiB of shared
-memory; the partial sums alone). ``barrier``: an empty cooperative kernel of 1 and 2001 grid
-barriers, by block count. ``sweep``: the forward's time for register caps (both sequence kernels) ×
-threads a block × fewest lanes. ``kernels``: the forward with each sequence kernel whatever the
-batch (B = 16–256 by default), and its largest difference from the CPU forward. ``--geometry R,C``:
-GEMM tiles of R × C outputs a thread (``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the
-projection and the tiled kernel; they are compiled in, so give each geometry its own
-``NUMBA_CACHE_DIR``. float32, one layer, x and weights on the GPU, best of ``--repeats`` calls that
-each end with a device synchronisation. docs/performance.md ("GPU") has the H200's numbers. CUDA is
-imported when a command runs (asv imports this module to discover benchmarks; it holds none).
+projection) per time step, and the launch plan: ``gpu.plan_sequence``'s (unit blocks, batch slices,
+lanes, W_hh in shared memory) with the blocks the device holds at once (48 KiB of shared memory;
+the partial sums alone), or ("tiled", blocks) for ``gpu.plan_tiled``'s. ``barrier``: an empty
+cooperative kernel of 1 and 2001 grid barriers, by block count. ``sweep``: the forward's time for
+register caps (both sequence kernels) × threads a block × fewest lanes. ``kernels``: the forward
+with each sequence kernel whatever the batch (B = 16–256 by default), and its largest difference
+from the CPU forward. ``--geometry R,C``: GEMM tiles of R × C outputs a thread
+(``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the projection and the tiled kernel; they are
+compiled in, so give each geometry its own ``NUMBA_CACHE_DIR``. float32, one layer, x and weights
+on the GPU, best of ``--repeats`` calls that each end with a device synchronisation.
+docs/performance.md ("GPU") has the H200's numbers. CUDA is imported when a command runs (asv
+imports this module to discover benchmarks; it holds none).
 """
 
 import argparse
