@@ -281,6 +281,11 @@ def test_which_sequence_kernel():
     assert gpu.takes_tiled(256, 256) and gpu.takes_tiled(128, 512) and gpu.takes_tiled(64, 1024)
     assert not gpu.takes_tiled(128, 256) and not gpu.takes_tiled(64, 512)
     assert not gpu.takes_tiled(16, 4096) and not gpu.takes_tiled(1, 10**6)
+    if not SIMULATED:  # the simulator runs one block
+        # tiles of 64 rows × 16 units: 4 × 64 = 256 for 132 blocks; 4 × 16 = 64; 2 × 63 = 126
+        assert gpu.plan_tiled(256, 1024, 132) == 132
+        assert gpu.plan_tiled(256, 256, 132) == 64
+        assert gpu.plan_tiled(65, 1000, 528) == 126
 
 
 @pytest.mark.skipif(SIMULATED, reason="the simulator's kernels do not warn")
