@@ -62,7 +62,7 @@ TILED_MIN_PAIRS = 64 * 1024
 """Layers of B·H (row, unit) pairs from this many run ``lstm_sequence_tiled`` (a register-tiled
 GEMM a step); fewer ``lstm_sequence`` (dot products shared by lanes of threads), whose threads stay
 busy at batch 1. On an H200 the tiled kernel won from B = 256 at H = 256, 128 at 512, 64 at 1024,
-and lost by 10-12 % at half of each (performance.md, GPU)."""
+and lost at the next batch measured below each (performance.md, GPU)."""
 SHARED_BYTES = 48 * 1024
 """Dynamic shared memory a block may use without opting in, on every CUDA GPU since Kepler."""
 
