@@ -5,6 +5,7 @@
     python -m benchmarks.gpu_profile sweep       # lstm_sequence's launch constants, register cap
     python -m benchmarks.gpu_profile kernels     # lstm_sequence against lstm_sequence_tiled
     python -m benchmarks.gpu_profile kernels --geometry 8,4   # another GEMM register tile
+    python -m benchmarks.gpu_profile registers   # registers and spills (ptxas; no GPU needed)
 
 ``breakdown``: for each shape, the whole forward, our ``input_projection`` alone, the same GEMM
 through torch's cuBLAS (TF32 off; skipped without torch), the sequence kernel's share (forward less
@@ -16,10 +17,11 @@ register caps (both sequence kernels) × threads a block × fewest lanes. ``kern
 with each sequence kernel whatever the batch (B = 16–256 by default), and its largest difference
 from the CPU forward. ``--geometry R,C``: GEMM tiles of R × C outputs a thread
 (``gpu.GEMM_ROW_WORK``, ``GEMM_COLUMN_WORK``), for the projection and the tiled kernel; they are
-compiled in, so give each geometry its own ``NUMBA_CACHE_DIR``. float32, one layer, x and weights
-on the GPU, best of ``--repeats`` calls that each end with a device synchronisation.
-docs/performance.md ("GPU") has the H200's numbers. CUDA is imported when a command runs (asv
-imports this module to discover benchmarks; it holds none).
+compiled in, so give each geometry its own ``NUMBA_CACHE_DIR``. ``registers``: ``ptxas -v`` on each
+kernel's PTX for sm_90. float32, one layer, x and weights on the GPU, best of ``--repeats`` calls
+that each end with a device synchronisation. docs/performance.md ("GPU") has the H200's numbers.
+CUDA is imported when a command runs (asv imports this module to discover benchmarks; it holds
+none).
 """
 
 import argparse
@@ -242,14 +244,101 @@ def sweep(shapes, repeats):
         gpu.SEQUENCE_THREADS, gpu.SEQUENCE_MIN_LANES = constants
 
 
+def kernel_arguments(dtype, proj_size=0):
+    """Arguments of a ``gpu.lstm_sequence_tiled`` launch (``gpu.lstm_sequence`` takes three more:
+    ``weights_in_shared``, ``unit_blocks``, ``lanes``) as NumPy arrays and scalars, for typing."""
+    model = lstm_numba.LSTM(3, 4, bidirectional=True, proj_size=proj_size, dtype=dtype)
+    onnx, kinds, parameters, peepholes, bound, input_forget = model._cell(0)
+    stacks = model._layers[0]
+    batch, rows, out = 2, 6, model.output_size
+    return (
+        np.zeros((rows, 2 * 16), dtype), stacks["weight_hh"][0], stacks["weight_hr"][0], onnx,
+        kinds[0], parameters[0], peepholes[0], bound, input_forget,
+        np.zeros((2, batch, out), dtype), np.zeros((batch, 4), dtype), np.zeros((batch, 4), dtype),
+        np.zeros((rows, 2 * out), dtype), np.zeros(batch, np.int64), 3, 1, True, False,
+        np.zeros((5, batch, 3, 4), dtype),
+    )  # fmt: skip
+
+
+def kernel_signatures(dtype, proj_size=0):
+    """{name: (kernel, Numba signature)} of the three GPU kernels for ``dtype``."""
+    import numba
+
+    from lstm_numba import gpu
+
+    sequence = tuple(numba.typeof(a) for a in kernel_arguments(dtype, proj_size))
+    lanes = tuple(numba.typeof(a) for a in (True, 1, 1))
+    matrix = numba.from_dtype(np.dtype(dtype))[:, ::1]
+    return {
+        "lstm_sequence_tiled": (gpu.lstm_sequence_tiled, sequence),
+        "lstm_sequence": (gpu.lstm_sequence, sequence + lanes),
+        "input_projection": (gpu.input_projection, (matrix, matrix, matrix.dtype[::1], matrix)),
+    }
+
+
+def ptxas_report(ptx, ptxas):
+    """``ptxas -v``'s lines on registers and spills for sm_90. PTX from a newer NVVM than the
+    ``ptxas`` says a ``.version`` it refuses: it is lowered to the one that ``ptxas`` names."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = f"{folder}/kernel.ptx"
+        for _ in range(2):
+            with open(source, "w") as file:
+                file.write(ptx)
+            command = [ptxas, "-arch=sm_90", "-v", "-c", source, "-o", f"{folder}/kernel.o"]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            refused = r"Unsupported \.version \S+; current version is '([\d.]+)'"
+            newest = re.search(refused, result.stderr)
+            if not newest:
+                break
+            ptx = re.sub(r"^\.version \S+", f".version {newest[1]}", ptx, count=1, flags=re.M)
+    lines = result.stdout + result.stderr
+    found = re.findall(r"Used \d+ registers|\d+ bytes spill stores, \d+ bytes spill loads", lines)
+    return ", ".join(found) or lines.strip()[-200:]
+
+
+def registers():
+    """Registers and spills a thread of each kernel for sm_90, float32 and float64: numba-cuda's
+    PTX through the CUDA toolkit's ``ptxas`` (no GPU needed; a machine without one lends numba-cuda
+    the compute capability 9.0 it asks for)."""
+    import contextlib
+    import shutil
+    from unittest import mock
+
+    from numba import cuda
+    from numba.cuda import dispatcher
+
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        print("registers: no ptxas on the PATH (the CUDA toolkit's)")
+        return
+    sm_90 = mock.Mock(compute_capability=(9, 0))
+    stand_in = not dispatch.cuda_status()[0]
+    patched = mock.patch.object(dispatcher, "get_current_device", lambda: sm_90)
+    with patched if stand_in else contextlib.nullcontext():
+        print("| kernel | dtype | ptxas -v (sm_90) |")
+        print("|---|---|---|")
+        for dtype in (np.float32, np.float64):
+            for name, (kernel, signature) in kernel_signatures(dtype).items():
+                ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+                report = ptxas_report(ptx, ptxas)
+                print(f"| {name} | {np.dtype(dtype).name} | {report} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["breakdown", "barrier", "sweep", "kernels"])
+    parser.add_argument("what", choices=["breakdown", "barrier", "sweep", "kernels", "registers"])
     parser.add_argument("--shapes", nargs="*", help="B,T,I,H shapes (default: seven, T 64–256)")
     parser.add_argument("--blocks", nargs="*", type=int, default=[24, 132, 264])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--geometry", help="R,C: GEMM outputs a thread (rows, columns)")
     args = parser.parse_args(argv)
+    if args.what == "registers":  # needs no GPU
+        registers()
+        return
     usable, reason = dispatch.cuda_status()
     if not usable:
         raise SystemExit(f"gpu_profile: needs a usable GPU: {reason}")

@@ -438,21 +438,6 @@ def test_realistic_shapes_match_cpu(gpu, rng, monkeypatch, shape, options):
         assert plans and all(blocks > 1 for blocks in plans), plans
 
 
-def cuda_kernel_arguments(dtype, proj_size=0):
-    """Arguments of a ``gpu.lstm_sequence`` launch as NumPy arrays and scalars, for typing."""
-    model = ln.LSTM(3, 4, bidirectional=True, proj_size=proj_size, dtype=dtype)
-    onnx, kinds, parameters, peepholes, bound, input_forget = model._cell(0)
-    stacks = model._layers[0]
-    batch, rows, out = 2, 6, model.output_size
-    return (
-        np.zeros((rows, 2 * 16), dtype), stacks["weight_hh"][0], stacks["weight_hr"][0], onnx,
-        kinds[0], parameters[0], peepholes[0], bound, input_forget,
-        np.zeros((2, batch, out), dtype), np.zeros((batch, 4), dtype), np.zeros((batch, 4), dtype),
-        np.zeros((rows, 2 * out), dtype), np.zeros(batch, np.int64), 3, 1, True, False,
-        np.zeros((5, batch, 3, 4), dtype),
-    )  # fmt: skip
-
-
 @pytest.mark.skipif(SIMULATED, reason="the simulator does not compile")
 @pytest.mark.skipif(not NUMBA_CUDA, reason="numba-cuda is not installed (pip install -e '.[test]')")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -460,22 +445,9 @@ def cuda_kernel_arguments(dtype, proj_size=0):
 def test_kernels_compile_to_ptx(ptx_without_a_gpu, dtype, proj_size):
     """A real type check of the kernels without a GPU: PTX for sm_90 (the grid barrier is only
     linked at launch)."""
-    import numba
     from numba import cuda
 
-    from lstm_numba import gpu
-
-    real = numba.from_dtype(np.dtype(dtype))
-    matrix = real[:, ::1]
-    sequence_arguments = tuple(numba.typeof(a) for a in cuda_kernel_arguments(dtype, proj_size))
-    kernels = {
-        "lstm_sequence_tiled": (gpu.lstm_sequence_tiled, sequence_arguments),
-        "lstm_sequence": (
-            gpu.lstm_sequence,
-            (*sequence_arguments, *(numba.typeof(a) for a in (True, 1, 1))),
-        ),
-        "input_projection": (gpu.input_projection, (matrix, matrix, real[::1], matrix)),
-    }
+    kernels = import_gpu_profile().kernel_signatures(dtype, proj_size)
     for name, (kernel, signature) in kernels.items():
         try:
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
@@ -485,3 +457,26 @@ def test_kernels_compile_to_ptx(ptx_without_a_gpu, dtype, proj_size):
             raise
         assert ".visible .entry" in ptx, name
         assert ("fma.rn.f32" if dtype == np.float32 else "fma.rn.f64") in ptx, name
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator does not compile")
+@pytest.mark.skipif(not NUMBA_CUDA, reason="numba-cuda is not installed (pip install -e '.[test]')")
+def test_gpu_profile_registers_runs(capsys):
+    """``python -m benchmarks.gpu_profile registers`` needs no GPU: each kernel's registers and
+    spills from ``ptxas`` where the CUDA toolkit is installed, else a line saying it is not."""
+    import shutil
+
+    gpu_profile = import_gpu_profile()
+    try:
+        gpu_profile.main(["registers"])
+    except Exception as error:  # no NVVM (CUDA toolkit) on this machine
+        if "nvvm" in str(error).lower():
+            pytest.skip(f"cannot compile for CUDA here: {error}")
+        raise
+    lines = capsys.readouterr().out.splitlines()
+    if shutil.which("ptxas") is None:
+        assert lines == ["registers: no ptxas on the PATH (the CUDA toolkit's)"]
+        return
+    rows = [line for line in lines if line.startswith("| lstm_") or line.startswith("| input_")]
+    assert len(rows) == 6, lines
+    assert all(" registers" in row for row in rows), rows
