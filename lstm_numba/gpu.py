@@ -252,7 +252,8 @@ def sequence_step(
         shared[3 * threads + thread] = sum_o
         cuda.syncthreads()
         if lane == 0 and pair < pairs:
-            for other in range(thread + 1, thread + lanes):
+            sum_i = sum_f = sum_g = sum_o = zero
+            for other in range(thread, thread + lanes):
                 sum_i += shared[other]
                 sum_f += shared[threads + other]
                 sum_g += shared[2 * threads + other]
