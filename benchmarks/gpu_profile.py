@@ -119,6 +119,8 @@ def projection_seconds(model, x, repeats):
 
 
 def breakdown(shapes, repeats):
+    from lstm_numba import gpu
+
     header = "(B, T, I, H) | forward ms | our projection ms | cuBLAS ms | sequence µs a step"
     print(f"| {header} | plan, blocks held (48 KiB, partial sums alone) |")
     print("|---|---|---|---|---|---|")
@@ -139,8 +141,6 @@ def breakdown(shapes, repeats):
                 flush=True,
             )
     finally:
-        from lstm_numba import gpu
-
         gpu.plan_sequence, gpu.plan_tiled = originals
 
 
@@ -167,12 +167,13 @@ def kernels(shapes, repeats):
                 times.append(best_seconds(run, repeats))
                 y = dispatch.to_host(model(x, device="cuda")[0])
                 error = max(error, float(np.abs(y - expected).max() / np.abs(expected).max()))
-            lanes, tiled = (t * 1e3 for t in times)
+            dot_ms, tiled_ms = (t * 1e3 for t in times)
             projection = projection_seconds(model, x, repeats)
             batch, steps, inputs, hidden = shape
             rate = 2 * batch * steps * inputs * 4 * hidden / projection / 1e9
+            ratio = dot_ms / tiled_ms
             print(
-                f"| {shape} | {lanes:.3f} | {tiled:.3f} | {lanes / tiled:.2f} | {error:.1e} | "
+                f"| {shape} | {dot_ms:.3f} | {tiled_ms:.3f} | {ratio:.2f} | {error:.1e} | "
                 f"{projection * 1e3:.3f} | {rate:.0f} |",
                 flush=True,
             )
@@ -336,6 +337,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--geometry", help="R,C: GEMM outputs a thread (rows, columns)")
     args = parser.parse_args(argv)
+    if args.geometry:
+        set_geometry(*(int(v) for v in args.geometry.split(",")))
     if args.what == "registers":  # needs no GPU
         registers()
         return
@@ -344,8 +347,6 @@ def main(argv=None):
         raise SystemExit(f"gpu_profile: needs a usable GPU: {reason}")
     default = BATCH_SWEEP if args.what == "kernels" else SHAPES
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else default
-    if args.geometry:
-        set_geometry(*(int(v) for v in args.geometry.split(",")))
     print(f"device: {reason}")
     if args.what == "breakdown":
         breakdown(shapes, args.repeats)
