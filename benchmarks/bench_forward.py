@@ -54,14 +54,14 @@ class Forward:
 class ForwardMemory:
     """Allocation peak of a forward on long sequences, relative to what it must hold anyway."""
 
-    params = (choose([1000, 4000], [50]),)
-    param_names = ["steps"]
+    params = (choose([1000, 4000], [50]), [1, 3])
+    param_names = ["steps", "num_layers"]
 
-    def setup(self, steps):
-        self.model, self.x = model_and_input(32, steps, 256, 256)
+    def setup(self, steps, num_layers):
+        self.model, self.x = model_and_input(32, steps, 256, 256, num_layers=num_layers)
         self.model(self.x[:, :2])  # compile or load from the cache
 
-    def track_peak_over_io_and_weights(self, steps):
+    def track_peak_over_io_and_weights(self, *_):
         """(x + weights + the forward's allocation peak) / (x + y + weights): 1.0 means no
         workspace beyond the output."""
         weights = sum(w.nbytes for w in self.model.state_dict().values())

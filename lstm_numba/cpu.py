@@ -590,7 +590,8 @@ def lstm_rows_forward(
     float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
-    workspace does not grow with T. Each step is one recurrent product and one fused pointwise
+    workspace does not grow with T; it copies x at the chunk's times before the steps write y
+    there, so x may be y (a layer run in place, ``LSTM._run_layers``). Each step is one recurrent product and one fused pointwise
     pass (plus one product with w_hr when projecting), over the rows up to the last one still
     running: ordering rows by descending length turns padding into saved work.
     """
@@ -777,17 +778,79 @@ def units_product(weights, vector, out, low, high):
 
 
 @njit(**KERNEL_OPTIONS)
+def units_chunk_bounds(first, chunk, steps, reverse):
+    """``(count, start)`` of the chunk of steps from step ``first``: its steps, and the first of
+    the times [start, start + count) they read from x (backwards when ``reverse``)."""
+    count = min(chunk, steps - first)
+    return count, steps - first - count if reverse else first
+
+
+@njit(**KERNEL_OPTIONS)
+def project_units_chunk(part, first, x, w_ih, steps, reverse, batch_first, bounds, projected):
+    """The input projection of hidden units [bounds[part], bounds[part + 1]) of every row for the
+    chunk of steps (``projection_steps``) from step ``first``: BLAS, a gate block at a time, into
+    projected[part, g] as (B, chunk, U) if batch_first, else (chunk, B, U), U = the part's units:
+    x's own order, so that each GEMM reads x where it is. Arguments as
+    ``lstm_unit_split_forward``'s."""
+    batch = x.shape[0] if batch_first else x.shape[1]
+    hidden = w_ih.shape[0] // 4
+    low, high = bounds[part], bounds[part + 1]
+    units = high - low
+    widest = -(-hidden // (bounds.size - 1))
+    chunk = projected.shape[2] // (batch * widest)
+    count, start = units_chunk_bounds(first, chunk, steps, reverse)
+    for g in range(4):
+        gate_rows = w_ih[g * hidden + low : g * hidden + high]
+        gate = projected[part, g]
+        if batch_first:
+            for b in range(batch):
+                out = gate[b * chunk * units : b * chunk * units + count * units]
+                np.dot(x[b, start : start + count], gate_rows.T, out.reshape((count, units)))
+        else:
+            rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
+            out = gate[: count * batch * units].reshape((count * batch, units))
+            np.dot(rows, gate_rows.T, out)
+
+
+@njit(**KERNEL_OPTIONS)
+def units_prologue(
+    part, x, w_ih, w_hh, bias, panels, c, steps, reverse, batch_first, bounds, projected,
+    bias_parts, c_parts,
+):  # fmt: skip
+    """What hidden units [bounds[part], bounds[part + 1]) need before the first step: their units
+    of the bias and the cell state gathered, their rows of W_hh packed (for more than one row),
+    and the input projection of the first chunk of steps. A barrier separates it from the first
+    step, so that no part reads x there while another writes y: a stack of layers runs each layer
+    on y in place (``LSTM._run_layers``). Arguments as ``lstm_unit_split_forward``'s."""
+    batch, hidden = c.shape
+    low, high = bounds[part], bounds[part + 1]
+    units = high - low
+    part_bias = bias_parts[part, : 4 * units]
+    part_c = c_parts[part, : batch * units].reshape((batch, units))
+    unit_rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
+    for g in range(4):
+        for u in range(units):
+            unit_rows[g * units + u] = g * hidden + low + u
+            part_bias[g * units + u] = bias[g * hidden + low + u]
+    for b in range(batch):
+        _copy(c[b, low:high], part_c[b])
+    if panels is not None:
+        pack_rows(w_hh, unit_rows, panels[part])
+    project_units_chunk(part, 0, x, w_ih, steps, reverse, batch_first, bounds, projected)
+
+
+@njit(**KERNEL_OPTIONS)
 def lstm_units_step(
     part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
     bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times, sink,
 ):  # fmt: skip
-    """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row: their rows of
-    the recurrent product, the fused pointwise pass, and, at the first step of each chunk of
-    steps (``projection_steps``), their input projection for the chunk
-    (BLAS, a gate block at a time). The recurrent product of one row is ``units_product`` on W_hh
-    as it is; of more, the register tile (``recurrent_panels``) on the part's rows of W_hh. The
-    part's first step gathers its units of the bias and the cell state, and packs those rows;
-    its last writes its cell states back to c.
+    """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row (after
+    ``units_prologue``): their rows of the recurrent product, the fused pointwise pass, and, at
+    the last step of a chunk of steps, their input projection for the next chunk
+    (``project_units_chunk``): x's times of a chunk are read before any part writes y there.
+    The recurrent product of one row is ``units_product`` on W_hh as it is; of more, the register
+    tile (``recurrent_panels``) on the part's rows of W_hh. The part's last step writes its cell
+    states back to c.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
@@ -799,37 +862,11 @@ def lstm_units_step(
     widest = bias_parts.shape[1] // 4
     chunk = projected.shape[2] // (batch * widest)  # steps a chunk
     first = step - step % chunk  # the chunk's first step
-    count = min(chunk, steps - first)
-    # the chunk's steps read x at times [start, start + count), backwards when reversed
-    start = steps - first - count if reverse else first
+    _, start = units_chunk_bounds(first, chunk, steps, reverse)
     t = steps - 1 - step if reverse else step
     part_bias = bias_parts[part, : 4 * units]
     part_c = c_parts[part, : batch * units].reshape((batch, units))
-    if step == 0:
-        unit_rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
-        for g in range(4):
-            for u in range(units):
-                unit_rows[g * units + u] = g * hidden + low + u
-                part_bias[g * units + u] = bias[g * hidden + low + u]
-        for b in range(batch):
-            _copy(c[b, low:high], part_c[b])
-        if panels is not None:
-            pack_rows(w_hh, unit_rows, panels[part])
-    # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
-    # (chunk, B, U): x's own order, so that each GEMM reads x where it is
     row_stride, batch_stride = (units, chunk * units) if batch_first else (batch * units, units)
-    if step == first:
-        for g in range(4):
-            gate_rows = w_ih[g * hidden + low : g * hidden + high]
-            gate = projected[part, g]
-            if batch_first:
-                for b in range(batch):
-                    out = gate[b * batch_stride : b * batch_stride + count * units]
-                    np.dot(x[b, start : start + count], gate_rows.T, out.reshape((count, units)))
-            else:
-                rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
-                out = gate[: count * batch * units].reshape((count * batch, units))
-                np.dot(rows, gate_rows.T, out)
     h_now = h_buffer[step % 2]
     if panels is None:
         units_product(w_hh, h_now[0], recurrent[0], low, high)
@@ -857,6 +894,8 @@ def lstm_units_step(
         _copy(h_new[b] if times[b] >= 0 else h_now[b, low:high], h_next[b, low:high])
         if step == steps - 1:
             _copy(part_c[b], c[b, low:high])
+    if (step + 1) % chunk == 0 and step + 1 < steps:
+        project_units_chunk(part, step + 1, x, w_ih, steps, reverse, batch_first, bounds, projected)
 
 
 @njit(**KERNEL_OPTIONS)
@@ -864,11 +903,12 @@ def lstm_unit_parts_worker(
     first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
     bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
-    """Serial worker of one thread of ``lstm_unit_split_forward``: every step, its own part
-    (``first``) and whichever others no thread has claimed yet, once all parts of the step
-    before are done. Claiming (a compare-and-swap of the part's step counter) instead of owning
-    parts is what keeps the driver from waiting forever where the threading layer runs the
-    workers one after another (TBB may): the first worker then runs every part of every step.
+    """Serial worker of one thread of ``lstm_unit_split_forward``: every round, its own part
+    (``first``) and whichever others no thread has claimed yet, once all parts of the round
+    before are done; round 0 is each part's ``units_prologue``, round s + 1 its step s.
+    Claiming (a compare-and-swap of the part's round counter) instead of owning parts is what
+    keeps the driver from waiting forever where the threading layer runs the workers one after
+    another (TBB may): the first worker then runs every part of every round.
     """
     parts = bounds.size - 1
     batch = c.shape[0]
@@ -882,18 +922,25 @@ def lstm_unit_parts_worker(
     times = np.empty(batch, dtype=np.int64)
     sink = np.empty(0, dtype=c.dtype)
     done = parts * COUNTER_STRIDE
-    for step in range(steps):
-        while atomics.load(counters, done) < parts * step:
+    for round_ in range(steps + 1):
+        while atomics.load(counters, done) < parts * round_:
             pass  # spin: a step takes a few µs, less than a sleeping thread takes to wake
         for k in range(parts):
             part = (first + k) % parts
-            if atomics.claim(counters, part * COUNTER_STRIDE, step):
-                lstm_units_step(
-                    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps,
-                    reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent,
-                    step_projected, h_part, times, sink,
+            if not atomics.claim(counters, part * COUNTER_STRIDE, round_):
+                continue
+            if round_ == 0:
+                units_prologue(
+                    part, x, w_ih, w_hh, bias, panels, c, steps, reverse, batch_first, bounds,
+                    projected, bias_parts, c_parts,
                 )  # fmt: skip
-                atomics.add(counters, done, 1)
+            else:
+                lstm_units_step(
+                    part, round_ - 1, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths,
+                    steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+                    recurrent, step_projected, h_part, times, sink,
+                )  # fmt: skip
+            atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
@@ -915,9 +962,10 @@ def lstm_unit_split_forward(
     length); lengths (B,) int64, steps = their maximum; bounds (P + 1,) int64: part p's
     units are [bounds[p], bounds[p + 1]); workspace: projected (P, 4, chunk·B·W), bias_parts
     (P, 4W), c_parts (P, B·W), W = the widest part's units; counters ((P + 1)·
-    ``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed step, then the count of parts
-    done. After it, h_buffer[steps % 2] holds the final h. BLAS must be limited to one thread
-    meanwhile.
+    ``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed round
+    (``lstm_unit_parts_worker``), then the count of parts done. After it, h_buffer[steps % 2]
+    holds the final h. BLAS must be limited to one thread meanwhile. x may be y (a layer run in
+    place, ``LSTM._run_layers``).
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(

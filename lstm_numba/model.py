@@ -597,13 +597,20 @@ class LSTM:
         return y, (h_n, c_n)
 
     def _run_layers(self, x, h_n, c_n, lengths, padded, traces):
-        """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order)."""
+        """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order).
+
+        In one direction, the layers after the first run on y in place, as their input and
+        their output (every kernel reads x at a chunk of times before it writes y there), so
+        that a stack holds nothing of the size of y but y; a layer of two directions needs the
+        whole output of the layer below."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
         layer_input = np.ascontiguousarray(x)
         y_shape = (*x.shape[:2], directions * self.output_size)
+        y = None
         for layer, stacks in enumerate(self._layers):
-            y = (np.zeros if padded else np.empty)(y_shape, self.dtype)
+            if y is None or directions > 1:
+                y = (np.zeros if padded else np.empty)(y_shape, self.dtype)
             states = slice(layer * directions, (layer + 1) * directions)
             if batch > 0:
                 cpu.lstm_layer_forward(

@@ -386,6 +386,70 @@ def test_few_sequences_run_their_units_on_threads_where_that_pays(rng, batch, op
     assert_close(c_n, c_ref)
 
 
+@pytest.mark.parametrize(
+    "driver, batch",
+    [("rows, one thread", 4), ("rows on threads", 6), ("units on threads", 3)]
+    + [("units in turn", 2)],
+)
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_stacked_layers_run_in_place(rng, driver, batch, batch_first, reverse, monkeypatch):
+    """In one direction, the layers after the first read their input from y and overwrite it
+    (``LSTM._run_layers``), which is right only if every driver reads x at a chunk of times
+    before any of its threads writes y there: several projection chunks of 4 steps, on every
+    driver. Run in turn on this thread (the driver's Python function), the units split's first
+    worker runs every part of a step one after the other, so that a part reading x after
+    another part wrote y there would get a wrong input every time."""
+    if driver != "rows, one thread":
+        if cpu.get_num_threads() < 2:
+            pytest.skip("Numba runs one thread here: nothing to split over")
+        threads_at_any_size(monkeypatch)
+    if driver == "units in turn":
+        monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
+    for limit in ("PROJECTION_ROWS", "PROJECTION_MIN_ROWS"):
+        monkeypatch.setattr(cpu, limit, 4 * batch)
+    steps = 15
+    model = ln.LSTM(6, 6, num_layers=3, batch_first=batch_first, reverse=reverse, seed=5)
+    x = rng.standard_normal((batch, steps, 6) if batch_first else (steps, batch, 6))
+    x = x.astype(np.float32)
+    # rows of one length backwards, as the units split takes them
+    lengths = np.full(batch, 13) if reverse else steps - 2 * np.arange(batch)
+    y, (h_n, c_n) = model(x, lengths=lengths)
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(
+        x, model.state_dict(), None, batch_first, lengths=lengths, reverse=reverse
+    )
+    assert_close(y, y_ref)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+
+
+def test_stacked_layers_hold_no_second_output():
+    """A stack in one direction allocates what one layer does (the layers after the first run
+    on y in place); two directions hold the layer below's output as well. On one thread, so
+    that the peaks do not depend on whether the threads' workspaces overlap in time."""
+    import tracemalloc
+
+    from numba import get_num_threads, set_num_threads
+
+    x = np.zeros((4, 2000, 16), np.float32)
+    peaks = {}
+    threads = get_num_threads()
+    set_num_threads(1)
+    try:
+        for layers, bidirectional in ((1, False), (3, False), (3, True)):
+            model = ln.LSTM(16, 16, layers, batch_first=True, bidirectional=bidirectional)
+            model(x)  # compile first
+            tracemalloc.start()
+            model(x)
+            peaks[layers, bidirectional] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    finally:
+        set_num_threads(threads)
+    one_layer, output = peaks[1, False], x.nbytes  # y (B, T, H), as large as x
+    assert peaks[3, False] < one_layer + 4096, peaks
+    assert peaks[3, True] > one_layer + 2 * output, peaks  # y and the layer below's, both 2H wide
+
+
 def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 4)
     monkeypatch.setattr(cpu, "core_cache_bytes", lambda: 1 << 20)
