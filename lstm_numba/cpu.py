@@ -591,9 +591,10 @@ def lstm_rows_forward(
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
-    there, so x may be y (a layer run in place, ``LSTM._run_layers``). Each step is one recurrent product and one fused pointwise
-    pass (plus one product with w_hr when projecting), over the rows up to the last one still
-    running: ordering rows by descending length turns padding into saved work.
+    there, so x may be y (a layer run in place, ``LSTM._run_layers``). Each step is one
+    recurrent product and one fused pointwise pass (plus one product with w_hr when projecting),
+    over the rows up to the last one still running: ordering rows by descending length turns
+    padding into saved work.
     """
     batch = row_stop - row_start
     inputs = x.shape[2]

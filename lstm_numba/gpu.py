@@ -559,7 +559,9 @@ def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first, trace
     modified); lengths (B,) int64; ``steps`` the longest length; ``backward`` as
     ``lstm_layer_forward``'s; traces (D·L, 5, B, T, H) written, or (D·L, 0, 0, 0, 0).
 
-    Returns device arrays ``y, (h_n, c_n)`` shaped as ``LSTM.__call__``'s (B ≥ 1).
+    Returns device arrays ``y, (h_n, c_n)`` shaped as ``LSTM.__call__``'s (B ≥ 1). Every layer
+    writes one y: a layer's input projection (``input_projection``, the whole sequence) runs
+    before its sequence kernels on the same stream, so the layers after the first run in place.
     """
     directions, _, out = layers[0]["weight_hh"].shape
     leading = x.shape[:2]
@@ -573,7 +575,9 @@ def lstm_forward(layers, x, h0, c0, lengths, steps, backward, batch_first, trace
         states = slice(layer * directions, (layer + 1) * directions)
         for d in range(directions):
             h[d, 0].copy_to_device(h0[states.start + d])
-        y = cuda.device_array((layer_input.shape[0], directions * out), dtype=x.dtype)
+        if layer == 0:
+            y = cuda.device_array((layer_input.shape[0], directions * out), dtype=x.dtype)
+        # deeper layers overwrite their input: the projection has read all of it by then
         lstm_layer_forward(
             layer_input,
             weights["weight_ih"],
