@@ -787,18 +787,18 @@ def units_chunk_bounds(first, chunk, steps, reverse):
 
 
 @njit(**KERNEL_OPTIONS)
-def project_units_chunk(part, first, x, w_ih, steps, reverse, batch_first, bounds, projected):
+def project_units_chunk(
+    part, first, chunk, x, w_ih, steps, reverse, batch_first, bounds, projected
+):  # fmt: skip
     """The input projection of hidden units [bounds[part], bounds[part + 1]) of every row for the
-    chunk of steps (``projection_steps``) from step ``first``: BLAS, a gate block at a time, into
-    projected[part, g] as (B, chunk, U) if batch_first, else (chunk, B, U), U = the part's units:
-    x's own order, so that each GEMM reads x where it is. Arguments as
+    chunk of ``chunk`` steps (``projection_steps``) from step ``first``: BLAS, a gate block at a
+    time, into projected[part, g] as (B, chunk, U) if batch_first, else (chunk, B, U), U = the
+    part's units: x's own order, so that each GEMM reads x where it is. Arguments as
     ``lstm_unit_split_forward``'s."""
     batch = x.shape[0] if batch_first else x.shape[1]
     hidden = w_ih.shape[0] // 4
     low, high = bounds[part], bounds[part + 1]
     units = high - low
-    widest = -(-hidden // (bounds.size - 1))
-    chunk = projected.shape[2] // (batch * widest)
     count, start = units_chunk_bounds(first, chunk, steps, reverse)
     for g in range(4):
         gate_rows = w_ih[g * hidden + low : g * hidden + high]
@@ -837,7 +837,8 @@ def units_prologue(
         _copy(c[b, low:high], part_c[b])
     if panels is not None:
         pack_rows(w_hh, unit_rows, panels[part])
-    project_units_chunk(part, 0, x, w_ih, steps, reverse, batch_first, bounds, projected)
+    chunk = projected.shape[2] // (batch * (bias_parts.shape[1] // 4))  # steps a chunk
+    project_units_chunk(part, 0, chunk, x, w_ih, steps, reverse, batch_first, bounds, projected)
 
 
 @njit(**KERNEL_OPTIONS)
@@ -857,7 +858,7 @@ def lstm_units_step(
     h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
     units, W = the widest part's.
     """
-    batch, hidden = c.shape
+    batch = c.shape[0]
     low, high = bounds[part], bounds[part + 1]
     units = high - low
     widest = bias_parts.shape[1] // 4
@@ -896,7 +897,9 @@ def lstm_units_step(
         if step == steps - 1:
             _copy(part_c[b], c[b, low:high])
     if (step + 1) % chunk == 0 and step + 1 < steps:
-        project_units_chunk(part, step + 1, x, w_ih, steps, reverse, batch_first, bounds, projected)
+        project_units_chunk(
+            part, step + 1, chunk, x, w_ih, steps, reverse, batch_first, bounds, projected
+        )  # fmt: skip
 
 
 @njit(**KERNEL_OPTIONS)

@@ -414,7 +414,9 @@ def test_stacked_layers_run_in_place(rng, driver, batch, batch_first, reverse, m
     x = x.astype(np.float32)
     # rows of one length backwards, as the units split takes them
     lengths = np.full(batch, 13) if reverse else steps - 2 * np.arange(batch)
+    given = x.copy()
     y, (h_n, c_n) = model(x, lengths=lengths)
+    np.testing.assert_array_equal(x, given)  # in place on y, never on the caller's x
     y_ref, (h_ref, c_ref) = reference.lstm_forward(
         x, model.state_dict(), None, batch_first, lengths=lengths, reverse=reverse
     )
