@@ -750,7 +750,7 @@ def units_product(weights, vector, out, low, high):
     """``out[:4U] = weights[rows] · vector`` for the rows of units [low, high) of each gate block
     of weights (4H, K), gate after gate (U = high − low): vector (K,), out (≥ 4U,).
 
-    One sequence's share of the recurrent product in ``lstm_units_step``: four calls of BLAS's
+    One sequence's share of the recurrent product in ``lstm_units_round``: four calls of BLAS's
     GEMV (one a gate block) took 1.77 µs at H = 128 against 1.24 for this loop, a tile of four
     dot products that vectorize over K and share each load of the vector.
     """
@@ -779,127 +779,94 @@ def units_product(weights, vector, out, low, high):
 
 
 @njit(**KERNEL_OPTIONS)
-def units_chunk_bounds(first, chunk, steps, reverse):
-    """``(count, start)`` of the chunk of steps from step ``first``: its steps, and the first of
-    the times [start, start + count) they read from x (backwards when ``reverse``)."""
-    count = min(chunk, steps - first)
-    return count, steps - first - count if reverse else first
-
-
-@njit(**KERNEL_OPTIONS)
-def project_units_chunk(
-    part, first, chunk, x, w_ih, steps, reverse, batch_first, bounds, projected
+def lstm_units_round(
+    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse,
+    batch_first, bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times,
+    sink,
 ):  # fmt: skip
-    """The input projection of hidden units [bounds[part], bounds[part + 1]) of every row for the
-    chunk of ``chunk`` steps (``projection_steps``) from step ``first``: BLAS, a gate block at a
-    time, into projected[part, g] as (B, chunk, U) if batch_first, else (chunk, B, U), U = the
-    part's units: x's own order, so that each GEMM reads x where it is. Arguments as
-    ``lstm_unit_split_forward``'s."""
-    batch = x.shape[0] if batch_first else x.shape[1]
-    hidden = w_ih.shape[0] // 4
-    low, high = bounds[part], bounds[part + 1]
-    units = high - low
-    count, start = units_chunk_bounds(first, chunk, steps, reverse)
-    for g in range(4):
-        gate_rows = w_ih[g * hidden + low : g * hidden + high]
-        gate = projected[part, g]
-        if batch_first:
-            for b in range(batch):
-                out = gate[b * chunk * units : b * chunk * units + count * units]
-                np.dot(x[b, start : start + count], gate_rows.T, out.reshape((count, units)))
-        else:
-            rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
-            out = gate[: count * batch * units].reshape((count * batch, units))
-            np.dot(rows, gate_rows.T, out)
-
-
-@njit(**KERNEL_OPTIONS)
-def units_prologue(
-    part, x, w_ih, w_hh, bias, panels, c, steps, reverse, batch_first, bounds, projected,
-    bias_parts, c_parts,
-):  # fmt: skip
-    """What hidden units [bounds[part], bounds[part + 1]) need before the first step: their units
-    of the bias and the cell state gathered, their rows of W_hh packed (for more than one row),
-    and the input projection of the first chunk of steps. A barrier separates it from the first
-    step, so that no part reads x there while another writes y: a stack of layers runs each layer
-    on y in place (``LSTM._run_layers``). Arguments as ``lstm_unit_split_forward``'s."""
-    batch, hidden = c.shape
-    low, high = bounds[part], bounds[part + 1]
-    units = high - low
-    part_bias = bias_parts[part, : 4 * units]
-    part_c = c_parts[part, : batch * units].reshape((batch, units))
-    unit_rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
-    for g in range(4):
-        for u in range(units):
-            unit_rows[g * units + u] = g * hidden + low + u
-            part_bias[g * units + u] = bias[g * hidden + low + u]
-    for b in range(batch):
-        _copy(c[b, low:high], part_c[b])
-    if panels is not None:
-        pack_rows(w_hh, unit_rows, panels[part])
-    chunk = projected.shape[2] // (batch * (bias_parts.shape[1] // 4))  # steps a chunk
-    project_units_chunk(part, 0, chunk, x, w_ih, steps, reverse, batch_first, bounds, projected)
-
-
-@njit(**KERNEL_OPTIONS)
-def lstm_units_step(
-    part, step, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
-    bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times, sink,
-):  # fmt: skip
-    """Step ``step`` of hidden units [bounds[part], bounds[part + 1]) of every row (after
-    ``units_prologue``): their rows of the recurrent product, the fused pointwise pass, and, at
-    the last step of a chunk of steps, their input projection for the next chunk
-    (``project_units_chunk``): x's times of a chunk are read before any part writes y there.
+    """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
+    gathers their units of the bias and the cell state and packs their rows of W_hh (for more
+    than one row); round s + 1 runs step s: their rows of the recurrent product and the fused
+    pointwise pass, and at the last step writes their cell states back to c. A round before the
+    first step of a chunk of steps (``projection_steps``) ends with their input projection for
+    the chunk (BLAS, a gate block at a time), so that x is read at a chunk's times before any
+    part writes y there: a stack of layers runs each layer on y in place (``LSTM._run_layers``).
     The recurrent product of one row is ``units_product`` on W_hh as it is; of more, the register
-    tile (``recurrent_panels``) on the part's rows of W_hh. The part's last step writes its cell
-    states back to c.
+    tile (``recurrent_panels``) on the part's rows of W_hh.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
     units, W = the widest part's.
     """
-    batch = c.shape[0]
+    batch, hidden = c.shape
     low, high = bounds[part], bounds[part + 1]
     units = high - low
     widest = bias_parts.shape[1] // 4
     chunk = projected.shape[2] // (batch * widest)  # steps a chunk
-    first = step - step % chunk  # the chunk's first step
-    _, start = units_chunk_bounds(first, chunk, steps, reverse)
-    t = steps - 1 - step if reverse else step
     part_bias = bias_parts[part, : 4 * units]
     part_c = c_parts[part, : batch * units].reshape((batch, units))
+    # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
+    # (chunk, B, U): x's own order, so that each GEMM reads x where it is
     row_stride, batch_stride = (units, chunk * units) if batch_first else (batch * units, units)
-    h_now = h_buffer[step % 2]
-    if panels is None:
-        units_product(w_hh, h_now[0], recurrent[0], low, high)
-    else:
-        active = 0  # rows up to the last one still running (rows in descending length: all)
-        for b in range(batch):
-            if step < lengths[b]:
-                active = b + 1
-        recurrent_panels(h_now[:active], panels[part], recurrent[:active])
-    offset = (t - start) * row_stride
-    for b in range(batch):
+    step = round_ - 1
+    if step < 0:
+        unit_rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
         for g in range(4):
-            source = projected[part, g, offset + b * batch_stride :]
-            _copy(source[:units], step_projected[b, g * units : (g + 1) * units])
-        times[b] = t if step < lengths[b] else -1  # a row past its length sits the step out
-    h_new = h_part[: batch * units].reshape((batch, units))
-    # non-literal constants: Literal arguments would compile the pointwise kernel a second time
-    write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
-    lstm_step_pointwise(
-        recurrent, step_projected, part_bias, None, part_c, h_new, times, y, write_y, sink, low,
-        batch_first, row_offset, None, direction,
-    )  # fmt: skip
-    h_next = h_buffer[(step + 1) % 2]
-    for b in range(batch):
-        _copy(h_new[b] if times[b] >= 0 else h_now[b, low:high], h_next[b, low:high])
-        if step == steps - 1:
-            _copy(part_c[b], c[b, low:high])
-    if (step + 1) % chunk == 0 and step + 1 < steps:
-        project_units_chunk(
-            part, step + 1, chunk, x, w_ih, steps, reverse, batch_first, bounds, projected
+            for u in range(units):
+                unit_rows[g * units + u] = g * hidden + low + u
+                part_bias[g * units + u] = bias[g * hidden + low + u]
+        for b in range(batch):
+            _copy(c[b, low:high], part_c[b])
+        if panels is not None:
+            pack_rows(w_hh, unit_rows, panels[part])
+    else:
+        first = step - step % chunk  # the chunk's first step
+        count = min(chunk, steps - first)
+        # the chunk's steps read x at times [start, start + count), backwards when reversed
+        start = steps - first - count if reverse else first
+        t = steps - 1 - step if reverse else step
+        h_now = h_buffer[step % 2]
+        if panels is None:
+            units_product(w_hh, h_now[0], recurrent[0], low, high)
+        else:
+            active = 0  # rows up to the last one still running (rows in descending length: all)
+            for b in range(batch):
+                if step < lengths[b]:
+                    active = b + 1
+            recurrent_panels(h_now[:active], panels[part], recurrent[:active])
+        offset = (t - start) * row_stride
+        for b in range(batch):
+            for g in range(4):
+                source = projected[part, g, offset + b * batch_stride :]
+                _copy(source[:units], step_projected[b, g * units : (g + 1) * units])
+            times[b] = t if step < lengths[b] else -1  # a row past its length sits the step out
+        h_new = h_part[: batch * units].reshape((batch, units))
+        # non-literal constants: Literal arguments would compile the pointwise kernel again
+        write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
+        lstm_step_pointwise(
+            recurrent, step_projected, part_bias, None, part_c, h_new, times, y, write_y, sink,
+            low, batch_first, row_offset, None, direction,
         )  # fmt: skip
+        h_next = h_buffer[(step + 1) % 2]
+        for b in range(batch):
+            _copy(h_new[b] if times[b] >= 0 else h_now[b, low:high], h_next[b, low:high])
+            if step == steps - 1:
+                _copy(part_c[b], c[b, low:high])
+    first = step + 1  # the next round's step
+    if first % chunk == 0 and first < steps:
+        count = min(chunk, steps - first)
+        start = steps - first - count if reverse else first
+        for g in range(4):
+            gate_rows = w_ih[g * hidden + low : g * hidden + high]
+            gate = projected[part, g]
+            if batch_first:
+                for b in range(batch):
+                    out = gate[b * batch_stride : b * batch_stride + count * units]
+                    np.dot(x[b, start : start + count], gate_rows.T, out.reshape((count, units)))
+            else:
+                rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
+                out = gate[: count * batch * units].reshape((count * batch, units))
+                np.dot(rows, gate_rows.T, out)
 
 
 @njit(**KERNEL_OPTIONS)
@@ -909,7 +876,7 @@ def lstm_unit_parts_worker(
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every round, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the round
-    before are done; round 0 is each part's ``units_prologue``, round s + 1 its step s.
+    before are done (``lstm_units_round``: round 0 prepares a part, round s + 1 runs its step s).
     Claiming (a compare-and-swap of the part's round counter) instead of owning parts is what
     keeps the driver from waiting forever where the threading layer runs the workers one after
     another (TBB may): the first worker then runs every part of every round.
@@ -931,20 +898,13 @@ def lstm_unit_parts_worker(
             pass  # spin: a step takes a few µs, less than a sleeping thread takes to wake
         for k in range(parts):
             part = (first + k) % parts
-            if not atomics.claim(counters, part * COUNTER_STRIDE, round_):
-                continue
-            if round_ == 0:
-                units_prologue(
-                    part, x, w_ih, w_hh, bias, panels, c, steps, reverse, batch_first, bounds,
-                    projected, bias_parts, c_parts,
+            if atomics.claim(counters, part * COUNTER_STRIDE, round_):
+                lstm_units_round(
+                    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps,
+                    reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent,
+                    step_projected, h_part, times, sink,
                 )  # fmt: skip
-            else:
-                lstm_units_step(
-                    part, round_ - 1, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths,
-                    steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
-                    recurrent, step_projected, h_part, times, sink,
-                )  # fmt: skip
-            atomics.add(counters, done, 1)
+                atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)

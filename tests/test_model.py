@@ -655,7 +655,7 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
     for rows in (1, 3):  # the units split, when threads
         unidirectional(x[:rows] if batch_first else x[:, :rows], lengths=[3] * rows)
     kernels = [cpu.lstm_rows_forward, cpu.lstm_partitioned_forward, cpu.lstm_step_pointwise]
-    kernels += [cpu.lstm_unit_split_forward, cpu.lstm_units_step, cpu.units_product]
+    kernels += [cpu.lstm_unit_split_forward, cpu.lstm_units_round, cpu.units_product]
     kernels += [cpu.pack_rows, cpu.recurrent_panels]
     for kernel in kernels:
         for signature in kernel.signatures:
