@@ -570,13 +570,15 @@ def lstm_step_pointwise(
 
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first, product,
-    panels, row_start, row_stop, traces, direction,
+    x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first,
+    product, panels, row_start, row_stop, traces, direction,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
-    x: (B, T, I) if ``batch_first`` else (T, B, I); y: (B, T, D·H_out) or (T, B, D·H_out), this
-    direction's columns [column, column + H_out) written (rows past a length are left alone).
+    x: (B, T, I) if ``batch_first`` else (T, B, I), batch row b read at x_rows[b] (B,) int64 (the
+    rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B, T, D·H_out) or
+    (T, B, D·H_out), this direction's columns [column, column + H_out) written (rows past a
+    length are left alone).
     w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
     or (0, 0) for none (H_out = H). cell: None for the seed's cell (the kernel compiled for None
     has no ONNX code, which halves its compile time), or ONNX's options (see
@@ -626,13 +628,14 @@ def lstm_rows_forward(
                 if step < length:
                     t = length - 1 - step if reverse else step
                     times[s, b] = t
-                    _copy(x[row, t] if batch_first else x[t, row], x_chunk[s, b])
+                    source = x_rows[row]
+                    _copy(x[source, t] if batch_first else x[t, source], x_chunk[s, b])
                 else:
                     times[s, b] = -1
                     x_chunk[s, b] = 0
-        x_rows = x_chunk[:n].reshape(n * batch, inputs)
+        chunk_inputs = x_chunk[:n].reshape(n * batch, inputs)
         projected_rows = projected[:n].reshape(n * batch, gate_rows)
-        weights_product(x_rows, w_ih, projected_rows)
+        weights_product(chunk_inputs, w_ih, projected_rows)
         for s in range(n):
             # Rows past the last one still running sit out the step (rows ordered by descending
             # length, as the model orders them, leave a shrinking prefix).
@@ -680,8 +683,8 @@ def project_hidden(
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product, panels,
-    partitions, traces,
+    x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
+    panels, partitions, traces,
 ):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
@@ -696,7 +699,7 @@ def lstm_partitioned_forward(
         d = item // partitions
         part = item % partitions
         lstm_rows_forward(
-            x, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
+            x, x_rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
             h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product, panels,
             part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
@@ -966,11 +969,12 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, lengths, reverse, batch_fi
 
 
 def lstm_layer_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces, x_rows=None
 ):
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
-    Arguments as ``lstm_partitioned_forward``. With one work item (one direction, one slice of
+    Arguments as ``lstm_partitioned_forward``; x_rows None reads batch row b at x's row b. With
+    one work item (one direction, one slice of
     rows) BLAS keeps its own threads. Several run on threads of their own, each with BLAS on
     one thread for its rows, and calls from other Python threads wait for the driver
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
@@ -983,6 +987,10 @@ def lstm_layer_forward(
     plain = cell is None and traces is None and w_hr.shape[1] == 0
     # rows of other lengths sit steps out at the end, which a reversed read would not have
     plain = plain and batch > 0 and (not backward or int(lengths.min()) == steps)
+    if x_rows is None:
+        x_rows = np.arange(batch)
+    else:  # the units split reads x's rows as they are
+        plain = plain and np.array_equal(x_rows, np.arange(batch))
     parts = plan_unit_split(batch, c.shape[2], steps, directions, plain, c.itemsize)
     if parts > 1:
         _unit_split_forward(
@@ -993,14 +1001,14 @@ def lstm_layer_forward(
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
     if directions * partitions == 1:
         lstm_rows_forward(
-            x, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
+            x, x_rows, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
             h[0], c[0], y, 0, lengths, backward, batch_first, product, panels, 0, batch,
             traces, 0,
         )  # fmt: skip
         return
     arguments = (
-        x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product, panels,
-        partitions, traces,
+        x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
+        panels, partitions, traces,
     )  # fmt: skip
     if not parallel:
         serial_partitioned_forward(*arguments)

@@ -563,41 +563,38 @@ class LSTM:
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces):
         """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
         is ``traces`` (L·D, 5, B, T, H), unless it is None. With lengths below T (``padded``),
-        the rows run in ``cpu.length_order``, so that finished rows stop costing work, and are
-        put back in order."""
-        if not padded:
-            return self._run_layers(x, h_n, c_n, lengths, False, traces), (h_n, c_n)
+        the rows run in ``cpu.length_order``, so that finished rows stop costing work: the
+        kernels read x's rows in that order where they are, and y is put back in order in place
+        (more than ``cpu.UNIT_SPLIT_MAX_BATCH`` rows; fewer run as they come, where the order
+        saves little and the units split reads x's rows as they are)."""
         batch_axis = 0 if self.batch_first else 1
+        batch = x.shape[batch_axis]
+        if not padded or batch <= cpu.UNIT_SPLIT_MAX_BATCH:
+            return self._run_layers(x, h_n, c_n, lengths, padded, traces), (h_n, c_n)
         inputs = self.input_size
         if self.num_layers > 1:  # the slices of the layer with the most inputs: D·H_out deeper
             inputs = max(inputs, self.num_directions * self.output_size)
         _, partitions, _ = cpu.plan_forward(
-            x.shape[batch_axis], inputs, self.hidden_size, int(lengths.max()), self.num_directions
+            batch, inputs, self.hidden_size, int(lengths.max()), self.num_directions
         )
         order = cpu.length_order(lengths, partitions)
-        if np.array_equal(order, np.arange(order.size)):  # already in order (as one row is)
+        if np.array_equal(order, np.arange(order.size)):  # already in order
             return self._run_layers(x, h_n, c_n, lengths, True, traces), (h_n, c_n)
         # Indexing a middle axis gives non-C-contiguous arrays; the kernels take C-contiguous ones
         # only (one compiled signature per dtype).
         h_ordered = np.ascontiguousarray(h_n[:, order])
         c_ordered = np.ascontiguousarray(c_n[:, order])
         traces_ordered = None if traces is None else np.ascontiguousarray(traces[:, :, order])
-        y_ordered = self._run_layers(
-            np.ascontiguousarray(np.take(x, order, axis=batch_axis)), h_ordered, c_ordered,
-            lengths[order], True, traces_ordered,
-        )  # fmt: skip
+        y = self._run_layers(x, h_ordered, c_ordered, lengths[order], True, traces_ordered, order)
         h_n[:, order], c_n[:, order] = h_ordered, c_ordered
         if traces is not None:
             traces[:, :, order] = traces_ordered
-        y = np.empty_like(y_ordered)
-        if self.batch_first:
-            y[order] = y_ordered
-        else:
-            y[:, order] = y_ordered
+        _move_rows_in_place(y, order, batch_axis)
         return y, (h_n, c_n)
 
-    def _run_layers(self, x, h_n, c_n, lengths, padded, traces):
-        """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order).
+    def _run_layers(self, x, h_n, c_n, lengths, padded, traces, x_rows=None):
+        """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order, x's
+        row b at x_rows[b] (``cpu.lstm_layer_forward``), y's at b).
 
         In one direction, the layers after the first run on y in place, as their input and
         their output (every kernel reads x at a chunk of times before it writes y there), so
@@ -627,6 +624,7 @@ class LSTM:
                     self.reverse,
                     self.batch_first,
                     None if traces is None else traces[states],
+                    x_rows if layer == 0 else None,
                 )
             layer_input = y
         return y
@@ -652,6 +650,25 @@ class LSTM:
             traces,
         )  # fmt: skip
         return y, states, traces
+
+
+def _move_rows_in_place(array, order, axis):
+    """Row k of ``array`` along ``axis`` moved to row order[k], for the permutation ``order``,
+    one row at a time along each of its cycles (a copy of one row beside the array)."""
+    rows = np.moveaxis(array, axis, 0)  # a view
+    source = np.empty_like(order)
+    source[order] = np.arange(order.size)  # row p receives row source[p]
+    done = source == np.arange(order.size)
+    for start in np.flatnonzero(~done):
+        if done[start]:
+            continue
+        held, position = rows[start].copy(), start
+        while source[position] != start:
+            rows[position] = rows[source[position]]
+            done[position] = True
+            position = source[position]
+        rows[position] = held
+        done[position] = True
 
 
 class Stream:

@@ -262,7 +262,8 @@ def test_workspace_does_not_grow_with_sequence_length():
 def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, batch_first, options):
     """Each way the forward can run (BLAS or one of the tiles for the recurrent product, batch
     split over threads or not, directions in parallel), forced on a shape with partial tiles
-    (B = 7, split 3 + 4 or 2 + 2 + 3) and lengths that include 0 and T."""
+    (B = 7, split 3 + 4 or 2 + 2 + 3), lengths that include 0 and T, and x's rows read in
+    another order (``x_rows``, as the model's length order)."""
     batch, steps, inputs, hidden = 7, 11, 5, 9
     model = ln.LSTM(
         inputs, hidden, batch_first=batch_first, dtype=dtype, seed=rng.integers(2**32), **options
@@ -273,17 +274,19 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
     h = rng.standard_normal((directions, batch, model.output_size)).astype(dtype)
     c = rng.standard_normal((directions, batch, hidden)).astype(dtype)
     lengths = np.array([0, steps, 3, 1, steps, 7, 2])
+    x_rows = rng.permutation(batch)  # kernel row b reads x's row x_rows[b]
     expected, (h_ref, c_ref) = reference.lstm_forward(
-        x, model.state_dict(), (h, c), batch_first, lengths=lengths, reverse=model.reverse
-    )
+        np.take(x, x_rows, axis=0 if batch_first else 1), model.state_dict(), (h, c), batch_first,
+        lengths=lengths, reverse=model.reverse,
+    )  # fmt: skip
     y = np.zeros(expected.shape, dtype)
     stacks = model._layers[0]
     w_hh = stacks["weight_hh"]
     panels = cpu.pack_panels(w_hh) if product == cpu.RECURRENT_PANELS else None
     cpu.lstm_partitioned_forward(
-        x, stacks["weight_ih"], w_hh, stacks["weight_hr"], stacks["bias_ih"] + stacks["bias_hh"],
-        model._cpu_cell(0), h, c, y, lengths, model.reverse, batch_first, product, panels,
-        partitions, None,
+        x, x_rows, stacks["weight_ih"], w_hh, stacks["weight_hr"],
+        stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, lengths,
+        model.reverse, batch_first, product, panels, partitions, None,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
