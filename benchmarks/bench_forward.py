@@ -54,19 +54,21 @@ class Forward:
 class ForwardMemory:
     """Allocation peak of a forward on long sequences, relative to what it must hold anyway."""
 
-    params = (choose([1000, 4000], [50]), [1, 3])
-    param_names = ["steps", "num_layers"]
+    params = (choose([1000, 4000], [50]), [1, 3], ["all T", "random in [T/2, T]"])
+    param_names = ["steps", "num_layers", "lengths"]
 
-    def setup(self, steps, num_layers):
+    def setup(self, steps, num_layers, lengths):
         self.model, self.x = model_and_input(32, steps, 256, 256, num_layers=num_layers)
-        self.model(self.x[:, :2])  # compile or load from the cache
+        rng = np.random.default_rng(1)
+        self.lengths = None if lengths == "all T" else rng.integers(steps // 2, steps + 1, 32)
+        self.model(self.x, lengths=self.lengths)  # compile or load from the cache
 
     def track_peak_over_io_and_weights(self, *_):
         """(x + weights + the forward's allocation peak) / (x + y + weights): 1.0 means no
         workspace beyond the output."""
         weights = sum(w.nbytes for w in self.model.state_dict().values())
         tracemalloc.start()
-        y, _ = self.model(self.x)
+        y, _ = self.model(self.x, lengths=self.lengths)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         return (self.x.nbytes + weights + peak) / (self.x.nbytes + y.nbytes + weights)

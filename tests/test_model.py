@@ -455,6 +455,38 @@ def test_stacked_layers_hold_no_second_output():
     assert peaks[3, True] > one_layer + 2 * output, peaks  # y and the layer below's, both 2H wide
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_lengths_copy_neither_x_nor_y(rng, batch_first):
+    """With lengths the rows run in length order, read from x where they are and put back in
+    order in y in place: the peak is a forward's without lengths, plus one row of y for the
+    permutation. On one thread, as the test above; lengths out of order, so the order is not
+    the identity, and one (the row worker's) at B = 8 > ``UNIT_SPLIT_MAX_BATCH``."""
+    import tracemalloc
+
+    from numba import get_num_threads, set_num_threads
+
+    batch, steps = 8, 1000
+    model = ln.LSTM(16, 16, 2, batch_first=batch_first, seed=0)
+    x = rng.standard_normal((batch, steps, 16) if batch_first else (steps, batch, 16))
+    x = x.astype(np.float32)
+    lengths = rng.permutation(np.linspace(steps // 2, steps, batch).astype(np.int64))
+    y_ref, _ = reference.lstm_forward(x, model.state_dict(), None, batch_first, lengths=lengths)
+    peaks = []
+    threads = get_num_threads()
+    set_num_threads(1)
+    try:
+        for given in (None, lengths):
+            y, _ = model(x, lengths=given)  # compile first
+            tracemalloc.start()
+            y, _ = model(x, lengths=given)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+    finally:
+        set_num_threads(threads)
+    assert_close(y, y_ref)
+    assert peaks[1] < peaks[0] + steps * 16 * 4 + 4096, peaks
+
+
 def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 4)
     monkeypatch.setattr(cpu, "core_cache_bytes", lambda: 1 << 20)
