@@ -562,11 +562,12 @@ class LSTM:
 
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces):
         """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
-        is ``traces`` (L·D, 5, B, T, H), unless it is None. With lengths below T (``padded``),
-        the rows run in ``cpu.length_order``, so that finished rows stop costing work: the
-        kernels read x's rows in that order where they are, and y is put back in order in place
-        (more than ``cpu.UNIT_SPLIT_MAX_BATCH`` rows; fewer run as they come, where the order
-        saves little and the units split reads x's rows as they are)."""
+        is ``traces`` (L·D, 5, B, T, H), all NaN on entry, unless it is None. With lengths below
+        T (``padded``), the rows run in ``cpu.length_order``, so that finished rows stop costing
+        work: the kernels read x's rows in that order where they are, and y and the traces are
+        put back in order in place (more than ``cpu.UNIT_SPLIT_MAX_BATCH`` rows; fewer run as
+        they come, where the order saves little and the units split reads x's rows as they
+        are)."""
         batch_axis = 0 if self.batch_first else 1
         batch = x.shape[batch_axis]
         if not padded or batch <= cpu.UNIT_SPLIT_MAX_BATCH:
@@ -584,11 +585,11 @@ class LSTM:
         # only (one compiled signature per dtype).
         h_ordered = np.ascontiguousarray(h_n[:, order])
         c_ordered = np.ascontiguousarray(c_n[:, order])
-        traces_ordered = None if traces is None else np.ascontiguousarray(traces[:, :, order])
-        y = self._run_layers(x, h_ordered, c_ordered, lengths[order], True, traces_ordered, order)
+        # the traces, all NaN until written, are written in order and put back like y
+        y = self._run_layers(x, h_ordered, c_ordered, lengths[order], True, traces, order)
         h_n[:, order], c_n[:, order] = h_ordered, c_ordered
         if traces is not None:
-            traces[:, :, order] = traces_ordered
+            _move_rows_in_place(traces, order, 2)
         _move_rows_in_place(y, order, batch_axis)
         return y, (h_n, c_n)
 
