@@ -595,8 +595,8 @@ def lstm_rows_forward(
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
     there, so x may be y (a layer run in place, ``LSTM._run_layers``). Each step is one
     recurrent product and one fused pointwise pass (plus one product with w_hr when projecting),
-    over the rows up to the last one still running: ordering rows by descending length turns
-    padding into saved work.
+    over the rows up to the last one still running, and so is its share of the projection:
+    ordering rows by descending length turns padding into saved work.
     """
     batch = row_stop - row_start
     inputs = x.shape[2]
@@ -606,9 +606,11 @@ def lstm_rows_forward(
     for row in range(row_start, row_stop):
         steps = max(steps, lengths[row])
     chunk = projection_steps(batch, steps)
-    x_chunk = np.empty((chunk, batch, inputs), dtype=h.dtype)
-    projected = np.empty((chunk, batch, gate_rows), dtype=h.dtype)
+    x_chunk = np.empty((chunk * batch, inputs), dtype=h.dtype)
+    projected = np.empty((chunk * batch, gate_rows), dtype=h.dtype)
     times = np.empty((chunk, batch), dtype=np.int64)
+    # step s of a chunk: rows [starts[s], starts[s + 1]) of x_chunk and projected
+    starts = np.empty(chunk + 1, dtype=np.int64)
     # the panels' zero padding makes the tile's product up to 2W - 1 columns wider than 4H
     width = gate_rows if panels is None else max(gate_rows, panels.shape[1] * panels.shape[3])
     recurrent = np.empty((batch, width), h.dtype)
@@ -620,29 +622,27 @@ def lstm_rows_forward(
     w_hh_t = w_hh.T
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
+        starts[0] = 0
         for s in range(n):
             step = t0 + s
-            for b in range(batch):
-                row = row_start + b
-                length = lengths[row]
-                if step < length:
-                    t = length - 1 - step if reverse else step
-                    times[s, b] = t
-                    source = x_rows[row]
-                    _copy(x[source, t] if batch_first else x[t, source], x_chunk[s, b])
-                else:
-                    times[s, b] = -1
-                    x_chunk[s, b] = 0
-        chunk_inputs = x_chunk[:n].reshape(n * batch, inputs)
-        projected_rows = projected[:n].reshape(n * batch, gate_rows)
-        weights_product(chunk_inputs, w_ih, projected_rows)
-        for s in range(n):
             # Rows past the last one still running sit out the step (rows ordered by descending
-            # length, as the model orders them, leave a shrinking prefix).
+            # length, as the model orders them, leave a shrinking prefix), in the projection too.
             active = 0
             for b in range(batch):
-                if times[s, b] >= 0:
+                length = lengths[row_start + b]
+                times[s, b] = (length - 1 - step if reverse else step) if step < length else -1
+                if step < length:
                     active = b + 1
+            for b in range(active):
+                t, source = times[s, b], x_rows[row_start + b]
+                if t >= 0:
+                    _copy(x[source, t] if batch_first else x[t, source], x_chunk[starts[s] + b])
+                else:
+                    x_chunk[starts[s] + b] = 0
+            starts[s + 1] = starts[s] + active
+        weights_product(x_chunk[: starts[n]], w_ih, projected[: starts[n]])
+        for s in range(n):
+            active = starts[s + 1] - starts[s]
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
             if panels is not None:
                 recurrent_panels(h_act, panels[direction], rec)
@@ -652,8 +652,9 @@ def lstm_rows_forward(
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act
             lstm_step_pointwise(
-                rec, projected[s, :active], bias, cell, c_rows[:active], h_new, time_act, y,
-                not projecting, sink, column, batch_first, row_start, traces, direction,
+                rec, projected[starts[s] : starts[s + 1]], bias, cell, c_rows[:active], h_new,
+                time_act, y, not projecting, sink, column, batch_first, row_start, traces,
+                direction,
             )  # fmt: skip
             if projecting:
                 project_hidden(
