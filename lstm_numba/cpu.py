@@ -856,10 +856,10 @@ def lstm_units_round(
             _copy(h_new[b] if times[b] >= 0 else h_now[b, low:high], h_next[b, low:high])
             if step == steps - 1:
                 _copy(part_c[b], c[b, low:high])
-    first = step + 1  # the next round's step
-    if first % chunk == 0 and first < steps:
-        count = min(chunk, steps - first)
-        start = steps - first - count if reverse else first
+    following = step + 1  # the next round's step: the first of a chunk to project?
+    if following % chunk == 0 and following < steps:
+        count = min(chunk, steps - following)
+        start = steps - following - count if reverse else following
         for g in range(4):
             gate_rows = w_ih[g * hidden + low : g * hidden + high]
             gate = projected[part, g]
