@@ -863,10 +863,13 @@ def lstm_units_round(
         for g in range(4):
             gate_rows = w_ih[g * hidden + low : g * hidden + high]
             gate = projected[part, g]
-            if batch_first:
+            if batch_first:  # each row's steps up to its length only
                 for b in range(batch):
-                    out = gate[b * batch_stride : b * batch_stride + count * units]
-                    np.dot(x[b, start : start + count], gate_rows.T, out.reshape((count, units)))
+                    valid = min(count, max(lengths[b] - start, 0))
+                    if valid > 0:
+                        out = gate[b * batch_stride : b * batch_stride + valid * units]
+                        out = out.reshape((valid, units))
+                        np.dot(x[b, start : start + valid], gate_rows.T, out)
             else:
                 rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
                 out = gate[: count * batch * units].reshape((count * batch, units))
