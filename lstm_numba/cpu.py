@@ -749,6 +749,17 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     return parts
 
 
+def unit_split_parts(lengths, hidden, directions, backward, seed_cell, itemsize):
+    """``plan_unit_split`` for a layer of rows of ``lengths`` (B,) read from x in order, of the
+    seed's cell without LSTMP's projection or traces (``seed_cell``). Read backwards, the rows
+    must be of one length: rows of other lengths sit steps out at the end, which the split's
+    reversed read would not have."""
+    batch = lengths.size
+    steps = int(lengths.max()) if batch else 0
+    plain = seed_cell and batch > 0 and (not backward or int(lengths.min()) == steps)
+    return plan_unit_split(batch, hidden, steps, directions, plain, itemsize)
+
+
 @njit(**REDUCTION_KERNEL_OPTIONS)
 def units_product(weights, vector, out, low, high):
     """``out[:4U] = weights[rows] · vector`` for the rows of units [low, high) of each gate block
@@ -988,14 +999,12 @@ def lstm_layer_forward(
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
-    plain = cell is None and traces is None and w_hr.shape[1] == 0
-    # rows of other lengths sit steps out at the end, which a reversed read would not have
-    plain = plain and batch > 0 and (not backward or int(lengths.min()) == steps)
+    seed_cell = cell is None and traces is None and w_hr.shape[1] == 0
+    parts = unit_split_parts(lengths, c.shape[2], directions, backward, seed_cell, c.itemsize)
     if x_rows is None:
         x_rows = np.arange(batch)
-    else:  # the units split reads x's rows as they are
-        plain = plain and np.array_equal(x_rows, np.arange(batch))
-    parts = plan_unit_split(batch, c.shape[2], steps, directions, plain, c.itemsize)
+    elif not np.array_equal(x_rows, np.arange(batch)):
+        parts = 1  # the units split reads x's rows as they are
     if parts > 1:
         _unit_split_forward(
             x, w_ih[0], w_hh[0], bias[0], h[0], c[0], y, lengths, backward, batch_first, parts

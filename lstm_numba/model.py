@@ -565,12 +565,12 @@ class LSTM:
         is ``traces`` (L·D, 5, B, T, H), all NaN on entry, unless it is None. With lengths below
         T (``padded``), the rows run in ``cpu.length_order``, so that finished rows stop costing
         work: the kernels read x's rows in that order where they are, and y and the traces are
-        put back in order in place (more than ``cpu.UNIT_SPLIT_MAX_BATCH`` rows; fewer run as
-        they come, where the order saves little and the units split reads x's rows as they
-        are)."""
+        put back in order in place; except where the hidden units are split
+        (``cpu.unit_split_parts``), which reads x's rows as they are and skips finished rows
+        wherever they sit."""
         batch_axis = 0 if self.batch_first else 1
         batch = x.shape[batch_axis]
-        if not padded or batch <= cpu.UNIT_SPLIT_MAX_BATCH:
+        if not padded or self._splits_units(lengths, traces is not None):
             return self._run_layers(x, h_n, c_n, lengths, padded, traces), (h_n, c_n)
         inputs = self.input_size
         if self.num_layers > 1:  # the slices of the layer with the most inputs: D·H_out deeper
@@ -592,6 +592,15 @@ class LSTM:
             _move_rows_in_place(traces, order, 2)
         _move_rows_in_place(y, order, batch_axis)
         return y, (h_n, c_n)
+
+    def _splits_units(self, lengths, traced):
+        """Whether the layers split the hidden units of rows of ``lengths`` read in order."""
+        seed_cell = self._cpu_cell(0) is None and not traced and self.proj_size == 0
+        parts = cpu.unit_split_parts(
+            lengths, self.hidden_size, self.num_directions, self.reverse, seed_cell,
+            self.dtype.itemsize,
+        )  # fmt: skip
+        return parts > 1
 
     def _run_layers(self, x, h_n, c_n, lengths, padded, traces, x_rows=None):
         """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order, x's
