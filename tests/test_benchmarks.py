@@ -53,14 +53,19 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
         assert any(name in line for line in lines), f"{name} did not run:\n{output}"
 
 
-def test_compare_script_runs_in_rounds(capsys):
-    """``benchmarks/compare.py``: every library in turn, ``--rounds`` times, one table row."""
+@pytest.mark.parametrize("rates", [(1e-9, 1e9), (1e9, 1e-9)], ids=["faster-at-end", "at-start"])
+def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
+    """``benchmarks/compare.py``: every library in turn, ``--rounds`` times, one table row; "of
+    sgemm" against the faster of the GEMM rates measured at the start and at the end."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import compare
     finally:
         sys.path.pop(0)
+    measures = iter(rates)  # GFLOP/s, at the start and at the end
+    monkeypatch.setattr(compare, "sgemm_gflops", lambda: next(measures))
     compare.main(["--shapes", "2,3,4,5", "--repeats", "1", "--rounds", "2", "--no-reference"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("| (2, 3, 4, 5) |"), lines
     assert lines[-3].startswith("| (B, T, I, H) | lstm_numba ms |"), lines
+    assert lines[-1].split("|")[4].strip() == "0%", lines[-1]  # not the 1e-9 GFLOP/s measure
