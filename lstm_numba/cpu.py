@@ -258,6 +258,13 @@ RECURRENT_BLAS, RECURRENT_DOT_TILE, RECURRENT_PANELS = 0, 1, 2
 tile on W_hh as it is (``dot_tile_product``), or the register tile on packed W_hh
 (``recurrent_panels``)."""
 
+ONE_ROW_LOOP_MAX_WIDTH = 48
+"""Where one row runs a step (``RECURRENT_BLAS``), its recurrent product is ``units_product``
+instead of BLAS's GEMV up to this width of W_hh (H, or LSTMP's P), where calling BLAS costs more
+than the product. Zen 4, one row, T = 200, I = H, alternating processes, µs a forward, BLAS →
+loop: H = 24 116–146 → 96–110, H = 32 136–142 → 110–120, H = 48 209–225 → 178–206; from H = 64
+on, as fast or slower (bidirectional, T = 20: H = 64 62–79 → 60–98, H = 80 78–131 → 85–109)."""
+
 PANEL_MIN_ROW_STEPS = 128
 """``recurrent_panels`` from this many rows a thread × steps on: W_hh is packed for it once a
 forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512), which the
@@ -585,11 +592,12 @@ def lstm_rows_forward(
     ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
     states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
     ``reverse`` reads each row from its step length − 1 down to 0. ``product``: how the recurrent
-    product runs, one of the ``RECURRENT_*``; panels: (D, P, H_out, W), every direction's W_hh
-    packed for ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else None (a kernel
-    compiled for None has no register tile: ≈ 1.2 s less to compile). traces,
-    direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
-    float64, all C-contiguous.
+    product runs, one of the ``RECURRENT_*`` (with ``RECURRENT_BLAS``, a step of one running row
+    and W_hh at most ``ONE_ROW_LOOP_MAX_WIDTH`` wide runs ``units_product``); panels: (D, P,
+    H_out, W), every direction's W_hh packed for ``RECURRENT_PANELS`` (``pack_panels``), read at
+    ``direction``; else None (a kernel compiled for None has no register tile: ≈ 1.2 s less to
+    compile). traces, direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all
+    float32 or all float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
@@ -648,6 +656,8 @@ def lstm_rows_forward(
                 recurrent_panels(h_act, panels[direction], rec)
             elif product == RECURRENT_DOT_TILE:
                 dot_tile_product(h_act, w_hh, rec)
+            elif active == 1 and w_hh.shape[1] <= ONE_ROW_LOOP_MAX_WIDTH:
+                units_product(w_hh, h_act[0], rec[0], 0, hidden)
             else:
                 np.dot(h_act, w_hh_t, rec)
             h_new = h_unprojected[:active] if projecting else h_act
@@ -767,7 +777,8 @@ def units_product(weights, vector, out, low, high):
 
     One sequence's share of the recurrent product in ``lstm_units_round``: four calls of BLAS's
     GEMV (one a gate block) took 1.77 µs at H = 128 against 1.24 for this loop, a tile of four
-    dot products that vectorize over K and share each load of the vector.
+    dot products that vectorize over K and share each load of the vector. Also one row's whole
+    product in ``lstm_rows_forward`` where W_hh is narrow (``ONE_ROW_LOOP_MAX_WIDTH``).
     """
     hidden = weights.shape[0] // 4
     units = high - low
