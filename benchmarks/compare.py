@@ -321,10 +321,16 @@ def _peers(row):
     return [name for name in row if name not in ("shape", "gflops", "lstm_numba")]
 
 
+def milliseconds(seconds):
+    """Two decimals, or three significant digits below 1 ms (small models take µs)."""
+    ms = seconds * 1e3
+    return f"{ms:.2f}" if ms >= 1 else f"{ms:.3g}"
+
+
 def format_row(row):
     ours = row["lstm_numba"]
-    others = ", ".join(f"{n} {row[n] * 1e3:.2f} ms ({row[n] / ours:.2f}x)" for n in _peers(row))
-    return f"{row['shape']}: lstm_numba {ours * 1e3:.2f} ms; {others}"
+    others = ", ".join(f"{n} {milliseconds(row[n])} ms ({row[n] / ours:.2f}x)" for n in _peers(row))
+    return f"{row['shape']}: lstm_numba {milliseconds(ours)} ms; {others}"
 
 
 def markdown_table(rows, versions, sgemm):
@@ -334,9 +340,9 @@ def markdown_table(rows, versions, sgemm):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         ours = row["lstm_numba"]
-        cells = [str(row["shape"]), f"{ours * 1e3:.2f}", f"{row['gflops']:.0f}"]
+        cells = [str(row["shape"]), milliseconds(ours), f"{row['gflops']:.0f}"]
         cells.append(f"{row['gflops'] / sgemm:.0%}" if sgemm else "n/a")
-        cells += [f"{row[n] * 1e3:.2f} ({row[n] / ours:.2f}×)" for n in names]
+        cells += [f"{milliseconds(row[n])} ({row[n] / ours:.2f}×)" for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
