@@ -597,8 +597,8 @@ class LSTM:
         """Whether the layers split the hidden units of rows of ``lengths`` read in order."""
         seed_cell = self._cpu_cell(0) is None and not traced and self.proj_size == 0
         parts = cpu.unit_split_parts(
-            lengths, self.hidden_size, self.num_directions, self.reverse, seed_cell,
-            self.dtype.itemsize,
+            lengths, int(lengths.max()), self.hidden_size, self.num_directions, self.reverse,
+            seed_cell, self.dtype.itemsize,
         )  # fmt: skip
         return parts > 1
 
