@@ -474,7 +474,7 @@ class LSTM:
         lengths = (
             check_lengths(lengths, batch, steps) if padded else np.full(batch, steps, np.int64)
         )
-        padded = padded and bool(np.any(lengths < steps))
+        padded = padded and batch > 0 and int(lengths.min()) < steps
         h0, c0 = self._initial_states(hx, batch, unbatched, on_gpu)
         layers_directions = self.num_layers * self.num_directions
         traces = None
