@@ -200,18 +200,19 @@ PARTITION_ALWAYS_ABOVE_HIDDEN = 512
 the threads at any size: two rows on two threads, each a GEMV, beat one thread's tile."""
 
 
-CORE_CACHE_FALLBACK_BYTES = 1 << 20
-"""A core's L2, where the system does not say (``core_cache_bytes``): 1 MiB, as on Zen 4 and 5."""
+CACHE_FALLBACK_BYTES = {2: 1 << 20, 3: 32 << 20}
+"""A core's L2 and the L3 the cores share, where the system does not say (``cache_bytes``):
+1 MiB and 32 MiB, as on Zen 4 and 5."""
 
 
 @functools.cache
-def core_cache_bytes(base="/sys/devices/system/cpu/cpu0/cache"):
-    """Bytes of a core's own cache below L3: the level-2 entry of ``base``, Linux's description
-    of the first CPU's caches; ``CORE_CACHE_FALLBACK_BYTES`` where there is none."""
+def cache_bytes(level, base="/sys/devices/system/cpu/cpu0/cache"):
+    """Bytes of the cache of ``level`` (2: a core's own; 3: shared by the cores), from ``base``,
+    Linux's description of the first CPU's caches; ``CACHE_FALLBACK_BYTES`` where there is none."""
     try:
         for entry in sorted(os.listdir(base)):
-            with open(os.path.join(base, entry, "level")) as level:
-                if level.read().strip() != "2":
+            with open(os.path.join(base, entry, "level")) as entry_level:
+                if entry_level.read().strip() != str(level):
                     continue
             with open(os.path.join(base, entry, "size")) as size:
                 text = size.read().strip().upper()
@@ -219,7 +220,20 @@ def core_cache_bytes(base="/sys/devices/system/cpu/cpu0/cache"):
             return int(text.rstrip("KM")) * scale
     except (OSError, ValueError):
         pass
-    return CORE_CACHE_FALLBACK_BYTES
+    return CACHE_FALLBACK_BYTES[level]
+
+
+def directions_in_turn(w_hh, batch):
+    """Whether a layer's two directions run one after another instead of side by side, a thread
+    each: for one row (``batch``), where both directions' W_hh (w_hh (D, 4H, H_out)) take more
+    than half the shared cache (``cache_bytes(3)``). Side by side they push each other out of it;
+    in turn, each direction's GEMV runs on all the threads, each reading its share of W_hh. More
+    rows are split over the threads in turn, each thread still reading all of W_hh a step, and
+    twice as many steps take longer. Zen 4 (32 MB L3, 2 threads; docs/performance.md), T = 64,
+    alternating processes, ms: H = 1024 (W_hh 33.5 MB for both) B = 1 30.9–61.4 side by side,
+    28.2–31.0 in turn; H = 768 (18.9 MB) B = 1 13.6–15.8 against 14.5–15.6, B = 2 21.0–21.9
+    against 25.7–28.6."""
+    return batch == 1 and w_hh.shape[0] > 1 and w_hh.nbytes > cache_bytes(3) // 2
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -698,9 +712,10 @@ def project_hidden(
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
-    panels, partitions, traces,
+    panels, partitions, traces, first_direction, directions,
 ):  # fmt: skip
-    """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
+    """Parallel driver: ``directions`` directions from ``first_direction`` on × ``partitions``
+    slices of batch rows, one thread each.
 
     Batch rows and directions are independent through the whole sequence, so the threads never
     wait for each other. Weights, bias, states, the cell's arrays (when not None) and the traces
@@ -708,9 +723,9 @@ def lstm_partitioned_forward(
     ``backward``: the only direction (D = 1) reads backwards (ONNX's direction="reverse"); other
     arguments as ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
-    directions, batch, width = h.shape
+    _, batch, width = h.shape
     for item in prange(directions * partitions):
-        d = item // partitions
+        d = first_direction + item // partitions
         part = item % partitions
         lstm_rows_forward(
             x, x_rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
@@ -737,7 +752,7 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and,
     read backwards, rows of one length (``plain``), with enough work and steps
     (``UNIT_SPLIT_MIN_*``), and for one row only where a part's share of W_hh (4H·H·``itemsize``
-    bytes over the parts) fits a core's L2 (``core_cache_bytes``). Measured on a Zen 4 (1 MB L2,
+    bytes over the parts) fits a core's L2 (``cache_bytes(2)``). Measured on a Zen 4 (1 MB L2,
     2 threads, docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's
     share 0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's
     GEMV, runs on both threads too; two or three rows, whose alternative is the register tile on
@@ -755,7 +770,7 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     if batch > 1 and steps < UNIT_SPLIT_MIN_STEPS * (8 if beyond else 1):
         return 1  # too few steps to repay packing the parts' rows of W_hh
     parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
-    if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * core_cache_bytes()):
+    if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * cache_bytes(2)):
         return 1
     if batch >= PARTITION_MIN_BATCH and hidden // parts < UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS:
         return 1
@@ -1025,21 +1040,23 @@ def lstm_layer_forward(
             x, w_ih[0], w_hh[0], bias[0], h[0], c[0], y, lengths, backward, batch_first, parts
         )
         return
-    product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, directions)
+    at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
+    product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
-    if directions * partitions == 1:
-        lstm_rows_forward(
-            x, x_rows, w_ih[0], w_hh[0], w_hr[0], bias[0], cell,
-            h[0], c[0], y, 0, lengths, backward, batch_first, product, panels, 0, batch,
-            traces, 0,
+    for first in range(0, directions, at_once):
+        if at_once * partitions == 1:
+            lstm_rows_forward(
+                x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell,
+                h[first], c[first], y, first * h.shape[2], lengths, first == 1 or backward,
+                batch_first, product, panels, 0, batch, traces, first,
+            )  # fmt: skip
+            continue
+        arguments = (
+            x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first,
+            product, panels, partitions, traces, first, at_once,
         )  # fmt: skip
-        return
-    arguments = (
-        x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
-        panels, partitions, traces,
-    )  # fmt: skip
-    if not parallel:
-        serial_partitioned_forward(*arguments)
-        return
-    with _PARALLEL_FORWARD, _blas_on_one_thread():
-        lstm_partitioned_forward(*arguments)
+        if not parallel:
+            serial_partitioned_forward(*arguments)
+            continue
+        with _PARALLEL_FORWARD, _blas_on_one_thread():
+            lstm_partitioned_forward(*arguments)
