@@ -223,17 +223,28 @@ def cache_bytes(level, base="/sys/devices/system/cpu/cpu0/cache"):
     return CACHE_FALLBACK_BYTES[level]
 
 
+DIRECTIONS_IN_TURN_MAX_BATCH = 4
+"""Run the two directions of up to this many rows in turn (``directions_in_turn``): with five,
+the units split of each direction in turn ran 0.88–1.03× as fast as the directions side by side
+(Zen 4, T = 64, ms side by side against in turn: H = 768 37.9–38.5 against 41.8–43.2, H = 896
+51.9–56.1 against 56.5–57.4, H = 1024 87.6–94.4 against 91.3–92.3)."""
+
+
 def directions_in_turn(w_hh, batch):
-    """Whether a layer's two directions run one after another instead of side by side, a thread
-    each: for one row (``batch``), where both directions' W_hh (w_hh (D, 4H, H_out)) take more
-    than half the shared cache (``cache_bytes(3)``). Side by side they push each other out of it;
-    in turn, each direction's GEMV runs on all the threads, each reading its share of W_hh. More
-    rows are split over the threads in turn, each thread still reading all of W_hh a step, and
-    twice as many steps take longer. Zen 4 (32 MB L3, 2 threads; docs/performance.md), T = 64,
-    alternating processes, ms: H = 1024 (W_hh 33.5 MB for both) B = 1 30.9–61.4 side by side,
-    28.2–31.0 in turn; H = 768 (18.9 MB) B = 1 13.6–15.8 against 14.5–15.6, B = 2 21.0–21.9
-    against 25.7–28.6."""
-    return batch == 1 and w_hh.shape[0] > 1 and w_hh.nbytes > cache_bytes(3) // 2
+    """Whether a layer's two directions may run one after another instead of side by side, a
+    thread each: for up to ``DIRECTIONS_IN_TURN_MAX_BATCH`` rows (``batch``), where both
+    directions' W_hh (w_hh (D, 4H, H_out)) take more than half the shared cache
+    (``cache_bytes(3)``). Side by side they push each other out of it; in turn, each direction's
+    step runs on all the threads, each reading its share of W_hh: one row's GEMV, or the units
+    split (``lstm_layer_forward`` keeps the directions side by side where it does not take them:
+    rows split over the threads each read all of W_hh a step, and in turn there are twice as many
+    steps). Zen 4 (32 MB L3, 2 threads; docs/performance.md), T = 64, alternating processes, ms,
+    side by side → in turn: H = 1024 (W_hh 33.5 MB for both) B = 1 30–49 → 27–28, B = 2 57–67 →
+    35–37, B = 4 72–81 → 59–60; H = 896 (25.7 MB) B = 1 28–33 → 18–21, B = 2 29–38 → 25; H = 768
+    (18.9 MB) B = 1 13.6–15.8 → 14.5–15.6, B = 3 25.7–26.7 → 23.5–24.1; two rows split over the
+    threads in turn (before the units split could take a direction) 21.0–21.9 → 25.7–28.6."""
+    big = w_hh.shape[0] > 1 and w_hh.nbytes > cache_bytes(3) // 2
+    return big and 1 <= batch <= DIRECTIONS_IN_TURN_MAX_BATCH
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -712,10 +723,9 @@ def project_hidden(
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
-    panels, partitions, traces, first_direction, directions,
+    panels, partitions, traces,
 ):  # fmt: skip
-    """Parallel driver: ``directions`` directions from ``first_direction`` on × ``partitions``
-    slices of batch rows, one thread each.
+    """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
     Batch rows and directions are independent through the whole sequence, so the threads never
     wait for each other. Weights, bias, states, the cell's arrays (when not None) and the traces
@@ -723,9 +733,9 @@ def lstm_partitioned_forward(
     ``backward``: the only direction (D = 1) reads backwards (ONNX's direction="reverse"); other
     arguments as ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
-    _, batch, width = h.shape
+    directions, batch, width = h.shape
     for item in prange(directions * partitions):
-        d = first_direction + item // partitions
+        d = item // partitions
         part = item % partitions
         lstm_rows_forward(
             x, x_rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
@@ -824,7 +834,7 @@ def units_product(weights, vector, out, low, high):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_units_round(
-    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse,
+    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
     batch_first, bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times,
     sink,
 ):  # fmt: skip
@@ -889,7 +899,7 @@ def lstm_units_round(
         write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
         lstm_step_pointwise(
             recurrent, step_projected, part_bias, None, part_c, h_new, times, y, write_y, sink,
-            low, batch_first, row_offset, None, direction,
+            column + low, batch_first, row_offset, None, direction,
         )  # fmt: skip
         h_next = h_buffer[(step + 1) % 2]
         for b in range(batch):
@@ -918,8 +928,8 @@ def lstm_units_round(
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
-    bounds, projected, bias_parts, c_parts, counters,
+    first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
+    batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every round, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the round
@@ -947,17 +957,17 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, round_):
                 lstm_units_round(
-                    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps,
-                    reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent,
-                    step_projected, h_part, times, sink,
+                    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths,
+                    steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+                    recurrent, step_projected, h_part, times, sink,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first, bounds,
-    projected, bias_parts, c_parts, counters,
+    x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse, batch_first,
+    bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Parallel driver for a few sequences: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
@@ -968,27 +978,29 @@ def lstm_unit_split_forward(
     b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
     rows of W_hh are packed for the register tile (``pack_rows``), or None for one row; h_buffer
     (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
-    cell state, overwritten with the final one; y: (B, T, H) or (T, B, H), each row's first
-    lengths[b] steps written (from the last one down when ``reverse``, which needs rows of one
-    length); lengths (B,) int64, steps = their maximum; bounds (P + 1,) int64: part p's
-    units are [bounds[p], bounds[p + 1]); workspace: projected (P, 4, chunk·B·W), bias_parts
-    (P, 4W), c_parts (P, B·W), W = the widest part's units; counters ((P + 1)·
-    ``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed round
+    cell state, overwritten with the final one; y: (B, T, ·) or (T, B, ·), columns [column,
+    column + H) of each row's first lengths[b] steps written (from the last one down when
+    ``reverse``, which needs rows of one length); lengths (B,) int64, steps = their maximum;
+    bounds (P + 1,) int64: part p's units are [bounds[p], bounds[p + 1]); workspace: projected
+    (P, 4, chunk·B·W), bias_parts (P, 4W), c_parts (P, B·W), W = the widest part's units;
+    counters ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed round
     (``lstm_unit_parts_worker``), then the count of parts done. After it, h_buffer[steps % 2]
     holds the final h. BLAS must be limited to one thread meanwhile. x may be y (a layer run in
     place, ``LSTM._run_layers``).
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(
-            first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse,
+            first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
             batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
 
 
-def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, lengths, reverse, batch_first, parts):
-    """``lstm_unit_split_forward`` for a few rows in one direction: h, c (B, H) the initial
-    states, overwritten with the final ones; other arguments as ``lstm_layer_forward``'s for
-    D = 1 (``reverse`` only for rows of one length)."""
+def _unit_split_forward(
+    x, w_ih, w_hh, bias, h, c, y, column, lengths, reverse, batch_first, parts
+):  # fmt: skip
+    """``lstm_unit_split_forward`` for a few rows in one direction, written to y's columns
+    [column, column + H): h, c (B, H) the initial states, overwritten with the final ones; other
+    arguments as ``lstm_layer_forward``'s for D = 1 (``reverse`` only for rows of one length)."""
     batch, hidden = h.shape
     steps = int(lengths.max())
     bounds = np.arange(parts + 1) * hidden // parts
@@ -1006,8 +1018,8 @@ def _unit_split_forward(x, w_ih, w_hh, bias, h, c, y, lengths, reverse, batch_fi
     h_buffer[0] = h
     with _PARALLEL_FORWARD, _blas_on_one_thread():
         lstm_unit_split_forward(
-            x, w_ih, w_hh, bias, panels, h_buffer, c, y, lengths, steps, reverse, batch_first,
-            bounds, projected, bias_parts, c_parts, counters,
+            x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
+            batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
     h[:] = h_buffer[steps % 2]
 
@@ -1024,39 +1036,50 @@ def lstm_layer_forward(
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
     forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
     driver's Python function. A batch of up to five rows may instead have its hidden units
-    split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``).
+    split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``), and its two
+    directions run one after another (``directions_in_turn``).
     """
     directions, batch, _ = h.shape
     steps = int(lengths.max()) if batch else 0
     seed_cell = cell is None and traces is None and w_hr.shape[1] == 0
-    hidden = c.shape[2]
-    parts = unit_split_parts(lengths, steps, hidden, directions, backward, seed_cell, c.itemsize)
+    hidden, width = c.shape[2], h.shape[2]
+    at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
+    parts = 1  # the units split, where each direction run on its own takes it
+    if x_rows is None or np.array_equal(x_rows, np.arange(batch)):  # it reads x's rows in order
+        parts = min(
+            unit_split_parts(
+                lengths, steps, hidden, at_once, first == 1 or backward, seed_cell, c.itemsize
+            )
+            for first in range(0, directions, at_once)
+        )
+    if batch > 1 and parts == 1:
+        at_once = directions  # rows split over the threads each read all of W_hh: side by side
     if x_rows is None:
         x_rows = np.arange(batch)
-    elif not np.array_equal(x_rows, np.arange(batch)):
-        parts = 1  # the units split reads x's rows as they are
-    if parts > 1:
-        _unit_split_forward(
-            x, w_ih[0], w_hh[0], bias[0], h[0], c[0], y, lengths, backward, batch_first, parts
-        )
-        return
-    at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
     product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
-    panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    split = parts > 1
+    panels = pack_panels(w_hh) if product == RECURRENT_PANELS and not split else None
     for first in range(0, directions, at_once):
+        if split:
+            _unit_split_forward(
+                x, w_ih[first], w_hh[first], bias[first], h[first], c[first], y, first * width,
+                lengths, first == 1 or backward, batch_first, parts,
+            )  # fmt: skip
+            continue
         if at_once * partitions == 1:
             lstm_rows_forward(
                 x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell,
-                h[first], c[first], y, first * h.shape[2], lengths, first == 1 or backward,
+                h[first], c[first], y, first * width, lengths, first == 1 or backward,
                 batch_first, product, panels, 0, batch, traces, first,
             )  # fmt: skip
             continue
+        # several work items: every direction (in turn only one row or the units split run)
         arguments = (
             x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first,
-            product, panels, partitions, traces, first, at_once,
+            product, panels, partitions, traces,
         )  # fmt: skip
         if not parallel:
             serial_partitioned_forward(*arguments)
-            continue
+            return
         with _PARALLEL_FORWARD, _blas_on_one_thread():
             lstm_partitioned_forward(*arguments)

@@ -250,27 +250,20 @@ def test_workspace_does_not_grow_with_sequence_length():
 @pytest.mark.parametrize("partitions", [1, 2, 3])
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize(
-    "options, at_once",
+    "options",
     [
-        ({}, 1),
-        ({"reverse": True}, 1),
-        ({"bidirectional": True}, 2),
-        ({"bidirectional": True}, 1),
-        ({"bidirectional": True, "proj_size": 4, "peepholes": True}, 2),
-        ({"bidirectional": True, "proj_size": 4, "peepholes": True}, 1),
+        {},
+        {"reverse": True},
+        {"bidirectional": True},
+        {"bidirectional": True, "proj_size": 4, "peepholes": True},
     ],
-    ids=[
-        "plain", "reverse", "bidirectional", "bidirectional-in-turn", "projected-onnx-cell",
-        "projected-onnx-cell-in-turn",
-    ],
-)  # fmt: skip
-def test_every_kernel_plan_matches_reference(
-    rng, dtype, product, partitions, batch_first, options, at_once
-):
+    ids=["plain", "reverse", "bidirectional", "projected-onnx-cell"],
+)
+def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, batch_first, options):
     """Each way the forward can run (BLAS or one of the tiles for the recurrent product, batch
-    split over threads or not, directions side by side or in turn), forced on a shape with
-    partial tiles (B = 7, split 3 + 4 or 2 + 2 + 3), lengths that include 0 and T, and x's rows
-    read in another order (``x_rows``, as the model's length order)."""
+    split over threads or not, directions in parallel), forced on a shape with partial tiles
+    (B = 7, split 3 + 4 or 2 + 2 + 3), lengths that include 0 and T, and x's rows read in
+    another order (``x_rows``, as the model's length order)."""
     batch, steps, inputs, hidden = 7, 11, 5, 9
     model = ln.LSTM(
         inputs, hidden, batch_first=batch_first, dtype=dtype, seed=rng.integers(2**32), **options
@@ -290,12 +283,11 @@ def test_every_kernel_plan_matches_reference(
     stacks = model._layers[0]
     w_hh = stacks["weight_hh"]
     panels = cpu.pack_panels(w_hh) if product == cpu.RECURRENT_PANELS else None
-    for first in range(0, directions, at_once):
-        cpu.lstm_partitioned_forward(
-            x, x_rows, stacks["weight_ih"], w_hh, stacks["weight_hr"],
-            stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, lengths,
-            model.reverse, batch_first, product, panels, partitions, None, first, at_once,
-        )  # fmt: skip
+    cpu.lstm_partitioned_forward(
+        x, x_rows, stacks["weight_ih"], w_hh, stacks["weight_hr"],
+        stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, lengths,
+        model.reverse, batch_first, product, panels, partitions, None,
+    )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
     assert_close(c, c_ref)
@@ -338,7 +330,7 @@ def test_units_split_over_threads_match_reference(
     weights = model.state_dict()
     cpu._unit_split_forward(
         x, weights["weight_ih_l0"], weights["weight_hh_l0"],
-        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, lengths, reverse, batch_first,
+        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, 0, lengths, reverse, batch_first,
         parts,
     )  # fmt: skip
     assert_close(y, expected)
@@ -608,39 +600,47 @@ def test_directions_take_turns_where_their_weights_outgrow_the_shared_cache(monk
     monkeypatch.setattr(cpu, "cache_bytes", lambda level: {2: 1 << 20, 3: 32 << 20}[level])
     both = ln.LSTM(8, 768, bidirectional=True)._layers[0]["weight_hh"]  # 2 × 9.4 MB
     assert cpu.directions_in_turn(both, 1)
-    assert not cpu.directions_in_turn(both, 2)  # rows split over the threads: no gain
+    most = cpu.DIRECTIONS_IN_TURN_MAX_BATCH
+    assert cpu.directions_in_turn(both, most)  # if their units split
+    assert not cpu.directions_in_turn(both, most + 1)
     assert not cpu.directions_in_turn(both[:1], 1)  # one direction has no turns to take
     smaller = ln.LSTM(8, 600, bidirectional=True)._layers[0]["weight_hh"]  # 2 × 5.8 MB
     assert not cpu.directions_in_turn(smaller, 1)
     assert cpu.directions_in_turn(smaller.astype(np.float64), 1)  # 2 × 11.5 MB
 
 
-@pytest.mark.parametrize("batch", [1, 7])
-@pytest.mark.parametrize("threads", [False, True], ids=["calling-thread", "parallel-driver"])
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("options", [{}, {"proj_size": 3, "peepholes": True}])
-def test_directions_in_turn_match_reference(rng, batch, threads, options, monkeypatch):
-    """Both directions one after another (``cpu.directions_in_turn``, forced by a tiny shared
-    cache): one row on the calling thread, or rows split over the threads, each direction
-    writing its own columns of y, reading backwards, with its own cell options and states."""
-    if threads:
-        threads_at_any_size(monkeypatch)
+def test_directions_in_turn_match_reference(rng, batch, options, monkeypatch):
+    """Both directions one after another (``cpu.directions_in_turn``, taken here for a tiny
+    shared cache): one row's product on all threads, or a few rows' hidden units split over
+    them (``cpu.lstm_unit_split_forward``, each direction into its own columns of y, the second
+    reading backwards, from its own states); a few rows whose units do not split (LSTMP, ONNX's
+    peepholes) run their directions side by side."""
+    from numba import get_num_threads
+
+    threads_at_any_size(monkeypatch)
     monkeypatch.setattr(cpu, "cache_bytes", lambda level: {2: 1 << 20, 3: 64}[level])
-    calls = []
-    in_turn = cpu.directions_in_turn
-    monkeypatch.setattr(cpu, "directions_in_turn", lambda w, b: calls.append(b) or in_turn(w, 1))
+    driver = cpu.lstm_unit_split_forward
+    column = list(inspect.signature(driver.py_func).parameters).index("column")
+    columns = []
+
+    def recording_driver(*arguments):
+        columns.append(arguments[column])
+        driver(*arguments)
+
+    monkeypatch.setattr(cpu, "lstm_unit_split_forward", recording_driver)
     model = ln.LSTM(5, 6, num_layers=2, bidirectional=True, seed=rng.integers(9), **options)
     x = rng.standard_normal((batch, 9, 5)).astype(np.float32)
     h0 = rng.standard_normal((4, batch, model.output_size)).astype(np.float32)
     c0 = rng.standard_normal((4, batch, 6)).astype(np.float32)
-    lengths = rng.integers(1, 10, batch)
-    y, (h_n, c_n) = model(x, (h0, c0), lengths=lengths)
-    assert calls == [batch, batch]  # asked for each layer; taken for any batch here
-    y_ref, (h_ref, c_ref) = reference.lstm_forward(
-        x, model.state_dict(), (h0, c0), True, lengths=lengths
-    )
+    y, (h_n, c_n) = model(x, (h0, c0))
+    y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), (h0, c0), True)
     assert_close(y, y_ref)
     assert_close(h_n, h_ref)
     assert_close(c_n, c_ref)
+    split = not options and get_num_threads() > 1
+    assert columns == ([0, 6] * 2 if split else []), columns
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
