@@ -594,7 +594,9 @@ class LSTM:
         return y, (h_n, c_n)
 
     def _splits_units(self, lengths, traced):
-        """Whether the layers split the hidden units of rows of ``lengths`` read in order."""
+        """Whether the layers split the hidden units of rows of ``lengths`` read in order (in one
+        direction: two directions in turn split them only for rows of one length, the reverse
+        direction's condition, which the length order leaves in place)."""
         seed_cell = self._cpu_cell(0) is None and not traced and self.proj_size == 0
         parts = cpu.unit_split_parts(
             lengths, int(lengths.max()), self.hidden_size, self.num_directions, self.reverse,
