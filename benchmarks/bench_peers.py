@@ -10,7 +10,11 @@ from .compare import library_calls
 class PeerForward:
     params = (
         ["lstm_numba", "torch", "onnxruntime"],
-        choose(["1,128,128,128", "32,128,256,256", "256,64,512,512"], ["2,8,16,16"]),
+        choose(
+            # small models first, where each call's own cost shows (docs/performance.md)
+            ["1,1,8,8", "8,20,32,32", "1,128,128,128", "32,128,256,256", "256,64,512,512"],
+            ["2,8,16,16"],
+        ),
     )
     param_names = ["library", "shape"]
     timeout = 300
