@@ -630,6 +630,15 @@ def test_directions_in_turn_match_reference(rng, batch, options, monkeypatch):
         driver(*arguments)
 
     monkeypatch.setattr(cpu, "lstm_unit_split_forward", recording_driver)
+    worker = cpu.lstm_rows_forward
+    worker_column = list(inspect.signature(worker.py_func).parameters).index("column")
+    worker_columns = []  # the row worker called from Python: one direction on this thread
+
+    def recording_worker(*arguments):
+        worker_columns.append(arguments[worker_column])
+        worker(*arguments)
+
+    monkeypatch.setattr(cpu, "lstm_rows_forward", recording_worker)
     model = ln.LSTM(5, 6, num_layers=2, bidirectional=True, seed=rng.integers(9), **options)
     x = rng.standard_normal((batch, 9, 5)).astype(np.float32)
     h0 = rng.standard_normal((4, batch, model.output_size)).astype(np.float32)
@@ -641,6 +650,9 @@ def test_directions_in_turn_match_reference(rng, batch, options, monkeypatch):
     assert_close(c_n, c_ref)
     split = not options and get_num_threads() > 1
     assert columns == ([0, 6] * 2 if split else []), columns
+    in_turn_unsplit = batch == 1 and not split  # one row's directions, each on all the threads
+    width = model.output_size
+    assert worker_columns == ([0, width] * 2 if in_turn_unsplit else []), worker_columns
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
