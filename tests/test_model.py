@@ -655,6 +655,18 @@ def test_directions_in_turn_match_reference(rng, batch, options, monkeypatch):
     assert worker_columns == ([0, width] * 2 if in_turn_unsplit else []), worker_columns
 
 
+def test_gate_traces_of_directions_in_turn_equal_side_by_side(rng, monkeypatch):
+    """One row's gate traces, each direction written at its own index, in turn as side by side."""
+    model = ln.LSTM(5, 6, num_layers=2, bidirectional=True, seed=rng.integers(9))
+    x = rng.standard_normal((1, 9, 5)).astype(np.float32)
+    side_by_side = model(x, lengths=[7], return_gates=True)
+    monkeypatch.setattr(cpu, "cache_bytes", lambda level: {2: 1 << 20, 3: 64}[level])
+    in_turn = model(x, lengths=[7], return_gates=True)
+    for expected, actual in zip(side_by_side[2], in_turn[2], strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past the length
+    np.testing.assert_allclose(in_turn[0], side_by_side[0], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
 @pytest.mark.parametrize("columns", [16, 20, 24, 5])  # N mod 3 = 1, 2, 0: every leftover tile
 @pytest.mark.parametrize("inner", [7, 33])
