@@ -247,6 +247,33 @@ def directions_in_turn(w_hh, batch):
     return big and 1 <= batch <= DIRECTIONS_IN_TURN_MAX_BATCH
 
 
+DIRECTIONS_IN_PLACE_MIN_BYTES = 16 << 20
+"""Run a layer of two directions after the first on the layer below's output in place
+(``directions_in_place``) where that saves at least this much memory (half of y): in turn, each
+direction's rows split over the threads cost 0–12 % more time than side by side, a thread each
+(W_hh read once a step for half the rows), which memory this small is not worth (Zen 4,
+docs/performance.md)."""
+
+
+def directions_in_place(lengths, steps, inputs, hidden, width, seed_cell, itemsize):
+    """Whether a layer of two directions after the first runs its directions in turn, on the
+    layer below's output in place (``LSTM._run_directions_in_place``): where the half of y it
+    saves (rows of ``lengths`` (B,) int64 over ``steps``, ``width`` = H_out a direction, of
+    ``itemsize`` bytes) takes at least ``DIRECTIONS_IN_PLACE_MIN_BYTES``, and each direction on its
+    own still runs on every thread (rows split over them, or units: one direction of a row on one
+    thread would take twice as long), or there is one thread. ``inputs``: 2·H_out; ``seed_cell``
+    as ``unit_split_parts``'s."""
+    batch = lengths.size
+    if batch * steps * width * itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
+        return False
+    _, partitions, parallel = plan_forward(batch, inputs, hidden, steps)
+    parts = min(
+        unit_split_parts(lengths, steps, hidden, 1, backward, seed_cell, itemsize)
+        for backward in (False, True)
+    )
+    return not parallel or partitions > 1 or parts > 1
+
+
 UNIT_SPLIT_MIN_UNITS = 48
 """Hidden units a thread at least, when they are split over the threads: with fewer, the
 hand-over between the threads every step costs about what the split saves (Zen 4, 2 threads:
@@ -722,16 +749,17 @@ def project_hidden(
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
-    x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, product,
-    panels, partitions, traces,
+    x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, backward, batch_first,
+    product, panels, partitions, traces,
 ):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
     Batch rows and directions are independent through the whole sequence, so the threads never
     wait for each other. Weights, bias, states, the cell's arrays (when not None) and the traces
     (D, 5, B, T, H) (when not None) carry a leading direction axis D (forward, then reverse);
-    ``backward``: the only direction (D = 1) reads backwards (ONNX's direction="reverse"); other
-    arguments as ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
+    direction d writes y's columns from ``column`` + d·H_out on; ``backward``: the only direction
+    (D = 1) reads backwards (ONNX's direction="reverse"); other arguments as
+    ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
     directions, batch, width = h.shape
     for item in prange(directions * partitions):
@@ -739,8 +767,8 @@ def lstm_partitioned_forward(
         part = item % partitions
         lstm_rows_forward(
             x, x_rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
-            h[d], c[d], y, d * width, lengths, d == 1 or backward, batch_first, product, panels,
-            part * batch // partitions, (part + 1) * batch // partitions, traces, d,
+            h[d], c[d], y, column + d * width, lengths, d == 1 or backward, batch_first, product,
+            panels, part * batch // partitions, (part + 1) * batch // partitions, traces, d,
         )  # fmt: skip
 
 
@@ -1025,8 +1053,9 @@ def _unit_split_forward(
 
 
 def lstm_layer_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces, x_rows=None
-):
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces, x_rows=None,
+    column=0,
+):  # fmt: skip
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
     Arguments as ``lstm_partitioned_forward``; x_rows None reads batch row b at x's row b. With
@@ -1062,21 +1091,21 @@ def lstm_layer_forward(
     for first in range(0, directions, at_once):
         if split:
             _unit_split_forward(
-                x, w_ih[first], w_hh[first], bias[first], h[first], c[first], y, first * width,
-                lengths, first == 1 or backward, batch_first, parts,
+                x, w_ih[first], w_hh[first], bias[first], h[first], c[first], y,
+                column + first * width, lengths, first == 1 or backward, batch_first, parts,
             )  # fmt: skip
             continue
         if at_once * partitions == 1:
             lstm_rows_forward(
                 x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell,
-                h[first], c[first], y, first * width, lengths, first == 1 or backward,
+                h[first], c[first], y, column + first * width, lengths, first == 1 or backward,
                 batch_first, product, panels, 0, batch, traces, first,
             )  # fmt: skip
             continue
         # several work items: every direction (in turn only one row or the units split run)
         arguments = (
-            x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first,
-            product, panels, partitions, traces,
+            x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, backward,
+            batch_first, product, panels, partitions, traces,
         )  # fmt: skip
         if not parallel:
             serial_partitioned_forward(*arguments)

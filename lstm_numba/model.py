@@ -608,38 +608,72 @@ class LSTM:
         """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order, x's
         row b at x_rows[b] (``cpu.lstm_layer_forward``), y's at b).
 
-        In one direction, the layers after the first run on y in place, as their input and
-        their output (every kernel reads x at a chunk of times before it writes y there), so
-        that a stack holds nothing of the size of y but y; a layer of two directions needs the
-        whole output of the layer below."""
+        The layers after the first run on y in place, as their input and their output (every
+        kernel reads x at a chunk of times before it writes y there), so that a stack in one
+        direction holds nothing of the size of y but y; in two directions, see
+        ``_run_directions_in_place``."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
-        layer_input = np.ascontiguousarray(x)
-        y_shape = (*x.shape[:2], directions * self.output_size)
-        y = None
-        for layer, stacks in enumerate(self._layers):
-            if y is None or directions > 1:
-                y = (np.zeros if padded else np.empty)(y_shape, self.dtype)
+        new_output = np.zeros if padded else np.empty
+        y = new_output((*x.shape[:2], directions * self.output_size), self.dtype)
+        if batch == 0:
+            return y
+        self._run_layer(0, np.ascontiguousarray(x), x_rows, h_n[:directions], c_n[:directions], y,
+                        lengths, None if traces is None else traces[:directions])  # fmt: skip
+        in_place = directions == 1 or self._directions_in_place(lengths, traces)
+        for layer in range(1, self.num_layers):
             states = slice(layer * directions, (layer + 1) * directions)
-            if batch > 0:
-                cpu.lstm_layer_forward(
-                    layer_input,
-                    stacks["weight_ih"],
-                    stacks["weight_hh"],
-                    stacks["weight_hr"],
-                    stacks["bias_ih"] + stacks["bias_hh"],
-                    self._cpu_cell(layer),
-                    h_n[states],
-                    c_n[states],
-                    y,
-                    lengths,
-                    self.reverse,
-                    self.batch_first,
-                    None if traces is None else traces[states],
-                    x_rows if layer == 0 else None,
-                )
-            layer_input = y
+            h, c = h_n[states], c_n[states]
+            layer_traces = None if traces is None else traces[states]
+            if directions == 1:
+                self._run_layer(layer, y, None, h, c, y, lengths, layer_traces)
+            elif in_place:
+                self._run_directions_in_place(layer, y, h, c, lengths, padded, layer_traces)
+            else:
+                layer_input, y = y, new_output(y.shape, self.dtype)
+                self._run_layer(layer, layer_input, None, h, c, y, lengths, layer_traces)
         return y
+
+    def _directions_in_place(self, lengths, traces):
+        """Whether the layers of two directions after the first run on their input in place
+        (``cpu.directions_in_place``)."""
+        seed_cell = self._cpu_cell(0) is None and traces is None and self.proj_size == 0
+        return self.num_layers > 1 and cpu.directions_in_place(
+            lengths, int(lengths.max()), 2 * self.output_size, self.hidden_size,
+            self.output_size, seed_cell, self.dtype.itemsize,
+        )  # fmt: skip
+
+    def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, directions=slice(None)):
+        """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): its directions in the
+        slice ``directions``, writing y's columns from the first of them on; h, c and traces
+        those directions'."""
+        stacks, cell, d = self._layers[layer], self._cpu_cell(layer), directions
+        if cell is not None:  # (kinds, params, peepholes, bound, input_forget)
+            cell = (cell[0][d], cell[1][d], cell[2][d], *cell[3:])
+        first = d.start or 0
+        cpu.lstm_layer_forward(
+            x, stacks["weight_ih"][d], stacks["weight_hh"][d], stacks["weight_hr"][d],
+            stacks["bias_ih"][d] + stacks["bias_hh"][d], cell, h, c, y, lengths,
+            self.reverse or first == 1, self.batch_first, traces, x_rows=x_rows,
+            column=first * self.output_size,
+        )  # fmt: skip
+
+    def _run_directions_in_place(self, layer, y, h, c, lengths, padded, traces):
+        """A layer of two directions after the first, on the layer below's output y in place:
+        the forward direction into an array of half y's size, then the reverse one in place (it
+        reads each time step's input before it writes its output there, and the forward
+        direction is done with it), then the forward output copied into y. Side by side, the
+        forward direction would overwrite inputs the reverse one has yet to read, and the layer
+        below's output would have to be kept whole, y's size instead of half. h, c, traces: the
+        layer's (2, ...)."""
+        forward_y = (np.zeros if padded else np.empty)((*y.shape[:2], self.output_size),
+                                                       self.dtype)  # fmt: skip
+        for d, output in enumerate((forward_y, y)):
+            self._run_layer(
+                layer, y, None, h[d : d + 1], c[d : d + 1], output, lengths,
+                None if traces is None else traces[d : d + 1], slice(d, d + 1),
+            )  # fmt: skip
+        y[..., : self.output_size] = forward_y
 
     def _forward_cuda(self, x, h0, c0, lengths, traces):
         """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the

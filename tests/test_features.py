@@ -6,7 +6,7 @@ import pytest
 from conftest import assert_close, threads_at_any_size
 
 import lstm_numba as ln
-from lstm_numba import reference
+from lstm_numba import cpu, reference
 from lstm_numba.convert import to_onnx
 
 ONNX_OPTIONS = [
@@ -99,6 +99,49 @@ def test_random_configurations_match_reference(case, monkeypatch):
     x, hx = random_inputs(rng, model, batch, steps, states=bool(rng.random() < 0.6))
     lengths = [None, rng.integers(0, steps + 1, batch)][case % 3 != 0]
     assert_forward_matches_reference(model, x, hx, lengths)
+
+
+BIDIRECTIONAL_IN_PLACE = [
+    {},
+    {"proj_size": 3, "batch_first": False},
+    {"activations": ("sigmoid", "tanh", "tanh", "hardsigmoid", "elu", "softsign")},
+    {"peepholes": True, "clip": 1.5, "dtype": np.float64},
+]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7])
+@pytest.mark.parametrize("options", BIDIRECTIONAL_IN_PLACE)
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "calling-thread"])
+def test_bidirectional_layers_in_place_match_reference(rng, batch, options, threads, monkeypatch):
+    """Layers of two directions after the first run on the layer below's output in place
+    (``LSTM._run_directions_in_place``, taken here whatever the size): the forward direction into an
+    array of its own, the reverse one over its input, each with its own weights, states, cell
+    (activations that differ by direction) and columns; rows of several lengths out of order,
+    several projection chunks, the rows or the units split over threads or not."""
+    if threads:
+        threads_at_any_size(monkeypatch)
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: True)
+    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
+    monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
+    in_place = []
+    run = ln.LSTM._run_directions_in_place
+    monkeypatch.setattr(
+        ln.LSTM, "_run_directions_in_place", lambda *a: in_place.append(1) or run(*a)
+    )
+    model = ln.LSTM(5, 6, num_layers=3, bidirectional=True, seed=rng.integers(9), **options)
+    x, hx = random_inputs(rng, model, batch, 11)
+    lengths = rng.permutation(np.linspace(5, 11, batch).astype(np.int64))
+    given = x.copy()
+    assert_forward_matches_reference(model, x, hx, lengths)
+    assert_forward_matches_reference(model, x, hx)
+    np.testing.assert_array_equal(x, given)  # in place on y, never on the caller's x
+    gates = model(x, hx, lengths=lengths, return_gates=True)[2]
+    assert len(in_place) == 6  # layers 1 and 2, three calls
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: False)
+    side_by_side = model(x, hx, lengths=lengths, return_gates=True)[2]
+    assert len(in_place) == 6
+    for expected, actual in zip(side_by_side, gates, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -285,7 +285,7 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
     panels = cpu.pack_panels(w_hh) if product == cpu.RECURRENT_PANELS else None
     cpu.lstm_partitioned_forward(
         x, x_rows, stacks["weight_ih"], w_hh, stacks["weight_hr"],
-        stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, lengths,
+        stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, 0, lengths,
         model.reverse, batch_first, product, panels, partitions, None,
     )  # fmt: skip
     assert_close(y, expected)
@@ -409,9 +409,9 @@ def test_few_rows_of_lengths_run_in_length_order_unless_their_units_split(
     seen = []
     layer_forward = cpu.lstm_layer_forward
 
-    def recording_layer_forward(*arguments):
-        seen.append(arguments[-1])  # x_rows
-        layer_forward(*arguments)
+    def recording_layer_forward(*arguments, x_rows, column):
+        seen.append(x_rows)
+        layer_forward(*arguments, x_rows=x_rows, column=column)
 
     monkeypatch.setattr(cpu, "lstm_layer_forward", recording_layer_forward)
     model = ln.LSTM(5, 8, seed=rng.integers(9), **options)
@@ -471,10 +471,11 @@ def test_stacked_layers_run_in_place(rng, driver, batch, batch_first, reverse, m
     assert_close(c_n, c_ref)
 
 
-def test_stacked_layers_hold_no_second_output():
+def test_stacked_layers_hold_no_second_output(monkeypatch):
     """A stack in one direction allocates what one layer does (the layers after the first run
-    on y in place); two directions hold the layer below's output as well. On one thread, so
-    that the peaks do not depend on whether the threads' workspaces overlap in time."""
+    on y in place); in two directions, half of y more, where they run in place
+    (``cpu.directions_in_place``), else the whole layer below's output. On one thread, so that
+    the peaks do not depend on whether the threads' workspaces overlap in time."""
     import tracemalloc
 
     from numba import get_num_threads, set_num_threads
@@ -484,18 +485,23 @@ def test_stacked_layers_hold_no_second_output():
     threads = get_num_threads()
     set_num_threads(1)
     try:
-        for layers, bidirectional in ((1, False), (3, False), (3, True)):
+        for layers, bidirectional, least_in_place in (
+            (1, False, 0), (3, False, 0), (1, True, 0), (3, True, 1 << 62), (3, True, 0)
+        ):  # fmt: skip
+            monkeypatch.setattr(cpu, "DIRECTIONS_IN_PLACE_MIN_BYTES", least_in_place)
             model = ln.LSTM(16, 16, layers, batch_first=True, bidirectional=bidirectional)
             model(x)  # compile first
             tracemalloc.start()
             model(x)
-            peaks[layers, bidirectional] = tracemalloc.get_traced_memory()[1]
+            peaks[layers, bidirectional, least_in_place] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
     finally:
         set_num_threads(threads)
-    one_layer, output = peaks[1, False], x.nbytes  # y (B, T, H), as large as x
-    assert peaks[3, False] < one_layer + 4096, peaks
-    assert peaks[3, True] > one_layer + 2 * output, peaks  # y and the layer below's, both 2H wide
+    half_y = x.nbytes  # y (B, T, 2H), twice as large as x
+    assert peaks[3, False, 0] < peaks[1, False, 0] + 4096, peaks
+    one_layer = peaks[1, True, 0]
+    assert peaks[3, True, 1 << 62] > one_layer + 2 * half_y, peaks  # y and the layer below's
+    assert one_layer + half_y < peaks[3, True, 0] < peaks[3, True, 1 << 62] - half_y + 4096, peaks
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -607,6 +613,29 @@ def test_directions_take_turns_where_their_weights_outgrow_the_shared_cache(monk
     smaller = ln.LSTM(8, 600, bidirectional=True)._layers[0]["weight_hh"]  # 2 × 5.8 MB
     assert not cpu.directions_in_turn(smaller, 1)
     assert cpu.directions_in_turn(smaller.astype(np.float64), 1)  # 2 × 11.5 MB
+
+
+def test_directions_run_in_place_where_memory_counts_and_threads_stay_busy(monkeypatch):
+    """A bidirectional layer after the first runs in place from half of y =
+    ``DIRECTIONS_IN_PLACE_MIN_BYTES`` on, where each direction alone runs on all the threads (its
+    rows split over them, or its units), or where there is one thread; one row of H = 64, whose
+    units do not split, runs side by side, a direction a thread."""
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
+    least = cpu.DIRECTIONS_IN_PLACE_MIN_BYTES
+
+    def in_place(batch, steps, hidden, lengths=None):
+        lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
+        return cpu.directions_in_place(lengths, steps, 2 * hidden, hidden, hidden, True, 4)
+
+    rows = -(-least // (1000 * 256 * 4))  # the fewest rows of 1000 steps at H = 256 that do
+    assert in_place(rows, 1000, 256)
+    assert not in_place(rows - 1, 1000, 256)
+    steps = -(-least // (256 * 4))
+    assert in_place(1, steps, 256)  # its units split over the threads, in both directions
+    assert not in_place(1, 4 * least // (64 * 4), 64)  # one thread a direction
+    assert not in_place(3, steps // 3, 256, [steps // 3, 7, 9])  # backwards, rows don't split
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 1)
+    assert in_place(1, 4 * least // (64 * 4), 64)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
