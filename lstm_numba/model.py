@@ -630,7 +630,8 @@ class LSTM:
             elif in_place:
                 self._run_directions_in_place(layer, y, h, c, lengths, padded, layer_traces)
             else:
-                layer_input, y = y, new_output(y.shape, self.dtype)
+                layer_input = y  # the layer below's output; the one before it is freed
+                y = new_output(y.shape, self.dtype)
                 self._run_layer(layer, layer_input, None, h, c, y, lengths, layer_traces)
         return y
 
