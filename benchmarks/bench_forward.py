@@ -54,11 +54,14 @@ class Forward:
 class ForwardMemory:
     """Allocation peak of a forward on long sequences, relative to what it must hold anyway."""
 
-    params = (choose([1000, 4000], [50]), [1, 3], ["all T", "random in [T/2, T]"])
-    param_names = ["steps", "num_layers", "lengths"]
+    params = (choose([1000, 4000], [50]), [1, 3], ["all T", "random in [T/2, T]"], [False, True])
+    param_names = ["steps", "num_layers", "lengths", "bidirectional"]
+    timeout = 300
 
-    def setup(self, steps, num_layers, lengths):
-        self.model, self.x = model_and_input(32, steps, 256, 256, num_layers=num_layers)
+    def setup(self, steps, num_layers, lengths, bidirectional):
+        self.model, self.x = model_and_input(
+            32, steps, 256, 256, num_layers=num_layers, bidirectional=bidirectional
+        )
         rng = np.random.default_rng(1)
         self.lengths = None if lengths == "all T" else rng.integers(steps // 2, steps + 1, 32)
         self.model(self.x, lengths=self.lengths)  # compile or load from the cache

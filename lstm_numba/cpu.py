@@ -249,29 +249,31 @@ def directions_in_turn(w_hh, batch):
 
 DIRECTIONS_IN_PLACE_MIN_BYTES = 16 << 20
 """Run a layer of two directions after the first on the layer below's output in place
-(``directions_in_place``) where that saves at least this much memory (half of y): in turn, each
-direction's rows split over the threads cost 0–12 % more time than side by side, a thread each
-(W_hh read once a step for half the rows), which memory this small is not worth (Zen 4,
-docs/performance.md)."""
+(``directions_in_place``) where that saves at least this much memory (half of y): below, the
+directions in turn cost up to 12 % more time than side by side (Zen 4, (16, 200, 128, 128), two
+layers: W_hh read once a step for half the rows), which memory this small is not worth; above, as
+fast, within this machine's noise (docs/performance.md)."""
 
 
-def directions_in_place(lengths, steps, inputs, hidden, width, seed_cell, itemsize):
+def directions_in_place(w_hh, lengths, steps, seed_cell):
     """Whether a layer of two directions after the first runs its directions in turn, on the
-    layer below's output in place (``LSTM._run_directions_in_place``): where the half of y it
-    saves (rows of ``lengths`` (B,) int64 over ``steps``, ``width`` = H_out a direction, of
-    ``itemsize`` bytes) takes at least ``DIRECTIONS_IN_PLACE_MIN_BYTES``, and each direction on its
-    own still runs on every thread (rows split over them, or units: one direction of a row on one
-    thread would take twice as long), or there is one thread. ``inputs``: 2·H_out; ``seed_cell``
-    as ``unit_split_parts``'s."""
-    batch = lengths.size
-    if batch * steps * width * itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
+    layer below's output in place (``LSTM._run_directions_in_place``): where the half of y that
+    saves (rows of ``lengths`` (B,) int64 over ``steps``) takes at least
+    ``DIRECTIONS_IN_PLACE_MIN_BYTES``, and each direction on its own splits its rows over all the
+    threads, or there is one thread, or the directions take turns anyway (``directions_in_turn``).
+    Not where a direction's units would split over the threads instead (1–5 rows,
+    ``unit_split_parts``): the directions side by side, a thread each, ran 1.1–1.2× as fast
+    (Zen 4, (1, 20000, 256, 256) and (4, 8000, 256, 256), two layers). w_hh: (2, 4H, H_out);
+    ``seed_cell`` as ``unit_split_parts``'s."""
+    batch, width = lengths.size, w_hh.shape[2]
+    if batch * steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
         return False
-    _, partitions, parallel = plan_forward(batch, inputs, hidden, steps)
-    parts = min(
-        unit_split_parts(lengths, steps, hidden, 1, backward, seed_cell, itemsize)
-        for backward in (False, True)
-    )
-    return not parallel or partitions > 1 or parts > 1
+    if directions_in_turn(w_hh, batch):
+        return True
+    hidden = w_hh.shape[1] // 4
+    _, partitions, parallel = plan_forward(batch, 2 * width, hidden, steps)
+    split = unit_split_parts(lengths, steps, hidden, 1, False, seed_cell, w_hh.itemsize) > 1
+    return not parallel or (partitions > 1 and not split)
 
 
 UNIT_SPLIT_MIN_UNITS = 48

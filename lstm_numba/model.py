@@ -640,9 +640,8 @@ class LSTM:
         (``cpu.directions_in_place``)."""
         seed_cell = self._cpu_cell(0) is None and traces is None and self.proj_size == 0
         return self.num_layers > 1 and cpu.directions_in_place(
-            lengths, int(lengths.max()), 2 * self.output_size, self.hidden_size,
-            self.output_size, seed_cell, self.dtype.itemsize,
-        )  # fmt: skip
+            self._layers[1]["weight_hh"], lengths, int(lengths.max()), seed_cell
+        )
 
     def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, directions=slice(None)):
         """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): its directions in the

@@ -616,27 +616,27 @@ def test_directions_take_turns_where_their_weights_outgrow_the_shared_cache(monk
     assert cpu.directions_in_turn(smaller.astype(np.float64), 1)  # 2 × 11.5 MB
 
 
-def test_directions_run_in_place_where_memory_counts_and_threads_stay_busy(monkeypatch):
+def test_directions_run_in_place_where_memory_counts_and_rows_split(monkeypatch):
     """A bidirectional layer after the first runs in place from half of y =
-    ``DIRECTIONS_IN_PLACE_MIN_BYTES`` on, where each direction alone runs on all the threads (its
-    rows split over them, or its units), or where there is one thread; one row of H = 64, whose
-    units do not split, runs side by side, a direction a thread."""
+    ``DIRECTIONS_IN_PLACE_MIN_BYTES`` on, where each direction alone splits its rows over all the
+    threads, or there is one thread, or the directions take turns anyway; not where a direction's
+    units split, nor for one row on a thread a direction."""
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(cpu, "cache_bytes", lambda level: {2: 1 << 20, 3: 32 << 20}[level])
     least = cpu.DIRECTIONS_IN_PLACE_MIN_BYTES
 
-    def in_place(batch, steps, hidden, lengths=None):
-        lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
-        return cpu.directions_in_place(lengths, steps, 2 * hidden, hidden, hidden, True, 4)
+    def in_place(batch, steps, hidden):
+        w_hh = np.empty((2, 4 * hidden, hidden), np.float32)
+        return cpu.directions_in_place(w_hh, np.full(batch, steps), steps, True)
 
     rows = -(-least // (1000 * 256 * 4))  # the fewest rows of 1000 steps at H = 256 that do
     assert in_place(rows, 1000, 256)
     assert not in_place(rows - 1, 1000, 256)
-    steps = -(-least // (256 * 4))
-    assert in_place(1, steps, 256)  # its units split over the threads, in both directions
-    assert not in_place(1, 4 * least // (64 * 4), 64)  # one thread a direction
-    assert not in_place(3, steps // 3, 256, [steps // 3, 7, 9])  # backwards, rows don't split
+    assert not in_place(1, 2 * least // (256 * 4), 256)  # its units split over the threads
+    assert not in_place(1, 2 * least // (64 * 4), 64)  # one thread a direction
+    assert in_place(1, 2 * least // (1024 * 4), 1024)  # both W_hh beyond half the L3: in turn
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 1)
-    assert in_place(1, 4 * least // (64 * 4), 64)
+    assert in_place(1, 2 * least // (64 * 4), 64)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
