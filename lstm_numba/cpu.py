@@ -250,7 +250,7 @@ def directions_in_turn(w_hh, batch):
 DIRECTIONS_IN_PLACE_MIN_BYTES = 16 << 20
 """Run a layer of two directions after the first on the layer below's output in place
 (``directions_in_place``) where that saves at least this much memory (half of y): below, the
-directions in turn cost up to 12 % more time than side by side (Zen 4, (16, 200, 128, 128), two
+directions in turn cost up to 12 % more time than side by side (Zen 4, (16, 300, 128, 128), two
 layers: W_hh read once a step for half the rows), which memory this small is not worth; above, as
 fast, within this machine's noise (docs/performance.md)."""
 
