@@ -106,6 +106,41 @@ only compete for the same cores, and for the BLAS thread limit, which is process
 Numba's workqueue threading layer, its fallback where neither OpenMP nor TBB is installed, aborts
 the process when two threads launch parallel kernels at once."""
 
+_numba_threads_ran = False
+"""Whether a parallel driver has run in this process (``_on_numba_threads``)."""
+
+
+@contextlib.contextmanager
+def _on_numba_threads():
+    """For a parallel driver: one at a time (``_PARALLEL_FORWARD``), BLAS on one thread inside
+    each of its threads (``_blas_on_one_thread``)."""
+    global _numba_threads_ran
+    with _PARALLEL_FORWARD, _blas_on_one_thread():
+        _numba_threads_ran = True
+        yield
+
+
+BLAS_THREADS_MIN_MULTIPLY_ADDS = 400_000_000
+"""A layer run on the calling thread keeps BLAS's threads from this many multiply-adds
+(B·T·4H·(I + H_out)) on, once a parallel driver has run in the process (``_calling_thread_blas``);
+below, BLAS runs on one thread."""
+
+
+def _calling_thread_blas(multiply_adds):
+    """The BLAS threads for a layer on the calling thread. After a parallel driver, GNU OpenMP's
+    workers (Numba's default threading layer) spin for a few milliseconds, and BLAS's own
+    threads, whose calls wait for each of them, get a core only when a time slice ends: a
+    one-row forward at H = 64 that takes 0.16 ms alone took 3.7–4.0 ms right after a driver
+    call (the same model at B = 1 and B = 8 alternately, as a server may well call it), 0.18 ms
+    with BLAS on one thread. BLAS's threads are worth that stall from ≈ 400M multiply-adds on
+    (Zen 4, B = 1, ms right after a driver call, BLAS's threads against one: T = 100, H = 384
+    (118M) 7.8–11.6 against 6.4; H = 512 (210M) 12.1–14.5 against 10.4; T = 300: H = 384 (354M)
+    16.7–20.4 against 19.8, H = 512 (629M) 27.3–27.9 against 31.8; T = 100, H = 1024 (839M) 31
+    against 45; docs/performance.md)."""
+    if _numba_threads_ran and multiply_adds < BLAS_THREADS_MIN_MULTIPLY_ADDS:
+        return _blas_on_one_thread()
+    return contextlib.nullcontext()
+
 
 def _started_gnu_openmp():
     """Whether this process has started Numba's threads on GNU OpenMP (libgomp): Numba terminates
@@ -1046,7 +1081,7 @@ def _unit_split_forward(
     counters = np.zeros((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
     h_buffer = np.empty((2, batch, hidden), dtype=h.dtype)
     h_buffer[0] = h
-    with _PARALLEL_FORWARD, _blas_on_one_thread():
+    with _on_numba_threads():
         lstm_unit_split_forward(
             x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
             batch_first, bounds, projected, bias_parts, c_parts, counters,
@@ -1098,11 +1133,14 @@ def lstm_layer_forward(
             )  # fmt: skip
             continue
         if at_once * partitions == 1:
-            lstm_rows_forward(
-                x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell,
-                h[first], c[first], y, column + first * width, lengths, first == 1 or backward,
-                batch_first, product, panels, 0, batch, traces, first,
-            )  # fmt: skip
+            work = batch * steps * 4 * hidden * (x.shape[2] + width)
+            with _calling_thread_blas(work) if parallel else contextlib.nullcontext():
+                lstm_rows_forward(
+                    x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell,
+                    h[first], c[first], y, column + first * width, lengths,
+                    first == 1 or backward, batch_first, product, panels, 0, batch, traces,
+                    first,
+                )  # fmt: skip
             continue
         # several work items: every direction (in turn only one row or the units split run)
         arguments = (
@@ -1112,5 +1150,5 @@ def lstm_layer_forward(
         if not parallel:
             serial_partitioned_forward(*arguments)
             return
-        with _PARALLEL_FORWARD, _blas_on_one_thread():
+        with _on_numba_threads():
             lstm_partitioned_forward(*arguments)

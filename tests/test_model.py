@@ -1000,6 +1000,45 @@ def test_blas_runs_one_thread_inside_each_thread_of_the_parallel_driver():
     assert set(threads["inside"].values()) == {1}, threads
 
 
+BLAS_THREADS_AFTER_THE_DRIVER = """
+import json
+import numpy as np
+import lstm_numba
+from lstm_numba import cpu
+from threadpoolctl import threadpool_info
+
+seen = []
+worker = cpu.lstm_rows_forward
+
+def recording_worker(*arguments):  # the row worker called on the calling thread
+    seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+    worker(*arguments)
+
+cpu.lstm_rows_forward = recording_worker
+one_row = lstm_numba.LSTM(64, 64, seed=0)
+x = np.zeros((1, 100, 64), np.float32)
+one_row(x)  # no driver has run: BLAS keeps its threads
+lstm_numba.LSTM(64, 64, bidirectional=True, seed=0)(x)  # the driver, a direction a thread
+one_row(x)  # BLAS on one thread
+cpu.BLAS_THREADS_MIN_MULTIPLY_ADDS = 0
+one_row(x)  # enough work for BLAS's threads
+print(json.dumps(seen))
+"""
+
+
+def test_blas_keeps_its_threads_on_the_calling_thread_only_for_large_layers_after_a_driver():
+    """After a parallel driver, OpenMP's spinning workers would stall BLAS's threads (a 0.16 ms
+    one-row forward took ≈ 4 ms right after one): a layer on the calling thread runs BLAS on one
+    thread below ``BLAS_THREADS_MIN_MULTIPLY_ADDS``, in a fresh process."""
+    result = run_python(
+        "-c", BLAS_THREADS_AFTER_THE_DRIVER, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2"
+    )
+    threads = json.loads(result.stdout.splitlines()[-1])
+    if threads[0] < 2:
+        pytest.skip(f"BLAS runs one thread here anyway: {threads}")
+    assert threads == [threads[0], 1, threads[0]], threads
+
+
 def test_a_blas_that_threadpoolctl_does_not_know_is_reported(monkeypatch):
     """Without a BLAS controller the driver's threads would each run BLAS on all its threads:
     say so once, with the remedy."""
