@@ -290,10 +290,10 @@ layers: W_hh read once a step for half the rows), which memory this small is not
 fast, within this machine's noise (docs/performance.md)."""
 
 
-def directions_in_place(w_hh, lengths, steps, seed_cell):
+def directions_in_place(w_hh, lengths, time_steps, seed_cell):
     """Whether a layer of two directions after the first runs its directions in turn, on the
     layer below's output in place (``LSTM._run_directions_in_place``): where the half of y that
-    saves (rows of ``lengths`` (B,) int64 over ``steps``) takes at least
+    saves (B rows of ``lengths`` (B,) int64 over ``time_steps``, T) takes at least
     ``DIRECTIONS_IN_PLACE_MIN_BYTES``, and each direction on its own splits its rows over all the
     threads, or there is one thread, or the directions take turns anyway (``directions_in_turn``).
     Not where a direction's units would split over the threads instead (1–5 rows,
@@ -301,11 +301,11 @@ def directions_in_place(w_hh, lengths, steps, seed_cell):
     (Zen 4, (1, 20000, 256, 256) and (4, 8000, 256, 256), two layers). w_hh: (2, 4H, H_out);
     ``seed_cell`` as ``unit_split_parts``'s."""
     batch, width = lengths.size, w_hh.shape[2]
-    if batch * steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
+    if batch * time_steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
         return False
     if directions_in_turn(w_hh, batch):
         return True
-    hidden = w_hh.shape[1] // 4
+    hidden, steps = w_hh.shape[1] // 4, int(lengths.max())
     _, partitions, parallel = plan_forward(batch, 2 * width, hidden, steps)
     split = unit_split_parts(lengths, steps, hidden, 1, False, seed_cell, w_hh.itemsize) > 1
     return not parallel or (partitions > 1 and not split)
@@ -1133,14 +1133,16 @@ def lstm_layer_forward(
             )  # fmt: skip
             continue
         if at_once * partitions == 1:
-            work = batch * steps * 4 * hidden * (x.shape[2] + width)
-            with _calling_thread_blas(work) if parallel else contextlib.nullcontext():
-                lstm_rows_forward(
-                    x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell,
-                    h[first], c[first], y, column + first * width, lengths,
-                    first == 1 or backward, batch_first, product, panels, 0, batch, traces,
-                    first,
-                )  # fmt: skip
+            arguments = (
+                x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell, h[first],
+                c[first], y, column + first * width, lengths, first == 1 or backward,
+                batch_first, product, panels, 0, batch, traces, first,
+            )  # fmt: skip
+            if not parallel:  # too small for BLAS to start its threads
+                lstm_rows_forward(*arguments)
+                continue
+            with _calling_thread_blas(batch * steps * 4 * hidden * (x.shape[2] + width)):
+                lstm_rows_forward(*arguments)
             continue
         # several work items: every direction (in turn only one row or the units split run)
         arguments = (

@@ -620,7 +620,7 @@ class LSTM:
             return y
         self._run_layer(0, np.ascontiguousarray(x), x_rows, h_n[:directions], c_n[:directions], y,
                         lengths, None if traces is None else traces[:directions])  # fmt: skip
-        in_place = directions == 1 or self._directions_in_place(lengths, traces)
+        in_place = directions == 1 or self._directions_in_place(y, lengths, traces)
         for layer in range(1, self.num_layers):
             states = slice(layer * directions, (layer + 1) * directions)
             h, c = h_n[states], c_n[states]
@@ -635,27 +635,32 @@ class LSTM:
                 self._run_layer(layer, layer_input, None, h, c, y, lengths, layer_traces)
         return y
 
-    def _directions_in_place(self, lengths, traces):
-        """Whether the layers of two directions after the first run on their input in place
+    def _directions_in_place(self, y, lengths, traces):
+        """Whether the layers of two directions after the first run on their input y in place
         (``cpu.directions_in_place``)."""
-        seed_cell = self._cpu_cell(0) is None and traces is None and self.proj_size == 0
-        return self.num_layers > 1 and cpu.directions_in_place(
-            self._layers[1]["weight_hh"], lengths, int(lengths.max()), seed_cell
-        )
+        if self.num_layers == 1:
+            return False
+        seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
+        steps = y.shape[1 if self.batch_first else 0]
+        return cpu.directions_in_place(self._layers[1]["weight_hh"], lengths, steps, seed_cell)
 
-    def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, directions=slice(None)):
-        """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): its directions in the
-        slice ``directions``, writing y's columns from the first of them on; h, c and traces
+    def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, direction=None):
+        """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): all its directions,
+        or only ``direction`` (0 or 1), written to y's columns from its own on; h, c and traces
         those directions'."""
-        stacks, cell, d = self._layers[layer], self._cpu_cell(layer), directions
-        if cell is not None:  # (kinds, params, peepholes, bound, input_forget)
-            cell = (cell[0][d], cell[1][d], cell[2][d], *cell[3:])
-        first = d.start or 0
+        stacks, cell = self._layers[layer], self._cpu_cell(layer)
+        w_ih, w_hh, w_hr = stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"]
+        bias = stacks["bias_ih"] + stacks["bias_hh"]
+        backward, column = self.reverse, 0
+        if direction is not None:
+            d = slice(direction, direction + 1)
+            w_ih, w_hh, w_hr, bias = w_ih[d], w_hh[d], w_hr[d], bias[d]
+            if cell is not None:  # (kinds, params, peepholes, bound, input_forget)
+                cell = (cell[0][d], cell[1][d], cell[2][d], *cell[3:])
+            backward, column = direction == 1, direction * self.output_size
         cpu.lstm_layer_forward(
-            x, stacks["weight_ih"][d], stacks["weight_hh"][d], stacks["weight_hr"][d],
-            stacks["bias_ih"][d] + stacks["bias_hh"][d], cell, h, c, y, lengths,
-            self.reverse or first == 1, self.batch_first, traces, x_rows=x_rows,
-            column=first * self.output_size,
+            x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, self.batch_first, traces,
+            x_rows=x_rows, column=column,
         )  # fmt: skip
 
     def _run_directions_in_place(self, layer, y, h, c, lengths, padded, traces):
@@ -671,7 +676,7 @@ class LSTM:
         for d, output in enumerate((forward_y, y)):
             self._run_layer(
                 layer, y, None, h[d : d + 1], c[d : d + 1], output, lengths,
-                None if traces is None else traces[d : d + 1], slice(d, d + 1),
+                None if traces is None else traces[d : d + 1], d,
             )  # fmt: skip
         y[..., : self.output_size] = forward_y
 
