@@ -167,10 +167,12 @@ Then the parallel driver's work items run one after another, on this thread
 def _note_fork():
     """In a forked child: whether the parallel driver may run there, and a fresh lock, since a
     thread of the parent may have held ``_PARALLEL_FORWARD`` at the fork (no thread of the parent
-    runs in the child to release it)."""
-    global _FORKED_FROM_GNU_OPENMP, _PARALLEL_FORWARD
+    runs in the child to release it); no driver has run in the child yet (no OpenMP workers of
+    its own spin there, ``_calling_thread_blas``)."""
+    global _FORKED_FROM_GNU_OPENMP, _PARALLEL_FORWARD, _numba_threads_ran
     _FORKED_FROM_GNU_OPENMP = _FORKED_FROM_GNU_OPENMP or _started_gnu_openmp()
     _PARALLEL_FORWARD = threading.Lock()
+    _numba_threads_ran = False
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

@@ -1002,6 +1002,7 @@ def test_blas_runs_one_thread_inside_each_thread_of_the_parallel_driver():
 
 BLAS_THREADS_AFTER_THE_DRIVER = """
 import json
+import os
 import numpy as np
 import lstm_numba
 from lstm_numba import cpu
@@ -1022,21 +1023,29 @@ lstm_numba.LSTM(64, 64, bidirectional=True, seed=0)(x)  # the driver, a directio
 one_row(x)  # BLAS on one thread
 cpu.BLAS_THREADS_MIN_MULTIPLY_ADDS = 0
 one_row(x)  # enough work for BLAS's threads
-print(json.dumps(seen))
+reader, writer = os.pipe()
+if os.fork() == 0:  # a child has no OpenMP workers of its own spinning
+    os.write(writer, b"1" if cpu._numba_threads_ran else b"0")
+    os._exit(0)
+os.wait()
+print(json.dumps({"blas": seen, "in_child": int(os.read(reader, 1))}))
 """
 
 
 def test_blas_keeps_its_threads_on_the_calling_thread_only_for_large_layers_after_a_driver():
     """After a parallel driver, OpenMP's spinning workers would stall BLAS's threads (a 0.16 ms
     one-row forward took ≈ 4 ms right after one): a layer on the calling thread runs BLAS on one
-    thread below ``BLAS_THREADS_MIN_MULTIPLY_ADDS``, in a fresh process."""
+    thread below ``BLAS_THREADS_MIN_MULTIPLY_ADDS``, in a fresh process; not in a child forked
+    after that (``cpu._note_fork``)."""
     result = run_python(
         "-c", BLAS_THREADS_AFTER_THE_DRIVER, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2"
     )
-    threads = json.loads(result.stdout.splitlines()[-1])
+    seen = json.loads(result.stdout.splitlines()[-1])
+    threads = seen["blas"]
     if threads[0] < 2:
         pytest.skip(f"BLAS runs one thread here anyway: {threads}")
     assert threads == [threads[0], 1, threads[0]], threads
+    assert seen["in_child"] == 0, "a forked child has run no driver of its own"
 
 
 def test_a_blas_that_threadpoolctl_does_not_know_is_reported(monkeypatch):
