@@ -114,3 +114,21 @@ class ForwardProjected:
 
     def time_forward(self, *_):
         self.model(self.x)
+
+
+class ForwardBatchSizesInTurn:
+    """One model called at two batch sizes in turn, as a server may call it: B = 1 runs on the
+    calling thread, B = 8 on the parallel driver's threads (docs/performance.md, item 31: each
+    call after the other waited ≈ 4 ms for the other thread pool's spinning workers)."""
+
+    params = choose([64, 256], [16])
+    param_names = ["hidden"]
+
+    def setup(self, hidden):
+        self.model, self.x = model_and_input(8, choose(100, 10), hidden, hidden)
+        self.row = self.x[:1].copy()
+        self.time_one_row_then_eight()  # compile or load from the cache
+
+    def time_one_row_then_eight(self, *_):
+        self.model(self.row)
+        self.model(self.x)
