@@ -120,24 +120,21 @@ def _on_numba_threads():
         yield
 
 
-BLAS_THREADS_MIN_MULTIPLY_ADDS = 400_000_000
-"""A layer run on the calling thread keeps BLAS's threads from this many multiply-adds
-(B·T·4H·(I + H_out)) on, once a parallel driver has run in the process (``_calling_thread_blas``);
-below, BLAS runs on one thread."""
-
-
-def _calling_thread_blas(multiply_adds):
-    """The BLAS threads for a layer on the calling thread. After a parallel driver, GNU OpenMP's
-    workers (Numba's default threading layer) spin for a few milliseconds, and BLAS's own
-    threads, whose calls wait for each of them, get a core only when a time slice ends: a
-    one-row forward at H = 64 that takes 0.16 ms alone took 3.7–4.0 ms right after a driver
-    call (the same model at B = 1 and B = 8 alternately, as a server may well call it), 0.18 ms
-    with BLAS on one thread. BLAS's threads are worth that stall from ≈ 400M multiply-adds on
-    (Zen 4, B = 1, ms right after a driver call, BLAS's threads against one: T = 100, H = 384
-    (118M) 7.8–11.6 against 6.4; H = 512 (210M) 12.1–14.5 against 10.4; T = 300: H = 384 (354M)
-    16.7–20.4 against 19.8, H = 512 (629M) 27.3–27.9 against 31.8; T = 100, H = 1024 (839M) 31
-    against 45; docs/performance.md)."""
-    if _numba_threads_ran and multiply_adds < BLAS_THREADS_MIN_MULTIPLY_ADDS:
+def _calling_thread_blas(w_hh):
+    """The BLAS threads for a direction of a layer on the calling thread, w_hh (4H, H_out) its
+    W_hh. After a parallel driver, GNU OpenMP's workers (Numba's default threading layer) spin
+    for a few milliseconds, and BLAS's own threads, whose calls wait for each of them, get a
+    core only when a time slice ends: a one-row forward at H = 64 that takes 0.16 ms alone took
+    3.7–4.0 ms right after a driver call (the same model at B = 1 and B = 8 alternately, as a
+    server may well call it), 0.18 ms with BLAS on one thread. So once a driver has run in the
+    process, BLAS runs on one thread where W_hh fits a core's L2 (``cache_bytes(2)``), whose
+    threads gain 6–10 % there; beyond, each step's GEMV streams W_hh from L3, where two cores
+    read it 1.6–2× as fast, which is worth the stall (Zen 4, B = 1, ms right after a driver
+    call, BLAS's threads against one: (T, H) = (100, 384) 7.8–11.6 against 6.4, (100, 512)
+    12.1–14.5 against 10.4, (200, 512) 20.3 against 20.9, (300, 512) 27.3–27.9 against 31.8,
+    (32, 768) 9.2 against 11.7, (16, 1024) 7.1 against 9.9, (100, 1024) 31 against 45; two
+    directions in turn at (1, 64, 768, 768) 14.4 against 27.6; docs/performance.md)."""
+    if _numba_threads_ran and w_hh.nbytes <= cache_bytes(2):
         return _blas_on_one_thread()
     return contextlib.nullcontext()
 
@@ -1143,7 +1140,7 @@ def lstm_layer_forward(
             if not parallel:  # too small for BLAS to start its threads
                 lstm_rows_forward(*arguments)
                 continue
-            with _calling_thread_blas(batch * steps * 4 * hidden * (x.shape[2] + width)):
+            with _calling_thread_blas(w_hh[first]):
                 lstm_rows_forward(*arguments)
             continue
         # several work items: every direction (in turn only one row or the units split run)

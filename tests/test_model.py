@@ -651,6 +651,11 @@ def test_directions_in_turn_match_reference(rng, batch, options, monkeypatch):
 
     threads_at_any_size(monkeypatch)
     monkeypatch.setattr(cpu, "cache_bytes", lambda level: {2: 1 << 20, 3: 64}[level])
+    model = ln.LSTM(5, 6, num_layers=2, bidirectional=True, seed=rng.integers(9), **options)
+    x = rng.standard_normal((batch, 9, 5)).astype(np.float32)
+    h0 = rng.standard_normal((4, batch, model.output_size)).astype(np.float32)
+    c0 = rng.standard_normal((4, batch, 6)).astype(np.float32)
+    model(x, (h0, c0))  # compiled before the worker is patched: the drivers call it by name
     driver = cpu.lstm_unit_split_forward
     column = list(inspect.signature(driver.py_func).parameters).index("column")
     columns = []
@@ -669,10 +674,6 @@ def test_directions_in_turn_match_reference(rng, batch, options, monkeypatch):
         worker(*arguments)
 
     monkeypatch.setattr(cpu, "lstm_rows_forward", recording_worker)
-    model = ln.LSTM(5, 6, num_layers=2, bidirectional=True, seed=rng.integers(9), **options)
-    x = rng.standard_normal((batch, 9, 5)).astype(np.float32)
-    h0 = rng.standard_normal((4, batch, model.output_size)).astype(np.float32)
-    c0 = rng.standard_normal((4, batch, 6)).astype(np.float32)
     y, (h_n, c_n) = model(x, (h0, c0))
     y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), (h0, c0), True)
     assert_close(y, y_ref)
@@ -1015,14 +1016,17 @@ def recording_worker(*arguments):  # the row worker called on the calling thread
     seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
     worker(*arguments)
 
-cpu.lstm_rows_forward = recording_worker
 one_row = lstm_numba.LSTM(64, 64, seed=0)
+two_directions = lstm_numba.LSTM(64, 64, bidirectional=True, seed=0)  # a direction a thread
 x = np.zeros((1, 100, 64), np.float32)
-one_row(x)  # no driver has run: BLAS keeps its threads
-lstm_numba.LSTM(64, 64, bidirectional=True, seed=0)(x)  # the driver, a direction a thread
+two_directions(x)  # the driver compiled before the worker is patched (its global name)
+cpu._numba_threads_ran = False  # as in a process where no driver has run yet
+cpu.lstm_rows_forward = recording_worker
+one_row(x)  # BLAS keeps its threads
+two_directions(x)  # the driver
 one_row(x)  # BLAS on one thread
-cpu.BLAS_THREADS_MIN_MULTIPLY_ADDS = 0
-one_row(x)  # enough work for BLAS's threads
+cpu.cache_bytes = lambda level, base=None: 1024
+one_row(x)  # W_hh beyond a core's L2: BLAS's threads
 reader, writer = os.pipe()
 if os.fork() == 0:  # a child has no OpenMP workers of its own spinning
     os.write(writer, b"1" if cpu._numba_threads_ran else b"0")
@@ -1032,11 +1036,11 @@ print(json.dumps({"blas": seen, "in_child": int(os.read(reader, 1))}))
 """
 
 
-def test_blas_keeps_its_threads_on_the_calling_thread_only_for_large_layers_after_a_driver():
+def test_blas_keeps_its_threads_on_the_calling_thread_only_beyond_the_l2_after_a_driver():
     """After a parallel driver, OpenMP's spinning workers would stall BLAS's threads (a 0.16 ms
-    one-row forward took ≈ 4 ms right after one): a layer on the calling thread runs BLAS on one
-    thread below ``BLAS_THREADS_MIN_MULTIPLY_ADDS``, in a fresh process; not in a child forked
-    after that (``cpu._note_fork``)."""
+    one-row forward took ≈ 4 ms right after one): a layer on the calling thread whose W_hh fits a
+    core's L2 runs BLAS on one thread, in a fresh process; not in a child forked after that
+    (``cpu._note_fork``)."""
     result = run_python(
         "-c", BLAS_THREADS_AFTER_THE_DRIVER, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2"
     )
