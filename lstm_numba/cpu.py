@@ -130,10 +130,11 @@ def _calling_thread_blas(w_hh):
     process, BLAS runs on one thread where W_hh fits a core's L2 (``cache_bytes(2)``), whose
     threads gain 6–10 % there; beyond, each step's GEMV streams W_hh from L3, where two cores
     read it 1.6–2× as fast alone, and right after a driver call they come out ahead or at most
-    1.4–5 ms behind (Zen 4, B = 1, ms right after a driver call, BLAS's threads against one: (T, H) = (100, 384) 7.8–11.6 against 6.4, (100, 512)
-    12.1–14.5 against 10.4, (200, 512) 20.3 against 20.9, (300, 512) 27.3–27.9 against 31.8,
-    (32, 768) 9.2 against 11.7, (16, 1024) 7.1 against 9.9, (100, 1024) 31 against 45; two
-    directions in turn at (1, 64, 768, 768) 14.4 against 27.6; docs/performance.md)."""
+    1.4–5 ms behind (Zen 4, B = 1, ms right after a driver call, BLAS's threads against one:
+    (T, H) = (100, 384) 7.8–11.6 against 6.4, (100, 512) 12.1–14.5 against 10.4, (200, 512)
+    20.3 against 20.9, (300, 512) 27.3–27.9 against 31.8, (32, 768) 9.2 against 11.7, (16, 1024)
+    7.1 against 9.9, (100, 1024) 31 against 45; two directions in turn at (1, 64, 768, 768) 14.4
+    against 27.6; docs/performance.md)."""
     if _numba_threads_ran and w_hh.nbytes <= cache_bytes(2):
         return _blas_on_one_thread()
     return contextlib.nullcontext()
