@@ -10,6 +10,7 @@ import functools
 import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import config as numba_config
@@ -290,25 +291,35 @@ layers: W_hh read once a step for half the rows), which memory this small is not
 fast, within this machine's noise (docs/performance.md)."""
 
 
-def directions_in_place(w_hh, lengths, time_steps, seed_cell):
-    """Whether a layer of two directions after the first runs its directions in turn, on the
-    layer below's output in place (``LSTM._run_directions_in_place``): where the half of y that
-    saves (B rows of ``lengths`` (B,) int64 over ``time_steps``, T) takes at least
-    ``DIRECTIONS_IN_PLACE_MIN_BYTES``, and each direction on its own splits its rows over all the
-    threads, or there is one thread, or the directions take turns anyway (``directions_in_turn``).
-    Not where a direction's units would split over the threads instead (1–5 rows,
-    ``unit_split_parts``): the directions side by side, a thread each, ran 1.1–1.2× as fast
-    (Zen 4, (1, 20000, 256, 256) and (4, 8000, 256, 256), two layers). w_hh: (2, 4H, H_out);
-    ``seed_cell`` as ``unit_split_parts``'s."""
+IN_TURN, IN_HALVES = "in turn", "in halves"
+"""How ``directions_in_place`` runs a layer of two directions on its input in place."""
+
+
+def directions_in_place(w_hh, lengths, time_steps, seed_cell, batch_first):
+    """How a layer of two directions after the first runs on the layer below's output in place,
+    or None for side by side, where the half of y that saves (B rows of ``lengths`` (B,) int64
+    over ``time_steps``, T) takes less than ``DIRECTIONS_IN_PLACE_MIN_BYTES``.
+
+    ``IN_TURN`` (``LSTM._run_directions_in_place``) where each direction on its own splits its
+    rows over all the threads, or there is one thread, or the directions take turns anyway
+    (``directions_in_turn``). Where a direction's units would split over the threads instead
+    (1–5 rows, ``unit_split_parts``), in turn ran 1.1–1.2× slower than side by side (Zen 4,
+    (1, 20000, 256, 256) and (4, 8000, 256, 256), two layers): there ``IN_HALVES``
+    (``lstm_directions_in_halves``), side by side in two halves of time, where the halves are
+    contiguous (time-major, or one row), else None. w_hh: (2, 4H, H_out); ``seed_cell`` as
+    ``unit_split_parts``'s."""
     batch, width = lengths.size, w_hh.shape[2]
     if batch * time_steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
-        return False
+        return None
     if directions_in_turn(w_hh, batch):
-        return True
+        return IN_TURN
     hidden, steps = w_hh.shape[1] // 4, int(lengths.max())
     _, partitions, parallel = plan_forward(batch, 2 * width, hidden, steps)
     split = unit_split_parts(lengths, steps, hidden, 1, False, seed_cell, w_hh.itemsize) > 1
-    return not parallel or (partitions > 1 and not split)
+    if not parallel or (partitions > 1 and not split):
+        return IN_TURN
+    halves_contiguous = batch == 1 or not batch_first
+    return IN_HALVES if seed_cell and halves_contiguous and time_steps > 1 else None
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -1087,6 +1098,45 @@ def _unit_split_forward(
             batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
     h[:] = h_buffer[steps % 2]
+
+
+def lstm_directions_in_halves(y, w_ih, w_hh, w_hr, bias, h, c, lengths, batch_first):
+    """A layer of two directions of the seed's cell on y in place, its input the layer below's
+    output: side by side, a thread each, in two halves of time, M = T // 2. First the forward
+    direction over [0, M) and the reverse one from each row's last step down to M, each into a
+    buffer of its own (the other direction still has to read those inputs); then the forward
+    one over [M, T) and the reverse one over [0, M), each on y in place (the other direction
+    has read those inputs), and the buffers copied into y. Half of y beyond y, as in turn, with the
+    directions still side by side. Arguments as ``lstm_layer_forward``'s for D = 2 (w_hr (2, 0,
+    0)); y (1, T, 2H) or (T, B, 2H), whose halves of time are contiguous."""
+    steps = y.shape[1] if batch_first else y.shape[0]
+    half, batch, width = steps // 2, h.shape[1], h.shape[2]
+    early, late = (y[:, :half], y[:, half:]) if batch_first else (y[:half], y[half:])
+    forward_early = np.zeros((*early.shape[:2], width), y.dtype)
+    reverse_late = np.zeros((*late.shape[:2], width), y.dtype)
+    lengths_early = np.minimum(lengths, half)
+    lengths_late = np.maximum(lengths - half, 0)
+    max_steps = int(lengths.max())
+    product, _, _ = plan_forward(batch, y.shape[2], c.shape[2], max_steps)
+    panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    rows = np.arange(batch)
+
+    def direction(d, x, out, column, lengths_now):
+        lstm_rows_forward(
+            x, rows, w_ih[d], w_hh[d], w_hr[d], bias[d], None, h[d], c[d], out, column,
+            lengths_now, d == 1, batch_first, product, panels, 0, batch, None, d,
+        )  # fmt: skip
+
+    with _PARALLEL_FORWARD, _blas_on_one_thread(), ThreadPoolExecutor(1) as other_thread:
+        for forward, backward in (
+            ((early, forward_early, 0, lengths_early), (late, reverse_late, 0, lengths_late)),
+            ((late, late, 0, lengths_late), (early, early, width, lengths_early)),
+        ):  # fmt: skip
+            running = other_thread.submit(direction, 1, *backward)
+            direction(0, *forward)
+            running.result()
+    early[..., :width] = forward_early
+    late[..., width:] = reverse_late
 
 
 def lstm_layer_forward(

@@ -610,8 +610,9 @@ class LSTM:
 
         The layers after the first run on y in place, as their input and their output (every
         kernel reads x at a chunk of times before it writes y there), so that a stack in one
-        direction holds nothing of the size of y but y; in two directions, see
-        ``_run_directions_in_place``."""
+        direction holds nothing of the size of y but y; in two directions, where
+        ``cpu.directions_in_place`` says so, in turn (``_run_directions_in_place``) or in halves
+        of time (``cpu.lstm_directions_in_halves``), half of y beyond y."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
         new_output = np.zeros if padded else np.empty
@@ -620,15 +621,21 @@ class LSTM:
             return y
         self._run_layer(0, np.ascontiguousarray(x), x_rows, h_n[:directions], c_n[:directions], y,
                         lengths, None if traces is None else traces[:directions])  # fmt: skip
-        in_place = directions == 1 or self._directions_in_place(y, lengths, traces)
+        in_place = directions > 1 and self._directions_in_place(y, lengths, traces)
         for layer in range(1, self.num_layers):
             states = slice(layer * directions, (layer + 1) * directions)
             h, c = h_n[states], c_n[states]
             layer_traces = None if traces is None else traces[states]
             if directions == 1:
                 self._run_layer(layer, y, None, h, c, y, lengths, layer_traces)
-            elif in_place:
+            elif in_place == cpu.IN_TURN:
                 self._run_directions_in_place(layer, y, h, c, lengths, padded, layer_traces)
+            elif in_place == cpu.IN_HALVES:
+                stacks = self._layers[layer]
+                cpu.lstm_directions_in_halves(
+                    y, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
+                    stacks["bias_ih"] + stacks["bias_hh"], h, c, lengths, self.batch_first,
+                )  # fmt: skip
             else:
                 layer_input = y  # the layer below's output; the one before it is freed
                 y = new_output(y.shape, self.dtype)
@@ -636,13 +643,15 @@ class LSTM:
         return y
 
     def _directions_in_place(self, y, lengths, traces):
-        """Whether the layers of two directions after the first run on their input y in place
-        (``cpu.directions_in_place``)."""
+        """How the layers of two directions after the first run on their input y in place
+        (``cpu.directions_in_place``: ``cpu.IN_TURN``, ``cpu.IN_HALVES``), or None."""
         if self.num_layers == 1:
-            return False
+            return None
         seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
         steps = y.shape[1 if self.batch_first else 0]
-        return cpu.directions_in_place(self._layers[1]["weight_hh"], lengths, steps, seed_cell)
+        return cpu.directions_in_place(
+            self._layers[1]["weight_hh"], lengths, steps, seed_cell, self.batch_first
+        )
 
     def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, direction=None):
         """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): all its directions,

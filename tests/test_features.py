@@ -120,7 +120,7 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
     several projection chunks, the rows or the units split over threads or not."""
     if threads:
         threads_at_any_size(monkeypatch)
-    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: True)
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_TURN)
     monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
     monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     in_place = []
@@ -137,11 +137,49 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
     np.testing.assert_array_equal(x, given)  # in place on y, never on the caller's x
     gates = model(x, hx, lengths=lengths, return_gates=True)[2]
     assert len(in_place) == 6  # layers 1 and 2, three calls
-    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: False)
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: None)
     side_by_side = model(x, hx, lengths=lengths, return_gates=True)[2]
     assert len(in_place) == 6
     for expected, actual in zip(side_by_side, gates, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
+
+
+@pytest.mark.parametrize("batch, batch_first", [(1, True), (1, False), (4, False)])
+@pytest.mark.parametrize("steps", [11, 12, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first, steps, dtype,
+                                                         monkeypatch):  # fmt: skip
+    """Layers of two directions after the first side by side in halves of time, on the layer
+    below's output in place (``cpu.lstm_directions_in_halves``, taken here whatever the size):
+    odd and even T, rows of lengths below, around and above the middle step and 0, several
+    projection chunks; the peak holds half of y beyond y, where side by side held all of it."""
+    import tracemalloc
+
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
+    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
+    monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
+    halves = []
+    run = cpu.lstm_directions_in_halves
+    monkeypatch.setattr(cpu, "lstm_directions_in_halves", lambda *a: halves.append(1) or run(*a))
+    model = ln.LSTM(5, 6, 3, bidirectional=True, batch_first=batch_first, dtype=dtype, seed=7)
+    x, hx = random_inputs(rng, model, batch, steps)
+    given = x.copy()
+    assert_forward_matches_reference(model, x, hx)
+    lengths = rng.permutation(np.array([steps, steps // 2, steps // 2 + 1, 0])[:batch])
+    assert_forward_matches_reference(model, x, hx, lengths)
+    np.testing.assert_array_equal(x, given)
+    assert len(halves) == 4  # layers 1 and 2, twice
+    long = random_inputs(rng, model, batch, 20000, states=False)[0]
+    peaks = {}
+    for mode in (cpu.IN_HALVES, None):
+        monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments, mode=mode: mode)
+        model(long)
+        tracemalloc.start()
+        y = model(long)[0]
+        peaks[mode] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # half of y less, but for the second thread's few KB (its executor, workspace)
+    assert peaks[cpu.IN_HALVES] < peaks[None] - 0.45 * y.nbytes, peaks
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
