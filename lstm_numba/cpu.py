@@ -300,7 +300,7 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell, batch_first):
     or None for side by side, where the half of y that saves (B rows of ``lengths`` (B,) int64
     over ``time_steps``, T) takes less than ``DIRECTIONS_IN_PLACE_MIN_BYTES``.
 
-    ``IN_TURN`` (``LSTM._run_directions_in_place``) where each direction on its own splits its
+    ``IN_TURN`` (``LSTM._run_directions_in_turn``) where each direction on its own splits its
     rows over all the threads, or there is one thread, or the directions take turns anyway
     (``directions_in_turn``). Where a direction's units would split over the threads instead
     (1–5 rows, ``unit_split_parts``), in turn ran 1.1–1.2× slower than side by side (Zen 4,

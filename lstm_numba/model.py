@@ -611,7 +611,7 @@ class LSTM:
         The layers after the first run on y in place, as their input and their output (every
         kernel reads x at a chunk of times before it writes y there), so that a stack in one
         direction holds nothing of the size of y but y; in two directions, where
-        ``cpu.directions_in_place`` says so, in turn (``_run_directions_in_place``) or in halves
+        ``cpu.directions_in_place`` says so, in turn (``_run_directions_in_turn``) or in halves
         of time (``cpu.lstm_directions_in_halves``), half of y beyond y."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
@@ -629,7 +629,7 @@ class LSTM:
             if directions == 1:
                 self._run_layer(layer, y, None, h, c, y, lengths, layer_traces)
             elif in_place == cpu.IN_TURN:
-                self._run_directions_in_place(layer, y, h, c, lengths, padded, layer_traces)
+                self._run_directions_in_turn(layer, y, h, c, lengths, padded, layer_traces)
             elif in_place == cpu.IN_HALVES:
                 stacks = self._layers[layer]
                 cpu.lstm_directions_in_halves(
@@ -672,7 +672,7 @@ class LSTM:
             x_rows=x_rows, column=column,
         )  # fmt: skip
 
-    def _run_directions_in_place(self, layer, y, h, c, lengths, padded, traces):
+    def _run_directions_in_turn(self, layer, y, h, c, lengths, padded, traces):
         """A layer of two directions after the first, on the layer below's output y in place:
         the forward direction into an array of half y's size, then the reverse one in place (it
         reads each time step's input before it writes its output there, and the forward

@@ -114,7 +114,7 @@ BIDIRECTIONAL_IN_PLACE = [
 @pytest.mark.parametrize("threads", [True, False], ids=["threads", "calling-thread"])
 def test_bidirectional_layers_in_place_match_reference(rng, batch, options, threads, monkeypatch):
     """Layers of two directions after the first run on the layer below's output in place
-    (``LSTM._run_directions_in_place``, taken here whatever the size): the forward direction into an
+    (``LSTM._run_directions_in_turn``, taken here whatever the size): the forward direction into an
     array of its own, the reverse one over its input, each with its own weights, states, cell
     (activations that differ by direction) and columns; rows of several lengths out of order,
     several projection chunks, the rows or the units split over threads or not."""
@@ -124,9 +124,9 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
     monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
     monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     in_place = []
-    run = ln.LSTM._run_directions_in_place
+    run = ln.LSTM._run_directions_in_turn
     monkeypatch.setattr(
-        ln.LSTM, "_run_directions_in_place", lambda *a: in_place.append(1) or run(*a)
+        ln.LSTM, "_run_directions_in_turn", lambda *a: in_place.append(1) or run(*a)
     )
     model = ln.LSTM(5, 6, num_layers=3, bidirectional=True, seed=rng.integers(9), **options)
     x, hx = random_inputs(rng, model, batch, 11)
