@@ -125,17 +125,18 @@ def _calling_thread_blas(w_hh):
     """The BLAS threads for a direction of a layer on the calling thread, w_hh (4H, H_out) its
     W_hh. After a parallel driver, GNU OpenMP's workers (Numba's default threading layer) spin
     for a few milliseconds, and BLAS's own threads, whose calls wait for each of them, get a
-    core only when a time slice ends: a one-row forward at H = 64 that takes 0.16 ms alone took
-    3.7–4.0 ms right after a driver call (the same model at B = 1 and B = 8 alternately, as a
-    server may well call it), 0.18 ms with BLAS on one thread. So once a driver has run in the
-    process, BLAS runs on one thread where W_hh fits a core's L2 (``cache_bytes(2)``), whose
-    threads gain 6–10 % there; beyond, each step's GEMV streams W_hh from L3, where two cores
-    read it 1.6–2× as fast alone, and right after a driver call they come out ahead or at most
-    1.4–5 ms behind (Zen 4, B = 1, ms right after a driver call, BLAS's threads against one:
-    (T, H) = (100, 384) 7.8–11.6 against 6.4, (100, 512) 12.1–14.5 against 10.4, (200, 512)
-    20.3 against 20.9, (300, 512) 27.3–27.9 against 31.8, (32, 768) 9.2 against 11.7, (16, 1024)
-    7.1 against 9.9, (100, 1024) 31 against 45; two directions in turn at (1, 64, 768, 768) 14.4
-    against 27.6; docs/performance.md)."""
+    core only when a time slice ends: a one-row forward at H = 64 that takes 0.19 ms alone took
+    3.8 ms right after a driver call (the same model at B = 1 and B = 8 alternately, as a server
+    may well call it), 0.19 ms with BLAS on one thread. So once a driver has run in the process,
+    BLAS runs on one thread where W_hh fits a core's L2 (``cache_bytes(2)``), where its threads
+    gain nothing alone; beyond, each step's GEMV streams W_hh from L3, where two threads read it
+    1.6–1.9× as fast alone, and right after a driver call they come out ahead or at most
+    1.4–3.5 ms behind (Zen 4, B = 1, peepholes, ms right after a driver call, BLAS's threads
+    against one, and alone with its threads: (T, H) = (100, 128) 4.80 against 1.06, alone 1.08;
+    (100, 256) 3.03 against 3.21, 3.19; (100, 384) 7.68 against 6.26, 3.95; (100, 512) 13.8
+    against 10.3, 6.4; (300, 512) 27.1 against 32.8, 19.6; (100, 1024) 30.8 against 43.4, 23.8;
+    two directions in turn, (1, 64, 768, 768) 21.1 against 26.0, alone 13.9 against 26.4;
+    docs/performance.md)."""
     if _numba_threads_ran and w_hh.nbytes <= cache_bytes(2):
         return _blas_on_one_thread()
     return contextlib.nullcontext()
