@@ -286,10 +286,12 @@ def directions_in_turn(w_hh, batch):
 
 DIRECTIONS_IN_PLACE_MIN_BYTES = 16 << 20
 """Run a layer of two directions after the first on the layer below's output in place
-(``directions_in_place``) where that saves at least this much memory (half of y): below, the
-directions in turn cost up to 12 % more time than side by side (Zen 4, (16, 300, 128, 128), two
-layers: W_hh read once a step for half the rows), which memory this small is not worth; above, as
-fast, within this machine's noise (docs/performance.md)."""
+(``directions_in_place``) where that saves at least this much memory (half of y). Below, it
+costs time that memory this small is not worth: in halves of time a few milliseconds a layer,
+while GNU OpenMP's worker still spins from the layer below and the second direction's Python
+thread waits for a core ((1, 1000, 128, 128) two layers 12.3–14.9 → 18.0–19.3 ms, Zen 4, 2
+threads); in turn 0–5 % ((8, 200, 64, 64), time-major (4, 1000, 128, 128)). Above, as fast,
+within this machine's noise (docs/performance.md)."""
 
 
 IN_TURN, IN_HALVES = "in turn", "in halves"
