@@ -298,7 +298,7 @@ IN_TURN, IN_HALVES = "in turn", "in halves"
 """How ``directions_in_place`` runs a layer of two directions on its input in place."""
 
 
-def directions_in_place(w_hh, lengths, time_steps, seed_cell, batch_first):
+def directions_in_place(w_hh, lengths, time_steps, seed_cell):
     """How a layer of two directions after the first runs on the layer below's output in place,
     or None for side by side, where the half of y that saves (B rows of ``lengths`` (B,) int64
     over ``time_steps``, T) takes less than ``DIRECTIONS_IN_PLACE_MIN_BYTES``.
@@ -308,9 +308,8 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell, batch_first):
     (``directions_in_turn``). Where a direction's units would split over the threads instead
     (1–5 rows, ``unit_split_parts``), in turn ran 1.1–1.2× slower than side by side (Zen 4,
     (1, 20000, 256, 256) and (4, 8000, 256, 256), two layers): there ``IN_HALVES``
-    (``lstm_directions_in_halves``), side by side in two halves of time, where the halves are
-    contiguous (time-major, or one row), else None. w_hh: (2, 4H, H_out); ``seed_cell`` as
-    ``unit_split_parts``'s."""
+    (``lstm_directions_in_halves``), side by side in two halves of time, for the seed's cell
+    (``seed_cell``, as ``unit_split_parts``'s), else None. w_hh: (2, 4H, H_out)."""
     batch, width = lengths.size, w_hh.shape[2]
     if batch * time_steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
         return None
@@ -321,8 +320,7 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell, batch_first):
     split = unit_split_parts(lengths, steps, hidden, 1, False, seed_cell, w_hh.itemsize) > 1
     if not parallel or (partitions > 1 and not split):
         return IN_TURN
-    halves_contiguous = batch == 1 or not batch_first
-    return IN_HALVES if seed_cell and halves_contiguous and time_steps > 1 else None
+    return IN_HALVES if seed_cell and time_steps > 1 else None
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -683,8 +681,8 @@ def lstm_step_pointwise(
 
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
-    x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, reverse, batch_first,
-    product, panels, row_start, row_stop, traces, direction,
+    x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, first_time, reverse,
+    batch_first, product, panels, row_start, row_stop, traces, direction,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
@@ -692,18 +690,19 @@ def lstm_rows_forward(
     rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B, T, D·H_out) or
     (T, B, D·H_out), this direction's columns [column, column + H_out) written (rows past a
     length are left alone).
-    w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
-    or (0, 0) for none (H_out = H). cell: None for the seed's cell (the kernel compiled for None
-    has no ONNX code, which halves its compile time), or ONNX's options (see
-    ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the
-    states after each row's last valid step on return. lengths: (B,) int64 valid steps per row;
-    ``reverse`` reads each row from its step length − 1 down to 0. ``product``: how the recurrent
-    product runs, one of the ``RECURRENT_*`` (with ``RECURRENT_BLAS``, a step of one running row
-    and W_hh at most ``ONE_ROW_LOOP_MAX_WIDTH`` wide runs ``units_product``); panels: (D, P,
-    H_out, W), every direction's W_hh packed for ``RECURRENT_PANELS`` (``pack_panels``), read at
-    ``direction``; else None (a kernel compiled for None has no register tile: ≈ 1.2 s less to
-    compile). traces, direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all
-    float32 or all float64, all C-contiguous.
+    w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection, or
+    (0, 0) for none (H_out = H). cell: None for the seed's cell (the kernel compiled for None has no
+    ONNX code, which halves its compile time), or ONNX's options (see ``lstm_step_pointwise``). h:
+    (B, H_out), c: (B, H), the initial states on entry and the states after each row's last valid
+    step on return. lengths: (B,) int64 valid steps per row, from time ``first_time`` of x and y on
+    (0 for whole sequences; more for a part of them, ``lstm_directions_in_halves``); ``reverse``
+    reads each row from its last step down to its first. ``product``: how the recurrent product
+    runs, one of the ``RECURRENT_*`` (with ``RECURRENT_BLAS``, a step of one running row and W_hh at
+    most ``ONE_ROW_LOOP_MAX_WIDTH`` wide runs ``units_product``); panels: (D, P, H_out, W), every
+    direction's W_hh packed for ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else
+    None (a kernel compiled for None has no register tile: ≈ 1.2 s less to compile). traces,
+    direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
+    float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
@@ -744,7 +743,8 @@ def lstm_rows_forward(
             active = 0
             for b in range(batch):
                 length = lengths[row_start + b]
-                times[s, b] = (length - 1 - step if reverse else step) if step < length else -1
+                t = first_time + (length - 1 - step if reverse else step)
+                times[s, b] = t if step < length else -1
                 if step < length:
                     active = b + 1
             for b in range(active):
@@ -818,8 +818,9 @@ def lstm_partitioned_forward(
         part = item % partitions
         lstm_rows_forward(
             x, x_rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
-            h[d], c[d], y, column + d * width, lengths, d == 1 or backward, batch_first, product,
-            panels, part * batch // partitions, (part + 1) * batch // partitions, traces, d,
+            h[d], c[d], y, column + d * width, lengths, 0, d == 1 or backward, batch_first,
+            product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
+            d,
         )  # fmt: skip
 
 
@@ -1106,17 +1107,16 @@ def _unit_split_forward(
 def lstm_directions_in_halves(y, w_ih, w_hh, w_hr, bias, h, c, lengths, batch_first):
     """A layer of two directions of the seed's cell on y in place, its input the layer below's
     output: side by side, a thread each, in two halves of time, M = T // 2. First the forward
-    direction over [0, M) and the reverse one from each row's last step down to M, each into a
-    buffer of its own (the other direction still has to read those inputs); then the forward
-    one over [M, T) and the reverse one over [0, M), each on y in place (the other direction
-    has read those inputs), and the buffers copied into y. Half of y beyond y, as in turn, with the
-    directions still side by side. Arguments as ``lstm_layer_forward``'s for D = 2 (w_hr (2, 0,
-    0)); y (1, T, 2H) or (T, B, 2H), whose halves of time are contiguous."""
+    direction over [0, M) and the reverse one from each row's last step down to M, both into an
+    array of half y's size, ``pending`` (the other direction still has to read those inputs);
+    then the forward one over [M, T) and the reverse one over [0, M), each on y in place (the
+    other direction has read those inputs), and ``pending`` copied into y. Half of y beyond y,
+    as in turn, with the directions still side by side. Arguments as ``lstm_layer_forward``'s
+    for D = 2 (w_hr (2, 0, 0)); y (B, T, 2H) or (T, B, 2H)."""
     steps = y.shape[1] if batch_first else y.shape[0]
     half, batch, width = steps // 2, h.shape[1], h.shape[2]
-    early, late = (y[:, :half], y[:, half:]) if batch_first else (y[:half], y[half:])
-    forward_early = np.zeros((*early.shape[:2], width), y.dtype)
-    reverse_late = np.zeros((*late.shape[:2], width), y.dtype)
+    # the forward direction's output at times [0, M), the reverse one's at [M, T)
+    pending = np.zeros((*y.shape[:2], width), y.dtype)
     lengths_early = np.minimum(lengths, half)
     lengths_late = np.maximum(lengths - half, 0)
     max_steps = int(lengths.max())
@@ -1124,22 +1124,26 @@ def lstm_directions_in_halves(y, w_ih, w_hh, w_hr, bias, h, c, lengths, batch_fi
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
     rows = np.arange(batch)
 
-    def direction(d, x, out, column, lengths_now):
+    def direction(d, out, column, lengths_now, first_time):
         lstm_rows_forward(
-            x, rows, w_ih[d], w_hh[d], w_hr[d], bias[d], None, h[d], c[d], out, column,
-            lengths_now, d == 1, batch_first, product, panels, 0, batch, None, d,
+            y, rows, w_ih[d], w_hh[d], w_hr[d], bias[d], None, h[d], c[d], out, column,
+            lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch, None, d,
         )  # fmt: skip
 
     with _PARALLEL_FORWARD, _blas_on_one_thread(), ThreadPoolExecutor(1) as other_thread:
         for forward, backward in (
-            ((early, forward_early, 0, lengths_early), (late, reverse_late, 0, lengths_late)),
-            ((late, late, 0, lengths_late), (early, early, width, lengths_early)),
+            ((pending, 0, lengths_early, 0), (pending, 0, lengths_late, half)),
+            ((y, 0, lengths_late, half), (y, width, lengths_early, 0)),
         ):  # fmt: skip
             running = other_thread.submit(direction, 1, *backward)
             direction(0, *forward)
             running.result()
-    early[..., :width] = forward_early
-    late[..., width:] = reverse_late
+    if batch_first:
+        y[:, :half, :width] = pending[:, :half]
+        y[:, half:, width:] = pending[:, half:]
+    else:
+        y[:half, :, :width] = pending[:half]
+        y[half:, :, width:] = pending[half:]
 
 
 def lstm_layer_forward(
@@ -1188,7 +1192,7 @@ def lstm_layer_forward(
         if at_once * partitions == 1:
             arguments = (
                 x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell, h[first],
-                c[first], y, column + first * width, lengths, first == 1 or backward,
+                c[first], y, column + first * width, lengths, 0, first == 1 or backward,
                 batch_first, product, panels, 0, batch, traces, first,
             )  # fmt: skip
             if not parallel:  # too small for BLAS to start its threads

@@ -649,9 +649,7 @@ class LSTM:
             return None
         seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
         steps = y.shape[1 if self.batch_first else 0]
-        return cpu.directions_in_place(
-            self._layers[1]["weight_hh"], lengths, steps, seed_cell, self.batch_first
-        )
+        return cpu.directions_in_place(self._layers[1]["weight_hh"], lengths, steps, seed_cell)
 
     def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, direction=None):
         """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): all its directions,

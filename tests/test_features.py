@@ -144,7 +144,7 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
 
 
-@pytest.mark.parametrize("batch, batch_first", [(1, True), (1, False), (4, False)])
+@pytest.mark.parametrize("batch, batch_first", [(1, True), (1, False), (4, False), (4, True)])
 @pytest.mark.parametrize("steps", [11, 12, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first, steps, dtype,
