@@ -506,15 +506,19 @@ def test_stacked_layers_hold_no_second_output(monkeypatch):
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_lengths_copy_neither_x_nor_y(rng, batch_first):
+def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch):
     """With lengths the rows run in length order, read from x where they are and put back in
-    order in y in place: the peak is a forward's without lengths, plus one row of y for the
-    permutation. On one thread, as the test above; lengths out of order, so the order is not
-    the identity, and one (the row worker's) at B = 8 > ``UNIT_SPLIT_MAX_BATCH``."""
+    order in y in place: the peak is a forward's without lengths, plus a chunk of a row of y for
+    the permutation (1 KiB here, a row 64 KiB). On one thread, as the test above; lengths out of
+    order, so the order is not the identity, and one (the row worker's) at B = 8 >
+    ``UNIT_SPLIT_MAX_BATCH``."""
     import tracemalloc
 
     from numba import get_num_threads, set_num_threads
 
+    from lstm_numba import model as model_module
+
+    monkeypatch.setattr(model_module, "MOVE_ROWS_CHUNK_BYTES", 1024)
     batch, steps = 8, 1000
     model = ln.LSTM(16, 16, 2, batch_first=batch_first, seed=0)
     x = rng.standard_normal((batch, steps, 16) if batch_first else (steps, batch, 16))
@@ -534,7 +538,27 @@ def test_lengths_copy_neither_x_nor_y(rng, batch_first):
     finally:
         set_num_threads(threads)
     assert_close(y, y_ref)
-    assert peaks[1] < peaks[0] + steps * 16 * 4 + 4096, peaks
+    assert peaks[1] < peaks[0] + 4096, peaks
+
+
+@pytest.mark.parametrize(
+    "shape, axis", [((5, 40, 6), 0), ((40, 5, 6), 1), ((2, 5, 7, 33, 3), 2), ((3, 1, 4), 0)]
+)
+@pytest.mark.parametrize("chunk_bytes", [1, 100, 1 << 20])
+def test_rows_move_in_place_along_their_cycles(rng, shape, axis, chunk_bytes, monkeypatch):
+    """``_move_rows_in_place`` puts row k at order[k] for random permutations (y batch-first and
+    time-major, the traces (L·D, 5, B, T, H)), a chunk of time steps at a time: one step, a few,
+    or whole rows."""
+    from lstm_numba import model as model_module
+
+    monkeypatch.setattr(model_module, "MOVE_ROWS_CHUNK_BYTES", chunk_bytes)
+    for _ in range(4):
+        array = rng.standard_normal(shape)
+        order = rng.permutation(shape[axis])
+        expected = np.empty_like(array)
+        np.moveaxis(expected, axis, 0)[order] = np.moveaxis(array, axis, 0)
+        model_module._move_rows_in_place(array, order, axis)
+        np.testing.assert_array_equal(array, expected)
 
 
 def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
