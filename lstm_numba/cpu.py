@@ -308,8 +308,9 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell):
     (``directions_in_turn``). Where a direction's units would split over the threads instead
     (1–5 rows, ``unit_split_parts``), in turn ran 1.1–1.2× slower than side by side (Zen 4,
     (1, 20000, 256, 256) and (4, 8000, 256, 256), two layers): there ``IN_HALVES``
-    (``lstm_directions_in_halves``), side by side in two halves of time, for the seed's cell
-    (``seed_cell``, as ``unit_split_parts``'s), else None. w_hh: (2, 4H, H_out)."""
+    (``lstm_directions_in_halves``), side by side in two halves of time; so too where a
+    direction would run on one thread of several (LSTMP, ONNX's options or traces, whose units do
+    not split: ``seed_cell`` False, as ``unit_split_parts``'s). w_hh: (2, 4H, H_out)."""
     batch, width = lengths.size, w_hh.shape[2]
     if batch * time_steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
         return None
@@ -320,7 +321,7 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell):
     split = unit_split_parts(lengths, steps, hidden, 1, False, seed_cell, w_hh.itemsize) > 1
     if not parallel or (partitions > 1 and not split):
         return IN_TURN
-    return IN_HALVES if seed_cell and time_steps > 1 else None
+    return IN_HALVES if time_steps > 1 else None
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -1104,15 +1105,17 @@ def _unit_split_forward(
     h[:] = h_buffer[steps % 2]
 
 
-def lstm_directions_in_halves(y, w_ih, w_hh, w_hr, bias, h, c, lengths, batch_first):
-    """A layer of two directions of the seed's cell on y in place, its input the layer below's
-    output: side by side, a thread each, in two halves of time, M = T // 2. First the forward
-    direction over [0, M) and the reverse one from each row's last step down to M, both into an
-    array of half y's size, ``pending`` (the other direction still has to read those inputs);
-    then the forward one over [M, T) and the reverse one over [0, M), each on y in place (the
-    other direction has read those inputs), and ``pending`` copied into y. Half of y beyond y,
-    as in turn, with the directions still side by side. Arguments as ``lstm_layer_forward``'s
-    for D = 2 (w_hr (2, 0, 0)); y (B, T, 2H) or (T, B, 2H)."""
+def lstm_directions_in_halves(
+    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, batch_first, traces
+):  # fmt: skip
+    """A layer of two directions on y in place, its input the layer below's output: side by side, a
+    thread each, in two halves of time, M = T // 2. First the forward direction over [0, M) and the
+    reverse one from each row's last step down to M, both into an array of half y's size,
+    ``pending`` (the other direction still has to read those inputs); then the forward one over [M,
+    T) and the reverse one over [0, M), each on y in place (the other direction has read those
+    inputs), and ``pending`` copied into y. Half of y beyond y, as in turn, with the directions
+    still side by side. Arguments as ``lstm_layer_forward``'s for D = 2; y (B, T, 2·H_out) or (T, B,
+    2·H_out)."""
     steps = y.shape[1] if batch_first else y.shape[0]
     half, batch, width = steps // 2, h.shape[1], h.shape[2]
     # the forward direction's output at times [0, M), the reverse one's at [M, T)
@@ -1126,8 +1129,8 @@ def lstm_directions_in_halves(y, w_ih, w_hh, w_hr, bias, h, c, lengths, batch_fi
 
     def direction(d, out, column, lengths_now, first_time):
         lstm_rows_forward(
-            y, rows, w_ih[d], w_hh[d], w_hr[d], bias[d], None, h[d], c[d], out, column,
-            lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch, None, d,
+            y, rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell, h[d], c[d], out, column,
+            lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch, traces, d,
         )  # fmt: skip
 
     with _PARALLEL_FORWARD, _blas_on_one_thread(), ThreadPoolExecutor(1) as other_thread:

@@ -635,7 +635,8 @@ class LSTM:
                 stacks = self._layers[layer]
                 cpu.lstm_directions_in_halves(
                     y, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
-                    stacks["bias_ih"] + stacks["bias_hh"], h, c, lengths, self.batch_first,
+                    stacks["bias_ih"] + stacks["bias_hh"], self._cpu_cell(layer), h, c, lengths,
+                    self.batch_first, layer_traces,
                 )  # fmt: skip
             else:
                 layer_input = y  # the layer below's output; the one before it is freed

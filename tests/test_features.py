@@ -182,6 +182,29 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
     assert peaks[cpu.IN_HALVES] < peaks[None] - 0.45 * y.nbytes, peaks
 
 
+@pytest.mark.parametrize("options", BIDIRECTIONAL_IN_PLACE[1:])
+def test_bidirectional_layers_in_halves_with_cell_options(rng, options, monkeypatch):
+    """In halves of time with LSTMP, ONNX's activations (different by direction), peepholes and
+    clip: each direction's own weights, cell and columns, as the reference; the gate traces
+    (each direction at its own index, at the full sequence's times) as side by side."""
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
+    halves = []
+    run = cpu.lstm_directions_in_halves
+    monkeypatch.setattr(cpu, "lstm_directions_in_halves", lambda *a: halves.append(1) or run(*a))
+    model = ln.LSTM(5, 6, 3, bidirectional=True, seed=rng.integers(9), **options)
+    x, hx = random_inputs(rng, model, 3, 11)
+    lengths = np.array([11, 5, 6])
+    assert_forward_matches_reference(model, x, hx, lengths)
+    assert_forward_matches_reference(model, x, hx)
+    gates = model(x, hx, lengths=lengths, return_gates=True)[2]
+    assert len(halves) == 6  # layers 1 and 2, three calls
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: None)
+    side_by_side = model(x, hx, lengths=lengths, return_gates=True)[2]
+    assert len(halves) == 6
+    for expected, actual in zip(side_by_side, gates, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "lengths",

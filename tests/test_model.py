@@ -645,7 +645,7 @@ def test_directions_run_in_place_where_memory_counts(monkeypatch):
     ``DIRECTIONS_IN_PLACE_MIN_BYTES`` on: in turn where each direction alone splits its rows over
     all the threads, or there is one thread, or the directions take turns anyway; else, where
     a direction's units would split or it would run on one thread of several, side by side in
-    halves of time, where the cell is the seed's; else side by side as it was."""
+    halves of time."""
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
     monkeypatch.setattr(cpu, "cache_bytes", lambda level: {2: 1 << 20, 3: 32 << 20}[level])
     least = cpu.DIRECTIONS_IN_PLACE_MIN_BYTES
@@ -660,7 +660,7 @@ def test_directions_run_in_place_where_memory_counts(monkeypatch):
     assert in_place(rows - 1, 1000, 256) is None
     steps = 2 * least // (256 * 4)
     assert in_place(1, steps, 256) == cpu.IN_HALVES  # its units would split over the threads
-    assert in_place(1, steps, 256, seed_cell=False) is None
+    assert in_place(1, steps, 256, seed_cell=False) == cpu.IN_HALVES  # on one thread alone
     assert in_place(3, steps // 3, 256) == cpu.IN_HALVES
     assert in_place(1, 2 * least // (64 * 4), 64) == cpu.IN_HALVES  # one thread a direction
     assert in_place(1, 2 * least // (1024 * 4), 1024) == cpu.IN_TURN  # W_hh beyond half the L3
