@@ -112,22 +112,27 @@ BIDIRECTIONAL_IN_PLACE = [
 @pytest.mark.parametrize("batch", [1, 3, 7])
 @pytest.mark.parametrize("options", BIDIRECTIONAL_IN_PLACE)
 @pytest.mark.parametrize("threads", [True, False], ids=["threads", "calling-thread"])
-def test_bidirectional_layers_in_place_match_reference(rng, batch, options, threads, monkeypatch):
-    """Layers of two directions after the first run on the layer below's output in place
-    (``LSTM._run_directions_in_turn``, taken here whatever the size): the forward direction into an
-    array of its own, the reverse one over its input, each with its own weights, states, cell
+@pytest.mark.parametrize("mode", [cpu.IN_TURN, cpu.IN_HALVES])
+def test_bidirectional_layers_in_place_match_reference(rng, batch, options, threads, mode,
+                                                       monkeypatch):  # fmt: skip
+    """Layers of two directions after the first run on the layer below's output in place, taken
+    here whatever the size: in turn (``LSTM._run_directions_in_turn``: the forward direction into
+    an array of its own, the reverse one over its input) or in halves of time
+    (``cpu.lstm_directions_in_halves``), each direction with its own weights, states, cell
     (activations that differ by direction) and columns; rows of several lengths out of order,
-    several projection chunks, the rows or the units split over threads or not."""
+    several projection chunks, the rows or the units split over threads or not; the gate traces
+    (each direction at its own index) as side by side."""
     if threads:
         threads_at_any_size(monkeypatch)
-    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_TURN)
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: mode)
     monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
     monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     in_place = []
-    run = ln.LSTM._run_directions_in_turn
-    monkeypatch.setattr(
-        ln.LSTM, "_run_directions_in_turn", lambda *a: in_place.append(1) or run(*a)
-    )
+    owner, name = ln.LSTM, "_run_directions_in_turn"
+    if mode == cpu.IN_HALVES:
+        owner, name = cpu, "lstm_directions_in_halves"
+    run = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a: in_place.append(1) or run(*a))
     model = ln.LSTM(5, 6, num_layers=3, bidirectional=True, seed=rng.integers(9), **options)
     x, hx = random_inputs(rng, model, batch, 11)
     lengths = rng.permutation(np.linspace(5, 11, batch).astype(np.int64))
@@ -180,29 +185,6 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
         tracemalloc.stop()
     # half of y less, but for the second thread's few KB (its executor, workspace)
     assert peaks[cpu.IN_HALVES] < peaks[None] - 0.45 * y.nbytes, peaks
-
-
-@pytest.mark.parametrize("options", BIDIRECTIONAL_IN_PLACE[1:])
-def test_bidirectional_layers_in_halves_with_cell_options(rng, options, monkeypatch):
-    """In halves of time with LSTMP, ONNX's activations (different by direction), peepholes and
-    clip: each direction's own weights, cell and columns, as the reference; the gate traces
-    (each direction at its own index, at the full sequence's times) as side by side."""
-    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
-    halves = []
-    run = cpu.lstm_directions_in_halves
-    monkeypatch.setattr(cpu, "lstm_directions_in_halves", lambda *a: halves.append(1) or run(*a))
-    model = ln.LSTM(5, 6, 3, bidirectional=True, seed=rng.integers(9), **options)
-    x, hx = random_inputs(rng, model, 3, 11)
-    lengths = np.array([11, 5, 6])
-    assert_forward_matches_reference(model, x, hx, lengths)
-    assert_forward_matches_reference(model, x, hx)
-    gates = model(x, hx, lengths=lengths, return_gates=True)[2]
-    assert len(halves) == 6  # layers 1 and 2, three calls
-    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: None)
-    side_by_side = model(x, hx, lengths=lengths, return_gates=True)[2]
-    assert len(halves) == 6
-    for expected, actual in zip(side_by_side, gates, strict=True):
-        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
