@@ -721,7 +721,7 @@ def _move_rows_in_place(array, order, axis):
     """Row k of ``array`` along ``axis`` moved to row order[k], for the permutation ``order``,
     along each of its cycles, a chunk of time steps (each row's second-to-last axis: y's T, the
     traces' T) at a time, with a copy of one chunk beside the array (``MOVE_ROWS_CHUNK_BYTES``;
-    a whole row was 1/B of y, 16 MB for (5, 4000, 512) held twice)."""
+    a whole row is 1/B of y: 8 MB at (5, 4000, 512), which NumPy's copy doubled)."""
     rows = np.moveaxis(array, axis, 0)  # a view
     source = np.empty_like(order)
     source[order] = np.arange(order.size)  # row p receives row source[p]
