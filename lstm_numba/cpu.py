@@ -373,6 +373,16 @@ forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 5
 tile's faster steps repay after ≈ 50–100 row-steps; below, ``dot_tile_product``, which needs no
 packing (measured on a Zen 3, docs/performance.md)."""
 
+PANEL_NARROW_MAX_HIDDEN = 64
+PANEL_NARROW_MIN_ROW_STEPS = 32
+"""Up to ``PANEL_NARROW_MAX_HIDDEN`` hidden units, the panels from this many row-steps on: W_hh
+(≤ 64 KiB in float32) packs in a few µs, into memory the allocator has at hand, and 32
+row-steps repay it. Zen 4, (B, T, H, H), best of 300, three alternating pairs, µs (from 128 →
+from 32 row-steps): (2, 32, 64) 123–170 → 81–83, (4, 24, 64) 123–166 → 101–103, (3, 40, 48)
+126–153 → 89–94, (4, 8, 64) 54–73 → 51–53; two layers (2, 32, 64) 267–272 → 186–188; float64
+(2, 32, 64) 188–194 → 147–152. At H = 96–128, 32–64 row-steps ran level or up to 4 % slower, at
+H = 192–384 up to 1.7× slower (docs/performance.md)."""
+
 
 def plan_forward(batch, inputs, hidden, steps, directions=1):
     """``(product, partitions, parallel)`` for ``lstm_layer_forward``: how the recurrent product
@@ -403,7 +413,9 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
         partitions, rows = 1, batch
     if rows < 2:
         return RECURRENT_BLAS, partitions, parallel
-    packing_pays = rows * steps >= PANEL_MIN_ROW_STEPS and not numba_config.DISABLE_JIT
+    narrow = hidden <= PANEL_NARROW_MAX_HIDDEN
+    least = PANEL_NARROW_MIN_ROW_STEPS if narrow else PANEL_MIN_ROW_STEPS
+    packing_pays = rows * steps >= least and not numba_config.DISABLE_JIT
     return (RECURRENT_PANELS if packing_pays else RECURRENT_DOT_TILE), partitions, parallel
 
 

@@ -818,6 +818,10 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     row_steps = cpu.PANEL_MIN_ROW_STEPS
     assert plan(2, 256, row_steps // 2 - 1) == (rows, 1, parallel)
     assert plan(2, 256, row_steps // 2) == (panels, 1, parallel)
+    narrow, row_steps = cpu.PANEL_NARROW_MAX_HIDDEN, cpu.PANEL_NARROW_MIN_ROW_STEPS  # packs fast
+    assert plan(2, narrow, row_steps // 2 - 1)[0] == rows
+    assert plan(2, narrow, row_steps // 2)[0] == panels
+    assert plan(2, narrow + 1, row_steps // 2)[0] == rows
     # W_hh beyond the caches: split from two rows on (one row a thread: GEMV)
     assert plan(2, 1024, steps) == (panels if threads < 2 else blas, min(threads, 2), parallel)
     assert plan(4 * threads, 1024, steps) == (panels, threads, parallel)
@@ -834,8 +838,8 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     assert plan(row_steps * threads, 512, 1)[1:] == (threads, parallel)
     assert plan((row_steps - 1) * threads, 512, 1)[1:] == (1, parallel)
     threaded_steps = -(-cpu.PARALLEL_MIN_MULTIPLY_ADDS // (2 * 4 * 4 * 32 * (32 + 32)))
-    assert plan(4, 32, threaded_steps - 1, directions=2) == (rows, 1, False)
-    assert plan(4, 32, threaded_steps, directions=2) == (rows, 1, parallel)
+    assert plan(4, 32, threaded_steps - 1, directions=2)[1:] == (1, False)
+    assert plan(4, 32, threaded_steps, directions=2)[1:] == (1, parallel)
 
 
 @pytest.mark.parametrize("batch, partitions", [(1, 1), (7, 1), (7, 2), (9, 4), (64, 3)])
