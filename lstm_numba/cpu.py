@@ -214,6 +214,14 @@ multiply-adds of all directions, B·T·4H·(I + H)·D); below, one after another
 thread: starting the parallel driver and holding BLAS to one thread meanwhile cost ≈ 40–50 µs
 a call (measured on 2 cores of a Zen 3, docs/performance.md)."""
 
+PARALLEL_DIRECTIONS_MIN_STEPS = 32
+"""Run two directions side by side, a thread each, from this many steps on whatever the work
+(below ``PARALLEL_MIN_MULTIPLY_ADDS``): each step of a small model costs little, but its steps
+follow one another, and two directions on two threads halve the loop (Zen 4, two directions,
+(B, T, H, H), µs, one after another → side by side: (1, 100, 16) 72–73 → 52–63, (1, 64, 16)
+52–53 → 44–50, (1, 32, 32) 50–52 → 44–49; (1, 12, 32) 31–32 → 33–35 and (1, 4, 64) 32 → 33–36
+below it, docs/performance.md)."""
+
 PARTITION_MIN_MULTIPLY_ADDS = 6_000_000
 """Split the batch of a direction over threads from this much work on (its multiply-adds,
 B·T·4H·(I + H)); below, one thread runs it, with BLAS's own threads for the projection."""
@@ -391,12 +399,15 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     of their own (``lstm_partitioned_forward``) or one after another on this one. Measured on 2
     cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread on,
     up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call; small
-    calls run faster without threads (``PARALLEL_MIN_MULTIPLY_ADDS``,
-    ``PARTITION_MIN_MULTIPLY_ADDS``, ``PARTITION_MIN_ROW_STEPS``). Under
+    calls run faster without threads (``PARALLEL_MIN_MULTIPLY_ADDS``, unless two directions have
+    ``PARALLEL_DIRECTIONS_MIN_STEPS``; ``PARTITION_MIN_MULTIPLY_ADDS``,
+    ``PARTITION_MIN_ROW_STEPS``). Under
     ``NUMBA_DISABLE_JIT=1`` (the kernels run as Python, for a debugger), never the register
     tile, an LLVM intrinsic with no Python form."""
     work = batch * steps * 4 * hidden * (inputs + hidden)
-    parallel = work * directions >= PARALLEL_MIN_MULTIPLY_ADDS
+    parallel = work * directions >= PARALLEL_MIN_MULTIPLY_ADDS or (
+        directions > 1 and steps >= PARALLEL_DIRECTIONS_MIN_STEPS
+    )
     threads = 1  # asked only where it matters: ≈ 0.7 µs, 5 % of the smallest calls
     if parallel:
         threads = 1 if _FORKED_FROM_GNU_OPENMP else get_num_threads()

@@ -840,6 +840,11 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     threaded_steps = -(-cpu.PARALLEL_MIN_MULTIPLY_ADDS // (2 * 4 * 4 * 32 * (32 + 32)))
     assert plan(4, 32, threaded_steps - 1, directions=2)[1:] == (1, False)
     assert plan(4, 32, threaded_steps, directions=2)[1:] == (1, parallel)
+    # two directions of a small model: side by side from enough steps on, whatever the work
+    many = cpu.PARALLEL_DIRECTIONS_MIN_STEPS
+    assert plan(1, 8, many - 1, directions=2)[2] is False
+    assert plan(1, 8, many, directions=2)[2] == parallel
+    assert plan(1, 8, 1000)[2] is False  # one direction: nothing to run beside it
 
 
 @pytest.mark.parametrize("batch, partitions", [(1, 1), (7, 1), (7, 2), (9, 4), (64, 3)])
