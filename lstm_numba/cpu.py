@@ -222,9 +222,12 @@ follow one another, and two directions on two threads halve the loop (Zen 4, two
 52–53 → 44–50, (1, 32, 32) 50–52 → 44–49; (1, 12, 32) 31–32 → 33–35 and (1, 4, 64) 32 → 33–36
 below it, docs/performance.md)."""
 
-PARTITION_MIN_MULTIPLY_ADDS = 6_000_000
+PARTITION_MIN_MULTIPLY_ADDS = 1_000_000
 """Split the batch of a direction over threads from this much work on (its multiply-adds,
-B·T·4H·(I + H)); below, one thread runs it, with BLAS's own threads for the projection."""
+B·T·4H·(I + H)); below, one thread runs it, with BLAS's own threads for the projection. It was
+6·10⁶ (Zen 3); on a Zen 4 the split paid from 10⁶ ((8, 64, 32, 32) 164–172 → 113 µs,
+(6, 50, 48, 48) 175–179 → 124–128, (32, 1, 128, 128) 123–176 → 91–151), and cost 4–8 µs below
+(``PARALLEL_MIN_MULTIPLY_ADDS``; docs/performance.md)."""
 
 PARTITION_MIN_ROW_STEPS = 16
 """Split the batch of a direction over threads only where each thread gets this many rows ×
