@@ -51,6 +51,26 @@ class Forward:
     track_fraction_of_sgemm.unit = "fraction of the float32 GEMM rate"
 
 
+class ForwardSmall:
+    """Small models, where the plan's thresholds decide: the register tile's panels from 32
+    row-steps at H ≤ 64, rows split over the threads from 10⁶ multiply-adds, two directions
+    side by side from 32 steps (docs/performance.md, items 33–35)."""
+
+    params = (
+        choose(["2,32,64,64", "8,64,32,32", "1,100,16,16", "32,8,32,32"], ["2,8,16,16"]),
+        [False, True],
+    )
+    param_names = ["shape", "bidirectional"]
+
+    def setup(self, shape, bidirectional):
+        shape = tuple(int(v) for v in shape.split(","))
+        self.model, self.x = model_and_input(*shape, bidirectional=bidirectional)
+        self.model(self.x)  # compile or load from the cache
+
+    def time_forward(self, *_):
+        self.model(self.x)
+
+
 class ForwardMemory:
     """Allocation peak of a forward on long sequences, relative to what it must hold anyway: 32
     rows split over the threads, or 5 whose hidden units split (two directions after the first
