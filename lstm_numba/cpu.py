@@ -1144,8 +1144,10 @@ def lstm_directions_in_halves(
     2·H_out)."""
     steps = y.shape[1] if batch_first else y.shape[0]
     half, batch, width = steps // 2, h.shape[1], h.shape[2]
-    # the forward direction's output at times [0, M), the reverse one's at [M, T)
-    pending = np.zeros((*y.shape[:2], width), y.dtype)
+    # the forward direction's output at times [0, M), the reverse one's at [M, T); zeros where
+    # rows shorter than T leave it unwritten (y is zero past each row's length)
+    new_array = np.zeros if int(lengths.min()) < steps else np.empty
+    pending = new_array((*y.shape[:2], width), y.dtype)
     lengths_early = np.minimum(lengths, half)
     lengths_late = np.maximum(lengths - half, 0)
     max_steps = int(lengths.max())

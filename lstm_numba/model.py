@@ -632,11 +632,10 @@ class LSTM:
             elif in_place == cpu.IN_TURN:
                 self._run_directions_in_turn(layer, y, h, c, lengths, padded, layer_traces)
             elif in_place == cpu.IN_HALVES:
-                stacks = self._layers[layer]
+                w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
                 cpu.lstm_directions_in_halves(
-                    y, stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"],
-                    stacks["bias_ih"] + stacks["bias_hh"], self._cpu_cell(layer), h, c, lengths,
-                    self.batch_first, layer_traces,
+                    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, self.batch_first,
+                    layer_traces,
                 )  # fmt: skip
             else:
                 layer_input = y  # the layer below's output; the one before it is freed
@@ -653,13 +652,25 @@ class LSTM:
         steps = y.shape[1 if self.batch_first else 0]
         return cpu.directions_in_place(self._layers[1]["weight_hh"], lengths, steps, seed_cell)
 
+    def _cpu_layer(self, layer):
+        """Layer ``layer``'s arrays as the CPU kernels take them, every direction's: w_ih
+        (D, 4H, I), w_hh (D, 4H, H_out), w_hr (D, H_out, H) or (D, 0, 0), the bias b_ih + b_hh
+        (D, 4H), and the cell options (``_cpu_cell``)."""
+        stacks = self._layers[layer]
+        bias = stacks["bias_ih"] + stacks["bias_hh"]
+        return (
+            stacks["weight_ih"],
+            stacks["weight_hh"],
+            stacks["weight_hr"],
+            bias,
+            self._cpu_cell(layer),
+        )
+
     def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, direction=None):
         """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): all its directions,
         or only ``direction`` (0 or 1), written to y's columns from its own on; h, c and traces
         those directions'."""
-        stacks, cell = self._layers[layer], self._cpu_cell(layer)
-        w_ih, w_hh, w_hr = stacks["weight_ih"], stacks["weight_hh"], stacks["weight_hr"]
-        bias = stacks["bias_ih"] + stacks["bias_hh"]
+        w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
         backward, column = self.reverse, 0
         if direction is not None:
             d = slice(direction, direction + 1)

@@ -174,7 +174,7 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
     assert_forward_matches_reference(model, x, hx, lengths)
     np.testing.assert_array_equal(x, given)
     assert len(halves) == 4  # layers 1 and 2, twice
-    long = random_inputs(rng, model, batch, 20000, states=False)[0]
+    long = random_inputs(rng, model, batch, 60000, states=False)[0]  # the thread: ≈ 0.1 MB
     peaks = {}
     for mode in (cpu.IN_HALVES, None):
         monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments, mode=mode: mode)
