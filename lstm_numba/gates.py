@@ -31,9 +31,8 @@ def _gate_preactivation(h_prev, x, W, b, gate):
 
 def _elementwise(ufunc, *arrays):
     """``ufunc(*arrays)``, one of ``cpu``'s with σ or tanh in it: NaN in gives NaN out without
-    NumPy's "invalid value" warning, as ``np.tanh`` does. Whether their compiled clamps raise the
-    floating-point flag on NaN depends on the LLVM version under Numba (they do up to Numba
-    0.65's)."""
+    NumPy's "invalid value" warning, as ``np.tanh`` does: their clamps compile to x86's max and
+    min, which raise the floating-point flag on NaN (``equations.saturate``)."""
     with np.errstate(invalid="ignore"):
         return ufunc(*arrays)
 
