@@ -65,16 +65,20 @@ def __getattr__(name):
 
 @functools.cache
 def _blas_threads():
-    """Sets the thread count of the BLAS libraries around the parallel driver (those only: the
-    limit reads the state of every library it holds, ≈ 5 µs each). Created on first use, after
-    loading the BLAS that Numba's ``np.dot`` calls (SciPy's, through ``scipy.linalg.cython_blas``):
-    a controller only sees the libraries loaded when it is created, and one created at import
-    (before anything had loaded SciPy's BLAS) left that BLAS on all its threads inside each of
-    the driver's threads, which made the parallel forward ≈ 2× slower."""
+    """The thread settings of the BLAS that Numba's ``np.dot`` calls (SciPy's, through
+    ``scipy.linalg.cython_blas``), which the drivers hold to one thread (``_blas_on_one_thread``):
+    threadpoolctl's controllers of the BLAS libraries under SciPy's installation (the OpenBLAS its
+    wheel bundles), or of every BLAS library where none is there (one shared by NumPy and SciPy,
+    as conda's). NumPy's own bundled OpenBLAS, which no kernel calls, is left alone: setting its
+    threads cost ≈ 2.5 µs a call. Created on first use, after loading SciPy's BLAS: a controller
+    only sees the libraries loaded when it is created, and one created at import (before anything
+    had loaded SciPy's BLAS) left that BLAS on all its threads inside each of the driver's
+    threads, which made the parallel forward ≈ 2× slower."""
+    import scipy
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
 
-    controller = ThreadpoolController().select(user_api="blas")
-    if not controller.lib_controllers:
+    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    if not libraries:
         warnings.warn(
             "lstm_numba: threadpoolctl finds no BLAS library in this process, so forwards on "
             "several threads cannot hold BLAS to one thread in each, and may run slower than "
@@ -82,15 +86,21 @@ def _blas_threads():
             RuntimeWarning,
             stacklevel=2,
         )
-    return controller
+    installation = os.path.realpath(os.path.dirname(scipy.__file__))  # its wheel's libs beside
+    scipys = [
+        library
+        for library in libraries
+        if os.path.realpath(library.filepath).startswith((installation + os.sep, installation + "."))
+    ]
+    return scipys or libraries
 
 
 @contextlib.contextmanager
 def _blas_on_one_thread():
     """BLAS held to one thread while the block runs (the parallel drivers' threads each call it),
-    then set back: ≈ 8 µs a call through the libraries' own setters, where threadpoolctl's
+    then set back: ≈ 3 µs a call through the library's own setters, where threadpoolctl's
     ``limit`` took ≈ 20 µs (it reads each library's whole description first)."""
-    libraries = _blas_threads().lib_controllers
+    libraries = _blas_threads()
     counts = [library.get_num_threads() for library in libraries]
     for library in libraries:
         library.set_num_threads(1)
