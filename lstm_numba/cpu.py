@@ -86,12 +86,9 @@ def _blas_threads():
             RuntimeWarning,
             stacklevel=2,
         )
-    installation = os.path.realpath(os.path.dirname(scipy.__file__))  # its wheel's libs beside
-    scipys = [
-        library
-        for library in libraries
-        if os.path.realpath(library.filepath).startswith((installation + os.sep, installation + "."))
-    ]
+    installation = os.path.realpath(os.path.dirname(scipy.__file__))
+    inside = (installation + os.sep, installation + ".")  # scipy/… and its wheel's scipy.libs/…
+    scipys = [lib for lib in libraries if os.path.realpath(lib.filepath).startswith(inside)]
     return scipys or libraries
 
 
