@@ -1,5 +1,7 @@
-"""The recurrent product h·W_hhᵀ of one thread's rows, in each of the ways a forward can run it
-(``cpu.plan_forward``): the register tile on packed W_hh, the dot-product tile, BLAS."""
+"""The two halves of a step on one thread: the recurrent product h·W_hhᵀ of one thread's rows, in
+each of the ways a forward can run it (``cpu.plan_forward``): the register tile on packed W_hh,
+the dot-product tile, BLAS; and the fused pointwise pass (``cpu.lstm_step_pointwise``): the
+gates, the cell update and h."""
 
 import time
 
@@ -61,3 +63,42 @@ class RecurrentProduct:
         return 2 * rows * 4 * hidden * hidden / best / 1e9
 
     track_gflops.unit = "GFLOP/s"
+
+
+class PointwiseStep:
+    """One step's fused pointwise pass for B' rows of H units: five σ/tanh, the cell update and h
+    a unit, from the step's two products and the bias."""
+
+    params = (choose([1, 8, 32], [2]), choose([32, 256, 1024], [8]), ["float32", "float64"])
+    param_names = ["rows", "hidden", "dtype"]
+
+    def setup(self, rows, hidden, dtype):
+        rng = np.random.default_rng(0)
+
+        def normal(*shape):
+            return rng.standard_normal(shape).astype(dtype)
+
+        recurrent, projected = normal(rows, 4 * hidden), normal(rows, 4 * hidden)
+        bias, c, h = normal(4 * hidden), normal(rows, hidden), normal(rows, hidden)
+        y = np.zeros((rows, 1, hidden), dtype)  # (B, T, H): each row writes its step 0
+        times = np.zeros(rows, np.int64)
+        self.arguments = (
+            recurrent, projected, bias, None, c, h, times, y, True, np.empty(0, dtype), 0, True,
+            0, None, 0,
+        )  # fmt: skip
+        self.time_step()  # compile or load from the cache
+
+    def time_step(self, *_):
+        cpu.lstm_step_pointwise(*self.arguments)
+
+    def track_ns_per_unit(self, rows, hidden, dtype):
+        """Nanoseconds a hidden unit, from the best of 20 calls of 50 steps."""
+        best = np.inf
+        for _ in range(20):
+            start = time.perf_counter()
+            for _ in range(50):
+                cpu.lstm_step_pointwise(*self.arguments)
+            best = min(best, (time.perf_counter() - start) / 50)
+        return best / (rows * hidden) * 1e9
+
+    track_ns_per_unit.unit = "ns"

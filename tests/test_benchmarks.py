@@ -43,6 +43,7 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
     for name in (
         "TimeGates.time_lstm_step",
         "RecurrentProduct.time_product",
+        "PointwiseStep.time_step",
         "Forward.time_forward",
         "ForwardLayersDirectionsLengths.time_forward",
         "ForwardProjected.time_forward",
