@@ -95,6 +95,8 @@ def like_input(x, array):
     tensor for torch input (zero-copy), NumPy otherwise. From the GPU path (a Numba device
     array): CuPy → CuPy, torch → torch (both zero-copy, through ``__cuda_array_interface__``),
     NumPy → NumPy (copied back), otherwise the Numba device array itself."""
+    if isinstance(array, np.ndarray) and isinstance(x, np.ndarray):
+        return array  # the common case, before anything else
     module = type(x).__module__.split(".")[0]
     if isinstance(array, np.ndarray):
         if module == "torch":

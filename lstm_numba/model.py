@@ -537,13 +537,12 @@ class LSTM:
         """Checked (h0, c0), each (D·L, B, ·): fresh NumPy arrays the CPU kernels update in
         place, or device arrays for the GPU path (which does not modify them)."""
         layers_directions = self.num_layers * self.num_directions
-        shapes = {
-            "h0": ((layers_directions, batch, self.output_size), "H_out"),
-            "c0": ((layers_directions, batch, self.hidden_size), "H"),
-        }
+        h_shape = (layers_directions, batch, self.output_size)
+        c_shape = (layers_directions, batch, self.hidden_size)
         if hx is None:
-            states = [np.zeros(shape, self.dtype) for shape, _ in shapes.values()]
+            states = [np.zeros(h_shape, self.dtype), np.zeros(c_shape, self.dtype)]
             return [dispatch.to_device(state) for state in states] if on_gpu else states
+        shapes = {"h0": (h_shape, "H_out"), "c0": (c_shape, "H")}
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise ValueError(
                 f"hx: expected a pair (h0, c0), got {type(hx).__name__}"
