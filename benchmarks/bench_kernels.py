@@ -83,8 +83,7 @@ class PointwiseStep:
         y = np.zeros((rows, 1, hidden), dtype)  # (B, T, H): each row writes its step 0
         times = np.zeros(rows, np.int64)
         self.arguments = (
-            recurrent, projected, bias, None, c, h, times, y, True, np.empty(0, dtype), 0, True,
-            0, None, 0,
+            recurrent, projected, bias, None, c, h, times, y, True, 0, True, 0, None, 0,
         )  # fmt: skip
         self.time_step()  # compile or load from the cache
 

@@ -648,8 +648,8 @@ def _trace_rows(traces, direction, row, t, fallback):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_step_pointwise(
-    recurrent, projected, bias, cell, c, h_new, times, y, write_y, sink, column, batch_first,
-    row_offset, traces, direction,
+    recurrent, projected, bias, cell, c, h_new, times, y, write_y, column, batch_first, row_offset,
+    traces, direction,
 ):  # fmt: skip
     """Fused pointwise part of one step: all four gates, the cell update and the hidden state.
 
@@ -662,9 +662,9 @@ def lstm_step_pointwise(
     previous cell states, overwritten with the new ones; h_new: (B', H), written with the new
     hidden states. times: (B',) the time index each row computes, -1 for a row past its length
     (skipped, its states kept). y: (B, T, ·) if ``batch_first`` else (T, B, ·); if ``write_y``,
-    row ``row_offset + b`` of step ``times[b]`` written with h in columns [column, column + H);
-    else h goes to sink (H,) instead, a row of its own (a second store into h_new's row would fail
-    the vectorized loop's runtime overlap check and run the loop scalar, 6× slower).
+    row ``row_offset + b`` of step ``times[b]`` written with h in columns [column, column + H),
+    copied from h_new's row after the row's loop: a third store stream in the loop had LLVM check
+    one more array for overlap before every row (5–13 % of the pass at H ≤ 64; item 38).
     traces: (D, 5, B, T, H), where row ``row_offset + b`` of step ``times[b]`` records f, i, C̃, o
     and C at ``direction``, or None. A kernel compiled for ``cell``/``traces`` None has no ONNX or
     trace code at all (Numba prunes ``is None`` on a None-typed argument). No intermediate arrays:
@@ -691,7 +691,6 @@ def lstm_step_pointwise(
         p_i, p_f, p_g, p_o = prj[i_gate], prj[f_gate], prj[g_gate], prj[o_gate]
         h_row = h_new[b]
         c_row = c[b]
-        y_row = _output_row(y, row_offset + b, t, batch_first, column, hidden) if write_y else sink
         t_f, t_i, t_g, t_o, t_c = _trace_rows(traces, direction, row_offset + b, t, h_row)
         for j in range(hidden):
             z_i = r_i[j] + p_i[j] + b_i[j]
@@ -708,9 +707,10 @@ def lstm_step_pointwise(
                 )  # fmt: skip
             c_row[j] = c_new
             h_row[j] = h
-            y_row[j] = h
             if traces is not None:
                 t_f[j], t_i[j], t_g[j], t_o[j], t_c[j] = f, i, g, o, c_new
+        if write_y:
+            _copy(h_row, _output_row(y, row_offset + b, t, batch_first, column, hidden))
 
 
 @njit(**KERNEL_OPTIONS)
@@ -765,7 +765,6 @@ def lstm_rows_forward(
     c_rows = c[row_start:row_stop]
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
     h_projected = np.empty((batch, h.shape[1] if projecting else 0), dtype=h.dtype)
-    sink = np.empty(hidden if projecting else 0, dtype=h.dtype)
     w_hh_t = w_hh.T
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
@@ -803,8 +802,7 @@ def lstm_rows_forward(
             h_new = h_unprojected[:active] if projecting else h_act
             lstm_step_pointwise(
                 rec, projected[starts[s] : starts[s + 1]], bias, cell, c_rows[:active], h_new,
-                time_act, y, not projecting, sink, column, batch_first, row_start, traces,
-                direction,
+                time_act, y, not projecting, column, batch_first, row_start, traces, direction,
             )  # fmt: skip
             if projecting:
                 project_hidden(
@@ -950,7 +948,6 @@ def units_product(weights, vector, out, low, high):
 def lstm_units_round(
     part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
     batch_first, bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times,
-    sink,
 ):  # fmt: skip
     """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
     gathers their units of the bias and the cell state and packs their rows of W_hh (for more
@@ -963,8 +960,8 @@ def lstm_units_round(
     tile (``recurrent_panels``) on the part's rows of W_hh.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
-    h_part (B·W,), times (B,) and sink (0,) are the calling thread's workspace, U = the part's
-    units, W = the widest part's.
+    h_part (B·W,) and times (B,) are the calling thread's workspace, U = the part's units, W = the
+    widest part's.
     """
     batch, hidden = c.shape
     low, high = bounds[part], bounds[part + 1]
@@ -1012,7 +1009,7 @@ def lstm_units_round(
         # non-literal constants: Literal arguments would compile the pointwise kernel again
         write_y, row_offset, direction = np.bool_(True), np.int64(0), np.int64(0)
         lstm_step_pointwise(
-            recurrent, step_projected, part_bias, None, part_c, h_new, times, y, write_y, sink,
+            recurrent, step_projected, part_bias, None, part_c, h_new, times, y, write_y,
             column + low, batch_first, row_offset, None, direction,
         )  # fmt: skip
         h_next = h_buffer[(step + 1) % 2]
@@ -1062,7 +1059,6 @@ def lstm_unit_parts_worker(
     step_projected = np.empty((batch, 4 * widest), dtype=c.dtype)
     h_part = np.empty(batch * widest, dtype=c.dtype)
     times = np.empty(batch, dtype=np.int64)
-    sink = np.empty(0, dtype=c.dtype)
     done = parts * COUNTER_STRIDE
     for round_ in range(steps + 1):
         while atomics.load(counters, done) < parts * round_:
@@ -1073,7 +1069,7 @@ def lstm_unit_parts_worker(
                 lstm_units_round(
                     part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths,
                     steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
-                    recurrent, step_projected, h_part, times, sink,
+                    recurrent, step_projected, h_part, times,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
 

@@ -105,7 +105,7 @@ def test_fused_step_is_vectorized(dtype, division):
     args = [zeros(batch, 4 * hidden), zeros(batch, 4 * hidden), zeros(4 * hidden)]
     args += [None]  # the seed's cell
     args += [zeros(batch, hidden), zeros(batch, hidden), np.zeros(batch, np.int64)]
-    args += [zeros(batch, 3, hidden), True, zeros(0)]  # y, write_y, sink
+    args += [zeros(batch, 3, hidden), True]  # y, write_y
     options = {**KERNEL_OPTIONS, "cache": False}  # cached code cannot be inspected
     kernel = njit(**options)(cpu.lstm_step_pointwise.py_func)
     kernel(*args, 0, True, 0, None, 0)
