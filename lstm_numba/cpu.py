@@ -95,7 +95,7 @@ def _blas_threads():
 @contextlib.contextmanager
 def _blas_on_one_thread():
     """BLAS held to one thread while the block runs (the parallel drivers' threads each call it),
-    then set back: ≈ 3 µs a call through the library's own setters, where threadpoolctl's
+    then set back: ≈ 3.5 µs a call through the library's own setters, where threadpoolctl's
     ``limit`` took ≈ 20 µs (it reads each library's whole description first)."""
     libraries = _blas_threads()
     counts = [library.get_num_threads() for library in libraries]
