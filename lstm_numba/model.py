@@ -778,6 +778,7 @@ class Stream:
         states = model.num_layers
         self._h = np.zeros((states, self.batch_size, model.output_size), model.dtype)
         self._c = np.zeros((states, self.batch_size, model.hidden_size), model.dtype)
+        self._lengths = np.zeros(self.batch_size, np.int64)  # every row's steps in a chunk
 
     @property
     def state(self):
@@ -822,6 +823,7 @@ class Stream:
                 f"{chunk.shape}"
             )
         steps = chunk.shape[1 - batch_axis]
-        lengths = np.full(self.batch_size, steps, np.int64)
-        y, _ = model._forward_cpu(chunk, self._h, self._c, lengths, False, None)
+        if self._lengths[0] != steps:  # the kernels only read it: kept while chunks keep a size
+            self._lengths = np.full(self.batch_size, steps, np.int64)
+        y, _ = model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
         return dispatch.like_input(given, y)
