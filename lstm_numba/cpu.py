@@ -1106,13 +1106,12 @@ def lstm_unit_split_forward(
 
 
 def _unit_split_forward(
-    x, w_ih, w_hh, bias, h, c, y, column, lengths, reverse, batch_first, parts
+    x, w_ih, w_hh, bias, h, c, y, column, lengths, steps, reverse, batch_first, parts
 ):  # fmt: skip
     """``lstm_unit_split_forward`` for a few rows in one direction, written to y's columns
     [column, column + H): h, c (B, H) the initial states, overwritten with the final ones; other
     arguments as ``lstm_layer_forward``'s for D = 1 (``reverse`` only for rows of one length)."""
     batch, hidden = h.shape
-    steps = int(lengths.max())
     bounds = np.arange(parts + 1) * hidden // parts
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
@@ -1181,12 +1180,13 @@ def lstm_directions_in_halves(
 
 
 def lstm_layer_forward(
-    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, batch_first, traces, x_rows=None,
-    column=0,
+    x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, batch_first, traces,
+    x_rows=None, column=0,
 ):  # fmt: skip
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
-    Arguments as ``lstm_partitioned_forward``; x_rows None reads batch row b at x's row b. With
+    Arguments as ``lstm_partitioned_forward``; steps: the longest of lengths; x_rows None reads
+    batch row b at x's row b. With
     one work item (one direction, one slice of
     rows) BLAS keeps its own threads. Several run on threads of their own, each with BLAS on
     one thread for its rows, and calls from other Python threads wait for the driver
@@ -1197,7 +1197,6 @@ def lstm_layer_forward(
     directions run one after another (``directions_in_turn``).
     """
     directions, batch, _ = h.shape
-    steps = int(lengths.max()) if batch else 0
     seed_cell = cell is None and traces is None and w_hr.shape[1] == 0
     hidden, width = c.shape[2], h.shape[2]
     at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
@@ -1220,7 +1219,7 @@ def lstm_layer_forward(
         if split:
             _unit_split_forward(
                 x, w_ih[first], w_hh[first], bias[first], h[first], c[first], y,
-                column + first * width, lengths, first == 1 or backward, batch_first, parts,
+                column + first * width, lengths, steps, first == 1 or backward, batch_first, parts,
             )  # fmt: skip
             continue
         if at_once * partitions == 1:

@@ -570,43 +570,45 @@ class LSTM:
         wherever they sit."""
         batch_axis = 0 if self.batch_first else 1
         batch = x.shape[batch_axis]
-        if not padded or self._splits_units(lengths, traces is not None):
-            return self._run_layers(x, h_n, c_n, lengths, padded, traces), (h_n, c_n)
+        steps = int(lengths.max()) if padded else x.shape[1 - batch_axis]  # the longest length
+        if not padded or self._splits_units(lengths, steps, traces is not None):
+            return self._run_layers(x, h_n, c_n, lengths, steps, padded, traces), (h_n, c_n)
         inputs = self.input_size
         if self.num_layers > 1:  # the slices of the layer with the most inputs: D·H_out deeper
             inputs = max(inputs, self.num_directions * self.output_size)
         _, partitions, _ = cpu.plan_forward(
-            batch, inputs, self.hidden_size, int(lengths.max()), self.num_directions
+            batch, inputs, self.hidden_size, steps, self.num_directions
         )
         order = cpu.length_order(lengths, partitions)
         if np.array_equal(order, np.arange(order.size)):  # already in order
-            return self._run_layers(x, h_n, c_n, lengths, True, traces), (h_n, c_n)
+            return self._run_layers(x, h_n, c_n, lengths, steps, True, traces), (h_n, c_n)
         # Indexing a middle axis gives non-C-contiguous arrays; the kernels take C-contiguous ones
         # only (one compiled signature per dtype).
         h_ordered = np.ascontiguousarray(h_n[:, order])
         c_ordered = np.ascontiguousarray(c_n[:, order])
         # the traces, all NaN until written, are written in order and put back like y
-        y = self._run_layers(x, h_ordered, c_ordered, lengths[order], True, traces, order)
+        y = self._run_layers(x, h_ordered, c_ordered, lengths[order], steps, True, traces, order)
         h_n[:, order], c_n[:, order] = h_ordered, c_ordered
         if traces is not None:
             _move_rows_in_place(traces, order, 2)
         _move_rows_in_place(y, order, batch_axis)
         return y, (h_n, c_n)
 
-    def _splits_units(self, lengths, traced):
-        """Whether the layers split the hidden units of rows of ``lengths`` read in order (in one
-        direction: two directions in turn split them only for rows of one length, the reverse
-        direction's condition, which the length order leaves in place)."""
+    def _splits_units(self, lengths, steps, traced):
+        """Whether the layers split the hidden units of rows of ``lengths`` (the longest
+        ``steps``) read in order (in one direction: two directions in turn split them only for
+        rows of one length, the reverse direction's condition, which the length order leaves in
+        place)."""
         seed_cell = self._cpu_cell(0) is None and not traced and self.proj_size == 0
         parts = cpu.unit_split_parts(
-            lengths, int(lengths.max()), self.hidden_size, self.num_directions, self.reverse,
-            seed_cell, self.dtype.itemsize,
+            lengths, steps, self.hidden_size, self.num_directions, self.reverse, seed_cell,
+            self.dtype.itemsize,
         )  # fmt: skip
         return parts > 1
 
-    def _run_layers(self, x, h_n, c_n, lengths, padded, traces, x_rows=None):
+    def _run_layers(self, x, h_n, c_n, lengths, steps, padded, traces, x_rows=None):
         """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order, x's
-        row b at x_rows[b] (``cpu.lstm_layer_forward``), y's at b).
+        row b at x_rows[b] (``cpu.lstm_layer_forward``), y's at b), steps the longest length.
 
         The layers after the first run on y in place, as their input and their output (every
         kernel reads x at a chunk of times before it writes y there), so that a stack in one
@@ -619,17 +621,18 @@ class LSTM:
         y = new_output((*x.shape[:2], directions * self.output_size), self.dtype)
         if batch == 0:
             return y
+        first_traces = None if traces is None else traces[:directions]
         self._run_layer(0, np.ascontiguousarray(x), x_rows, h_n[:directions], c_n[:directions], y,
-                        lengths, None if traces is None else traces[:directions])  # fmt: skip
+                        lengths, steps, first_traces)  # fmt: skip
         in_place = directions > 1 and self._directions_in_place(y, lengths, traces)
         for layer in range(1, self.num_layers):
             states = slice(layer * directions, (layer + 1) * directions)
             h, c = h_n[states], c_n[states]
             layer_traces = None if traces is None else traces[states]
             if directions == 1:
-                self._run_layer(layer, y, None, h, c, y, lengths, layer_traces)
+                self._run_layer(layer, y, None, h, c, y, lengths, steps, layer_traces)
             elif in_place == cpu.IN_TURN:
-                self._run_directions_in_turn(layer, y, h, c, lengths, padded, layer_traces)
+                self._run_directions_in_turn(layer, y, h, c, lengths, steps, padded, layer_traces)
             elif in_place == cpu.IN_HALVES:
                 w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
                 cpu.lstm_directions_in_halves(
@@ -639,7 +642,7 @@ class LSTM:
             else:
                 layer_input = y  # the layer below's output; the one before it is freed
                 y = new_output(y.shape, self.dtype)
-                self._run_layer(layer, layer_input, None, h, c, y, lengths, layer_traces)
+                self._run_layer(layer, layer_input, None, h, c, y, lengths, steps, layer_traces)
         return y
 
     def _directions_in_place(self, y, lengths, traces):
@@ -665,7 +668,7 @@ class LSTM:
             self._cpu_cell(layer),
         )
 
-    def _run_layer(self, layer, x, x_rows, h, c, y, lengths, traces, direction=None):
+    def _run_layer(self, layer, x, x_rows, h, c, y, lengths, steps, traces, direction=None):
         """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): all its directions,
         or only ``direction`` (0 or 1), written to y's columns from its own on; h, c and traces
         those directions'."""
@@ -678,11 +681,11 @@ class LSTM:
                 cell = (cell[0][d], cell[1][d], cell[2][d], *cell[3:])
             backward, column = direction == 1, direction * self.output_size
         cpu.lstm_layer_forward(
-            x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, backward, self.batch_first, traces,
-            x_rows=x_rows, column=column,
+            x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, self.batch_first,
+            traces, x_rows=x_rows, column=column,
         )  # fmt: skip
 
-    def _run_directions_in_turn(self, layer, y, h, c, lengths, padded, traces):
+    def _run_directions_in_turn(self, layer, y, h, c, lengths, steps, padded, traces):
         """A layer of two directions after the first, on the layer below's output y in place:
         the forward direction into an array of half y's size, then the reverse one in place (it
         reads each time step's input before it writes its output there, and the forward
@@ -694,7 +697,7 @@ class LSTM:
                                                        self.dtype)  # fmt: skip
         for d, output in enumerate((forward_y, y)):
             self._run_layer(
-                layer, y, None, h[d : d + 1], c[d : d + 1], output, lengths,
+                layer, y, None, h[d : d + 1], c[d : d + 1], output, lengths, steps,
                 None if traces is None else traces[d : d + 1], d,
             )  # fmt: skip
         y[..., : self.output_size] = forward_y

@@ -330,8 +330,8 @@ def test_units_split_over_threads_match_reference(
     weights = model.state_dict()
     cpu._unit_split_forward(
         x, weights["weight_ih_l0"], weights["weight_hh_l0"],
-        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, 0, lengths, reverse, batch_first,
-        parts,
+        weights["bias_ih_l0"] + weights["bias_hh_l0"], h, c, y, 0, lengths, int(lengths.max()),
+        reverse, batch_first, parts,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref[0])
