@@ -7,6 +7,7 @@ Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and
 
 import contextlib
 import functools
+import itertools
 import os
 import threading
 import warnings
@@ -66,7 +67,7 @@ def __getattr__(name):
 @functools.cache
 def _blas_threads():
     """The thread settings of the BLAS that Numba's ``np.dot`` calls (SciPy's, through
-    ``scipy.linalg.cython_blas``), which the drivers hold to one thread (``_blas_on_one_thread``):
+    ``scipy.linalg.cython_blas``), which the drivers hold to one thread (``_BlasOnOneThread``):
     threadpoolctl's controllers of the BLAS libraries under SciPy's installation (the OpenBLAS its
     wheel bundles), or of every BLAS library where none is there (one shared by NumPy and SciPy,
     as conda's). NumPy's own bundled OpenBLAS, which no kernel calls, is left alone: setting its
@@ -92,20 +93,43 @@ def _blas_threads():
     return scipys or libraries
 
 
-@contextlib.contextmanager
-def _blas_on_one_thread():
+@functools.cache
+def _blas_thread_functions():
+    """``(get, set)`` of the thread count of each library of ``_blas_threads``: for OpenBLAS its
+    own C functions, called directly. threadpoolctl's setter (3.8) lets only the first Python
+    thread that set OpenBLAS's count set it again and silently ignores the others (its thread
+    pool is process-wide), so a server whose worker threads called forwards after the main thread
+    had run one got BLAS on all its threads inside each of the driver's threads (1.5–1.7× slower,
+    Zen 4); the drivers take turns (``_PARALLEL_FORWARD``) and set each count back, so no two
+    threads fight over it. The direct calls also cost ≈ 0.2 µs against threadpoolctl's 0.6–0.9."""
+    return [_thread_count_functions(library) for library in _blas_threads()]
+
+
+def _thread_count_functions(library):
+    """``(get, set)`` of a threadpoolctl controller's thread count: OpenBLAS's C functions (their
+    names as threadpoolctl looks them up), else the controller's methods."""
+    affixes = itertools.product(("", "scipy_"), ("", "64_", "_64"))
+    for prefix, suffix in affixes if library.internal_api == "openblas" else ():
+        get, set_ = (f"{prefix}openblas_{verb}_num_threads{suffix}" for verb in ("get", "set"))
+        if hasattr(library.dynlib, get):
+            return getattr(library.dynlib, get), getattr(library.dynlib, set_)
+    return library.get_num_threads, library.set_num_threads
+
+
+class _BlasOnOneThread:
     """BLAS held to one thread while the block runs (the parallel drivers' threads each call it),
-    then set back: ≈ 3.5 µs a call through the library's own setters, where threadpoolctl's
-    ``limit`` took ≈ 20 µs (it reads each library's whole description first)."""
-    libraries = _blas_threads()
-    counts = [library.get_num_threads() for library in libraries]
-    for library in libraries:
-        library.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for library, count in zip(libraries, counts, strict=True):
-            library.set_num_threads(count)
+    then set back: ≈ 1 µs a call (``_blas_thread_functions``), where threadpoolctl's ``limit``
+    took ≈ 20 µs (it reads each library's whole description first)."""
+
+    def __enter__(self):
+        functions = _blas_thread_functions()
+        self.counts = [get() for get, _ in functions]
+        for _, set_ in functions:
+            set_(1)
+
+    def __exit__(self, *exception):
+        for (_, set_), count in zip(_blas_thread_functions(), self.counts, strict=True):
+            set_(count)
 
 
 _PARALLEL_FORWARD = threading.Lock()
@@ -115,17 +139,28 @@ Numba's workqueue threading layer, its fallback where neither OpenMP nor TBB is 
 the process when two threads launch parallel kernels at once."""
 
 _numba_threads_ran = False
-"""Whether a parallel driver has run in this process (``_on_numba_threads``)."""
+"""Whether a parallel driver has run in this process (``_OnNumbaThreads``)."""
 
 
-@contextlib.contextmanager
-def _on_numba_threads():
+class _OnNumbaThreads(_BlasOnOneThread):
     """For a parallel driver: one at a time (``_PARALLEL_FORWARD``), BLAS on one thread inside
-    each of its threads (``_blas_on_one_thread``)."""
-    global _numba_threads_ran
-    with _PARALLEL_FORWARD, _blas_on_one_thread():
+    each of its threads (``_BlasOnOneThread``)."""
+
+    def __enter__(self):
+        global _numba_threads_ran
+        _PARALLEL_FORWARD.acquire()
+        try:
+            super().__enter__()
+        except BaseException:
+            _PARALLEL_FORWARD.release()
+            raise
         _numba_threads_ran = True
-        yield
+
+    def __exit__(self, *exception):
+        try:
+            super().__exit__(*exception)
+        finally:
+            _PARALLEL_FORWARD.release()
 
 
 def _calling_thread_blas(w_hh):
@@ -145,7 +180,7 @@ def _calling_thread_blas(w_hh):
     two directions in turn, (1, 64, 768, 768) 21.1 against 26.0, alone 13.9 against 26.4;
     docs/performance.md)."""
     if _numba_threads_ran and w_hh.nbytes <= cache_bytes(2):
-        return _blas_on_one_thread()
+        return _BlasOnOneThread()
     return contextlib.nullcontext()
 
 
@@ -1125,7 +1160,7 @@ def _unit_split_forward(
     counters = np.zeros((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
     h_buffer = np.empty((2, batch, hidden), dtype=h.dtype)
     h_buffer[0] = h
-    with _on_numba_threads():
+    with _OnNumbaThreads():
         lstm_unit_split_forward(
             x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
             batch_first, bounds, projected, bias_parts, c_parts, counters,
@@ -1163,7 +1198,7 @@ def lstm_directions_in_halves(
             lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch, traces, d,
         )  # fmt: skip
 
-    with _PARALLEL_FORWARD, _blas_on_one_thread(), ThreadPoolExecutor(1) as other_thread:
+    with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
         for forward, backward in (
             ((pending, 0, lengths_early, 0), (pending, 0, lengths_late, half)),
             ((y, 0, lengths_late, half), (y, width, lengths_early, 0)),
@@ -1242,5 +1277,5 @@ def lstm_layer_forward(
         if not parallel:
             serial_partitioned_forward(*arguments)
             return
-        with _on_numba_threads():
+        with _OnNumbaThreads():
             lstm_partitioned_forward(*arguments)
