@@ -269,14 +269,11 @@ PARTITION_MIN_MULTIPLY_ADDS = 1_000_000
 B·T·4H·(I + H)); below, one thread runs it, with BLAS's own threads for the projection. It was
 6·10⁶ (Zen 3); on a Zen 4 the split paid from 10⁶ ((8, 64, 32, 32) 164–172 → 113 µs,
 (6, 50, 48, 48) 175–179 → 124–128, (32, 1, 128, 128) 123–176 → 91–151), and cost 4–8 µs below
-(``PARALLEL_MIN_MULTIPLY_ADDS``; docs/performance.md)."""
-
-PARTITION_MIN_ROW_STEPS = 16
-"""Split the batch of a direction over threads only where each thread gets this many rows ×
-steps on: the rows of its input projection's GEMMs (``projection_steps``), for which BLAS
-packs all of W_ih. With fewer, as in one-step ``Stream`` calls, packing dominates, and one
-thread whose BLAS has its own threads packs W_ih once instead of once a thread: (8, 1, 512, 512)
-0.88 ms on one thread against 1.7–2.0 ms split (docs/performance.md)."""
+(``PARALLEL_MIN_MULTIPLY_ADDS``; docs/performance.md). Whatever the steps: the limit of 16
+rows × steps a thread, set when each thread's input projection was a BLAS GEMM that packed all
+of W_ih for a few rows (Zen 3), cost one-step calls up to 2× once a few rows' projection ran
+in the dot tile (Zen 4: (8, 1, 512, 512) 388 → 211 µs split, (16, 1, 128, 128) 75 → 50,
+(2, 4, 1024, 1024) 5.9 → 2.9 ms; two rows a thread at one step 0.94–1.00×)."""
 
 PARTITION_MIN_BATCH = 4
 """Split the batch over the threads from this batch size on (unless ``plan_unit_split`` splits
@@ -445,8 +442,7 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     cores of a Zen 3, docs/performance.md: the register tile beats BLAS from 2 rows a thread on,
     up to the 512 rows a thread measured, as BLAS repacks W_hh on every step's call; small
     calls run faster without threads (``PARALLEL_MIN_MULTIPLY_ADDS``, unless two directions have
-    ``PARALLEL_DIRECTIONS_MIN_STEPS``; ``PARTITION_MIN_MULTIPLY_ADDS``,
-    ``PARTITION_MIN_ROW_STEPS``). Under
+    ``PARALLEL_DIRECTIONS_MIN_STEPS``; ``PARTITION_MIN_MULTIPLY_ADDS``). Under
     ``NUMBA_DISABLE_JIT=1`` (the kernels run as Python, for a debugger), never the register
     tile, an LLVM intrinsic with no Python form."""
     work = batch * steps * 4 * hidden * (inputs + hidden)
@@ -463,7 +459,6 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
         parallel
         and work >= PARTITION_MIN_MULTIPLY_ADDS
         and (batch >= PARTITION_MIN_BATCH or hidden > PARTITION_ALWAYS_ABOVE_HIDDEN)
-        and rows * steps >= PARTITION_MIN_ROW_STEPS
     )
     if not split:
         partitions, rows = 1, batch

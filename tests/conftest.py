@@ -61,7 +61,6 @@ def threads_at_any_size(monkeypatch):
 
     monkeypatch.setattr(cpu, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "PARTITION_MIN_MULTIPLY_ADDS", 0)
-    monkeypatch.setattr(cpu, "PARTITION_MIN_ROW_STEPS", 0)
     monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_UNITS", 1)
     monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_STEPS", 1)

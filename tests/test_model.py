@@ -833,10 +833,9 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     split_steps = -(-cpu.PARTITION_MIN_MULTIPLY_ADDS // (batch * 4 * 32 * (32 + 32)))
     assert plan(batch, 32, split_steps - 1)[1] == 1
     assert plan(batch, 32, split_steps)[1] == threads
-    # a few rows a thread: each thread's projection would pack all of W_ih for them
-    row_steps = cpu.PARTITION_MIN_ROW_STEPS
-    assert plan(row_steps * threads, 512, 1)[1:] == (threads, parallel)
-    assert plan((row_steps - 1) * threads, 512, 1)[1:] == (1, parallel)
+    # one step (a Stream's chunk) splits as a sequence does: a few rows' projection packs nothing
+    assert plan(2 * threads, 512, 1)[1:] == (threads, parallel)
+    assert plan(threads, 1024, 1)[1:] == (threads, parallel)
     threaded_steps = -(-cpu.PARALLEL_MIN_MULTIPLY_ADDS // (2 * 4 * 4 * 32 * (32 + 32)))
     assert plan(4, 32, threaded_steps - 1, directions=2)[1:] == (1, False)
     assert plan(4, 32, threaded_steps, directions=2)[1:] == (1, parallel)
@@ -892,7 +891,7 @@ import lstm_numba
 from lstm_numba import cpu
 
 # the parallel driver even at these small shapes
-cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = 0
 
 model = lstm_numba.LSTM(8, 16, seed=0)
 x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
@@ -930,7 +929,7 @@ import lstm_numba
 from lstm_numba import cpu
 
 # the parallel driver even at these small shapes
-cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = 0
 
 x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
 models = [lstm_numba.LSTM(8, 16, seed=0), lstm_numba.LSTM(8, 16, bidirectional=True, seed=0)]
@@ -959,7 +958,7 @@ import numpy as np
 import lstm_numba
 from lstm_numba import cpu
 # the parallel driver even at these small shapes
-cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = 0
 
 model = lstm_numba.LSTM(8, 16, seed=0)
 x = np.random.default_rng(0).standard_normal((8, 20, 8)).astype(np.float32)
@@ -1005,7 +1004,7 @@ import numpy as np
 import lstm_numba  # first: nothing has loaded SciPy's BLAS yet, as in a user's fresh process
 from lstm_numba import cpu
 # the parallel driver even at these small shapes
-cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_ROW_STEPS = 0
+cpu.PARALLEL_MIN_MULTIPLY_ADDS = cpu.PARTITION_MIN_MULTIPLY_ADDS = 0
 import scipy
 from threadpoolctl import threadpool_info
 
