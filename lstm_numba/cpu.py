@@ -390,13 +390,22 @@ UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS = 128
 units split must save more (Zen 4, 2 threads, 4–5 rows: 64–96 units a part 0.89–1.01× as fast
 as the rows split, 128–512 units 1.11–1.19×)."""
 
-UNIT_SPLIT_MIN_STEPS = 4
-"""Steps from which more than one row has its units split: each part packs its rows of W_hh for
-the register tile on every call (a copy of W_hh in all, ≈ 0.5 ms at H = 512 on one thread), which
-about 4 steps repay; above ``PARTITION_ALWAYS_ABOVE_HIDDEN``, where the rows already run on
-threads of their own and W_hh with its copy outgrows L3, 8× as many (Zen 4, split against not:
-(2, 1, 512) 0.52×, (2, 2, 512) 0.75×, (2, 4, 512) 1.10×, (3, 4, 256) 1.36×; (2, 16, 1024) 0.79×,
-(2, 32, 1024) 1.22×, (3, 32, 1024) 1.40×)."""
+UNIT_SPLIT_PACK_MIN_STEPS = 4
+"""Steps from which the parts of more than one row pack their rows of W_hh for the register tile
+(``recurrent_panels``), a copy of W_hh in all each call (≈ 0.5 ms at H = 512 on one thread),
+which about 4 steps repay; above ``PARTITION_ALWAYS_ABOVE_HIDDEN``, where W_hh with its copy
+outgrows L3, 8× as many. With fewer steps the dot tile reads the part's rows as they are
+(``units_rows_product``). Zen 4, packed against not split, before the unpacked parts: (2, 1,
+512) 0.52×, (2, 2, 512) 0.75×, (2, 4, 512) 1.10×, (3, 4, 256) 1.36×; (2, 16, 1024) 0.79×, (2,
+32, 1024) 1.22×, (3, 32, 1024) 1.40×."""
+
+
+def unit_split_packs(batch, hidden, steps):
+    """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh
+    (``UNIT_SPLIT_PACK_MIN_STEPS``): more than one row, over enough steps."""
+    beyond = hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
+    return batch > 1 and steps >= UNIT_SPLIT_PACK_MIN_STEPS * (8 if beyond else 1)
+
 
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 """Split the hidden units only from this much recurrent work on (B·T·4H² multiply-adds): starting
@@ -918,9 +927,6 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
         return 1
     if batch * steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
         return 1
-    beyond = hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
-    if batch > 1 and steps < UNIT_SPLIT_MIN_STEPS * (8 if beyond else 1):
-        return 1  # too few steps to repay packing the parts' rows of W_hh
     parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
     if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * cache_bytes(2)):
         return 1
@@ -974,20 +980,37 @@ def units_product(weights, vector, out, low, high):
             sums[j] = a0
 
 
+@njit(**EQUATION_OPTIONS)
+def units_rows_product(weights, rows, out, low, high, gate):
+    """``units_product`` for several rows, (B, K) → out (B, ≥ 4U): each gate block's rows of units
+    [low, high) in the dot tile (``dot_tile_product``), which reads them once for up to four
+    rows, into gate (B, U), then out's columns. The parts' product where too few steps would
+    repay packing their rows (``unit_split_packs``)."""
+    hidden = weights.shape[0] // 4
+    units = high - low
+    for g in range(4):
+        dot_tile_product(rows, weights[g * hidden + low : g * hidden + high], gate)
+        for b in range(rows.shape[0]):
+            _copy(gate[b], out[b, g * units : (g + 1) * units])
+
+
 @njit(**KERNEL_OPTIONS)
 def lstm_units_round(
-    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
-    batch_first, bounds, projected, bias_parts, c_parts, recurrent, step_projected, h_part, times,
+    part, round_, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
+    reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent, step_projected,
+    h_part, times,
 ):  # fmt: skip
     """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
     gathers their units of the bias and the cell state and packs their rows of W_hh (for more
     than one row); round s + 1 runs step s: their rows of the recurrent product and the fused
     pointwise pass, and at the last step writes their cell states back to c. A round before the
     first step of a chunk of steps (``projection_steps``) ends with their input projection for
-    the chunk (BLAS, a gate block at a time), so that x is read at a chunk's times before any
-    part writes y there: a stack of layers runs each layer on y in place (``LSTM._run_layers``).
-    The recurrent product of one row is ``units_product`` on W_hh as it is; of more, the register
-    tile (``recurrent_panels``) on the part's rows of W_hh.
+    the chunk (``weights_product``, a gate block at a time, on the chunk's rows of x; several
+    rows' steps read into one array), so that x is read at a chunk's times before any part writes
+    y there: a stack of layers runs each layer on y in place (``LSTM._run_layers``). The
+    recurrent product of one row is ``units_product`` on W_hh as it is; of more, the register
+    tile (``recurrent_panels``) on the part's packed rows of W_hh, or over too few steps to repay
+    packing them (``unit_split_packs``) the dot tile on them as they are (``units_rows_product``).
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,) and times (B,) are the calling thread's workspace, U = the part's units, W = the
@@ -1000,9 +1023,8 @@ def lstm_units_round(
     chunk = projected.shape[2] // (batch * widest)  # steps a chunk
     part_bias = bias_parts[part, : 4 * units]
     part_c = c_parts[part, : batch * units].reshape((batch, units))
-    # projected[part, g] holds gate g of the chunk as (B, chunk, U) if batch_first, else
-    # (chunk, B, U): x's own order, so that each GEMM reads x where it is
-    row_stride, batch_stride = (units, chunk * units) if batch_first else (batch * units, units)
+    # projected[part, g] holds gate g of a chunk of ``count`` steps as (B, count, U) if
+    # batch_first, else (count, B, U): x's own order
     step = round_ - 1
     if step < 0:
         unit_rows = np.empty(4 * units, dtype=np.int64)  # the part's rows of the gate blocks
@@ -1021,14 +1043,19 @@ def lstm_units_round(
         start = steps - first - count if reverse else first
         t = steps - 1 - step if reverse else step
         h_now = h_buffer[step % 2]
-        if panels is None:
+        active = 0  # rows up to the last one still running (rows in descending length: all)
+        for b in range(batch):
+            if step < lengths[b]:
+                active = b + 1
+        # each branch on None is taken at compile time: a specialization compiles one product
+        if gate_sums is not None:  # several rows over few steps, their rows of W_hh as they are
+            gate = gate_sums[part, : active * units].reshape((active, units))
+            units_rows_product(w_hh, h_now[:active], recurrent[:active], low, high, gate)
+        elif panels is None:  # one row
             units_product(w_hh, h_now[0], recurrent[0], low, high)
         else:
-            active = 0  # rows up to the last one still running (rows in descending length: all)
-            for b in range(batch):
-                if step < lengths[b]:
-                    active = b + 1
             recurrent_panels(h_now[:active], panels[part], recurrent[:active])
+        row_stride, batch_stride = (units, count * units) if batch_first else (batch * units, units)
         offset = (t - start) * row_stride
         for b in range(batch):
             for g in range(4):
@@ -1051,26 +1078,31 @@ def lstm_units_round(
     if following % chunk == 0 and following < steps:
         count = min(chunk, steps - following)
         start = steps - following - count if reverse else following
+        if batch_first and batch > 1:  # the rows' steps side by side: one product a gate
+            x_chunk = np.empty((batch * count, x.shape[2]), dtype=x.dtype)
+            for b in range(batch):
+                for s in range(count):
+                    _copy(x[b, start + s], x_chunk[b * count + s])
+        elif batch_first:  # one row: its steps up to its length
+            x_chunk = x[0, start : start + min(count, max(lengths[0] - start, 0))]
+        else:
+            x_chunk = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
+        rows = x_chunk.shape[0]
         for g in range(4):
             gate_rows = w_ih[g * hidden + low : g * hidden + high]
-            gate = projected[part, g]
-            if batch_first:  # each row's steps up to its length only
-                for b in range(batch):
-                    valid = min(count, max(lengths[b] - start, 0))
-                    if valid > 0:
-                        out = gate[b * batch_stride : b * batch_stride + valid * units]
-                        out = out.reshape((valid, units))
-                        np.dot(x[b, start : start + valid], gate_rows.T, out)
-            else:
-                rows = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
-                out = gate[: count * batch * units].reshape((count * batch, units))
-                np.dot(rows, gate_rows.T, out)
+            out = projected[part, g, : rows * units].reshape((rows, units))
+            if rows == 0:
+                continue
+            if gate_sums is None:
+                np.dot(x_chunk, gate_rows.T, out)
+            else:  # few steps of a few rows: the dot tile, where BLAS would pack gate_rows
+                weights_product(x_chunk, gate_rows, out)
 
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
-    batch_first, bounds, projected, bias_parts, c_parts, counters,
+    first, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
+    reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every round, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the round
@@ -1097,8 +1129,8 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, round_):
                 lstm_units_round(
-                    part, round_, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths,
-                    steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+                    part, round_, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column,
+                    lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
                     recurrent, step_projected, h_part, times,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
@@ -1106,8 +1138,8 @@ def lstm_unit_parts_worker(
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse, batch_first,
-    bounds, projected, bias_parts, c_parts, counters,
+    x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps, reverse,
+    batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Parallel driver for a few sequences: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
@@ -1116,7 +1148,9 @@ def lstm_unit_split_forward(
 
     x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,)
     b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
-    rows of W_hh are packed for the register tile (``pack_rows``), or None for one row; h_buffer
+    rows of W_hh are packed for the register tile (``pack_rows``), or None for one row and where
+    too few steps repay packing (``unit_split_packs``); gate_sums (P, B·W), there for several
+    rows, each part's gate block of the dot tile (``units_rows_product``), else None; h_buffer
     (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
     cell state, overwritten with the final one; y: (B, T, ·) or (T, B, ·), columns [column,
     column + H) of each row's first lengths[b] steps written (from the last one down when
@@ -1130,8 +1164,8 @@ def lstm_unit_split_forward(
     """
     for first in prange(bounds.size - 1):
         lstm_unit_parts_worker(
-            first, x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
-            batch_first, bounds, projected, bias_parts, c_parts, counters,
+            first, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
+            reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
 
 
@@ -1146,8 +1180,12 @@ def _unit_split_forward(
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
-    # one row's product needs no packing: None compiles a kernel without the register tiles
-    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if batch > 1 else None
+    packs = unit_split_packs(batch, hidden, steps)
+    # one row's product needs no packing, nor a few rows' over few steps: None compiles a
+    # kernel without the register tiles; gate_sums None, one without the dot tile
+    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if packs else None
+    unpacked_rows = batch > 1 and not packs
+    gate_sums = np.empty((parts, batch * widest), dtype=h.dtype) if unpacked_rows else None
     chunk = projection_steps.py_func(batch, steps)
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
@@ -1157,8 +1195,8 @@ def _unit_split_forward(
     h_buffer[0] = h
     with _OnNumbaThreads():
         lstm_unit_split_forward(
-            x, w_ih, w_hh, bias, panels, h_buffer, c, y, column, lengths, steps, reverse,
-            batch_first, bounds, projected, bias_parts, c_parts, counters,
+            x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
+            reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
     h[:] = h_buffer[steps % 2]
 

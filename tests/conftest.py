@@ -63,7 +63,6 @@ def threads_at_any_size(monkeypatch):
     monkeypatch.setattr(cpu, "PARTITION_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_UNITS", 1)
-    monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_STEPS", 1)
     monkeypatch.setattr(cpu, "UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS", 1)
 
 

@@ -299,19 +299,22 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("threads", [True, False], ids=["parallel", "one-after-another"])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "unpacked"])
 def test_units_split_over_threads_match_reference(
-    rng, dtype, parts, batch, batch_first, reverse, threads, monkeypatch
+    rng, dtype, parts, batch, batch_first, reverse, threads, packed, monkeypatch
 ):
     """A few sequences' hidden units split into parts that hand over every step
     (``cpu.lstm_unit_split_forward``): uneven parts (H = 11: 5 + 6, 3 + 4 + 4, every leftover of
     the 4-row tile), one row (``units_product``) or several (the register tile on each part's
-    packed rows), lengths below T (different ones read forwards: the shorter rows sit the last
-    steps out), several projection chunks, read forwards and backwards.
+    packed rows, or the dot tile on them as they are), lengths below T (different ones read
+    forwards: the shorter rows sit the last steps out), several projection chunks (of few rows:
+    gathered), read forwards and backwards.
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
     where ``prange`` is ``range``), as a threading layer that does not run them at once would:
     the first must then run every part of every step instead of waiting for the others."""
     for limit in ("PROJECTION_ROWS", "PROJECTION_MIN_ROWS"):  # chunks of 4 + 4 + 4 + 1 steps
         monkeypatch.setattr(cpu, limit, 4 * batch)
+    monkeypatch.setattr(cpu, "UNIT_SPLIT_PACK_MIN_STEPS", 1 if packed else 100)
     if not threads:
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
     steps, inputs, hidden, length = 15, 6, 11, 13
@@ -582,19 +585,20 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert plan(hidden=362, itemsize=8) == 4
     assert plan(hidden=363, itemsize=8) == 1
     assert plan(steps=least_steps(256) - 1) == 1  # too little work to pay for the threads
-    # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H, with steps enough to repay packing the
-    # parts' rows of W_hh (8× as many beyond H = 512)
-    most, fewest = cpu.UNIT_SPLIT_MAX_BATCH, cpu.UNIT_SPLIT_MIN_STEPS
-    assert plan(batch=2, steps=fewest) == plan(batch=3, steps=fewest) == 4
-    assert plan(batch=most, hidden=512, steps=fewest) == 4  # 128 units a part, see below
-    assert plan(batch=2, hidden=1024, steps=8 * fewest) == 4
+    # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H, one step or many
+    most, few = cpu.UNIT_SPLIT_MAX_BATCH, 4  # rows; steps
+    assert plan(batch=2, steps=few) == plan(batch=3, steps=few) == 4
+    assert plan(batch=most, hidden=512, steps=few) == 4  # 128 units a part, see below
+    assert plan(batch=2, hidden=1024, steps=1) == 4
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2)) == 2
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2) - 1) == 1
-    assert plan(batch=2, hidden=512, steps=fewest) == 4
-    assert plan(batch=2, hidden=512, steps=fewest - 1) == 1
-    assert plan(batch=1, hidden=512, steps=fewest - 1) == 4  # one row packs nothing
-    assert plan(batch=2, hidden=513, steps=8 * fewest) == 4
-    assert plan(batch=2, hidden=513, steps=8 * fewest - 1) == 1
+    assert plan(batch=2, hidden=512, steps=1) == 4
+    # the parts pack their rows of W_hh where the steps repay it (8× as many beyond H = 512)
+    packs = cpu.UNIT_SPLIT_PACK_MIN_STEPS
+    assert cpu.unit_split_packs(2, 512, packs) and not cpu.unit_split_packs(2, 512, packs - 1)
+    assert cpu.unit_split_packs(2, 513, 8 * packs)
+    assert not cpu.unit_split_packs(2, 513, 8 * packs - 1)
+    assert not cpu.unit_split_packs(1, 128, 1000)  # one row packs nothing
     assert plan(batch=most + 1) == plan(batch=0, steps=100) == 1
     assert plan(directions=2) == plan(plain=False) == 1
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
@@ -602,10 +606,10 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     # from PARTITION_MIN_BATCH rows on, against the rows split: enough units a part
     against_rows = 2 * cpu.UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS
     for batch in range(cpu.PARTITION_MIN_BATCH, most + 1):
-        assert plan(batch=batch, hidden=against_rows, steps=fewest) == 2
-        assert plan(batch=batch, hidden=against_rows - 1, steps=fewest) == 1
+        assert plan(batch=batch, hidden=against_rows, steps=few) == 2
+        assert plan(batch=batch, hidden=against_rows - 1, steps=few) == 1
     three = cpu.PARTITION_MIN_BATCH - 1  # fewer rows than that: any units a part
-    assert plan(batch=three, hidden=96, steps=max(fewest, least_steps(96, three))) == 2
+    assert plan(batch=three, hidden=96, steps=max(few, least_steps(96, three))) == 2
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 1)
     assert plan() == plan(batch=2) == 1
 
