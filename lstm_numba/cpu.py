@@ -407,11 +407,13 @@ def unit_split_packs(batch, hidden, steps):
     return batch > 1 and steps >= UNIT_SPLIT_PACK_MIN_STEPS * (8 if beyond else 1)
 
 
-UNIT_SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
+UNIT_SPLIT_MIN_MULTIPLY_ADDS = 400_000
 """Split the hidden units only from this much recurrent work on (B·T·4H² multiply-adds): starting
-the threads and holding BLAS to one thread cost ≈ 15 µs a call, which the faster steps repay
-after a few steps at H = 128 (set when that cost was ≈ 30–40 µs and the split ran 4 steps at
-H = 128 0.63× as fast; measured on a Zen 4, docs/performance.md)."""
+the threads and holding BLAS to one thread cost a few µs a call, which the faster steps repay
+(Zen 4, split against not, in one process: (1, 2, 256) 1.35×, (1, 2, 224) 1.24×, (1, 1, 336)
+1.14×, (2, 2, 160) 1.07× at 0.4–0.5·10⁶; (1, 1, 256) 0.99×, (1, 1, 192) 0.88×, (1, 1, 128)
+0.68× below; 10⁶ until the guards cost less, item 41, and few steps of several rows split
+unpacked, item 44; docs/performance.md)."""
 
 
 RECURRENT_BLAS, RECURRENT_DOT_TILE, RECURRENT_PANELS = 0, 1, 2
