@@ -390,21 +390,22 @@ UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS = 128
 units split must save more (Zen 4, 2 threads, 4–5 rows: 64–96 units a part 0.89–1.01× as fast
 as the rows split, 128–512 units 1.11–1.19×)."""
 
-UNIT_SPLIT_PACK_MIN_STEPS = 4
+UNIT_SPLIT_PACK_MIN_STEPS = 16
 """Steps from which the parts of more than one row pack their rows of W_hh for the register tile
-(``recurrent_panels``), a copy of W_hh in all each call (≈ 0.5 ms at H = 512 on one thread),
-which about 4 steps repay; above ``PARTITION_ALWAYS_ABOVE_HIDDEN``, where W_hh with its copy
-outgrows L3, 8× as many. With fewer steps the dot tile reads the part's rows as they are
-(``units_rows_product``). Zen 4, packed against not split, before the unpacked parts: (2, 1,
-512) 0.52×, (2, 2, 512) 0.75×, (2, 4, 512) 1.10×, (3, 4, 256) 1.36×; (2, 16, 1024) 0.79×, (2,
-32, 1024) 1.22×, (3, 32, 1024) 1.40×."""
+(``recurrent_panels``), a copy of W_hh in all each call (≈ 0.5 ms at H = 512 on one thread);
+above ``PARTITION_ALWAYS_ABOVE_HIDDEN``, where W_hh with its copy outgrows L3, twice as many.
+With fewer steps the dot tile reads the part's rows as they are (``units_rows_product``). Zen 4,
+packed against not, in one process: (2, 8, 256) 0.84×, (3, 12, 256) 1.07×, (2, 16, 256) 1.16×,
+(2, 12, 384) 0.89×, (3, 16, 384) 1.03×, (3, 4, 512) 0.53×, (2, 16, 512) 1.04×, (4, 16, 512)
+0.90×, (4, 32, 512) 0.97×, (2, 32, 512) 1.20×, (2, 64, 512) 1.25×, (2, 16, 768) 0.89×, (2, 24,
+1024) 1.04×, (2, 32, 1024) 1.31× (docs/performance.md)."""
 
 
 def unit_split_packs(batch, hidden, steps):
     """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh
     (``UNIT_SPLIT_PACK_MIN_STEPS``): more than one row, over enough steps."""
     beyond = hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
-    return batch > 1 and steps >= UNIT_SPLIT_PACK_MIN_STEPS * (8 if beyond else 1)
+    return batch > 1 and steps >= UNIT_SPLIT_PACK_MIN_STEPS * (2 if beyond else 1)
 
 
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 400_000

@@ -593,11 +593,11 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2)) == 2
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2) - 1) == 1
     assert plan(batch=2, hidden=512, steps=1) == 4
-    # the parts pack their rows of W_hh where the steps repay it (8× as many beyond H = 512)
+    # the parts pack their rows of W_hh where the steps repay it (twice as many beyond H = 512)
     packs = cpu.UNIT_SPLIT_PACK_MIN_STEPS
     assert cpu.unit_split_packs(2, 512, packs) and not cpu.unit_split_packs(2, 512, packs - 1)
-    assert cpu.unit_split_packs(2, 513, 8 * packs)
-    assert not cpu.unit_split_packs(2, 513, 8 * packs - 1)
+    assert cpu.unit_split_packs(2, 513, 2 * packs)
+    assert not cpu.unit_split_packs(2, 513, 2 * packs - 1)
     assert not cpu.unit_split_packs(1, 128, 1000)  # one row packs nothing
     assert plan(batch=most + 1) == plan(batch=0, steps=100) == 1
     assert plan(directions=2) == plan(plain=False) == 1
