@@ -5,7 +5,10 @@ from .common import choose, model_and_input
 
 
 class StreamStep:
-    params = (["lstm_numba", "torch"], choose([1, 8], [2]), choose([128, 512], [16]))
+    """One step of a few rows: up to five split their hidden units, eight their rows (items
+    43–47 of docs/performance.md)."""
+
+    params = (["lstm_numba", "torch"], choose([1, 4, 8], [2]), choose([128, 512, 1024], [16]))
     param_names = ["library", "batch", "hidden"]
 
     def setup(self, library, batch, hidden):
