@@ -984,15 +984,85 @@ def units_product(weights, vector, out, low, high):
 
 
 @njit(**EQUATION_OPTIONS)
+def few_rows_product(a, weights, out):
+    """``weights_product`` (out = a · weightsᵀ) with one or two rows past the last four of the dot
+    tile in 2 × 6 tiles (``_two_row_tiles``), where the 4 × 3 tile would compute four and drop
+    the rest: the unpacked units split's products (``units_rows_product``, its parts'
+    projections), whose two or five rows over few steps are most of their work. Kept out of the
+    other kernels, which it would cost ≈ 1.2 s more to compile (docs/performance.md, item 46)."""
+    count = a.shape[0]
+    if not 1 < count < SMALL_PRODUCT_ROWS:
+        np.dot(a, weights.T, out)
+        return
+    left = count % 4
+    full = count - left if left < 3 else count
+    if full > 0:
+        dot_tile_product(a[:full], weights, out[:full])
+    if full < count:
+        _two_row_tiles(a, weights, out, full, left)
+
+
+@njit(**REDUCTION_KERNEL_OPTIONS)
+def _two_row_tiles(a, weights, out, b0, rows):
+    """``dot_tile_product`` for rows b0 and b0 + 1 of a (just b0 where ``rows`` is 1): 2 × 6
+    tiles, twelve dot products as the 4 × 3 tile has; a lone row is computed twice and stored
+    once. Two rows ran 1.4–1.5× faster than in the 4 × 3 tile from L2 or L3 (K = 256–512),
+    level from memory (Zen 4)."""
+    inner = a.shape[1]
+    columns = weights.shape[0]
+    tiled = columns - columns % 6
+    zero = a.dtype.type(0)
+    row0 = a[b0]
+    row1 = a[b0 + 1] if rows > 1 else row0
+    for n in range(0, tiled, 6):
+        w0, w1, w2 = weights[n], weights[n + 1], weights[n + 2]
+        w3, w4, w5 = weights[n + 3], weights[n + 4], weights[n + 5]
+        a00 = a01 = a02 = a03 = a04 = a05 = a10 = a11 = a12 = a13 = a14 = a15 = zero
+        for k in range(inner):
+            x0, x1 = row0[k], row1[k]
+            v = w0[k]
+            a00 += x0 * v
+            a10 += x1 * v
+            v = w1[k]
+            a01 += x0 * v
+            a11 += x1 * v
+            v = w2[k]
+            a02 += x0 * v
+            a12 += x1 * v
+            v = w3[k]
+            a03 += x0 * v
+            a13 += x1 * v
+            v = w4[k]
+            a04 += x0 * v
+            a14 += x1 * v
+            v = w5[k]
+            a05 += x0 * v
+            a15 += x1 * v
+        _store_sums(out, b0, rows, n, a00, a10, zero, zero)
+        _store_sums(out, b0, rows, n + 1, a01, a11, zero, zero)
+        _store_sums(out, b0, rows, n + 2, a02, a12, zero, zero)
+        _store_sums(out, b0, rows, n + 3, a03, a13, zero, zero)
+        _store_sums(out, b0, rows, n + 4, a04, a14, zero, zero)
+        _store_sums(out, b0, rows, n + 5, a05, a15, zero, zero)
+    for n in range(tiled, columns):
+        w0 = weights[n]
+        a0 = a1 = zero
+        for k in range(inner):
+            a0 += row0[k] * w0[k]
+            a1 += row1[k] * w0[k]
+        _store_sums(out, b0, rows, n, a0, a1, zero, zero)
+
+
+@njit(**EQUATION_OPTIONS)
 def units_rows_product(weights, rows, out, low, high, gate):
     """``units_product`` for several rows, (B, K) → out (B, ≥ 4U): each gate block's rows of units
-    [low, high) in the dot tile (``dot_tile_product``), which reads them once for up to four
+    [low, high) in the dot tile (``few_rows_product``), which reads them once for up to four
     rows, into gate (B, U), then out's columns. The parts' product where too few steps would
     repay packing their rows (``unit_split_packs``)."""
     hidden = weights.shape[0] // 4
     units = high - low
     for g in range(4):
-        dot_tile_product(rows, weights[g * hidden + low : g * hidden + high], gate)
+        few_rows_product(rows, weights[g * hidden + low : g * hidden + high], gate)
         for b in range(rows.shape[0]):
             _copy(gate[b], out[b, g * units : (g + 1) * units])
 
@@ -1099,7 +1169,7 @@ def lstm_units_round(
             if gate_sums is None:
                 np.dot(x_chunk, gate_rows.T, out)
             else:  # few steps of a few rows: the dot tile, where BLAS would pack gate_rows
-                weights_product(x_chunk, gate_rows, out)
+                few_rows_product(x_chunk, gate_rows, out)
 
 
 @njit(**KERNEL_OPTIONS)

@@ -731,16 +731,18 @@ def test_gate_traces_of_directions_in_turn_equal_side_by_side(rng, monkeypatch):
     np.testing.assert_allclose(in_turn[0], side_by_side[0], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
-@pytest.mark.parametrize("columns", [16, 20, 24, 5])  # N mod 3 = 1, 2, 0: every leftover tile
+@pytest.mark.parametrize("product", ["dot_tile_product", "few_rows_product"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 9, 31, 32])
+@pytest.mark.parametrize("columns", [16, 20, 24, 5])  # N mod 3 (and mod 6): every leftover tile
 @pytest.mark.parametrize("inner", [7, 33])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dot_tile_product_is_the_product(rng, rows, columns, inner, dtype):
-    """a · weightsᵀ for any (M, K) × (N, K): W_hh (4H, H), W_ih (4H, I), W_hr (P, H)."""
+def test_dot_tile_product_is_the_product(rng, product, rows, columns, inner, dtype):
+    """a · weightsᵀ for any (M, K) × (N, K): W_hh (4H, H), W_ih (4H, I), W_hr (P, H); the 4 × 3
+    tiles alone, and with one or two rows left in 2 × 6 tiles (BLAS from 32 rows)."""
     a = rng.standard_normal((rows, inner)).astype(dtype)
     weights = rng.standard_normal((columns, inner)).astype(dtype)
     out = np.full((rows, columns), np.nan, dtype)
-    cpu.dot_tile_product(a, weights, out)
+    getattr(cpu, product)(a, weights, out)
     assert_close(out, a.astype(np.float64) @ weights.T.astype(np.float64))
 
 
