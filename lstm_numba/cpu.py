@@ -1078,12 +1078,13 @@ def lstm_units_round(
     than one row); round s + 1 runs step s: their rows of the recurrent product and the fused
     pointwise pass, and at the last step writes their cell states back to c. A round before the
     first step of a chunk of steps (``projection_steps``) ends with their input projection for
-    the chunk (``weights_product``, a gate block at a time, on the chunk's rows of x; several
-    rows' steps read into one array), so that x is read at a chunk's times before any part writes
-    y there: a stack of layers runs each layer on y in place (``LSTM._run_layers``). The
-    recurrent product of one row is ``units_product`` on W_hh as it is; of more, the register
-    tile (``recurrent_panels``) on the part's packed rows of W_hh, or over too few steps to repay
-    packing them (``unit_split_packs``) the dot tile on them as they are (``units_rows_product``).
+    the chunk (a gate block at a time, on the chunk's rows of x, several rows' steps read into one
+    array: BLAS, or ``few_rows_product`` where the parts do not pack), so that x is read at a
+    chunk's times before any part writes y there: a stack of layers runs each layer on y in place
+    (``LSTM._run_layers``). The recurrent product of one row is ``units_product`` on W_hh as it
+    is; of more, the register tile (``recurrent_panels``) on the part's packed rows of W_hh, or
+    over too few steps to repay packing them (``unit_split_packs``) the dot tile on them as they
+    are (``units_rows_product``).
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,) and times (B,) are the calling thread's workspace, U = the part's units, W = the
@@ -1161,11 +1162,9 @@ def lstm_units_round(
         else:
             x_chunk = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
         rows = x_chunk.shape[0]
-        for g in range(4):
+        for g in range(4 if rows > 0 else 0):  # no rows: a row past its length
             gate_rows = w_ih[g * hidden + low : g * hidden + high]
             out = projected[part, g, : rows * units].reshape((rows, units))
-            if rows == 0:
-                continue
             if gate_sums is None:
                 np.dot(x_chunk, gate_rows.T, out)
             else:  # few steps of a few rows: the dot tile, where BLAS would pack gate_rows
