@@ -36,6 +36,7 @@ from lstm_numba.register_tile import (
     tile_3,
     tile_4,
     tile_5,
+    transpose_into_panel,
 )
 
 _FLOAT_UNARY = ["float32(float32)", "float64(float64)"]
@@ -392,20 +393,29 @@ as the rows split, 128–512 units 1.11–1.19×)."""
 
 UNIT_SPLIT_PACK_MIN_STEPS = 16
 """Steps from which the parts of more than one row pack their rows of W_hh for the register tile
-(``recurrent_panels``), a copy of W_hh in all each call (≈ 0.5 ms at H = 512 on one thread);
-above ``PARTITION_ALWAYS_ABOVE_HIDDEN``, where W_hh with its copy outgrows L3, twice as many.
-With fewer steps the dot tile reads the part's rows as they are (``units_rows_product``). Zen 4,
-packed against not, in one process: (2, 8, 256) 0.84×, (3, 12, 256) 1.07×, (2, 16, 256) 1.16×,
-(2, 12, 384) 0.89×, (3, 16, 384) 1.03×, (3, 4, 512) 0.53×, (2, 16, 512) 1.04×, (4, 16, 512)
-0.90×, (4, 32, 512) 0.97×, (2, 32, 512) 1.20×, (2, 64, 512) 1.25×, (2, 16, 768) 0.89×, (2, 24,
-1024) 1.04×, (2, 32, 1024) 1.31× (docs/performance.md)."""
+(``recurrent_panels``), a copy of W_hh in all each call (≈ 0.13 ms at H = 512, 1.1–1.4 at
+H = 1024, on one thread); with fewer, the dot tile reads the part's rows as they are
+(``units_rows_product``), which wastes nothing on two or four rows (its 2 × 6 and 4 × 3 tiles)
+and a quarter of a tile on three or five. So two and four rows pack from these steps, twice as
+many above ``PARTITION_ALWAYS_ABOVE_HIDDEN`` (where W_hh with its copy outgrows L3), three from
+these at any H and five from half as many. Zen 4, with the packing of 2026-12-01 (item 49),
+packed against not, in one process: (2, 8, 256) 0.76×, (2, 12, 512) 0.85×, (4, 8, 512) 0.96×,
+(2, 16, 256) 1.05×, (2, 16, 512) 1.06×, (4, 16, 256–512) 1.03–1.10×, (2, 16, 768) 0.90×,
+(4, 16, 768) 0.95×, (2, 24, 1024) 1.01×, (4, 24, 1024) 1.04×, (2, 32, 1024) 1.03×; three rows
+(3, 8, 256–512) 0.88–0.94×, (3, 16, 768–1024) 1.00–1.10×, (3, 24, 768) 1.10×; five rows (5, 4,
+512) 0.98×, (5, 8, 256–1024) 1.05–1.10×, (5, 12, 384–768) 1.04–1.16×, (5, 16, 1024) 1.29×
+(docs/performance.md)."""
 
 
 def unit_split_packs(batch, hidden, steps):
-    """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh
-    (``UNIT_SPLIT_PACK_MIN_STEPS``): more than one row, over enough steps."""
-    beyond = hidden > PARTITION_ALWAYS_ABOVE_HIDDEN
-    return batch > 1 and steps >= UNIT_SPLIT_PACK_MIN_STEPS * (2 if beyond else 1)
+    """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh: more than one row,
+    over enough steps (``UNIT_SPLIT_PACK_MIN_STEPS``)."""
+    least = UNIT_SPLIT_PACK_MIN_STEPS
+    if batch == 5:
+        least //= 2
+    elif batch != 3 and hidden > PARTITION_ALWAYS_ABOVE_HIDDEN:
+        least *= 2
+    return batch > 1 and steps >= least
 
 
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 400_000
@@ -431,9 +441,10 @@ on, as fast or slower (bidirectional, T = 20: H = 64 62–79 → 60–98, H = 80
 
 PANEL_MIN_ROW_STEPS = 128
 """``recurrent_panels`` from this many rows a thread × steps on: W_hh is packed for it once a
-forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512), which the
-tile's faster steps repay after ≈ 50–100 row-steps; below, ``dot_tile_product``, which needs no
-packing (measured on a Zen 3, docs/performance.md)."""
+forward (a copy of W_hh into fresh memory: 0.15 ms at H = 256, ≈ 1 ms at H = 512 then), which
+the tile's faster steps repay after ≈ 50–100 row-steps; below, ``dot_tile_product``, which needs
+no packing (measured on a Zen 3, docs/performance.md). With packing 3–4.5× faster (item 49), 16
+row-steps still ran up to 1.27× slower on a Zen 4."""
 
 PANEL_NARROW_MAX_HIDDEN = 64
 PANEL_NARROW_MIN_ROW_STEPS = 32
@@ -515,8 +526,8 @@ def pack_panels(w_hh):
     """W_hh (D, 4H, H) as the register tile reads it: (D, P, H, W) panels, panel p of direction d
     holding rows [W·p, W·(p + 1)) of w_hh[d] transposed, zeros past the last row; W =
     ``register_tile.panel_width``. Packed once a forward and layer, shared by the threads; on one
-    thread (0.6 ms at H = 512): a parallel loop would halve that but add ≈ 3.5 s to the first
-    compile."""
+    thread (0.13 ms at H = 512, 1.1–1.4 at H = 1024): a parallel loop would halve that but add
+    ≈ 3.5 s to the first compile."""
     directions, gate_rows, hidden = w_hh.shape
     count = panel_count(gate_rows, w_hh.itemsize)
     panels = np.empty((directions, count, hidden, panel_width(w_hh.itemsize)), dtype=w_hh.dtype)
@@ -529,14 +540,24 @@ def pack_panels(w_hh):
 @njit(**KERNEL_OPTIONS)
 def pack_rows(weights, rows, panels):
     """Rows ``rows`` (R,) int64 of weights (·, K) into panels (P, K, W), P·W ≥ R: panel p holds
-    rows[W·p : W·(p + 1)] transposed, zeros past the last."""
+    rows[W·p : W·(p + 1)] transposed, zeros past the last. A panel of W rows goes in blocks
+    transposed in registers (``transpose_into_panel``), the last K mod L columns and a last panel
+    of fewer rows one value at a time."""
     count, depth, width = panels.shape
+    lanes = width // 2
+    blocked = depth - depth % lanes
     for p in range(count):
+        whole = (p + 1) * width <= rows.size
+        if whole:
+            for k0 in range(0, blocked, lanes):
+                transpose_into_panel(weights, rows, p * width, k0, panels, p, 0)
+                transpose_into_panel(weights, rows, p * width + lanes, k0, panels, p, lanes)
+        rest = blocked if whole else 0  # the columns left to copy one value at a time
         for j in range(width):
             r = p * width + j
             if r < rows.size:
                 row = weights[rows[r]]
-                for k in range(depth):
+                for k in range(rest, depth):
                     panels[p, k, j] = row[k]
             else:
                 for k in range(depth):

@@ -593,11 +593,16 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2)) == 2
     assert plan(batch=2, hidden=96, steps=least_steps(96, 2) - 1) == 1
     assert plan(batch=2, hidden=512, steps=1) == 4
-    # the parts pack their rows of W_hh where the steps repay it (twice as many beyond H = 512)
+    # the parts pack their rows of W_hh where the steps repay it: two and four rows, which fill
+    # the dot tile, from twice as many beyond H = 512; three at any H; five from half as many
     packs = cpu.UNIT_SPLIT_PACK_MIN_STEPS
-    assert cpu.unit_split_packs(2, 512, packs) and not cpu.unit_split_packs(2, 512, packs - 1)
-    assert cpu.unit_split_packs(2, 513, 2 * packs)
-    assert not cpu.unit_split_packs(2, 513, 2 * packs - 1)
+    for batch, hidden, least in [(2, 512, packs), (4, 512, packs), (2, 513, 2 * packs)]:
+        packing = [cpu.unit_split_packs(batch, hidden, steps) for steps in (least - 1, least)]
+        assert packing == [False, True], (batch, hidden)
+    assert cpu.unit_split_packs(4, 513, 2 * packs) and not cpu.unit_split_packs(4, 513, packs)
+    assert cpu.unit_split_packs(3, 1024, packs) and not cpu.unit_split_packs(3, 1024, packs - 1)
+    assert cpu.unit_split_packs(5, 1024, packs // 2)
+    assert not cpu.unit_split_packs(5, 1024, packs // 2 - 1)
     assert not cpu.unit_split_packs(1, 128, 1000)  # one row packs nothing
     assert plan(batch=most + 1) == plan(batch=0, steps=100) == 1
     assert plan(directions=2) == plan(plain=False) == 1
@@ -744,6 +749,24 @@ def test_dot_tile_product_is_the_product(rng, product, rows, columns, inner, dty
     out = np.full((rows, columns), np.nan, dtype)
     getattr(cpu, product)(a, weights, out)
     assert_close(out, a.astype(np.float64) @ weights.T.astype(np.float64))
+
+
+@pytest.mark.parametrize("depth", [3, 8, 13, 64])  # K below, at and past whole register blocks
+@pytest.mark.parametrize("count", [16, 37, 64])  # whole panels and a last one of fewer rows
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_rows_is_the_transpose_of_its_rows(rng, depth, count, dtype):
+    """Panel p holds rows[W·p : W·(p + 1)] of the weights transposed, zeros past the last: rows
+    in any order (a part of the units split packs its rows of each gate block), blocks moved in
+    registers (``transpose_into_panel``) and the rest one value at a time."""
+    weights = rng.standard_normal((80, depth)).astype(dtype)
+    rows = rng.permutation(80)[:count]
+    width = panel_width(np.dtype(dtype).itemsize)
+    panels = np.full((panel_count(count, np.dtype(dtype).itemsize), depth, width), np.nan, dtype)
+    cpu.pack_rows(weights, rows, panels)
+    padded = np.zeros((panels.shape[0] * width, depth), dtype)
+    padded[:count] = weights[rows]
+    expected = padded.reshape(panels.shape[0], width, depth).transpose(0, 2, 1)
+    np.testing.assert_array_equal(panels, expected)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 11, 13])  # every tile height, 5 + rest
