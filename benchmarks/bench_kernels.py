@@ -1,7 +1,7 @@
 """The two halves of a step on one thread: the recurrent product h·W_hhᵀ of one thread's rows, in
 each of the ways a forward can run it (``cpu.plan_forward``): the register tile on packed W_hh,
 the dot-product tile, BLAS; and the fused pointwise pass (``cpu.lstm_step_pointwise``): the
-gates, the cell update and h."""
+gates, the cell update and h. Also the packing of W_hh for the register tile, once a forward."""
 
 import time
 
@@ -101,3 +101,37 @@ class PointwiseStep:
         return best / (rows * hidden) * 1e9
 
     track_ns_per_unit.unit = "ns"
+
+
+class PackPanels:
+    """W_hh (4H, H) packed into the register tile's panels (``cpu.pack_rows``), as a forward does
+    once a layer (or each part of the units split, its share), against a plain copy of W_hh."""
+
+    params = (choose([256, 512, 1024], [8]), ["float32", "float64"])
+    param_names = ["hidden", "dtype"]
+
+    def setup(self, hidden, dtype):
+        self.w_hh = np.random.default_rng(0).standard_normal((4 * hidden, hidden)).astype(dtype)
+        self.rows = np.arange(4 * hidden)
+        self.panels = cpu.pack_panels(self.w_hh[None])[0]  # compile or load from the cache
+
+    def time_pack(self, *_):
+        cpu.pack_rows(self.w_hh, self.rows, self.panels)
+
+    def track_over_copy(self, *_):
+        """Packing's time over a copy of W_hh into an existing array, best of 20 each."""
+        copy = np.empty_like(self.w_hh)
+        times = {}
+        for name, run in (
+            ("pack", self.time_pack),
+            ("copy", lambda: np.copyto(copy, self.w_hh)),
+        ):
+            best = np.inf
+            for _ in range(20):
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
+            times[name] = best
+        return times["pack"] / times["copy"]
+
+    track_over_copy.unit = "ratio"
