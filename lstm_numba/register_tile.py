@@ -197,6 +197,8 @@ def transpose_into_panel(typingctx, weights, rows, first, k0, panels, p, j0):
         return None  # the IR reads and writes rows with unit stride
     if not (isinstance(weights.dtype, types.Float) and weights.dtype == panels.dtype):
         return None  # the IR is written for one float type
+    if not (isinstance(rows, types.Array) and rows.dtype == types.int64):
+        return None  # the IR indexes with the row numbers as 64-bit integers
 
     def codegen(context, builder, signature, args):
         return _emit_transpose(context, builder, signature, args)

@@ -815,7 +815,7 @@ def test_every_register_tile_shape_is_the_product(rng, rows, panels_per_tile):
 
 def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
     """The tile's IR walks rows with unit stride, in one float type: a non-contiguous operand or
-    mixed dtypes are a typing error, not a wrong product."""
+    mixed dtypes are a typing error, not a wrong product; so are the packing's."""
     from numba.core.errors import TypingError
 
     w_hh = rng.standard_normal((16, 4)).astype(np.float32)
@@ -825,6 +825,11 @@ def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
         cpu.recurrent_panels(strided, panels, np.empty((2, 16), np.float32))
     with pytest.raises(TypingError):
         cpu.recurrent_panels(strided[:, :].copy(), panels, np.empty((2, 16), np.float64))
+    # the packing's transposes: rows of the weights read with unit stride, row numbers in int64
+    with pytest.raises(TypingError):
+        cpu.pack_rows(w_hh[:, ::2], np.arange(16), np.empty((2, 2, 16), np.float32))
+    with pytest.raises(TypingError):
+        cpu.pack_rows(w_hh, np.arange(16, dtype=np.int32), np.empty((2, 4, 16), np.float32))
 
 
 def test_plan_uses_threads_and_tiles_where_they_pay():
