@@ -1269,7 +1269,7 @@ def _unit_split_forward(
     [column, column + H): h, c (B, H) the initial states, overwritten with the final ones; other
     arguments as ``lstm_layer_forward``'s for D = 1 (``reverse`` only for rows of one length)."""
     batch, hidden = h.shape
-    bounds = np.arange(parts + 1) * hidden // parts
+    bounds = np.array([p * hidden // parts for p in range(parts + 1)], dtype=np.int64)
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
@@ -1369,20 +1369,20 @@ def lstm_layer_forward(
             )
             for first in range(0, directions, at_once)
         )
-    if batch > 1 and parts == 1:
-        at_once = directions  # rows split over the threads each read all of W_hh: side by side
-    if x_rows is None:
-        x_rows = np.arange(batch)
-    product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
-    split = parts > 1
-    panels = pack_panels(w_hh) if product == RECURRENT_PANELS and not split else None
-    for first in range(0, directions, at_once):
-        if split:
+    if parts > 1:  # each direction in turn, on all threads
+        for first in range(directions):
             _unit_split_forward(
                 x, w_ih[first], w_hh[first], bias[first], h[first], c[first], y,
                 column + first * width, lengths, steps, first == 1 or backward, batch_first, parts,
             )  # fmt: skip
-            continue
+        return
+    if batch > 1:
+        at_once = directions  # rows split over the threads each read all of W_hh: side by side
+    if x_rows is None:
+        x_rows = np.arange(batch)
+    product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
+    panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    for first in range(0, directions, at_once):
         if at_once * partitions == 1:
             arguments = (
                 x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell, h[first],
