@@ -447,14 +447,23 @@ no packing (measured on a Zen 3, docs/performance.md). With packing 3–4.5× fa
 row-steps still ran up to 1.27× slower on a Zen 4."""
 
 PANEL_NARROW_MAX_HIDDEN = 64
-PANEL_NARROW_MIN_ROW_STEPS = 32
-"""Up to ``PANEL_NARROW_MAX_HIDDEN`` hidden units, the panels from this many row-steps on: W_hh
+PANEL_NARROW_THREADED_MIN_ROW_STEPS = 32
+"""Up to ``PANEL_NARROW_MAX_HIDDEN`` hidden units, the panels from this many row-steps a thread on
+where the rows run on threads (``PANEL_NARROW_MIN_ROW_STEPS`` on one thread): W_hh
 (≤ 64 KiB in float32) packs in a few µs, into memory the allocator has at hand, and 32
 row-steps repay it. Zen 4, (B, T, H, H), best of 300, three alternating pairs, µs (from 128 →
 from 32 row-steps): (2, 32, 64) 123–170 → 81–83, (4, 24, 64) 123–166 → 101–103, (3, 40, 48)
 126–153 → 89–94, (4, 8, 64) 54–73 → 51–53; two layers (2, 32, 64) 267–272 → 186–188; float64
 (2, 32, 64) 188–194 → 147–152. At H = 96–128, 32–64 row-steps ran level or up to 4 % slower, at
 H = 192–384 up to 1.7× slower (docs/performance.md)."""
+
+PANEL_NARROW_MIN_ROW_STEPS = 8
+"""``PANEL_NARROW_THREADED_MIN_ROW_STEPS`` for calls on the calling thread: packing W_hh at H ≤ 64
+takes 2–3 µs since item 49, which a few steps of the tile repay; where the rows run on threads,
+the packing runs on one thread before they start and 16 row-steps a thread ran 0.90–0.93× as
+fast. Zen 4, (B, T, H, H), 8 against 32 row-steps, in one process: (2, 4, 64) 1.10×, (3, 4, 64)
+1.07×, (2, 6, 64) 1.20×, (2, 8, 64) 1.25×, (2, 8, 32) 1.17×, (2, 8, 16) 1.06×, (6, 4, 48) 1.17×,
+(2, 12, 48) 1.31×, (4, 4, 64) and (8, 2, 64) 1.02× (docs/performance.md, item 54)."""
 
 
 def plan_forward(batch, inputs, hidden, steps, directions=1):
@@ -487,8 +496,9 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
         partitions, rows = 1, batch
     if rows < 2:
         return RECURRENT_BLAS, partitions, parallel
-    narrow = hidden <= PANEL_NARROW_MAX_HIDDEN
-    least = PANEL_NARROW_MIN_ROW_STEPS if narrow else PANEL_MIN_ROW_STEPS
+    least = PANEL_MIN_ROW_STEPS
+    if hidden <= PANEL_NARROW_MAX_HIDDEN:
+        least = PANEL_NARROW_THREADED_MIN_ROW_STEPS if parallel else PANEL_NARROW_MIN_ROW_STEPS
     packing_pays = rows * steps >= least and not numba_config.DISABLE_JIT
     return (RECURRENT_PANELS if packing_pays else RECURRENT_DOT_TILE), partitions, parallel
 

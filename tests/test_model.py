@@ -856,6 +856,10 @@ def test_plan_uses_threads_and_tiles_where_they_pay():
     assert plan(2, narrow, row_steps // 2 - 1)[0] == rows
     assert plan(2, narrow, row_steps // 2)[0] == panels
     assert plan(2, narrow + 1, row_steps // 2)[0] == rows
+    if parallel:  # rows on threads wait for the packing: more row-steps a thread
+        threaded = cpu.PANEL_NARROW_THREADED_MIN_ROW_STEPS
+        assert plan(4 * threads, narrow, threaded // 4 - 1) == (rows, threads, True)
+        assert plan(4 * threads, narrow, threaded // 4) == (panels, threads, True)
     # W_hh beyond the caches: split from two rows on (one row a thread: GEMV)
     assert plan(2, 1024, steps) == (panels if threads < 2 else blas, min(threads, 2), parallel)
     assert plan(4 * threads, 1024, steps) == (panels, threads, parallel)
