@@ -448,8 +448,8 @@ row-steps still ran up to 1.27× slower on a Zen 4."""
 
 PANEL_NARROW_MAX_HIDDEN = 64
 PANEL_NARROW_THREADED_MIN_ROW_STEPS = 32
-"""Up to ``PANEL_NARROW_MAX_HIDDEN`` hidden units, the panels from this many row-steps a thread on
-where the rows run on threads (``PANEL_NARROW_MIN_ROW_STEPS`` on one thread): W_hh
+"""Up to ``PANEL_NARROW_MAX_HIDDEN`` hidden units, in calls whose rows run on threads, the panels
+from this many row-steps a thread on (``PANEL_NARROW_MIN_ROW_STEPS`` on the calling thread): W_hh
 (≤ 64 KiB in float32) packs in a few µs, into memory the allocator has at hand, and 32
 row-steps repay it. Zen 4, (B, T, H, H), best of 300, three alternating pairs, µs (from 128 →
 from 32 row-steps): (2, 32, 64) 123–170 → 81–83, (4, 24, 64) 123–166 → 101–103, (3, 40, 48)
@@ -461,9 +461,10 @@ PANEL_NARROW_MIN_ROW_STEPS = 8
 """``PANEL_NARROW_THREADED_MIN_ROW_STEPS`` for calls on the calling thread: packing W_hh at H ≤ 64
 takes 2–3 µs since item 49, which a few steps of the tile repay; where the rows run on threads,
 the packing runs on one thread before they start and 16 row-steps a thread ran 0.90–0.93× as
-fast. Zen 4, (B, T, H, H), 8 against 32 row-steps, in one process: (2, 4, 64) 1.10×, (3, 4, 64)
-1.07×, (2, 6, 64) 1.20×, (2, 8, 64) 1.25×, (2, 8, 32) 1.17×, (2, 8, 16) 1.06×, (6, 4, 48) 1.17×,
-(2, 12, 48) 1.31×, (4, 4, 64) and (8, 2, 64) 1.02× (docs/performance.md, item 54)."""
+fast. Zen 4, (B, T, H, H), 8 (or 16) against 32 row-steps, in one process: (2, 4, 64) 1.10×,
+(3, 4, 64) 1.07×, (2, 6, 64) 1.20×, (2, 8, 64) 1.25×, (2, 8, 32) 1.17×, (2, 8, 16) 1.06×,
+(6, 4, 48) 1.17×, (2, 12, 48) 1.31×, (4, 4, 64) and (8, 2, 64) 1.02×, (4, 2, 64) 0.96×
+(docs/performance.md, item 54)."""
 
 
 def plan_forward(batch, inputs, hidden, steps, directions=1):
