@@ -20,10 +20,23 @@ def check_dtype(dtype):
 def as_float_array(name, value, dtype=None):
     """``value`` as a NumPy array of a supported float dtype, equal to ``dtype`` when given.
 
-    Never casts: a float64 array for a float32 model is an error, as in PyTorch, because a silent
-    cast would hide a precision or a performance surprise.
+    Never casts an array: a float64 array for a float32 model is an error, as in PyTorch, because
+    a silent cast would hide a precision or a performance surprise. Values without a dtype of their
+    own (nested lists, numbers) are read as ``dtype``. What NumPy cannot read (a torch tensor that
+    requires grad or of a dtype NumPy lacks, a ragged list) is an error naming ``name``.
     """
-    return check_float_dtype(name, np.asarray(value), dtype)
+    if value is None:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got None")
+    has_dtype = hasattr(value, "dtype")
+    try:
+        array = np.asarray(value, dtype=None if has_dtype else dtype)
+    except (TypeError, ValueError, RuntimeError) as error:
+        kind = type(value).__name__ + (f" of dtype {value.dtype}" if has_dtype else "")
+        raise TypeError(
+            f"{name}: expected a float32 or float64 array; NumPy cannot read the {kind} given "
+            f"({error})"
+        ) from error
+    return check_float_dtype(name, array, dtype)
 
 
 def check_float_dtype(name, array, dtype=None):

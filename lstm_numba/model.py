@@ -446,8 +446,10 @@ class LSTM:
         """
         on_gpu = dispatch.select_device(x, device) == "cuda"
         given = x
-        x = dispatch.to_device(x) if dispatch.is_gpu_array(x) else np.asarray(x)
-        x = check_float_dtype("x", x, self.dtype)
+        if dispatch.is_gpu_array(x):
+            x = check_float_dtype("x", dispatch.to_device(x), self.dtype)
+        else:
+            x = as_float_array("x", x, self.dtype)
         if x.ndim not in (2, 3):
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
             raise ValueError(
@@ -550,8 +552,10 @@ class LSTM:
             )
         states = []
         for given, (name, (shape, size)) in zip(hx, shapes.items(), strict=True):
-            given = dispatch.to_device(given) if on_gpu else np.asarray(given)
-            check_float_dtype(name, given, self.dtype)
+            if on_gpu:
+                given = check_float_dtype(name, dispatch.to_device(given), self.dtype)
+            else:
+                given = as_float_array(name, given, self.dtype)
             expected = (shape[0], shape[2]) if unbatched else shape
             meaning = f"(D·num_layers, {size})" if unbatched else f"(D·num_layers, B, {size})"
             check_shape(name, given, expected, meaning)

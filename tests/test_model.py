@@ -193,11 +193,49 @@ def test_state_dict_round_trip(rng):
             TypeError,
             r"c0: expected dtype float32, got float64",
         ),
+        (
+            lambda m: m(np.zeros((2, 3, 4), np.float32), (None, None)),
+            TypeError,
+            r"h0: expected a float32 or float64 array, got None",
+        ),
+        (
+            lambda m: m([[[0.0] * 4] * 3, [[0.0] * 4] * 2]),
+            TypeError,
+            r"x: expected a float32 or float64 array; NumPy cannot read the list given",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(ln.LSTM(4, 6))
+
+
+def test_torch_tensors_numpy_cannot_read_are_a_clear_error():
+    torch = pytest.importorskip("torch")
+    model = ln.LSTM(4, 6)
+    needs_grad = torch.zeros(2, 3, 4, requires_grad=True)
+    with pytest.raises(TypeError, match=r"x: .*NumPy cannot read the Tensor .*requires grad"):
+        model(needs_grad)
+    with pytest.raises(TypeError, match=r"x: .*the Tensor of dtype torch.bfloat16 given"):
+        model(torch.zeros(2, 3, 4, dtype=torch.bfloat16))
+    np.testing.assert_array_equal(
+        model(needs_grad.detach())[0].numpy(), model(np.zeros((2, 3, 4), np.float32))[0]
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lists_are_read_in_the_models_dtype(rng, dtype):
+    model = ln.LSTM(4, 6, dtype=dtype, seed=0)
+    x = rng.standard_normal((2, 3, 4)).astype(dtype)
+    h0, c0 = rng.standard_normal((2, 1, 2, 6)).astype(dtype)
+    y, (h_n, c_n) = model(x.tolist(), (h0.tolist(), c0.tolist()))
+    expected_y, (expected_h, expected_c) = model(x, (h0, c0))
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(h_n, expected_h)
+    np.testing.assert_array_equal(c_n, expected_c)
+    stream = model.stream(batch_size=2)
+    np.testing.assert_array_equal(stream.step(x.tolist()), model(x)[0])
 
 
 @pytest.mark.parametrize(
