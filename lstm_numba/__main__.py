@@ -14,17 +14,34 @@ import lstm_numba
 from lstm_numba import reference
 
 
+def positive_int(text):
+    """An argparse ``type``: ``text`` as an int ≥ 1, else a usage error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def main(argv=None):
     description = __doc__.split("\n")[0] if __doc__ else None  # None under python -OO
     parser = argparse.ArgumentParser(prog="python -m lstm_numba", description=description)
-    parser.add_argument("--batch", type=int, default=64, help="sequences per batch, B (64)")
-    parser.add_argument("--steps", type=int, default=100, help="time steps, T (100)")
-    parser.add_argument("--input-size", type=int, default=128, help="input features, I (128)")
-    parser.add_argument("--hidden-size", type=int, default=256, help="hidden units, H (256)")
-    parser.add_argument("--num-layers", type=int, default=1, help="stacked layers (1)")
+    parser.add_argument(
+        "--batch", type=positive_int, default=64, help="sequences per batch, B (64)"
+    )
+    parser.add_argument("--steps", type=positive_int, default=100, help="time steps, T (100)")
+    parser.add_argument(
+        "--input-size", type=positive_int, default=128, help="input features, I (128)"
+    )
+    parser.add_argument(
+        "--hidden-size", type=positive_int, default=256, help="hidden units, H (256)"
+    )
+    parser.add_argument("--num-layers", type=positive_int, default=1, help="stacked layers (1)")
     parser.add_argument("--bidirectional", action="store_true", help="both directions")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls (20)")
+    parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls (20)")
     args = parser.parse_args(argv)
 
     model = lstm_numba.LSTM(

@@ -1,6 +1,9 @@
 """``python -m lstm_numba`` and the on-disk kernel cache, each in a fresh process."""
 
+import pytest
 from conftest import run_python
+
+from lstm_numba.__main__ import main
 
 
 def test_main_job_checks_and_times():
@@ -25,6 +28,16 @@ def test_main_job_runs_without_docstrings():
     """``python -OO`` strips docstrings, which the command line's help is built from."""
     out = run_python("-OO", "-m", "lstm_numba", "--help").stdout
     assert "--hidden-size" in out
+
+
+@pytest.mark.parametrize("option, value", [("--batch", "0"), ("--steps", "-1"), ("--repeats", "x")])
+def test_main_job_refuses_sizes_below_one(capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main([option, value])
+    assert exit_info.value.code == 2
+    assert (
+        f"argument {option}: expected a positive integer, got '{value}'" in capsys.readouterr().err
+    )
 
 
 CALL_AND_REPORT_CACHE = """
