@@ -17,26 +17,32 @@ def check_dtype(dtype):
     return dtype
 
 
-def as_float_array(name, value, dtype=None):
-    """``value`` as a NumPy array of a supported float dtype, equal to ``dtype`` when given.
-
-    Never casts an array: a float64 array for a float32 model is an error, as in PyTorch, because
-    a silent cast would hide a precision or a performance surprise. Values without a dtype of their
-    own (nested lists, numbers) are read as ``dtype``. What NumPy cannot read (a torch tensor that
-    requires grad or of a dtype NumPy lacks, a ragged list) is an error naming ``name``.
-    """
+def as_array(name, value, dtype=None):
+    """``value`` as a NumPy array: arrays (and tensors) keep their dtype, values without one of
+    their own (nested lists, numbers) are read as ``dtype``. What NumPy cannot read (a torch
+    tensor that requires grad or of a dtype NumPy lacks, a ragged list) is a ``TypeError`` naming
+    ``name``."""
     if value is None:
         raise TypeError(f"{name}: expected a float32 or float64 array, got None")
     has_dtype = hasattr(value, "dtype")
     try:
-        array = np.asarray(value, dtype=None if has_dtype else dtype)
+        return np.asarray(value, dtype=None if has_dtype else dtype)
     except (TypeError, ValueError, RuntimeError) as error:
         kind = type(value).__name__ + (f" of dtype {value.dtype}" if has_dtype else "")
         raise TypeError(
             f"{name}: expected a float32 or float64 array; NumPy cannot read the {kind} given "
             f"({error})"
         ) from error
-    return check_float_dtype(name, array, dtype)
+
+
+def as_float_array(name, value, dtype=None):
+    """``value`` as a NumPy array (``as_array``) of a supported float dtype, equal to ``dtype``
+    when given.
+
+    Never casts an array: a float64 array for a float32 model is an error, as in PyTorch, because
+    a silent cast would hide a precision or a performance surprise.
+    """
+    return check_float_dtype(name, as_array(name, value, dtype), dtype)
 
 
 def check_float_dtype(name, array, dtype=None):

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from lstm_numba._validation import check_dtype
+from lstm_numba._validation import as_array, check_dtype
 from lstm_numba.model import LSTM
 
 TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
@@ -185,10 +185,22 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     ``options``: ``LSTM``'s other keyword arguments (``clip``, ``activations``, ``reverse``, …).
     Every key and shape is checked; all problems are reported in one ``ValueError``.
     """
-    arrays = {str(name): np.asarray(value) for name, value in state_dict.items()}
+    arrays = {str(name): as_array(str(name), value) for name, value in state_dict.items()}
     unknown = sorted(name for name in arrays if not _TORCH_NAME.fullmatch(name))
     if unknown:
-        raise ValueError(f"state_dict: unexpected keys {unknown}; expected PyTorch's LSTM names")
+        prefix = os.path.commonprefix(unknown).rpartition(".")[0] + "."
+        stripped = [name.removeprefix(prefix) for name in unknown]
+        hint = ""
+        every_key = len(unknown) == len(arrays) and prefix != "."
+        if every_key and all(_TORCH_NAME.fullmatch(name) for name in stripped):
+            hint = (
+                f"; every key starts with {prefix!r} (a module's name): pass "
+                f"{{k.removeprefix({prefix!r}): v for k, v in state_dict.items()}}"
+            )
+        raise ValueError(
+            f"state_dict: unexpected keys {unknown}; expected PyTorch's LSTM names "
+            f"(weight_ih_l0, weight_hh_l0, bias_ih_l0, …){hint}"
+        )
     for name in ("weight_ih_l0", "weight_hh_l0"):
         if name not in arrays or arrays[name].ndim != 2:
             found = arrays[name].shape if name in arrays else "missing"

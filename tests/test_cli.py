@@ -1,4 +1,5 @@
-"""``python -m lstm_numba`` and the on-disk kernel cache, each in a fresh process."""
+"""``python -m lstm_numba`` (its options checked in process, its runs each in a fresh process) and
+the on-disk kernel cache."""
 
 import pytest
 from conftest import run_python

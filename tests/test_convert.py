@@ -81,6 +81,17 @@ def test_from_state_dict_casts_when_asked():
             TypeError,
             r"expected float32 or float64 weights, got int32",
         ),
+        (
+            lambda w: w.update({f"encoder.lstm.{k}": w.pop(k) for k in list(w)}),
+            ValueError,
+            r"every key starts with 'encoder.lstm.' .*"
+            r"\{k.removeprefix\('encoder.lstm.'\): v for k, v in state_dict.items\(\)\}",
+        ),
+        (
+            lambda w: w.update(weight_hh_l0=[[0.0] * 4] * 15 + [[0.0] * 3]),
+            TypeError,
+            r"weight_hh_l0: expected a float32 or float64 array; NumPy cannot read the list given",
+        ),
     ],
 )
 def test_from_state_dict_errors(change, error, pattern):
