@@ -467,7 +467,8 @@ def from_onnx(model, node_name=None, *, weights=None):
     Layout as ``onnx/defs/rnn/defs.cc``: W [D, 4H, I], R [D, 4H, H], B [D, 8H] = [Wb, Rb], gates
     i, o, f, c (reordered to PyTorch's i, f, g, o); P [D, 3H] in i, o, f (kept).
 
-    ``model``: a path or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
+    ``model``: a path, the serialized model (bytes, as ``torch.onnx.export`` writes to a
+    ``BytesIO``) or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
     several, or a list of node names to stack as layers in that order (as ``to_onnx`` writes a
     multi-layer model; their options must agree). W, R, B and P are read from the graph's
     initializers, or from ``weights`` (name → array) for those that are graph inputs. Every
@@ -477,10 +478,20 @@ def from_onnx(model, node_name=None, *, weights=None):
     Y_h, Y_c as they are. float16 weights become float32; float64 stays float64.
     """
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
     if isinstance(model, (str, os.PathLike)):
         model = onnx.load(os.fspath(model))
+    elif isinstance(model, (bytes, bytearray)):
+        try:
+            model = onnx.load_from_string(bytes(model))
+        except DecodeError as error:
+            raise ValueError(f"model: the bytes given are not an ONNX model ({error})") from error
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(
+            "model: expected a path, bytes or an onnx.ModelProto, got " + type(model).__name__
+        )
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     given = dict(weights or {})
 

@@ -382,6 +382,19 @@ def test_from_onnx_errors(change, keywords, pattern):
         ln.from_onnx(edited_onnx(change), **keywords)
 
 
+def test_from_onnx_reads_bytes_and_names_what_it_cannot_read():
+    pytest.importorskip("onnx")
+    model = ln.LSTM(4, 5, batch_first=False, seed=4)
+    loaded = ln.from_onnx(to_onnx(model).SerializeToString())
+    assert_same_model(loaded, model, float_attributes_in_float32=True)
+    with pytest.raises(ValueError, match=r"model: the bytes given are not an ONNX model"):
+        ln.from_onnx(b"garbage")
+    with pytest.raises(
+        TypeError, match=r"model: expected a path, bytes or an onnx.ModelProto, got"
+    ):
+        ln.from_onnx(3)
+
+
 def test_torch_to_file_to_onnx_shapes_agree(rng, tmp_path):
     """torch → lstm_numba → save → load → ONNX-shaped I/O and ONNX Runtime: one answer."""
     torch = pytest.importorskip("torch")
