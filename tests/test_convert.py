@@ -1,6 +1,7 @@
 """Weights in and out: PyTorch, Keras, ONNX, .npz and .safetensors, each against its oracle."""
 
 import importlib.util
+import io
 import os
 import pickle
 import warnings
@@ -414,6 +415,29 @@ def test_torch_to_file_to_onnx_shapes_agree(rng, tmp_path):
     y_o, h_o, c_o = session.run(None, {"X": x, "initial_h": zeros, "initial_c": zeros})
     assert_close(y, y_o)
     assert_close(c_n, c_o)
+
+
+def test_torch_onnx_export_of_a_stack_reads_back(rng):
+    """``torch.onnx.export`` of a two-layer bidirectional ``nn.LSTM`` (bytes, one node a layer,
+    reshapes between them): ``from_onnx`` with the nodes' names stacks them into one model."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    module = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    exported = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on exporting RNNs with a batch of 3
+        torch.onnx.export(module, (torch.from_numpy(x),), exported, dynamo=False)
+    graph = onnx.load_from_string(exported.getvalue()).graph
+    names = [node.name for node in graph.node if node.op_type == "LSTM"]
+    model = ln.from_onnx(exported.getvalue(), node_name=names)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = module(torch.from_numpy(x))
+    y, (h_n, c_n) = model(x)
+    assert len(names) == 2 and model.num_layers == 2 and model.bidirectional
+    assert_close(y, y_t.numpy())
+    assert_close(h_n, h_t.numpy())
+    assert_close(c_n, c_t.numpy())
 
 
 # --- save / load --------------------------------------------------------------------------------
