@@ -1374,12 +1374,10 @@ def lstm_layer_forward(
     at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
     parts = 1  # the units split, where each direction run on its own takes it
     if x_rows is None or np.array_equal(x_rows, np.arange(batch)):  # it reads x's rows in order
-        parts = min(
-            unit_split_parts(
-                lengths, steps, hidden, at_once, first == 1 or backward, seed_cell, c.itemsize
-            )
-            for first in range(0, directions, at_once)
-        )
+        parts = unit_split_parts(lengths, steps, hidden, at_once, backward, seed_cell, c.itemsize)
+        if at_once < directions:  # and the reverse direction on its own
+            reverse = unit_split_parts(lengths, steps, hidden, 1, True, seed_cell, c.itemsize)
+            parts = min(parts, reverse)
     if parts > 1:  # each direction in turn, on all threads
         for first in range(directions):
             _unit_split_forward(

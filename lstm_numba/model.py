@@ -474,9 +474,11 @@ class LSTM:
         padded = lengths is not None
         if padded and dispatch.is_gpu_array(lengths):
             lengths = dispatch.to_device(lengths).copy_to_host()
-        lengths = (
-            check_lengths(lengths, batch, steps) if padded else np.full(batch, steps, np.int64)
-        )
+        if padded:
+            lengths = check_lengths(lengths, batch, steps)
+        else:
+            lengths = np.empty(batch, np.int64)
+            lengths.fill(steps)  # twice as fast as np.full on a small call
         padded = padded and batch > 0 and int(lengths.min()) < steps
         h0, c0 = self._initial_states(hx, batch, unbatched, on_gpu)
         layers_directions = self.num_layers * self.num_directions
@@ -489,8 +491,9 @@ class LSTM:
             y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
         else:
             y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces)
-        y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
-        traces = dispatch.like_input(given, traces) if return_gates else traces
+        if on_gpu or not isinstance(given, np.ndarray):  # NumPy in and out: nothing to convert
+            y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
+            traces = dispatch.like_input(given, traces) if return_gates else traces
         if unbatched:
             y = y.reshape(steps, y.shape[2])
             h_n, c_n = h_n.reshape(h_n.shape[0], -1), c_n.reshape(c_n.shape[0], -1)
