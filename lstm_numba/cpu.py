@@ -798,10 +798,11 @@ def lstm_rows_forward(
     rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B, T, D·H_out) or
     (T, B, D·H_out), this direction's columns [column, column + H_out) written (rows past a
     length are left alone).
-    w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection, or
-    (0, 0) for none (H_out = H). cell: None for the seed's cell (the kernel compiled for None has no
-    ONNX code, which halves its compile time), or ONNX's options (see ``lstm_step_pointwise``). h:
-    (B, H_out), c: (B, H), the initial states on entry and the states after each row's last valid
+    w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
+    or None for none (H_out = H; the kernel compiled for None has no projection: ≈ 1.3 s less to
+    compile). cell: None for the seed's cell (the kernel compiled for None has no ONNX code, which
+    halves its compile time), or ONNX's options (see ``lstm_step_pointwise``). h: (B, H_out), c:
+    (B, H), the initial states on entry and the states after each row's last valid
     step on return. lengths: (B,) int64 valid steps per row, from time ``first_time`` of x and y on
     (0 for whole sequences; more for a part of them, ``lstm_directions_in_halves``); ``reverse``
     reads each row from its last step down to its first. ``product``: how the recurrent product
@@ -822,7 +823,7 @@ def lstm_rows_forward(
     batch = row_stop - row_start
     inputs = x.shape[2]
     gate_rows, hidden = w_hh.shape[0], c.shape[1]
-    projecting = w_hr.shape[0] > 0
+    projecting = w_hr is not None
     steps = 0
     for row in range(row_start, row_stop):
         steps = max(steps, lengths[row])
@@ -878,7 +879,7 @@ def lstm_rows_forward(
                 rec, projected[starts[s] : starts[s + 1]], bias, cell, c_rows[:active], h_new,
                 time_act, y, not projecting, column, batch_first, row_start, traces, direction,
             )  # fmt: skip
-            if projecting:
+            if w_hr is not None:  # a branch Numba prunes where w_hr is None
                 project_hidden(
                     h_new, w_hr, h_projected[:active], h_act, time_act, y, column, batch_first,
                     row_start,
@@ -904,6 +905,15 @@ def project_hidden(
             _copy(projected[b], _output_row(y, row_offset + b, t, batch_first, column, size))
 
 
+@njit(**KERNEL_OPTIONS)
+def _direction(stack, d):
+    """stack[d], or None for None (LSTMP's w_hr when there is no projection): the parallel
+    driver's body cannot branch on None itself (Numba's parfor passes see both branches)."""
+    if stack is None:
+        return None
+    return stack[d]
+
+
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, backward, batch_first,
@@ -923,7 +933,7 @@ def lstm_partitioned_forward(
         d = item // partitions
         part = item % partitions
         lstm_rows_forward(
-            x, x_rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell,
+            x, x_rows, w_ih[d], w_hh[d], _direction(w_hr, d), bias[d], cell,
             h[d], c[d], y, column + d * width, lengths, 0, d == 1 or backward, batch_first,
             product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
             d,
@@ -1331,8 +1341,9 @@ def lstm_directions_in_halves(
 
     def direction(d, out, column, lengths_now, first_time):
         lstm_rows_forward(
-            y, rows, w_ih[d], w_hh[d], w_hr[d], bias[d], cell, h[d], c[d], out, column,
-            lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch, traces, d,
+            y, rows, w_ih[d], w_hh[d], None if w_hr is None else w_hr[d], bias[d], cell, h[d],
+            c[d], out, column, lengths_now, first_time, d == 1, batch_first, product, panels, 0,
+            batch, traces, d,
         )  # fmt: skip
 
     with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
@@ -1369,7 +1380,7 @@ def lstm_layer_forward(
     directions run one after another (``directions_in_turn``).
     """
     directions, batch, _ = h.shape
-    seed_cell = cell is None and traces is None and w_hr.shape[1] == 0
+    seed_cell = cell is None and traces is None and w_hr is None
     hidden, width = c.shape[2], h.shape[2]
     at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
     parts = 1  # the units split, where each direction run on its own takes it
@@ -1394,9 +1405,9 @@ def lstm_layer_forward(
     for first in range(0, directions, at_once):
         if at_once * partitions == 1:
             arguments = (
-                x, x_rows, w_ih[first], w_hh[first], w_hr[first], bias[first], cell, h[first],
-                c[first], y, column + first * width, lengths, 0, first == 1 or backward,
-                batch_first, product, panels, 0, batch, traces, first,
+                x, x_rows, w_ih[first], w_hh[first], None if w_hr is None else w_hr[first],
+                bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
+                first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
             )  # fmt: skip
             if not parallel:  # too small for BLAS to start its threads
                 lstm_rows_forward(*arguments)

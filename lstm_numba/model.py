@@ -663,14 +663,14 @@ class LSTM:
 
     def _cpu_layer(self, layer):
         """Layer ``layer``'s arrays as the CPU kernels take them, every direction's: w_ih
-        (D, 4H, I), w_hh (D, 4H, H_out), w_hr (D, H_out, H) or (D, 0, 0), the bias b_ih + b_hh
-        (D, 4H), and the cell options (``_cpu_cell``)."""
+        (D, 4H, I), w_hh (D, 4H, H_out), w_hr (D, H_out, H) or None without LSTMP's projection,
+        the bias b_ih + b_hh (D, 4H), and the cell options (``_cpu_cell``)."""
         stacks = self._layers[layer]
         bias = stacks["bias_ih"] + stacks["bias_hh"]
         return (
             stacks["weight_ih"],
             stacks["weight_hh"],
-            stacks["weight_hr"],
+            stacks["weight_hr"] if self.proj_size else None,
             bias,
             self._cpu_cell(layer),
         )
@@ -683,7 +683,8 @@ class LSTM:
         backward, column = self.reverse, 0
         if direction is not None:
             d = slice(direction, direction + 1)
-            w_ih, w_hh, w_hr, bias = w_ih[d], w_hh[d], w_hr[d], bias[d]
+            w_ih, w_hh, bias = w_ih[d], w_hh[d], bias[d]
+            w_hr = None if w_hr is None else w_hr[d]
             if cell is not None:  # (kinds, params, peepholes, bound, input_forget)
                 cell = (cell[0][d], cell[1][d], cell[2][d], *cell[3:])
             backward, column = direction == 1, direction * self.output_size

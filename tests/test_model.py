@@ -318,13 +318,11 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
         lengths=lengths, reverse=model.reverse,
     )  # fmt: skip
     y = np.zeros(expected.shape, dtype)
-    stacks = model._layers[0]
-    w_hh = stacks["weight_hh"]
+    w_ih, w_hh, w_hr, bias, cell = model._cpu_layer(0)  # w_hr None without the projection
     panels = cpu.pack_panels(w_hh) if product == cpu.RECURRENT_PANELS else None
     cpu.lstm_partitioned_forward(
-        x, x_rows, stacks["weight_ih"], w_hh, stacks["weight_hr"],
-        stacks["bias_ih"] + stacks["bias_hh"], model._cpu_cell(0), h, c, y, 0, lengths,
-        model.reverse, batch_first, product, panels, partitions, None,
+        x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, 0, lengths, model.reverse, batch_first,
+        product, panels, partitions, None,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
