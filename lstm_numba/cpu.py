@@ -799,7 +799,7 @@ def lstm_rows_forward(
     (T, B, D·H_out), this direction's columns [column, column + H_out) written (rows past a
     length are left alone).
     w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
-    or None for none (H_out = H; the kernel compiled for None has no projection: ≈ 1.3 s less to
+    or None for none (H_out = H; the kernel compiled for None has no projection: ≈ 1.5 s less to
     compile). cell: None for the seed's cell (the kernel compiled for None has no ONNX code, which
     halves its compile time), or ONNX's options (see ``lstm_step_pointwise``). h: (B, H_out), c:
     (B, H), the initial states on entry and the states after each row's last valid
