@@ -16,12 +16,13 @@ from lstm_numba import reference
 
 def positive_int(text):
     """An argparse ``type``: ``text`` as an int ≥ 1, else a usage error naming the option."""
+    error = argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        raise error from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise error
     return value
 
 
