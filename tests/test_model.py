@@ -957,6 +957,24 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
             assert "A" not in layouts, (kernel, signature)
 
 
+def test_models_without_projection_pass_no_projection_weights(rng, monkeypatch):
+    """The row worker gets w_hr None where a model has no LSTMP projection, so that Numba compiles
+    that specialization without the projection (≈ 1.5 s of a cold first call); the array where it
+    has one."""
+    seen = []
+    worker = cpu.lstm_rows_forward
+
+    def recording_worker(*arguments):
+        seen.append(arguments[4])
+        return worker(*arguments)
+
+    monkeypatch.setattr(cpu, "lstm_rows_forward", recording_worker)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    ln.LSTM(3, 5, seed=0)(x)
+    ln.LSTM(3, 5, proj_size=2, seed=0)(x)
+    assert seen[0] is None and seen[1].shape == (2, 5)
+
+
 CONCURRENT_CALLS = """
 import threading
 import numba
