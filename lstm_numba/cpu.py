@@ -1277,9 +1277,11 @@ def lstm_unit_split_forward(
     place, ``LSTM._run_layers``).
     """
     for first in prange(bounds.size - 1):
+        # int64 as the parfor passes type it at first: the gufunc's own index is uint64, and
+        # Numba would compile the worker a second time for it (1.4 s of a cold first call)
         lstm_unit_parts_worker(
-            first, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
-            reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
+            np.int64(first), x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column,
+            lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
 
 
