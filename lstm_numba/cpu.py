@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import config as numba_config
 from numba import get_num_threads, njit, prange, threading_layer, vectorize
+from numba.core import types
+from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
 from lstm_numba import atomics, equations
@@ -905,13 +907,20 @@ def project_hidden(
             _copy(projected[b], _output_row(y, row_offset + b, t, batch_first, column, size))
 
 
-@njit(**KERNEL_OPTIONS)
-def _direction(stack, d):
-    """stack[d], or None for None (LSTMP's w_hr when there is no projection): the parallel
-    driver's body cannot branch on None itself (Numba's parfor passes see both branches)."""
-    if stack is None:
-        return None
-    return stack[d]
+def direction_of(stack, d):
+    """stack[d], direction d's array of a stack of every direction's, or None for None (LSTMP's
+    w_hr where there is no projection)."""
+    return None if stack is None else stack[d]
+
+
+@overload(direction_of)
+def _direction_of_compiled(stack, d):
+    """``direction_of`` in compiled code, resolved by type: a branch on None would not be
+    pruned where stack is an array (Numba prunes ``is None`` only where the argument is None),
+    and would make the result Optional, a worker specialization of its own."""
+    if isinstance(stack, types.NoneType):
+        return lambda stack, d: None
+    return lambda stack, d: stack[d]
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
@@ -933,7 +942,7 @@ def lstm_partitioned_forward(
         d = item // partitions
         part = item % partitions
         lstm_rows_forward(
-            x, x_rows, w_ih[d], w_hh[d], _direction(w_hr, d), bias[d], cell,
+            x, x_rows, w_ih[d], w_hh[d], direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], y, column + d * width, lengths, 0, d == 1 or backward, batch_first,
             product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
             d,
@@ -1343,9 +1352,9 @@ def lstm_directions_in_halves(
 
     def direction(d, out, column, lengths_now, first_time):
         lstm_rows_forward(
-            y, rows, w_ih[d], w_hh[d], None if w_hr is None else w_hr[d], bias[d], cell, h[d],
-            c[d], out, column, lengths_now, first_time, d == 1, batch_first, product, panels, 0,
-            batch, traces, d,
+            y, rows, w_ih[d], w_hh[d], direction_of(w_hr, d), bias[d], cell, h[d], c[d], out,
+            column, lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch,
+            traces, d,
         )  # fmt: skip
 
     with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
@@ -1407,9 +1416,9 @@ def lstm_layer_forward(
     for first in range(0, directions, at_once):
         if at_once * partitions == 1:
             arguments = (
-                x, x_rows, w_ih[first], w_hh[first], None if w_hr is None else w_hr[first],
-                bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
-                first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
+                x, x_rows, w_ih[first], w_hh[first], direction_of(w_hr, first), bias[first], cell,
+                h[first], c[first], y, column + first * width, lengths, 0, first == 1 or backward,
+                batch_first, product, panels, 0, batch, traces, first,
             )  # fmt: skip
             if not parallel:  # too small for BLAS to start its threads
                 lstm_rows_forward(*arguments)

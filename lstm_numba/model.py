@@ -683,8 +683,7 @@ class LSTM:
         backward, column = self.reverse, 0
         if direction is not None:
             d = slice(direction, direction + 1)
-            w_ih, w_hh, bias = w_ih[d], w_hh[d], bias[d]
-            w_hr = None if w_hr is None else w_hr[d]
+            w_ih, w_hh, w_hr, bias = w_ih[d], w_hh[d], cpu.direction_of(w_hr, d), bias[d]
             if cell is not None:  # (kinds, params, peepholes, bound, input_forget)
                 cell = (cell[0][d], cell[1][d], cell[2][d], *cell[3:])
             backward, column = direction == 1, direction * self.output_size
