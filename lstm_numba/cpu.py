@@ -800,20 +800,22 @@ def lstm_rows_forward(
     rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B, T, D·H_out) or
     (T, B, D·H_out), this direction's columns [column, column + H_out) written (rows past a
     length are left alone).
-    w_ih: (4H, I), w_hh: (4H, H_out), bias: (4H,) = b_ih + b_hh; w_hr: (H_out, H) the projection,
-    or None for none (H_out = H; the kernel compiled for None has no projection: ≈ 1.5 s less to
-    compile). cell: None for the seed's cell (the kernel compiled for None has no ONNX code, which
-    halves its compile time), or ONNX's options (see ``lstm_step_pointwise``). h: (B, H_out), c:
-    (B, H), the initial states on entry and the states after each row's last valid
-    step on return. lengths: (B,) int64 valid steps per row, from time ``first_time`` of x and y on
-    (0 for whole sequences; more for a part of them, ``lstm_directions_in_halves``); ``reverse``
-    reads each row from its last step down to its first. ``product``: how the recurrent product
-    runs, one of the ``RECURRENT_*`` (with ``RECURRENT_BLAS``, a step of one running row and W_hh at
-    most ``ONE_ROW_LOOP_MAX_WIDTH`` wide runs ``units_product``); panels: (D, P, H_out, W), every
-    direction's W_hh packed for ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else
-    None (a kernel compiled for None has no register tile: ≈ 1.2 s less to compile). traces,
-    direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all float32 or all
-    float64, all C-contiguous.
+    w_ih: (4H, I); w_hh: (4H, H_out), or None where ``panels`` hold it (the kernel compiled for
+    None has no other product: ≈ 0.5 s less to compile); bias: (4H,) = b_ih + b_hh; w_hr:
+    (H_out, H) the projection, or None for none (H_out = H; the kernel compiled for None has no
+    projection: ≈ 1.5 s less to compile). cell: None for the seed's cell (the kernel compiled for
+    None has no ONNX code, which halves its compile time), or ONNX's options (see
+    ``lstm_step_pointwise``). h: (B, H_out), c: (B, H), the initial states on entry and the states
+    after each row's last valid step on return. lengths: (B,) int64 valid steps per row, from
+    time ``first_time`` of x and y on (0 for whole sequences; more for a part of them,
+    ``lstm_directions_in_halves``); ``reverse`` reads each row from its last step down to its
+    first. ``product``: how the recurrent product runs, one of the ``RECURRENT_*`` (with
+    ``RECURRENT_BLAS``, a step of one running row and W_hh at most ``ONE_ROW_LOOP_MAX_WIDTH`` wide
+    runs ``units_product``); panels: (D, P, H_out, W), every direction's W_hh packed for
+    ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else None (a kernel compiled
+    for None has no register tile: ≈ 1.2 s less to compile). Exactly one of w_hh and panels is
+    None. traces, direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all
+    float32 or all float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
@@ -824,7 +826,7 @@ def lstm_rows_forward(
     """
     batch = row_stop - row_start
     inputs = x.shape[2]
-    gate_rows, hidden = w_hh.shape[0], c.shape[1]
+    gate_rows, hidden = w_ih.shape[0], c.shape[1]
     projecting = w_hr is not None
     steps = 0
     for row in range(row_start, row_stop):
@@ -842,7 +844,6 @@ def lstm_rows_forward(
     c_rows = c[row_start:row_stop]
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
     h_projected = np.empty((batch, h.shape[1] if projecting else 0), dtype=h.dtype)
-    w_hh_t = w_hh.T
     for t0 in range(0, steps, chunk):
         n = min(chunk, steps - t0)
         starts[0] = 0
@@ -870,12 +871,13 @@ def lstm_rows_forward(
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
             if panels is not None:
                 recurrent_panels(h_act, panels[direction], rec)
-            elif product == RECURRENT_DOT_TILE:
-                dot_tile_product(h_act, w_hh, rec)
-            elif active == 1 and w_hh.shape[1] <= ONE_ROW_LOOP_MAX_WIDTH:
-                units_product(w_hh, h_act[0], rec[0], 0, hidden)
-            else:
-                np.dot(h_act, w_hh_t, rec)
+            if w_hh is not None:  # None where the panels hold it: none of this compiled then
+                if product == RECURRENT_DOT_TILE:
+                    dot_tile_product(h_act, w_hh, rec)
+                elif active == 1 and w_hh.shape[1] <= ONE_ROW_LOOP_MAX_WIDTH:
+                    units_product(w_hh, h_act[0], rec[0], 0, hidden)
+                else:
+                    np.dot(h_act, w_hh.T, rec)
             h_new = h_unprojected[:active] if projecting else h_act
             lstm_step_pointwise(
                 rec, projected[starts[s] : starts[s + 1]], bias, cell, c_rows[:active], h_new,
@@ -942,7 +944,7 @@ def lstm_partitioned_forward(
         d = item // partitions
         part = item % partitions
         lstm_rows_forward(
-            x, x_rows, w_ih[d], w_hh[d], direction_of(w_hr, d), bias[d], cell,
+            x, x_rows, w_ih[d], direction_of(w_hh, d), direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], y, column + d * width, lengths, 0, d == 1 or backward, batch_first,
             product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
             d,
@@ -1348,13 +1350,14 @@ def lstm_directions_in_halves(
     max_steps = int(lengths.max())
     product, _, _ = plan_forward(batch, y.shape[2], c.shape[2], max_steps)
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
     rows = np.arange(batch)
 
     def direction(d, out, column, lengths_now, first_time):
         lstm_rows_forward(
-            y, rows, w_ih[d], w_hh[d], direction_of(w_hr, d), bias[d], cell, h[d], c[d], out,
-            column, lengths_now, first_time, d == 1, batch_first, product, panels, 0, batch,
-            traces, d,
+            y, rows, w_ih[d], direction_of(unpacked, d), direction_of(w_hr, d), bias[d], cell,
+            h[d], c[d], out, column, lengths_now, first_time, d == 1, batch_first, product,
+            panels, 0, batch, traces, d,
         )  # fmt: skip
 
     with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
@@ -1413,12 +1416,13 @@ def lstm_layer_forward(
         x_rows = np.arange(batch)
     product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
     panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
     for first in range(0, directions, at_once):
         if at_once * partitions == 1:
             arguments = (
-                x, x_rows, w_ih[first], w_hh[first], direction_of(w_hr, first), bias[first], cell,
-                h[first], c[first], y, column + first * width, lengths, 0, first == 1 or backward,
-                batch_first, product, panels, 0, batch, traces, first,
+                x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
+                bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
+                first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
             )  # fmt: skip
             if not parallel:  # too small for BLAS to start its threads
                 lstm_rows_forward(*arguments)
@@ -1428,7 +1432,7 @@ def lstm_layer_forward(
             continue
         # several work items: every direction (in turn only one row or the units split run)
         arguments = (
-            x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, backward,
+            x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
             batch_first, product, panels, partitions, traces,
         )  # fmt: skip
         if not parallel:
