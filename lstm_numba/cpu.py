@@ -1174,7 +1174,8 @@ def lstm_units_round(
         for b in range(batch):
             if step < lengths[b]:
                 active = b + 1
-        # each branch on None is taken at compile time: a specialization compiles one product
+        # Numba takes a branch on an argument that is None at compile time (not on one that is
+        # an array): one row compiles units_product alone, more rows their product beside it
         if gate_sums is not None:  # several rows over few steps, their rows of W_hh as they are
             gate = gate_sums[part, : active * units].reshape((active, units))
             units_rows_product(w_hh, h_now[:active], recurrent[:active], low, high, gate)
