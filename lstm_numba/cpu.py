@@ -940,12 +940,15 @@ def lstm_partitioned_forward(
     ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
     directions, batch, width = h.shape
+    # an int64, not the literal 0: the worker called from the calling thread gets an int64, and
+    # a Literal[int](0) would compile it a second time (2–5 s) in a process that runs both
+    first_time = np.int64(0)
     for item in prange(directions * partitions):
         d = item // partitions
         part = item % partitions
         lstm_rows_forward(
             x, x_rows, w_ih[d], direction_of(w_hh, d), direction_of(w_hr, d), bias[d], cell,
-            h[d], c[d], y, column + d * width, lengths, 0, d == 1 or backward, batch_first,
+            h[d], c[d], y, column + d * width, lengths, first_time, d == 1 or backward, batch_first,
             product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
             d,
         )  # fmt: skip
