@@ -911,7 +911,7 @@ def project_hidden(
 
 def direction_of(stack, d):
     """stack[d], direction d's array of a stack of every direction's, or None for None (LSTMP's
-    w_hr where there is no projection)."""
+    w_hr where there is no projection; W_hh where the packed panels hold it)."""
     return None if stack is None else stack[d]
 
 
