@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from conftest import assert_close, run_python, threads_at_any_size
+from numba.core import types
 
 import lstm_numba as ln
 from lstm_numba import cpu, reference, register_tile
@@ -938,14 +939,16 @@ def test_length_order_sorts_each_slice_and_balances_them(rng, batch, partitions)
 @pytest.mark.parametrize("threads", [False, True], ids=["calling-thread", "parallel-driver"])
 def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monkeypatch):
     """A bounded set of compiled signatures: every path (lengths reorder rows, traces, layouts,
-    the parallel driver or not) hands the kernels C-contiguous arrays, never 'A'-layout ones (a
-    second signature each, and np.dot copying its operands)."""
+    LSTMP's projection, the parallel driver or not) hands the kernels C-contiguous arrays, never
+    'A'-layout ones (a second signature each, and np.dot copying its operands), nor Optional
+    ones (``cpu.direction_of``: a specialization of the worker of its own)."""
     if threads:
         threads_at_any_size(monkeypatch)
     model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, seed=4)
     x = rng.standard_normal((4, 6, 3) if batch_first else (6, 4, 3)).astype(np.float32)
     model(x, lengths=[6, 2, 5, 1], return_gates=True)
     model(x, lengths=[6, 2, 5, 1])
+    ln.LSTM(3, 5, bidirectional=True, proj_size=2, batch_first=batch_first, seed=4)(x)
     unidirectional = ln.LSTM(3, 5, num_layers=2, batch_first=batch_first, seed=4)
     for rows in (1, 3):  # the units split, when threads
         unidirectional(x[:rows] if batch_first else x[:, :rows], lengths=[3] * rows)
@@ -956,6 +959,7 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
         for signature in kernel.signatures:
             layouts = [t.layout for t in signature if hasattr(t, "layout")]
             assert "A" not in layouts, (kernel, signature)
+            assert not any(isinstance(t, types.Optional) for t in signature), (kernel, signature)
 
 
 def test_models_without_projection_pass_no_projection_weights(rng, monkeypatch):
