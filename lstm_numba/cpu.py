@@ -6,12 +6,14 @@ Nothing here validates its arguments; the plain-Python wrappers in ``gates`` and
 """
 
 import contextlib
+import contextvars
 import functools
 import itertools
 import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 from numba import config as numba_config
@@ -157,7 +159,7 @@ class _OnNumbaThreads(_BlasOnOneThread):
         except BaseException:
             _PARALLEL_FORWARD.release()
             raise
-        _numba_threads_ran = True
+        _numba_threads_ran = _numba_threads_ran or _DRY_RUN.get() is None
 
     def __exit__(self, *exception):
         try:
@@ -954,12 +956,6 @@ def lstm_partitioned_forward(
         )  # fmt: skip
 
 
-serial_partitioned_forward = getattr(lstm_partitioned_forward, "py_func", lstm_partitioned_forward)
-"""``lstm_partitioned_forward``'s work items one after another on the calling thread: its Python
-function (``prange`` is ``range`` in Python), which calls the compiled row worker; under
-``NUMBA_DISABLE_JIT=1`` the driver is that function already."""
-
-
 COUNTER_STRIDE = 16
 """int64s between two of ``lstm_unit_split_forward``'s counters: 128 bytes, so that no two share a
 cache line (or the pair of lines the prefetcher fetches together)."""
@@ -1003,6 +999,25 @@ def unit_split_parts(lengths, steps, hidden, directions, backward, seed_cell, it
     plain = seed_cell and 0 < batch <= UNIT_SPLIT_MAX_BATCH and directions == 1
     plain = plain and (not backward or int(lengths.min()) == steps)
     return plan_unit_split(batch, hidden, steps, directions, plain, itemsize)
+
+
+def plans_settled(batch, steps, hidden, width, itemsize):
+    """Whether ``batch`` rows over ``steps`` steps, H = ``hidden``, H_out = ``width``, floats of
+    ``itemsize`` bytes, are past every threshold in steps of the plans above, so that more steps
+    of as many rows take the kernels these take (``LSTM.warm_up``): the work (the least of the
+    plans' counts, B·T·4H²), the row-steps of the panels (from one row a thread), the units
+    split's packing, two directions' threads, and the memory of the directions in place."""
+    least_work = batch * steps * 4 * hidden * hidden
+    work = (PARALLEL_MIN_MULTIPLY_ADDS, PARTITION_MIN_MULTIPLY_ADDS, UNIT_SPLIT_MIN_MULTIPLY_ADDS)
+    least_steps = (
+        PANEL_MIN_ROW_STEPS, PANEL_NARROW_THREADED_MIN_ROW_STEPS, PANEL_NARROW_MIN_ROW_STEPS,
+        2 * UNIT_SPLIT_PACK_MIN_STEPS, PARALLEL_DIRECTIONS_MIN_STEPS,
+    )  # fmt: skip
+    return (
+        least_work >= max(work)
+        and steps >= max(least_steps)
+        and batch * steps * width * itemsize >= DIRECTIONS_IN_PLACE_MIN_BYTES
+    )
 
 
 @njit(**REDUCTION_KERNEL_OPTIONS)
@@ -1300,6 +1315,53 @@ def lstm_unit_split_forward(
         )  # fmt: skip
 
 
+class DryRun(NamedTuple):
+    """What a dry run (``dry_run``) notes: ``signatures``, a set of ``(kernel, argument types)``,
+    the types as Numba's dispatcher reads them (``typeof_pyval``), one for each driver call, so
+    that ``kernel.compile(types)`` compiles, or loads from the cache, what the call would have;
+    ``panels``, W_hh's panels (``pack_panels``, an argument of the drivers) by the address and
+    shape of W_hh, packed once for the dry runs that share the dict."""
+
+    signatures: set
+    panels: dict
+
+
+_DRY_RUN = contextvars.ContextVar("lstm_numba_dry_run", default=None)
+"""The ``DryRun`` of the dry run (``dry_run``) a forward runs in, or None."""
+
+
+@contextlib.contextmanager
+def dry_run(panels=None):
+    """A context in which this thread's forwards, and the threads they start, plan their calls as
+    ever but run no driver: each call goes into the ``DryRun`` it yields (``LSTM.warm_up``), whose
+    ``panels`` is ``panels`` (a dict shared by dry runs of one model's weights) or a new dict.
+    Other threads' forwards meanwhile run as ever. Not under ``NUMBA_DISABLE_JIT=1``, where the
+    kernels are Python functions, with no types to note."""
+    run = DryRun(set(), {} if panels is None else panels)
+    token = _DRY_RUN.set(run)
+    try:
+        yield run
+    finally:
+        _DRY_RUN.reset(token)
+
+
+def _run(kernel, arguments):
+    """``kernel(*arguments)``, or in a dry run (``dry_run``) the call noted instead; W_hh is packed
+    there too (``pack_panels``), once an array. (A tuple, not ``*arguments``: 0.04 µs a call
+    against 0.2.)"""
+    run = _DRY_RUN.get()
+    if run is None:
+        return kernel(*arguments)
+    if kernel is pack_panels:
+        (w_hh,) = arguments
+        key = (w_hh.__array_interface__["data"][0], w_hh.shape)
+        if key not in run.panels:
+            run.panels[key] = kernel(w_hh)
+        return run.panels[key]
+    run.signatures.add((kernel, tuple(map(kernel.typeof_pyval, arguments))))
+    return None
+
+
 def _unit_split_forward(
     x, w_ih, w_hh, bias, h, c, y, column, lengths, steps, reverse, batch_first, parts
 ):  # fmt: skip
@@ -1325,10 +1387,11 @@ def _unit_split_forward(
     h_buffer = np.empty((2, batch, hidden), dtype=h.dtype)
     h_buffer[0] = h
     with _OnNumbaThreads():
-        lstm_unit_split_forward(
+        arguments = (
             x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
             reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
         )  # fmt: skip
+        _run(lstm_unit_split_forward, arguments)
     h[:] = h_buffer[steps % 2]
 
 
@@ -1353,23 +1416,25 @@ def lstm_directions_in_halves(
     lengths_late = np.maximum(lengths - half, 0)
     max_steps = int(lengths.max())
     product, _, _ = plan_forward(batch, y.shape[2], c.shape[2], max_steps)
-    panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    panels = _run(pack_panels, (w_hh,)) if product == RECURRENT_PANELS else None
     unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
     rows = np.arange(batch)
 
     def direction(d, out, column, lengths_now, first_time):
-        lstm_rows_forward(
+        arguments = (
             y, rows, w_ih[d], direction_of(unpacked, d), direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], out, column, lengths_now, first_time, d == 1, batch_first, product,
             panels, 0, batch, traces, d,
         )  # fmt: skip
+        _run(lstm_rows_forward, arguments)
 
     with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
         for forward, backward in (
             ((pending, 0, lengths_early, 0), (pending, 0, lengths_late, half)),
             ((y, 0, lengths_late, half), (y, width, lengths_early, 0)),
         ):  # fmt: skip
-            running = other_thread.submit(direction, 1, *backward)
+            # in this thread's context: a dry run (``dry_run``) runs the other direction dry too
+            running = other_thread.submit(contextvars.copy_context().run, direction, 1, *backward)
             direction(0, *forward)
             running.result()
     if batch_first:
@@ -1392,8 +1457,8 @@ def lstm_layer_forward(
     rows) BLAS keeps its own threads. Several run on threads of their own, each with BLAS on
     one thread for its rows, and calls from other Python threads wait for the driver
     (``_PARALLEL_FORWARD``); or, where threads do not pay (``plan_forward``) and in a process
-    forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another through the
-    driver's Python function. A batch of up to five rows may instead have its hidden units
+    forked after GNU OpenMP started (``_FORKED_FROM_GNU_OPENMP``), one after another on this
+    thread. A batch of up to five rows may instead have its hidden units
     split over the threads (``plan_unit_split``, ``lstm_unit_split_forward``), and its two
     directions run one after another (``directions_in_turn``).
     """
@@ -1419,28 +1484,26 @@ def lstm_layer_forward(
     if x_rows is None:
         x_rows = np.arange(batch)
     product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
-    panels = pack_panels(w_hh) if product == RECURRENT_PANELS else None
+    panels = _run(pack_panels, (w_hh,)) if product == RECURRENT_PANELS else None
     unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
-    for first in range(0, directions, at_once):
-        if at_once * partitions == 1:
-            arguments = (
-                x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
-                bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
-                first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
-            )  # fmt: skip
-            if not parallel:  # too small for BLAS to start its threads
-                lstm_rows_forward(*arguments)
-                continue
-            with _calling_thread_blas(w_hh[first]):
-                lstm_rows_forward(*arguments)
-            continue
-        # several work items: every direction (in turn only one row or the units split run)
-        arguments = (
-            x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
-            batch_first, product, panels, partitions, traces,
-        )  # fmt: skip
-        if not parallel:
-            serial_partitioned_forward(*arguments)
-            return
+    if not parallel:  # one slice of rows (``plan_forward``): each direction on this thread
+        at_once = 1
+    if at_once * partitions > 1:  # every direction at once (in turn only one row runs: B ≥ 2)
         with _OnNumbaThreads():
-            lstm_partitioned_forward(*arguments)
+            arguments = (
+                x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
+                batch_first, product, panels, partitions, traces,
+            )  # fmt: skip
+            _run(lstm_partitioned_forward, arguments)
+        return
+    for first in range(directions):
+        arguments = (
+            x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
+            bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
+            first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
+        )  # fmt: skip
+        if not parallel:  # too small for BLAS to start its threads
+            _run(lstm_rows_forward, arguments)
+            continue
+        with _calling_thread_blas(w_hh[first]):
+            _run(lstm_rows_forward, arguments)

@@ -5,6 +5,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from numba import config as numba_config
+from numba import get_num_threads
 
 from lstm_numba import cpu, dispatch
 from lstm_numba._validation import (
@@ -501,6 +503,81 @@ class LSTM:
             traces = traces[:, :, 0] if unbatched else traces
             return y, (h_n, c_n), Gates(*(traces[:, k] for k in range(5)))
         return y, (h_n, c_n)
+
+    def warm_up(self, *, return_gates=False):
+        """Compile every CPU kernel this model's calls can take on this machine, or load it from
+        Numba's cache, so that no later call compiles: in this process, and in later ones that
+        share ``NUMBA_CACHE_DIR`` on the same kind of CPU (docs/index.md, "Deploying"). With
+        ``return_gates``, the kernels of calls that return the gates too. Returns the number of
+        kernel signatures.
+
+        Nothing is computed: ``cpu.dry_run`` notes the kernels the forwards would call, for 1–8
+        rows and 4 × Numba's threads, each over lengths of time growing by half up to
+        ``cpu.plans_settled`` (and by bisection, every length between two that take different
+        kernels), with every row full, or rows of falling or rising lengths. The thread count
+        is the one at the call (``numba.set_num_threads``; more threads may take other kernels).
+        The GPU's kernels compile on the first call there.
+        """
+        if numba_config.DISABLE_JIT:  # the kernels are Python functions: nothing to compile
+            return 0
+        signatures, panels = set(), {}  # W_hh's panels, packed once (``cpu.dry_run``)
+        batches = sorted({*range(1, 9), 4 * get_num_threads()})
+        for traced in {False, bool(return_gates)}:
+            for batch, lengths in itertools.product(batches, (None, "falling", "rising")):
+                signatures |= self._signatures_over_steps(batch, lengths, traced, panels)
+        for kernel, argument_types in signatures:
+            kernel.compile(argument_types)
+        return len(signatures)
+
+    def _signatures_over_steps(self, batch, lengths, traced, panels):
+        """The kernel signatures of ``warm_up``'s dry calls of ``batch`` rows over T steps (x's
+        length: ``_dry_signatures``), T growing by half up to ``cpu.plans_settled``, and every T
+        between two that take different kernels, found by bisection."""
+        found = {}
+
+        def signatures(steps):
+            if steps not in found:
+                found[steps] = self._dry_signatures(batch, steps, lengths, traced, panels)
+            return found[steps]
+
+        def bisect(low, high):
+            if high - low > 1 and signatures(low) != signatures(high):
+                middle = (low + high) // 2
+                bisect(low, middle)
+                bisect(middle, high)
+
+        points = [1 if lengths is None else 2]  # rows shorter than x: at least two steps
+        itemsize = self.dtype.itemsize
+        while not cpu.plans_settled(batch, points[-1], self.hidden_size, self.output_size,
+                                    itemsize):  # fmt: skip
+            points.append(points[-1] * 3 // 2 + 1)
+        for low, high in itertools.pairwise(points):
+            bisect(low, high)
+        return set().union(*(signatures(steps) for steps in points))
+
+    def _dry_signatures(self, batch, steps, lengths, traced, panels):
+        """The kernel signatures a call of x (B, T, I) (or (T, B, I)) of zeros with ``batch``
+        rows over ``steps`` steps would take (``cpu.dry_run``): lengths None, every row full;
+        "falling", one step short and one less each row down to 1 (the kernels' row order);
+        "rising", those reversed; ``traced``: returning the gates; ``panels``: ``cpu.dry_run``'s.
+        Nothing is computed, and the arrays' memory is not touched, but where rows change order."""
+        x_shape = (batch, steps, self.input_size)
+        x = np.zeros(x_shape if self.batch_first else x_shape[1::-1] + x_shape[2:], self.dtype)
+        states = self.num_layers * self.num_directions
+        h = np.zeros((states, batch, self.output_size), self.dtype)
+        c = np.zeros((states, batch, self.hidden_size), self.dtype)
+        padded = lengths is not None
+        row_lengths = np.full(batch, steps, np.int64)
+        if padded:
+            row_lengths = np.maximum(steps - 1 - np.arange(batch), 1)
+            if lengths == "rising":
+                row_lengths = row_lengths[::-1].copy()
+        traces = None
+        if traced:
+            traces = np.empty((states, 5, batch, steps, self.hidden_size), self.dtype)
+        with cpu.dry_run(panels) as run:
+            self._forward_cpu(x, h, c, row_lengths, padded, traces)
+        return frozenset(run.signatures)
 
     def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None):
         """The call of an ONNX ``LSTM`` node (``convert.from_onnx`` builds such a model): inputs and
