@@ -50,6 +50,7 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
         "StreamStep.time_step",
         "GateTraces.time_forward",
         "FirstCall.track_cold_cache",
+        "WarmUp.track_warm_cache",
     ):
         assert any(name in line for line in lines), f"{name} did not run:\n{output}"
 
