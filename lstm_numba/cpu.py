@@ -1345,6 +1345,11 @@ def dry_run(panels=None):
         _DRY_RUN.reset(token)
 
 
+def running_dry():
+    """Whether this thread's forward runs in a dry run (``dry_run``), where no data need move."""
+    return _DRY_RUN.get() is not None
+
+
 def _run(kernel, arguments):
     """``kernel(*arguments)``, or in a dry run (``dry_run``) the call noted instead; W_hh is packed
     there too (``pack_panels``), once an array. (A tuple, not ``*arguments``: 0.04 µs a call
@@ -1437,6 +1442,8 @@ def lstm_directions_in_halves(
             running = other_thread.submit(contextvars.copy_context().run, direction, 1, *backward)
             direction(0, *forward)
             running.result()
+    if running_dry():
+        return
     if batch_first:
         y[:, :half, :width] = pending[:, :half]
         y[:, half:, width:] = pending[:, half:]

@@ -522,7 +522,7 @@ class LSTM:
             return 0
         signatures, panels = set(), {}  # W_hh's panels, packed once (``cpu.dry_run``)
         batches = sorted({*range(1, 9), 4 * get_num_threads()})
-        for traced in {False, bool(return_gates)}:
+        for traced in (False, True) if return_gates else (False,):
             for batch, lengths in itertools.product(batches, (None, "falling", "rising")):
                 signatures |= self._signatures_over_steps(batch, lengths, traced, panels)
         for kernel, argument_types in signatures:
@@ -556,13 +556,13 @@ class LSTM:
         return set().union(*(signatures(steps) for steps in points))
 
     def _dry_signatures(self, batch, steps, lengths, traced, panels):
-        """The kernel signatures a call of x (B, T, I) (or (T, B, I)) of zeros with ``batch``
+        """The kernel signatures a call of x (B, T, I) (or (T, B, I)) with ``batch``
         rows over ``steps`` steps would take (``cpu.dry_run``): lengths None, every row full;
         "falling", one step short and one less each row down to 1 (the kernels' row order);
         "rising", those reversed; ``traced``: returning the gates; ``panels``: ``cpu.dry_run``'s.
-        Nothing is computed, and the arrays' memory is not touched, but where rows change order."""
+        Nothing is computed and no data moves (``cpu.running_dry``)."""
         x_shape = (batch, steps, self.input_size)
-        x = np.zeros(x_shape if self.batch_first else x_shape[1::-1] + x_shape[2:], self.dtype)
+        x = np.empty(x_shape if self.batch_first else x_shape[1::-1] + x_shape[2:], self.dtype)
         states = self.num_layers * self.num_directions
         h = np.zeros((states, batch, self.output_size), self.dtype)
         c = np.zeros((states, batch, self.hidden_size), self.dtype)
@@ -673,6 +673,8 @@ class LSTM:
         # the traces, all NaN until written, are written in order and put back like y
         y = self._run_layers(x, h_ordered, c_ordered, lengths[order], steps, True, traces, order)
         h_n[:, order], c_n[:, order] = h_ordered, c_ordered
+        if cpu.running_dry():  # ``warm_up``: nothing computed, nothing to move
+            return y, (h_n, c_n)
         if traces is not None:
             _move_rows_in_place(traces, order, 2)
         _move_rows_in_place(y, order, batch_axis)
@@ -784,7 +786,8 @@ class LSTM:
                 layer, y, None, h[d : d + 1], c[d : d + 1], output, lengths, steps,
                 None if traces is None else traces[d : d + 1], d,
             )  # fmt: skip
-        y[..., : self.output_size] = forward_y
+        if not cpu.running_dry():
+            y[..., : self.output_size] = forward_y
 
     def _forward_cuda(self, x, h0, c0, lengths, traces):
         """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the
