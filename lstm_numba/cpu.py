@@ -1495,7 +1495,7 @@ def lstm_layer_forward(
     unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
     if not parallel:  # one slice of rows (``plan_forward``): each direction on this thread
         at_once = 1
-    if at_once * partitions > 1:  # every direction at once (in turn only one row runs: B ≥ 2)
+    if at_once * partitions > 1:  # every direction at once (in turn here: one row, one slice)
         with _OnNumbaThreads():
             arguments = (
                 x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
