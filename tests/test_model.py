@@ -1267,10 +1267,12 @@ x = np.random.default_rng(0).standard_normal((4, 70, 4)).astype(np.float32)
 assert cpu.plan_forward(4, 4, 8, 70)[0] == cpu.RECURRENT_DOT_TILE  # with the JIT: the register tile
 expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
 np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
+assert model.warm_up() == 0  # nothing to compile
 """
 
 
 def test_the_kernels_run_as_python_under_numba_disable_jit():
     """``NUMBA_DISABLE_JIT=1`` runs the kernels as Python, to step through them in a debugger;
-    a shape whose plan is the register tile (an LLVM intrinsic) must run too."""
+    a shape whose plan is the register tile (an LLVM intrinsic) must run too; ``warm_up`` has
+    nothing to compile."""
     run_python("-c", WITHOUT_JIT, NUMBA_DISABLE_JIT="1")
