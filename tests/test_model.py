@@ -980,6 +980,38 @@ def test_models_without_projection_pass_no_projection_weights(rng, monkeypatch):
     assert seen[0] is None and seen[1].shape == (2, 5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_row_reads_w_hh_packed_from_enough_steps(rng, dtype, monkeypatch):
+    """One row of one direction on the calling thread takes the register tile on packed W_hh
+    from ``cpu.ONE_ROW_PANEL_MIN_STEPS`` steps on, where W_hh fits a core's L2, and matches the
+    reference there; with fewer steps, or W_hh beyond L2, its product stays BLAS's (or the
+    loop's)."""
+    products = []
+    worker = cpu.lstm_rows_forward
+
+    def recording_worker(*arguments):
+        products.append(arguments[15])
+        return worker(*arguments)
+
+    monkeypatch.setattr(cpu, "lstm_rows_forward", recording_worker)
+    model = ln.LSTM(6, 40, peepholes=True, dtype=dtype, seed=1)  # no units split: ONNX's cell
+    least = cpu.ONE_ROW_PANEL_MIN_STEPS
+    for steps in (least + 2, least + 3):  # the longest length decides: least − 1, least
+        x = rng.standard_normal((1, steps, 6)).astype(dtype)
+        y, (h_n, c_n) = model(x, lengths=[steps - 3])
+        expected, (h_ref, c_ref) = reference.lstm_forward(
+            x, model.state_dict(), lengths=[steps - 3]
+        )
+        assert_close(y, expected)
+        assert_close(h_n, h_ref)
+        assert_close(c_n, c_ref)
+    monkeypatch.setattr(
+        cpu, "cache_bytes", lambda level: 4 * 40 * 40 * np.dtype(dtype).itemsize - 1
+    )
+    model(x)
+    assert products == [cpu.RECURRENT_BLAS, cpu.RECURRENT_PANELS, cpu.RECURRENT_BLAS]
+
+
 CONCURRENT_CALLS = """
 import threading
 import numba
