@@ -962,18 +962,25 @@ def test_kernels_only_ever_see_contiguous_arrays(rng, batch_first, threads, monk
             assert not any(isinstance(t, types.Optional) for t in signature), (kernel, signature)
 
 
-def test_models_without_projection_pass_no_projection_weights(rng, monkeypatch):
-    """The row worker gets w_hr None where a model has no LSTMP projection, so that Numba compiles
-    that specialization without the projection (≈ 1.5 s of a cold first call); the array where it
-    has one."""
+def record_row_worker_argument(monkeypatch, position):
+    """A list that gets argument ``position`` of every call of the row worker from Python
+    (``cpu.lstm_rows_forward``), which still runs."""
     seen = []
     worker = cpu.lstm_rows_forward
 
     def recording_worker(*arguments):
-        seen.append(arguments[4])
+        seen.append(arguments[position])
         return worker(*arguments)
 
     monkeypatch.setattr(cpu, "lstm_rows_forward", recording_worker)
+    return seen
+
+
+def test_models_without_projection_pass_no_projection_weights(rng, monkeypatch):
+    """The row worker gets w_hr None where a model has no LSTMP projection, so that Numba compiles
+    that specialization without the projection (≈ 1.5 s of a cold first call); the array where it
+    has one."""
+    seen = record_row_worker_argument(monkeypatch, 4)
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)
     ln.LSTM(3, 5, seed=0)(x)
     ln.LSTM(3, 5, proj_size=2, seed=0)(x)
@@ -986,14 +993,7 @@ def test_one_row_reads_w_hh_packed_from_enough_steps(rng, dtype, monkeypatch):
     from ``cpu.ONE_ROW_PANEL_MIN_STEPS`` steps on, where W_hh fits a core's L2, and matches the
     reference there; with fewer steps, or W_hh beyond L2, its product stays BLAS's (or the
     loop's)."""
-    products = []
-    worker = cpu.lstm_rows_forward
-
-    def recording_worker(*arguments):
-        products.append(arguments[15])
-        return worker(*arguments)
-
-    monkeypatch.setattr(cpu, "lstm_rows_forward", recording_worker)
+    products = record_row_worker_argument(monkeypatch, 15)
     model = ln.LSTM(6, 40, peepholes=True, dtype=dtype, seed=1)  # no units split: ONNX's cell
     least = cpu.ONE_ROW_PANEL_MIN_STEPS
     for steps in (least + 2, least + 3):  # the longest length decides: least − 1, least
