@@ -472,24 +472,30 @@ fast. Zen 4, (B, T, H, H), 8 (or 16) against 32 row-steps, in one process: (2, 4
 
 
 ONE_ROW_PANEL_MIN_STEPS = 32
-"""One row of one direction on the calling thread reads W_hh packed, in the register tile's
-one-row form (``recurrent_panels``), from this many steps on, where W_hh fits a core's L2
-(``one_row_packs``), instead of ``plan_forward``'s product for one row (BLAS's GEMV, or
-``units_product`` up to ``ONE_ROW_LOOP_MAX_WIDTH``). Zen 4, (1, T, H, H), the tile forced against
-not, in one process, four alternating rounds, best of each: H = 16–80 at T = 8 0.93–0.97×
-(packing costs more than the steps save), T = 16 0.96–1.02×, T = 32 1.00–1.07×, T = 64
-1.04–1.10×, T = 256 1.11–1.16×, T = 1000 1.14–1.22×; with peepholes (no units split) H = 128
-1.07–1.15× from T = 16, H = 256 1.00–1.07×, H = 384 (W_hh 2.4 MB, beyond L2) 0.67–0.77×. Two
-directions side by side, each on a thread of the driver with BLAS on one thread, gained less
-and lost up to 0.73× below 256 steps (H = 256): they keep BLAS (docs/performance.md)."""
+"""One row reads W_hh packed, in the register tile's one-row form (``recurrent_panels``), from
+this many steps on where its direction runs on the calling thread, twice as many where two
+directions run side by side (``one_row_packs``), instead of ``plan_forward``'s product for one
+row (BLAS's GEMV, or ``units_product`` up to ``ONE_ROW_LOOP_MAX_WIDTH``). Zen 4, (1, T, H, H),
+the tile forced against not, in one process, alternating rounds, best of each: one direction,
+H = 16–80 at T = 8 0.93–0.97× (packing costs more than the steps save), T = 16 0.96–1.02×,
+T = 32 1.00–1.07×, T = 64 1.04–1.10×, T = 256 1.11–1.16×, T = 1000 1.14–1.22×; with peepholes
+(no units split) H = 128 1.07–1.15× from T = 16, H = 256 1.00–1.07×, H = 384 (W_hh 2.4 MB,
+beyond L2) 0.67–0.77×. Two directions side by side (a thread each, both packed first on the
+calling thread): H = 32–192 1.10–1.39× from T = 64, H = 256 0.94–0.96× at T = 64–128
+(docs/performance.md, item 57)."""
 
 
-def one_row_packs(w_hh, steps):
-    """Whether one row of one direction on the calling thread reads W_hh (D, 4H, H_out) packed
-    (``ONE_ROW_PANEL_MIN_STEPS``), over ``steps`` steps. Not under ``NUMBA_DISABLE_JIT=1`` (the
-    tile is an LLVM intrinsic, with no Python form)."""
-    least = steps >= ONE_ROW_PANEL_MIN_STEPS and not numba_config.DISABLE_JIT
-    return least and w_hh[0].nbytes <= cache_bytes(2)
+def one_row_packs(w_hh, steps, side_by_side):
+    """Whether one row reads W_hh (D, 4H, H_out) packed over ``steps`` steps: its direction on the
+    calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2;
+    two directions side by side (``side_by_side``) from twice as many, where both directions'
+    W_hh fit it. Not under ``NUMBA_DISABLE_JIT=1`` (the tile is an LLVM intrinsic, with no
+    Python form)."""
+    if numba_config.DISABLE_JIT:
+        return False
+    if side_by_side:
+        return steps >= 2 * ONE_ROW_PANEL_MIN_STEPS and w_hh.nbytes <= cache_bytes(2)
+    return steps >= ONE_ROW_PANEL_MIN_STEPS and w_hh[0].nbytes <= cache_bytes(2)
 
 
 def plan_forward(batch, inputs, hidden, steps, directions=1):
@@ -1032,7 +1038,7 @@ def plans_settled(batch, steps, hidden, width, itemsize):
     work = (PARALLEL_MIN_MULTIPLY_ADDS, PARTITION_MIN_MULTIPLY_ADDS, UNIT_SPLIT_MIN_MULTIPLY_ADDS)
     least_steps = (
         PANEL_MIN_ROW_STEPS, PANEL_NARROW_THREADED_MIN_ROW_STEPS, PANEL_NARROW_MIN_ROW_STEPS,
-        2 * UNIT_SPLIT_PACK_MIN_STEPS, PARALLEL_DIRECTIONS_MIN_STEPS, ONE_ROW_PANEL_MIN_STEPS,
+        2 * UNIT_SPLIT_PACK_MIN_STEPS, PARALLEL_DIRECTIONS_MIN_STEPS, 2 * ONE_ROW_PANEL_MIN_STEPS,
     )  # fmt: skip
     return (
         least_work >= max(work)
@@ -1514,7 +1520,7 @@ def lstm_layer_forward(
     product, partitions, parallel = plan_forward(batch, x.shape[2], hidden, steps, at_once)
     if not parallel:  # one slice of rows (``plan_forward``): each direction on this thread
         at_once = 1
-    if batch == 1 and at_once == 1 and one_row_packs(w_hh, steps):
+    if batch == 1 and one_row_packs(w_hh, steps, at_once > 1):
         product = RECURRENT_PANELS
     panels = _run(pack_panels, (w_hh,)) if product == RECURRENT_PANELS else None
     unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other

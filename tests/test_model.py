@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from conftest import assert_close, run_python, threads_at_any_size
+from numba import get_num_threads
 from numba.core import types
 
 import lstm_numba as ln
@@ -1010,6 +1011,34 @@ def test_one_row_reads_w_hh_packed_from_enough_steps(rng, dtype, monkeypatch):
     )
     model(x)
     assert products == [cpu.RECURRENT_BLAS, cpu.RECURRENT_PANELS, cpu.RECURRENT_BLAS]
+
+
+def test_one_row_of_two_directions_side_by_side_reads_w_hh_packed_from_twice_the_steps(
+    rng, monkeypatch
+):
+    """Two directions of one row, a thread each (``cpu.lstm_partitioned_forward``), read W_hh
+    packed from ``2 · cpu.ONE_ROW_PANEL_MIN_STEPS`` steps on (both directions packed first, on
+    the calling thread), and match the reference there."""
+    if get_num_threads() < 2:
+        pytest.skip("two directions run side by side on two threads")
+    products = []
+    driver = cpu.lstm_partitioned_forward
+
+    def recording_driver(*arguments):
+        products.append(arguments[14])
+        return driver(*arguments)
+
+    monkeypatch.setattr(cpu, "lstm_partitioned_forward", recording_driver)
+    model = ln.LSTM(6, 40, bidirectional=True, seed=1)
+    least = 2 * cpu.ONE_ROW_PANEL_MIN_STEPS
+    for steps in (least - 1, least):
+        x = rng.standard_normal((1, steps, 6)).astype(np.float32)
+        y, (h_n, c_n) = model(x)
+        expected, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict())
+        assert_close(y, expected)
+        assert_close(h_n, h_ref)
+        assert_close(c_n, c_ref)
+    assert products == [cpu.RECURRENT_BLAS, cpu.RECURRENT_PANELS]
 
 
 CONCURRENT_CALLS = """

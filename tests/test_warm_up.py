@@ -5,11 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import assert_close
 from numba.core.dispatcher import Dispatcher
 
 import lstm_numba as ln
 from lstm_numba import atomics, cpu, equations, reference, register_tile
-from tests.conftest import assert_close
 
 
 def compiled_signatures():
