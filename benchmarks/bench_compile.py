@@ -65,7 +65,8 @@ class WarmUp:
     number = 1
 
     def setup_cache(self):
-        cache_dir = tempfile.mkdtemp(prefix="lstm-numba-warm-up-")
+        # in the working directory asv gives setup_cache, which it removes after the run
+        cache_dir = os.path.abspath("numba-cache")
         return {"cache_dir": cache_dir, "cold": first_call_seconds(cache_dir, WARM_UP)}
 
     def track_cold_cache(self, cached):
