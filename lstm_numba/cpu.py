@@ -379,6 +379,32 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell):
     return IN_HALVES if time_steps > 1 else None
 
 
+IN_TURN_GROUPS = 4
+"""Groups of rows a layer of two directions in turn runs one after another
+(``in_turn_groups``), where it has rows enough: the forward direction's output of one group
+waits in an array (of 1/8 of y's size with four) while the reverse one runs over that group's
+input, instead of the whole batch's (half of y): (x + weights + peak) / (x + y + weights) with
+I = H goes from at least 4/3 to 1.13 (Zen 4, (32, 1000, 256, 256) two layers: 1.37 → 1.12)."""
+
+IN_TURN_GROUP_MIN_ROWS = 6
+"""Rows a group of ``in_turn_groups`` at least: more than ``UNIT_SPLIT_MAX_BATCH``, so that each
+group's rows still split over the threads; as fast as the batch at once down to 6 rows a group,
+2 threads (Zen 4, two layers, one process alternating, best of 5, ms, the batch → groups):
+(12, 3000, 256, 256) 1038 → 1040 in 2, (32, 1000, 256, 256) 952 → 1003 in 4, (16, 2048, 128,
+128) 284 → 285 in 2, (64, 1000, 128, 128) 511 → 535 in 4, (24, 2000, 128, 128) with lengths
+333 → 313 in 4; groups of 4 rows 8 % slower ((8, 4000, 256, 256) three layers, 1487 → 1610)."""
+
+
+def in_turn_groups(batch, batch_first, traced):
+    """How many groups of rows (consecutive, of ``batch``) ``LSTM._run_directions_in_turn`` runs
+    one after another: ``IN_TURN_GROUPS`` where each keeps ``IN_TURN_GROUP_MIN_ROWS``, fewer
+    where it would not. One for time-major y, whose groups of rows are not contiguous (the
+    kernels take C-contiguous arrays), and for ``traced`` calls, whose traces are not either."""
+    if not batch_first or traced:
+        return 1
+    return max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
+
+
 UNIT_SPLIT_MIN_UNITS = 48
 """Hidden units a thread at least, when they are split over the threads: with fewer, the
 hand-over between the threads every step costs about what the split saves (Zen 4, 2 threads:

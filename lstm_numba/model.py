@@ -718,7 +718,7 @@ class LSTM:
             if directions == 1:
                 self._run_layer(layer, y, None, h, c, y, lengths, steps, layer_traces)
             elif in_place == cpu.IN_TURN:
-                self._run_directions_in_turn(layer, y, h, c, lengths, steps, padded, layer_traces)
+                self._run_directions_in_turn(layer, y, h, c, lengths, padded, layer_traces)
             elif in_place == cpu.IN_HALVES:
                 w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
                 cpu.lstm_directions_in_halves(
@@ -771,23 +771,36 @@ class LSTM:
             traces, x_rows=x_rows, column=column,
         )  # fmt: skip
 
-    def _run_directions_in_turn(self, layer, y, h, c, lengths, steps, padded, traces):
-        """A layer of two directions after the first, on the layer below's output y in place:
-        the forward direction into an array of half y's size, then the reverse one in place (it
-        reads each time step's input before it writes its output there, and the forward
-        direction is done with it), then the forward output copied into y. Side by side, the
-        forward direction would overwrite inputs the reverse one has yet to read, and the layer
-        below's output would have to be kept whole, y's size instead of half. h, c, traces: the
-        layer's (2, ...)."""
-        forward_y = (np.zeros if padded else np.empty)((*y.shape[:2], self.output_size),
-                                                       self.dtype)  # fmt: skip
-        for d, output in enumerate((forward_y, y)):
-            self._run_layer(
-                layer, y, None, h[d : d + 1], c[d : d + 1], output, lengths, steps,
-                None if traces is None else traces[d : d + 1], d,
-            )  # fmt: skip
-        if not cpu.running_dry():
-            y[..., : self.output_size] = forward_y
+    def _run_directions_in_turn(self, layer, y, h, c, lengths, padded, traces):
+        """A layer of two directions after the first, on the layer below's output y in place,
+        in groups of rows one after another (``cpu.in_turn_groups``): the forward direction into
+        an array of the group's half of y, then the reverse one in place (it reads each time
+        step's input before it writes its output there, and the forward direction is done with
+        it), then the forward output copied into y. Side by side, the forward direction would
+        overwrite inputs the reverse one has yet to read, and the layer below's output would
+        have to be kept whole, y's size instead of half a group's. h, c, traces: the layer's
+        (2, ...)."""
+        batch = lengths.size
+        groups = cpu.in_turn_groups(batch, self.batch_first, traces is not None)
+        shape = list(y.shape[:2]) + [self.output_size]
+        shape[0 if self.batch_first else 1] = -(-batch // groups)  # the largest group's rows
+        waiting = np.zeros(shape, self.dtype)  # zeros past the rows' lengths, as y's
+        for group in range(groups):
+            rows = slice(group * batch // groups, (group + 1) * batch // groups)
+            group_y, forward_y = y, waiting
+            if groups > 1:  # batch-first (``cpu.in_turn_groups``)
+                group_y, forward_y = y[rows], waiting[: rows.stop - rows.start]
+                if padded and group and not cpu.running_dry():
+                    forward_y.fill(0)  # the group before's outputs past these rows' lengths
+            group_lengths = lengths[rows]
+            for d, output in enumerate((forward_y, group_y)):
+                self._run_layer(
+                    layer, group_y, None, h[d : d + 1, rows], c[d : d + 1, rows], output,
+                    group_lengths, int(group_lengths.max()),
+                    None if traces is None else traces[d : d + 1], d,
+                )  # fmt: skip
+            if not cpu.running_dry():
+                group_y[..., : self.output_size] = forward_y
 
     def _forward_cuda(self, x, h0, c0, lengths, traces):
         """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the

@@ -547,6 +547,37 @@ def test_stacked_layers_hold_no_second_output(monkeypatch):
     assert one_layer + half_y - 4096 < peaks[3, True, 0] < side_by_side - half_y + 4096, peaks
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_directions_in_turn_hold_a_group_of_rows(rng, groups, monkeypatch):
+    """Two directions in turn (``LSTM._run_directions_in_turn``) hold the forward direction's
+    output of one group of rows beyond y (``cpu.in_turn_groups``): half of y / groups, and the
+    workspaces (≈ 0.3 MB here, y 12 MB), with rows of several lengths (each group's zeros past
+    them, after the group before), y as the reference's. On one thread, as the tests above."""
+    import tracemalloc
+
+    from numba import get_num_threads, set_num_threads
+
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_TURN)
+    monkeypatch.setattr(cpu, "IN_TURN_GROUPS", groups)
+    x = rng.standard_normal((24, 4000, 16)).astype(np.float32)
+    lengths = rng.permutation(np.linspace(1000, 4000, 24).astype(np.int64))
+    model = ln.LSTM(16, 16, 2, bidirectional=True, seed=groups)
+    threads = get_num_threads()
+    set_num_threads(1)
+    try:
+        y, _ = model(x, lengths=lengths)  # compile first
+        tracemalloc.start()
+        y, _ = model(x, lengths=lengths)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        set_num_threads(threads)
+    y_ref, _ = reference.lstm_forward(x, model.state_dict(), None, True, lengths=lengths)
+    assert_close(y, y_ref)
+    waiting = y.nbytes // 2 // groups
+    assert waiting < peak - y.nbytes < waiting + (512 << 10), (peak, y.nbytes, waiting)
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch):
     """With lengths the rows run in length order, read from x where they are and put back in
