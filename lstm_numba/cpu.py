@@ -398,11 +398,16 @@ group's rows still split over the threads; as fast as the batch at once down to 
 def in_turn_groups(batch, batch_first, traced):
     """How many groups of rows (consecutive, of ``batch``) ``LSTM._run_directions_in_turn`` runs
     one after another: ``IN_TURN_GROUPS`` where each keeps ``IN_TURN_GROUP_MIN_ROWS``, fewer
-    where it would not. One for time-major y, whose groups of rows are not contiguous (the
-    kernels take C-contiguous arrays), and for ``traced`` calls, whose traces are not either."""
-    if not batch_first or traced:
+    where it would not. Time-major y's groups are not contiguous, so both directions' outputs
+    wait there, not the forward one's alone: up to twice as many groups, and at least three (two
+    would hold half of y, as one group does). One for ``traced`` calls, whose traces' groups of
+    rows are not contiguous either."""
+    if traced:
         return 1
-    return max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
+    if batch_first:
+        return max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
+    groups = min(2 * IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS)
+    return groups if groups >= 3 else 1
 
 
 UNIT_SPLIT_MIN_UNITS = 48

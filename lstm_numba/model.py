@@ -778,29 +778,41 @@ class LSTM:
         step's input before it writes its output there, and the forward direction is done with
         it), then the forward output copied into y. Side by side, the forward direction would
         overwrite inputs the reverse one has yet to read, and the layer below's output would
-        have to be kept whole, y's size instead of half a group's. h, c, traces: the layer's
-        (2, ...)."""
-        batch = lengths.size
+        have to be kept whole, y's size instead of half a group's. Time-major y's groups of
+        rows are not contiguous: there, with more than one group, both directions write into
+        the array (the group's y), copied into y after them. h, c, traces: the layer's (2, ...)."""
+        batch, width = lengths.size, self.output_size
         groups = cpu.in_turn_groups(batch, self.batch_first, traces is not None)
-        shape = list(y.shape[:2]) + [self.output_size]
-        shape[0 if self.batch_first else 1] = -(-batch // groups)  # the largest group's rows
-        waiting = np.zeros(shape, self.dtype)  # zeros past the rows' lengths, as y's
+        reverse_in_place = self.batch_first or groups == 1
+        if not reverse_in_place:
+            width *= 2  # both directions' columns
+        most = -(-batch // groups)  # rows in the largest group
+        time_steps = y.shape[1 if self.batch_first else 0]
+        waiting = np.zeros(most * time_steps * width, self.dtype)  # zeros past rows' lengths
         for group in range(groups):
             rows = slice(group * batch // groups, (group + 1) * batch // groups)
-            group_y, forward_y = y, waiting
-            if groups > 1:  # batch-first (``cpu.in_turn_groups``)
-                group_y, forward_y = y[rows], waiting[: rows.stop - rows.start]
-                if padded and group and not cpu.running_dry():
-                    forward_y.fill(0)  # the group before's outputs past these rows' lengths
-            group_lengths = lengths[rows]
-            for d, output in enumerate((forward_y, group_y)):
+            size, group_lengths = rows.stop - rows.start, lengths[rows]
+            shape = (size, time_steps, width) if self.batch_first else (time_steps, size, width)
+            outputs = waiting[: size * time_steps * width].reshape(shape)
+            if padded and group and not cpu.running_dry():
+                outputs.fill(0)  # the group before's outputs past these rows' lengths
+            x_rows, group_y = None, y
+            if self.batch_first:
+                group_y = y[rows]
+            elif groups > 1:  # the group's rows read where they are
+                x_rows = np.arange(rows.start, rows.stop)
+            for d, output in enumerate((outputs, group_y if reverse_in_place else outputs)):
                 self._run_layer(
-                    layer, group_y, None, h[d : d + 1, rows], c[d : d + 1, rows], output,
+                    layer, group_y, x_rows, h[d : d + 1, rows], c[d : d + 1, rows], output,
                     group_lengths, int(group_lengths.max()),
                     None if traces is None else traces[d : d + 1], d,
                 )  # fmt: skip
-            if not cpu.running_dry():
-                group_y[..., : self.output_size] = forward_y
+            if cpu.running_dry():
+                continue
+            if reverse_in_place:
+                group_y[..., :width] = outputs
+            else:
+                y[:, rows] = outputs
 
     def _forward_cuda(self, x, h0, c0, lengths, traces):
         """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the

@@ -547,21 +547,25 @@ def test_stacked_layers_hold_no_second_output(monkeypatch):
     assert one_layer + half_y - 4096 < peaks[3, True, 0] < side_by_side - half_y + 4096, peaks
 
 
-@pytest.mark.parametrize("groups", [1, 2, 4])
-def test_directions_in_turn_hold_a_group_of_rows(rng, groups, monkeypatch):
-    """Two directions in turn (``LSTM._run_directions_in_turn``) hold the forward direction's
-    output of one group of rows beyond y (``cpu.in_turn_groups``): half of y / groups, and the
-    workspaces (≈ 0.3 MB here, y 12 MB), with rows of several lengths (each group's zeros past
-    them, after the group before), y as the reference's. On one thread, as the tests above."""
+@pytest.mark.parametrize("most_groups", [1, 2, 4])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_directions_in_turn_hold_a_group_of_rows(rng, batch_first, most_groups, monkeypatch):
+    """Two directions in turn (``LSTM._run_directions_in_turn``) hold a group of rows' outputs
+    beyond y (``cpu.in_turn_groups``): the forward direction's (half of y / groups) batch-first
+    or in one group, both directions' (y / groups) time-major, and the workspaces (≈ 0.3 MB
+    here, y 7.7 MB); rows of several lengths (each group's zeros past them, after the group
+    before), y as the reference's. On one thread, as the tests above."""
     import tracemalloc
 
     from numba import get_num_threads, set_num_threads
 
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_TURN)
-    monkeypatch.setattr(cpu, "IN_TURN_GROUPS", groups)
-    x = rng.standard_normal((24, 4000, 16)).astype(np.float32)
-    lengths = rng.permutation(np.linspace(1000, 4000, 24).astype(np.int64))
-    model = ln.LSTM(16, 16, 2, bidirectional=True, seed=groups)
+    monkeypatch.setattr(cpu, "IN_TURN_GROUPS", most_groups)
+    batch, steps = 24, 2500
+    x = rng.standard_normal((batch, steps, 16) if batch_first else (steps, batch, 16))
+    x = x.astype(np.float32)
+    lengths = rng.permutation(np.linspace(600, steps, batch).astype(np.int64))
+    model = ln.LSTM(16, 16, 2, bidirectional=True, batch_first=batch_first, seed=most_groups)
     threads = get_num_threads()
     set_num_threads(1)
     try:
@@ -572,9 +576,12 @@ def test_directions_in_turn_hold_a_group_of_rows(rng, groups, monkeypatch):
         tracemalloc.stop()
     finally:
         set_num_threads(threads)
-    y_ref, _ = reference.lstm_forward(x, model.state_dict(), None, True, lengths=lengths)
+    y_ref, _ = reference.lstm_forward(x, model.state_dict(), None, batch_first, lengths=lengths)
     assert_close(y, y_ref)
-    waiting = y.nbytes // 2 // groups
+    groups = cpu.in_turn_groups(batch, batch_first, False)
+    # 6 rows a group at least; time-major, 3 groups at least, or one
+    assert groups == (most_groups if batch_first else {1: 1, 2: 4, 4: 4}[most_groups])
+    waiting = y.nbytes // groups // (2 if batch_first or groups == 1 else 1)
     assert waiting < peak - y.nbytes < waiting + (512 << 10), (peak, y.nbytes, waiting)
 
 
