@@ -74,7 +74,8 @@ class ForwardSmall:
 class ForwardMemory:
     """Allocation peak of a forward on long sequences, relative to what it must hold anyway: 32
     rows split over the threads, or 5 whose hidden units split (two directions after the first
-    layer: in turn, or side by side in halves of time; both in place from 16 MiB of half y)."""
+    layer: in turn, in groups of rows, or side by side in halves of time; both in place from
+    16 MiB of half y)."""
 
     params = (
         choose([1000, 4000], [50]),
