@@ -1517,7 +1517,8 @@ def lstm_layer_forward(
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
     Arguments as ``lstm_partitioned_forward``; steps: the longest of lengths; x_rows None reads
-    batch row b at x's row b. With
+    batch row b at x's row b (x may hold more rows than h, c and y: a group of rows read where
+    they are, ``LSTM._run_directions_in_turn``). With
     one work item (one direction, one slice of
     rows) BLAS keeps its own threads. Several run on threads of their own, each with BLAS on
     one thread for its rows, and calls from other Python threads wait for the driver
@@ -1532,7 +1533,9 @@ def lstm_layer_forward(
     hidden, width = c.shape[2], h.shape[2]
     at_once = 1 if directions_in_turn(w_hh, batch) else directions  # directions side by side
     parts = 1  # the units split, where each direction run on its own takes it
-    if x_rows is None or np.array_equal(x_rows, np.arange(batch)):  # it reads x's rows in order
+    x_batch = x.shape[0 if batch_first else 1]
+    in_order = x_rows is None or np.array_equal(x_rows, np.arange(batch))
+    if in_order and x_batch == batch:  # it reads x's rows as they are, all of them
         parts = unit_split_parts(lengths, steps, hidden, at_once, backward, seed_cell, c.itemsize)
         if at_once < directions:  # and the reverse direction on its own
             reverse = unit_split_parts(lengths, steps, hidden, 1, True, seed_cell, c.itemsize)

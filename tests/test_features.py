@@ -103,6 +103,7 @@ def test_random_configurations_match_reference(case, monkeypatch):
 
 BIDIRECTIONAL_IN_PLACE = [
     {},
+    {"batch_first": False},  # in turn in groups: x (y) holds more rows than a group's states
     {"proj_size": 3, "batch_first": False},
     {"activations": ("sigmoid", "tanh", "tanh", "hardsigmoid", "elu", "softsign")},
     {"peepholes": True, "clip": 1.5, "dtype": np.float64},
