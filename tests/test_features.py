@@ -127,7 +127,7 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
     if threads:
         threads_at_any_size(monkeypatch)
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: mode)
-    monkeypatch.setattr(cpu, "IN_TURN_GROUP_MIN_ROWS", 2)  # in turn, 7 batch-first rows in 3
+    monkeypatch.setattr(cpu, "IN_TURN_GROUP_MIN_ROWS", 2)  # in turn, 7 rows in 3 groups
     monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
     monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     in_place = []
