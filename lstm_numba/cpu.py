@@ -395,19 +395,14 @@ group's rows still split over the threads; as fast as the batch at once down to 
 333 → 313 in 4; groups of 4 rows 8 % slower ((8, 4000, 256, 256) three layers, 1487 → 1610)."""
 
 
-def in_turn_groups(batch, batch_first, traced):
+def in_turn_groups(batch, traced):
     """How many groups of rows (consecutive, of ``batch``) ``LSTM._run_directions_in_turn`` runs
     one after another: ``IN_TURN_GROUPS`` where each keeps ``IN_TURN_GROUP_MIN_ROWS``, fewer
-    where it would not. Time-major y's groups are not contiguous, so both directions' outputs
-    wait there, not the forward one's alone: up to twice as many groups, and at least three (two
-    would hold half of y, as one group does). One for ``traced`` calls, whose traces' groups of
-    rows are not contiguous either."""
+    where it would not; one for ``traced`` calls (the traces' rows are y's, and the forward
+    direction writes its group's at rows of its own array)."""
     if traced:
         return 1
-    if batch_first:
-        return max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
-    groups = min(2 * IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS)
-    return groups if groups >= 3 else 1
+    return max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -852,14 +847,15 @@ def lstm_step_pointwise(
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, first_time, reverse,
-    batch_first, product, panels, row_start, row_stop, traces, direction,
+    batch_first, product, panels, row_start, row_stop, traces, direction, y_first_row,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
-    x: (B, T, I) if ``batch_first`` else (T, B, I), batch row b read at x_rows[b] (B,) int64 (the
-    rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B, T, D·H_out) or
-    (T, B, D·H_out), this direction's columns [column, column + H_out) written (rows past a
-    length are left alone).
+    x: (B', T, I) if ``batch_first`` else (T, B', I), batch row b read at x_rows[b] (B,) int64
+    (the rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B', T, D·H_out) or
+    (T, B', D·H_out), batch row b written at row y_first_row + b (0 but for a group of rows,
+    ``LSTM._run_directions_in_turn``), this direction's columns [column, column + H_out) (rows
+    past a length are left alone).
     w_ih: (4H, I); w_hh: (4H, H_out), or None where ``panels`` hold it (the kernel compiled for
     None has no other product: ≈ 0.5 s less to compile); bias: (4H,) = b_ih + b_hh; w_hr:
     (H_out, H) the projection, or None for none (H_out = H; the kernel compiled for None has no
@@ -874,8 +870,8 @@ def lstm_rows_forward(
     runs ``units_product``); panels: (D, P, H_out, W), every direction's W_hh packed for
     ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else None (a kernel compiled
     for None has no register tile: ≈ 1.2 s less to compile). Exactly one of w_hh and panels is
-    None. traces, direction: gate traces (see ``lstm_step_pointwise``), or None. Floats all
-    float32 or all float64, all C-contiguous.
+    None. traces, direction: gate traces (see ``lstm_step_pointwise``; rows as y's), or None.
+    Floats all float32 or all float64, all C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
@@ -902,6 +898,7 @@ def lstm_rows_forward(
     recurrent = np.empty((batch, width), h.dtype)
     h_rows = h[row_start:row_stop]
     c_rows = c[row_start:row_stop]
+    y_row = y_first_row + row_start  # y's row of the first of these rows
     h_unprojected = np.empty((batch, hidden if projecting else 0), dtype=h.dtype)
     h_projected = np.empty((batch, h.shape[1] if projecting else 0), dtype=h.dtype)
     for t0 in range(0, steps, chunk):
@@ -941,12 +938,12 @@ def lstm_rows_forward(
             h_new = h_unprojected[:active] if projecting else h_act
             lstm_step_pointwise(
                 rec, projected[starts[s] : starts[s + 1]], bias, cell, c_rows[:active], h_new,
-                time_act, y, not projecting, column, batch_first, row_start, traces, direction,
+                time_act, y, not projecting, column, batch_first, y_row, traces, direction,
             )  # fmt: skip
             if w_hr is not None:  # a branch Numba prunes where w_hr is None
                 project_hidden(
                     h_new, w_hr, h_projected[:active], h_act, time_act, y, column, batch_first,
-                    row_start,
+                    y_row,
                 )  # fmt: skip
 
 
@@ -988,7 +985,7 @@ def _direction_of_compiled(stack, d):
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, backward, batch_first,
-    product, panels, partitions, traces,
+    product, panels, partitions, traces, y_first_row,
 ):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
@@ -1010,7 +1007,7 @@ def lstm_partitioned_forward(
             x, x_rows, w_ih[d], direction_of(w_hh, d), direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], y, column + d * width, lengths, first_time, d == 1 or backward, batch_first,
             product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
-            d,
+            d, y_first_row,
         )  # fmt: skip
 
 
@@ -1487,7 +1484,7 @@ def lstm_directions_in_halves(
         arguments = (
             y, rows, w_ih[d], direction_of(unpacked, d), direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], out, column, lengths_now, first_time, d == 1, batch_first, product,
-            panels, 0, batch, traces, d,
+            panels, 0, batch, traces, d, 0,
         )  # fmt: skip
         _run(lstm_rows_forward, arguments)
 
@@ -1512,13 +1509,14 @@ def lstm_directions_in_halves(
 
 def lstm_layer_forward(
     x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, batch_first, traces,
-    x_rows=None, column=0,
+    x_rows=None, column=0, y_first_row=0,
 ):  # fmt: skip
     """One LSTM layer, all directions, over whole sequences, on as many threads as pay.
 
     Arguments as ``lstm_partitioned_forward``; steps: the longest of lengths; x_rows None reads
-    batch row b at x's row b (x may hold more rows than h, c and y: a group of rows read where
-    they are, ``LSTM._run_directions_in_turn``). With
+    batch row b at x's row b; x and y may hold more rows than h and c: a group of rows read
+    where they are and written at y's rows from ``y_first_row`` on
+    (``LSTM._run_directions_in_turn``). With
     one work item (one direction, one slice of
     rows) BLAS keeps its own threads. Several run on threads of their own, each with BLAS on
     one thread for its rows, and calls from other Python threads wait for the driver
@@ -1535,7 +1533,7 @@ def lstm_layer_forward(
     parts = 1  # the units split, where each direction run on its own takes it
     x_batch = x.shape[0 if batch_first else 1]
     in_order = x_rows is None or np.array_equal(x_rows, np.arange(batch))
-    if in_order and x_batch == batch:  # it reads x's rows as they are, all of them
+    if in_order and x_batch == batch and y_first_row == 0:  # x's rows and y's as they are
         parts = unit_split_parts(lengths, steps, hidden, at_once, backward, seed_cell, c.itemsize)
         if at_once < directions:  # and the reverse direction on its own
             reverse = unit_split_parts(lengths, steps, hidden, 1, True, seed_cell, c.itemsize)
@@ -1562,7 +1560,7 @@ def lstm_layer_forward(
         with _OnNumbaThreads():
             arguments = (
                 x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
-                batch_first, product, panels, partitions, traces,
+                batch_first, product, panels, partitions, traces, y_first_row,
             )  # fmt: skip
             _run(lstm_partitioned_forward, arguments)
         return
@@ -1571,6 +1569,7 @@ def lstm_layer_forward(
             x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
             bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
             first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
+            y_first_row,
         )  # fmt: skip
         if not parallel:  # too small for BLAS to start its threads
             _run(lstm_rows_forward, arguments)

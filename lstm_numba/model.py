@@ -754,10 +754,12 @@ class LSTM:
             self._cpu_cell(layer),
         )
 
-    def _run_layer(self, layer, x, x_rows, h, c, y, lengths, steps, traces, direction=None):
+    def _run_layer(
+        self, layer, x, x_rows, h, c, y, lengths, steps, traces, direction=None, y_first_row=0
+    ):  # fmt: skip
         """Layer ``layer`` on the CPU kernels (``cpu.lstm_layer_forward``): all its directions,
-        or only ``direction`` (0 or 1), written to y's columns from its own on; h, c and traces
-        those directions'."""
+        or only ``direction`` (0 or 1), written to y's columns from its own on and y's rows from
+        ``y_first_row`` on; h, c and traces those directions'."""
         w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
         backward, column = self.reverse, 0
         if direction is not None:
@@ -768,24 +770,20 @@ class LSTM:
             backward, column = direction == 1, direction * self.output_size
         cpu.lstm_layer_forward(
             x, w_ih, w_hh, w_hr, bias, cell, h, c, y, lengths, steps, backward, self.batch_first,
-            traces, x_rows=x_rows, column=column,
+            traces, x_rows=x_rows, column=column, y_first_row=y_first_row,
         )  # fmt: skip
 
     def _run_directions_in_turn(self, layer, y, h, c, lengths, padded, traces):
         """A layer of two directions after the first, on the layer below's output y in place,
-        in groups of rows one after another (``cpu.in_turn_groups``): the forward direction into
-        an array of the group's half of y, then the reverse one in place (it reads each time
-        step's input before it writes its output there, and the forward direction is done with
-        it), then the forward output copied into y. Side by side, the forward direction would
-        overwrite inputs the reverse one has yet to read, and the layer below's output would
-        have to be kept whole, y's size instead of half a group's. Time-major y's groups of
-        rows are not contiguous: there, with more than one group, both directions write into
-        the array (the group's y), copied into y after them. h, c, traces: the layer's (2, ...)."""
+        in groups of rows one after another (``cpu.in_turn_groups``), each read from y where
+        its rows are: the forward direction into an array of the group's half of y, then the
+        reverse one on y in place (it reads each time step's input before it writes its output
+        there, and the forward direction is done with it), then the forward output copied into
+        y. Side by side, the forward direction would overwrite inputs the reverse one has yet to
+        read, and the layer below's output would have to be kept whole, y's size instead of half
+        a group's. h, c, traces: the layer's (2, ...)."""
         batch, width = lengths.size, self.output_size
-        groups = cpu.in_turn_groups(batch, self.batch_first, traces is not None)
-        reverse_in_place = self.batch_first or groups == 1
-        if not reverse_in_place:
-            width *= 2  # both directions' columns
+        groups = cpu.in_turn_groups(batch, traces is not None)
         most = -(-batch // groups)  # rows in the largest group
         time_steps = y.shape[1 if self.batch_first else 0]
         waiting = np.zeros(most * time_steps * width, self.dtype)  # zeros past rows' lengths
@@ -793,26 +791,19 @@ class LSTM:
             rows = slice(group * batch // groups, (group + 1) * batch // groups)
             size, group_lengths = rows.stop - rows.start, lengths[rows]
             shape = (size, time_steps, width) if self.batch_first else (time_steps, size, width)
-            outputs = waiting[: size * time_steps * width].reshape(shape)
+            forward_y = waiting[: size * time_steps * width].reshape(shape)
             if padded and group and not cpu.running_dry():
-                outputs.fill(0)  # the group before's outputs past these rows' lengths
-            x_rows, group_y = None, y
-            if self.batch_first:
-                group_y = y[rows]
-            elif groups > 1:  # the group's rows read where they are
-                x_rows = np.arange(rows.start, rows.stop)
-            for d, output in enumerate((outputs, group_y if reverse_in_place else outputs)):
+                forward_y.fill(0)  # the group before's outputs past these rows' lengths
+            x_rows = None if groups == 1 else np.arange(rows.start, rows.stop)
+            for d, (output, first_row) in enumerate(((forward_y, 0), (y, rows.start))):
                 self._run_layer(
-                    layer, group_y, x_rows, h[d : d + 1, rows], c[d : d + 1, rows], output,
+                    layer, y, x_rows, h[d : d + 1, rows], c[d : d + 1, rows], output,
                     group_lengths, int(group_lengths.max()),
-                    None if traces is None else traces[d : d + 1], d,
+                    None if traces is None else traces[d : d + 1], d, first_row,
                 )  # fmt: skip
-            if cpu.running_dry():
-                continue
-            if reverse_in_place:
-                group_y[..., :width] = outputs
-            else:
-                y[:, rows] = outputs
+            if not cpu.running_dry():
+                group_y = y[rows] if self.batch_first else y[:, rows]
+                group_y[..., :width] = forward_y
 
     def _forward_cuda(self, x, h0, c0, lengths, traces):
         """The stack on the GPU kernels (``gpu.lstm_forward``); device arrays in and out, the
