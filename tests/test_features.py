@@ -118,8 +118,8 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
                                                        monkeypatch):  # fmt: skip
     """Layers of two directions after the first run on the layer below's output in place, taken
     here whatever the size: in turn (``LSTM._run_directions_in_turn``: the forward direction into
-    an array of its own, the reverse one over its input; batch-first in groups of rows, each
-    group's lengths its own) or in halves of time
+    an array of its own, the reverse one over its input; in groups of rows read and written
+    where they are in y, each group's lengths its own, both layouts) or in halves of time
     (``cpu.lstm_directions_in_halves``), each direction with its own weights, states, cell
     (activations that differ by direction) and columns; rows of several lengths out of order,
     several projection chunks, the rows or the units split over threads or not; the gate traces
