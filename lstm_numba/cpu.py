@@ -10,6 +10,7 @@ import contextvars
 import functools
 import itertools
 import os
+import queue
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -349,14 +350,38 @@ threads); in turn 0–5 % ((8, 200, 64, 64), time-major (4, 1000, 128, 128)). Ab
 within this machine's noise (docs/performance.md)."""
 
 
-IN_TURN, IN_HALVES = "in turn", "in halves"
-"""How ``directions_in_place`` runs a layer of two directions on its input in place."""
+IN_TURN, IN_HALVES, RECOMPUTED = "in turn", "in halves", "in halves, recomputed"
+"""How a layer of two directions runs on its input in place (``directions_in_place``; with
+``low_memory``, ``RECOMPUTED``: ``lstm_directions_recomputed``)."""
+
+LOW_MEMORY_SHARE = 0.18
+"""With ``low_memory`` (``LSTM.__call__``), the most a layer of two directions after the first
+holds beyond y, its workspaces included (``low_memory_budget``), as a share of the model's x + y
++ weights: the issue's 1.2 ×, less a margin for the rest (states, lengths, row orders)."""
 
 
-def directions_in_place(w_hh, lengths, time_steps, seed_cell):
+LOW_MEMORY_GROUP_MIN_ROWS = 4
+"""Fewest rows a group of a layer in turn (``in_turn_groups``) keeps under ``low_memory``; where
+groups would be smaller, ``lstm_directions_recomputed`` is faster (Zen 4, (8, 4000, 256, 256)
+two layers, alternating processes: groups of 3 rows 1705–1734 ms, recomputed 1390–1444)."""
+
+
+def low_memory_budget(total_bytes, batch, inputs, hidden, width, itemsize):
+    """What a layer of two directions after the first may hold beyond y for its directions'
+    outputs under ``low_memory``: ``LOW_MEMORY_SHARE`` of ``total_bytes`` (x + y + weights), less
+    two threads' workspaces of ``lstm_rows_forward`` (``batch`` rows, ``inputs`` I, ``hidden`` H,
+    H_out ``width``) and W_hh of both directions packed (``pack_panels``)."""
+    gates = 4 * hidden
+    chunk = projection_steps.py_func(batch, 1 << 30) * batch
+    workspace = (chunk * (inputs + gates + 2) + batch * (gates + hidden + width)) * itemsize
+    return LOW_MEMORY_SHARE * total_bytes - 2 * workspace - 2 * gates * width * itemsize
+
+
+def directions_in_place(w_hh, lengths, time_steps, seed_cell, at_any_size=False):
     """How a layer of two directions after the first runs on the layer below's output in place,
     or None for side by side, where the half of y that saves (B rows of ``lengths`` (B,) int64
-    over ``time_steps``, T) takes less than ``DIRECTIONS_IN_PLACE_MIN_BYTES``.
+    over ``time_steps``, T) takes less than ``DIRECTIONS_IN_PLACE_MIN_BYTES`` (unless
+    ``at_any_size``).
 
     ``IN_TURN`` (``LSTM._run_directions_in_turn``) where each direction on its own splits its
     rows over all the threads, or there is one thread, or the directions take turns anyway
@@ -367,7 +392,8 @@ def directions_in_place(w_hh, lengths, time_steps, seed_cell):
     direction would run on one thread of several (LSTMP, ONNX's options or traces, whose units do
     not split: ``seed_cell`` False, as ``unit_split_parts``'s). w_hh: (2, 4H, H_out)."""
     batch, width = lengths.size, w_hh.shape[2]
-    if batch * time_steps * width * w_hh.itemsize < DIRECTIONS_IN_PLACE_MIN_BYTES:
+    saved = batch * time_steps * width * w_hh.itemsize
+    if saved < DIRECTIONS_IN_PLACE_MIN_BYTES and not at_any_size:
         return None
     if directions_in_turn(w_hh, batch):
         return IN_TURN
@@ -395,14 +421,16 @@ group's rows still split over the threads; as fast as the batch at once down to 
 333 → 313 in 4; groups of 4 rows 8 % slower ((8, 4000, 256, 256) three layers, 1487 → 1610)."""
 
 
-def in_turn_groups(batch, traced):
+def in_turn_groups(batch, traced, most_rows=None):
     """How many groups of rows (consecutive, of ``batch``) ``LSTM._run_directions_in_turn`` runs
     one after another: ``IN_TURN_GROUPS`` where each keeps ``IN_TURN_GROUP_MIN_ROWS``, fewer
-    where it would not; one for ``traced`` calls (the traces' rows are y's, and the forward
+    where it would not, more where a group would have more than ``most_rows`` (``low_memory``;
+    None: no limit); one for ``traced`` calls (the traces' rows are y's, and the forward
     direction writes its group's at rows of its own array)."""
     if traced:
         return 1
-    return max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
+    groups = max(1, min(IN_TURN_GROUPS, batch // IN_TURN_GROUP_MIN_ROWS))
+    return groups if most_rows is None else max(groups, -(-batch // most_rows))
 
 
 UNIT_SPLIT_MIN_UNITS = 48
@@ -847,7 +875,7 @@ def lstm_step_pointwise(
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, first_time, reverse,
-    batch_first, product, panels, row_start, row_stop, traces, direction, y_first_row,
+    batch_first, product, panels, row_start, row_stop, traces, direction, y_first_row, y_shift,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
@@ -855,7 +883,8 @@ def lstm_rows_forward(
     (the rows in ``length_order`` without a copy of x; else 0, 1, …); y: (B', T, D·H_out) or
     (T, B', D·H_out), batch row b written at row y_first_row + b (0 but for a group of rows,
     ``LSTM._run_directions_in_turn``), this direction's columns [column, column + H_out) (rows
-    past a length are left alone).
+    past a length are left alone), x's step t at y's step t - ``y_shift`` (0 but for an array of
+    part of the sequence, ``lstm_directions_recomputed``; the traces' steps as y's).
     w_ih: (4H, I); w_hh: (4H, H_out), or None where ``panels`` hold it (the kernel compiled for
     None has no other product: ≈ 0.5 s less to compile); bias: (4H,) = b_ih + b_hh; w_hr:
     (H_out, H) the projection, or None for none (H_out = H; the kernel compiled for None has no
@@ -911,13 +940,13 @@ def lstm_rows_forward(
             active = 0
             for b in range(batch):
                 length = lengths[row_start + b]
-                t = first_time + (length - 1 - step if reverse else step)
-                times[s, b] = t if step < length else -1
+                t = first_time + (length - 1 - step if reverse else step) - y_shift
+                times[s, b] = t if step < length else -1  # y's step
                 if step < length:
                     active = b + 1
             for b in range(active):
-                t, source = times[s, b], x_rows[row_start + b]
-                if t >= 0:
+                t, source = times[s, b] + y_shift, x_rows[row_start + b]
+                if times[s, b] >= 0:
                     _copy(x[source, t] if batch_first else x[t, source], x_chunk[starts[s] + b])
                 else:
                     x_chunk[starts[s] + b] = 0
@@ -997,9 +1026,9 @@ def lstm_partitioned_forward(
     ``lstm_rows_forward``. BLAS must be limited to one thread meanwhile.
     """
     directions, batch, width = h.shape
-    # an int64, not the literal 0: the worker called from the calling thread gets an int64, and
-    # a Literal[int](0) would compile it a second time (2–5 s) in a process that runs both
-    first_time = np.int64(0)
+    # int64s, not the literal 0: the worker called from the calling thread gets int64s, and a
+    # Literal[int](0) would compile it a second time (2–5 s) in a process that runs both
+    first_time = y_shift = np.int64(0)
     for item in prange(directions * partitions):
         d = item // partitions
         part = item % partitions
@@ -1007,7 +1036,7 @@ def lstm_partitioned_forward(
             x, x_rows, w_ih[d], direction_of(w_hh, d), direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], y, column + d * width, lengths, first_time, d == 1 or backward, batch_first,
             product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
-            d, y_first_row,
+            d, y_first_row, y_shift,
         )  # fmt: skip
 
 
@@ -1455,6 +1484,44 @@ def _unit_split_forward(
     h[:] = h_buffer[steps % 2]
 
 
+def _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, traces):
+    """``run(d, h, c, out, column, lengths_now, first_time, y_shift)``: direction d of a layer of
+    two on its input y (every row), on the calling thread, from states h (B, H_out) and c (B, H)
+    (updated) into ``out``'s columns from ``column`` on, arguments as ``lstm_rows_forward``'s; W_hh
+    read as ``plan_forward`` says for the rows of ``lengths`` (B,) (packed here, once)."""
+    batch, hidden = lengths.size, w_hh.shape[1] // 4
+    product, _, _ = plan_forward(batch, y.shape[2], hidden, int(lengths.max()))
+    panels = _run(pack_panels, (w_hh,)) if product == RECURRENT_PANELS else None
+    unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
+    rows = np.arange(batch)
+
+    def run(d, h, c, out, column, lengths_now, first_time, y_shift=0):
+        arguments = (
+            y, rows, w_ih[d], direction_of(unpacked, d), direction_of(w_hr, d), bias[d], cell, h,
+            c, out, column, lengths_now, first_time, d == 1, batch_first, product, panels, 0,
+            batch, traces, d, 0, y_shift,
+        )  # fmt: skip
+        _run(lstm_rows_forward, arguments)
+
+    return run
+
+
+def _side_by_side(*phases):
+    """Run each phase, a pair of functions, one on this thread and one on another, side by side,
+    one phase after the other, BLAS on one thread; in this thread's context (a dry run,
+    ``dry_run``, runs the other thread dry too)."""
+    with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
+        for here, there in phases:
+            running = other_thread.submit(contextvars.copy_context().run, there)
+            here()
+            running.result()
+
+
+def _time_steps(array, batch_first, start, stop):
+    """``array``'s steps [start, stop): (B, T', ·) or (T', B, ·)."""
+    return array[:, start:stop] if batch_first else array[start:stop]
+
+
 def lstm_directions_in_halves(
     y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, batch_first, traces
 ):  # fmt: skip
@@ -1467,44 +1534,154 @@ def lstm_directions_in_halves(
     still side by side. Arguments as ``lstm_layer_forward``'s for D = 2; y (B, T, 2·H_out) or (T, B,
     2·H_out)."""
     steps = y.shape[1] if batch_first else y.shape[0]
-    half, batch, width = steps // 2, h.shape[1], h.shape[2]
+    half, width = steps // 2, h.shape[2]
     # the forward direction's output at times [0, M), the reverse one's at [M, T); zeros where
     # rows shorter than T leave it unwritten (y is zero past each row's length)
     new_array = np.zeros if int(lengths.min()) < steps else np.empty
     pending = new_array((*y.shape[:2], width), y.dtype)
-    lengths_early = np.minimum(lengths, half)
-    lengths_late = np.maximum(lengths - half, 0)
-    max_steps = int(lengths.max())
-    product, _, _ = plan_forward(batch, y.shape[2], c.shape[2], max_steps)
-    panels = _run(pack_panels, (w_hh,)) if product == RECURRENT_PANELS else None
-    unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
-    rows = np.arange(batch)
-
-    def direction(d, out, column, lengths_now, first_time):
-        arguments = (
-            y, rows, w_ih[d], direction_of(unpacked, d), direction_of(w_hr, d), bias[d], cell,
-            h[d], c[d], out, column, lengths_now, first_time, d == 1, batch_first, product,
-            panels, 0, batch, traces, d, 0,
-        )  # fmt: skip
-        _run(lstm_rows_forward, arguments)
-
-    with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
-        for forward, backward in (
-            ((pending, 0, lengths_early, 0), (pending, 0, lengths_late, half)),
-            ((y, 0, lengths_late, half), (y, width, lengths_early, 0)),
-        ):  # fmt: skip
-            # in this thread's context: a dry run (``dry_run``) runs the other direction dry too
-            running = other_thread.submit(contextvars.copy_context().run, direction, 1, *backward)
-            direction(0, *forward)
-            running.result()
+    early, late = np.minimum(lengths, half), np.maximum(lengths - half, 0)
+    run = _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, traces)
+    _side_by_side(
+        (lambda: run(0, h[0], c[0], pending, 0, early, 0),
+         lambda: run(1, h[1], c[1], pending, 0, late, half)),
+        (lambda: run(0, h[0], c[0], y, 0, late, half),
+         lambda: run(1, h[1], c[1], y, width, early, 0)),
+    )  # fmt: skip
     if running_dry():
         return
-    if batch_first:
-        y[:, :half, :width] = pending[:, :half]
-        y[:, half:, width:] = pending[:, half:]
-    else:
-        y[:half, :, :width] = pending[:half]
-        y[half:, :, width:] = pending[half:]
+    _time_steps(y, batch_first, 0, half)[..., :width] = _time_steps(pending, batch_first, 0, half)
+    _time_steps(y, batch_first, half, steps)[..., width:] = _time_steps(
+        pending, batch_first, half, steps
+    )
+
+
+RECOMPUTE_WINDOW_STEPS = 128
+"""Most steps of a window of ``lstm_directions_recomputed`` (``recompute_window``): the forward
+direction's states kept at the start of each, its output recomputed window by window into an
+array of that many steps."""
+
+
+def recompute_window(time_steps):
+    """Steps of a window of ``lstm_directions_recomputed`` over ``time_steps``: a 16th of them,
+    within 1 and ``RECOMPUTE_WINDOW_STEPS``."""
+    return max(1, min(RECOMPUTE_WINDOW_STEPS, time_steps // 16))
+
+
+RECOMPUTE_HELPER_WINDOWS = 2
+"""Windows the forward direction of ``lstm_directions_recomputed`` recomputes ahead of the reverse
+one on the thread that has finished its own part: arrays of a window's output each."""
+
+
+def recomputed_pending_steps(budget_bytes, lengths, time_steps, width, itemsize):
+    """The steps U of the reverse direction's output ``lstm_directions_recomputed`` may hold
+    beyond y within ``budget_bytes`` (with its windows' arrays), for rows of ``lengths`` (B,) over
+    ``time_steps`` T and H_out = ``width``: at most T/2, the fastest (max(A, U) + A + U/2 steps
+    for A = T − U); 0 where even one step of every row is over the budget."""
+    step_bytes = lengths.size * width * itemsize
+    windows = (1 + RECOMPUTE_HELPER_WINDOWS) * recompute_window(time_steps)
+    return int(max(0, min(budget_bytes // step_bytes - windows, time_steps // 2)))
+
+
+def lstm_directions_recomputed(
+    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, batch_first, pending_steps
+):  # fmt: skip
+    """A layer of two directions on y in place, as ``lstm_directions_in_halves``, that holds the
+    reverse direction's output of the last U = ``pending_steps`` steps beyond y instead of half
+    of y, by computing the forward direction over the first A = T − U steps twice. Side by side,
+    a thread each. First the forward direction over [0, A) in windows of K steps
+    (``recompute_window``), keeping only its states at each window's start, and the reverse one
+    from each row's last step down to A into ``pending`` (U steps). Then the forward one over
+    [A, T) on y in place, and on the other thread, window by window down from A, the forward
+    direction over the window again, from its states there, into an array of K steps, the
+    reverse one over the window on y in place, and the forward output copied in; the first
+    thread, done, recomputes the forward direction's next windows
+    (``RECOMPUTE_HELPER_WINDOWS`` ahead at most). Then ``pending`` into y. Beyond y: U + 3K steps'
+    output of one direction, and 2 (B, H) states a window. Time: max(A, U) + A + U/2 steps
+    against the halves' T (1.25 T for U = T/2). Arguments as ``lstm_directions_in_halves``'s,
+    without traces."""
+    steps = y.shape[1] if batch_first else y.shape[0]
+    split, width = steps - pending_steps, h.shape[2]
+    window = recompute_window(steps)
+    starts = range(0, split, window)
+
+    def steps_shape(count):
+        return (lengths.size, count, width) if batch_first else (count, lengths.size, width)
+
+    padded = int(lengths.min()) < steps
+    pending = (np.zeros if padded else np.empty)(steps_shape(pending_steps), y.dtype)
+    own_window = np.empty(steps_shape(window), y.dtype)
+    helper_windows = queue.SimpleQueue()  # the helper's free arrays
+    for _ in range(RECOMPUTE_HELPER_WINDOWS):
+        helper_windows.put(np.empty_like(own_window))
+    saved_h = np.empty((len(starts), *h.shape[1:]), h.dtype)
+    saved_c = np.empty((len(starts), *c.shape[1:]), c.dtype)
+    late = np.clip(lengths - split, 0, pending_steps)
+    run = _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, None)
+    dry = running_dry()
+    claim = threading.Lock()  # guards next_window and recomputed
+    next_window = [len(starts) - 1]  # the highest window no thread has claimed to recompute
+    recomputed = {}  # window: (array, threading.Event set when the helper has written it)
+
+    def in_window(k):
+        return np.clip(lengths - starts[k], 0, min(window, split - starts[k]))
+
+    def recompute(k, forward_y):
+        if padded and not dry:
+            forward_y.fill(0)  # a window before's outputs past these rows' lengths
+        run(0, saved_h[k], saved_c[k], forward_y, 0, in_window(k), starts[k], starts[k])
+
+    def forward_keeping_states():
+        for k, start in enumerate(starts):
+            saved_h[k], saved_c[k] = h[0], c[0]
+            run(0, h[0], c[0], own_window, 0, in_window(k), start, start)
+
+    def reverse_by_windows():
+        try:
+            for k in reversed(range(len(starts))):
+                with claim:
+                    own = next_window[0] == k
+                    if own:
+                        next_window[0] -= 1
+                if own:
+                    forward_y = own_window
+                    recompute(k, forward_y)
+                else:
+                    forward_y, written = recomputed.pop(k)
+                    written.wait()
+                run(1, h[1], c[1], y, width, in_window(k), starts[k])
+                if not dry:
+                    stop = min(starts[k] + window, split)
+                    window_y = _time_steps(y, batch_first, starts[k], stop)
+                    window_y[..., :width] = _time_steps(forward_y, batch_first, 0, stop - starts[k])
+                if not own:
+                    helper_windows.put(forward_y)
+        finally:  # the helper, waiting for an array or about to, stops
+            with claim:
+                next_window[0] = -1
+            helper_windows.put(None)
+
+    def forward_late_then_help():
+        run(0, h[0], c[0], y, 0, late, split)
+        while True:
+            forward_y = helper_windows.get()  # one the reverse direction is done with
+            with claim:
+                k = next_window[0]
+                if k < 0:
+                    return
+                next_window[0] -= 1
+                written = threading.Event()
+                recomputed[k] = forward_y, written
+            try:
+                recompute(k, forward_y)
+            finally:
+                written.set()
+
+    _side_by_side(
+        (forward_keeping_states, lambda: run(1, h[1], c[1], pending, 0, late, split, split)),
+        (forward_late_then_help, reverse_by_windows),
+    )
+    if not dry:
+        _time_steps(y, batch_first, split, steps)[..., width:] = pending
 
 
 def lstm_layer_forward(
@@ -1569,7 +1746,7 @@ def lstm_layer_forward(
             x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
             bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
             first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
-            y_first_row,
+            y_first_row, 0,
         )  # fmt: skip
         if not parallel:  # too small for BLAS to start its threads
             _run(lstm_rows_forward, arguments)

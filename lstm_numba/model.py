@@ -427,7 +427,9 @@ class LSTM:
 
         return [gpu.upload_layer(stacks, self._cell(k)) for k, stacks in enumerate(self._layers)]
 
-    def __call__(self, x, hx=None, lengths=None, *, device="auto", return_gates=False):
+    def __call__(
+        self, x, hx=None, lengths=None, *, device="auto", return_gates=False, low_memory=False
+    ):  # fmt: skip
         """Run the LSTM over a batch of sequences; shapes exactly as ``torch.nn.LSTM``'s.
 
         x: (B, T, I) if ``batch_first`` else (T, B, I), or (T, I) for one unbatched sequence.
@@ -438,6 +440,11 @@ class LSTM:
         ``__cuda_array_interface__``: GPU), "cpu", or "cuda" (NumPy in is copied over; see
         ``lstm_numba.dispatch``). return_gates: also return the ``Gates`` traces (f, i, C̃, o, C
         of every layer, direction, row, step and unit), recorded by the same kernels.
+        low_memory: a stack of two directions on the CPU holds at most
+        ``cpu.LOW_MEMORY_SHARE`` of x + y beyond x, y and the weights, at a cost in time where it
+        would hold more (up to half of y): smaller groups of rows, or part of the forward
+        direction computed twice for a few rows (docs/index.md, "Memory"). Ignored with
+        ``return_gates`` (the gates take 5 × y) and on the GPU.
 
         Returns ``y, (h_n, c_n)`` (and ``gates`` with ``return_gates``): y (B, T, D·H_out) or
         (T, B, D·H_out), the last layer's hidden states, forward then reverse on the last axis,
@@ -492,7 +499,7 @@ class LSTM:
         if on_gpu:
             y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
         else:
-            y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces)
+            y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces, low_memory)
         if on_gpu or not isinstance(given, np.ndarray):  # NumPy in and out: nothing to convert
             y, h_n, c_n = (dispatch.like_input(given, array) for array in (y, h_n, c_n))
             traces = dispatch.like_input(given, traces) if return_gates else traces
@@ -644,9 +651,10 @@ class LSTM:
             states.append(given.reshape(shape) if on_gpu else np.array(given).reshape(shape))
         return states
 
-    def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces):
+    def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces, low_memory=False):
         """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
-        is ``traces`` (L·D, 5, B, T, H), all NaN on entry, unless it is None. With lengths below
+        is ``traces`` (L·D, 5, B, T, H), all NaN on entry, unless it is None; ``low_memory`` as
+        ``__call__``'s. With lengths below
         T (``padded``), the rows run in ``cpu.length_order``, so that finished rows stop costing
         work: the kernels read x's rows in that order where they are, and y and the traces are
         put back in order in place; except where the hidden units are split
@@ -656,7 +664,8 @@ class LSTM:
         batch = x.shape[batch_axis]
         steps = int(lengths.max()) if padded else x.shape[1 - batch_axis]  # the longest length
         if not padded or self._splits_units(lengths, steps, traces is not None):
-            return self._run_layers(x, h_n, c_n, lengths, steps, padded, traces), (h_n, c_n)
+            y = self._run_layers(x, h_n, c_n, lengths, steps, padded, traces, low_memory)
+            return y, (h_n, c_n)
         inputs = self.input_size
         if self.num_layers > 1:  # the slices of the layer with the most inputs: D·H_out deeper
             inputs = max(inputs, self.num_directions * self.output_size)
@@ -665,13 +674,16 @@ class LSTM:
         )
         order = cpu.length_order(lengths, partitions)
         if np.array_equal(order, np.arange(order.size)):  # already in order
-            return self._run_layers(x, h_n, c_n, lengths, steps, True, traces), (h_n, c_n)
+            y = self._run_layers(x, h_n, c_n, lengths, steps, True, traces, low_memory)
+            return y, (h_n, c_n)
         # Indexing a middle axis gives non-C-contiguous arrays; the kernels take C-contiguous ones
         # only (one compiled signature per dtype).
         h_ordered = np.ascontiguousarray(h_n[:, order])
         c_ordered = np.ascontiguousarray(c_n[:, order])
         # the traces, all NaN until written, are written in order and put back like y
-        y = self._run_layers(x, h_ordered, c_ordered, lengths[order], steps, True, traces, order)
+        y = self._run_layers(
+            x, h_ordered, c_ordered, lengths[order], steps, True, traces, low_memory, order
+        )  # fmt: skip
         h_n[:, order], c_n[:, order] = h_ordered, c_ordered
         if cpu.running_dry():  # ``warm_up``: nothing computed, nothing to move
             return y, (h_n, c_n)
@@ -692,7 +704,7 @@ class LSTM:
         )  # fmt: skip
         return parts > 1
 
-    def _run_layers(self, x, h_n, c_n, lengths, steps, padded, traces, x_rows=None):
+    def _run_layers(self, x, h_n, c_n, lengths, steps, padded, traces, low_memory, x_rows=None):
         """y of the last layer; arguments as ``_forward_cpu``'s (rows in the kernels' order, x's
         row b at x_rows[b] (``cpu.lstm_layer_forward``), y's at b), steps the longest length.
 
@@ -700,7 +712,8 @@ class LSTM:
         kernel reads x at a chunk of times before it writes y there), so that a stack in one
         direction holds nothing of the size of y but y; in two directions, where
         ``cpu.directions_in_place`` says so, in turn (``_run_directions_in_turn``) or in halves
-        of time (``cpu.lstm_directions_in_halves``), half of y beyond y."""
+        of time (``cpu.lstm_directions_in_halves``), half of y beyond y; with ``low_memory``,
+        less (``_directions_in_place``)."""
         batch = x.shape[0] if self.batch_first else x.shape[1]
         directions = self.num_directions
         new_output = np.zeros if padded else np.empty
@@ -710,7 +723,9 @@ class LSTM:
         first_traces = None if traces is None else traces[:directions]
         self._run_layer(0, np.ascontiguousarray(x), x_rows, h_n[:directions], c_n[:directions], y,
                         lengths, steps, first_traces)  # fmt: skip
-        in_place = directions > 1 and self._directions_in_place(y, lengths, traces)
+        in_place, limit = None, None
+        if directions > 1:
+            in_place, limit = self._directions_in_place(x, y, lengths, traces, low_memory)
         for layer in range(1, self.num_layers):
             states = slice(layer * directions, (layer + 1) * directions)
             h, c = h_n[states], c_n[states]
@@ -718,12 +733,17 @@ class LSTM:
             if directions == 1:
                 self._run_layer(layer, y, None, h, c, y, lengths, steps, layer_traces)
             elif in_place == cpu.IN_TURN:
-                self._run_directions_in_turn(layer, y, h, c, lengths, padded, layer_traces)
+                self._run_directions_in_turn(layer, y, h, c, lengths, padded, layer_traces, limit)
             elif in_place == cpu.IN_HALVES:
                 w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
                 cpu.lstm_directions_in_halves(
                     y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, self.batch_first,
                     layer_traces,
+                )  # fmt: skip
+            elif in_place == cpu.RECOMPUTED:
+                w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
+                cpu.lstm_directions_recomputed(
+                    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, self.batch_first, limit
                 )  # fmt: skip
             else:
                 layer_input = y  # the layer below's output; the one before it is freed
@@ -731,14 +751,37 @@ class LSTM:
                 self._run_layer(layer, layer_input, None, h, c, y, lengths, steps, layer_traces)
         return y
 
-    def _directions_in_place(self, y, lengths, traces):
-        """How the layers of two directions after the first run on their input y in place
-        (``cpu.directions_in_place``: ``cpu.IN_TURN``, ``cpu.IN_HALVES``), or None."""
+    def _directions_in_place(self, x, y, lengths, traces, low_memory):
+        """How the layers of two directions after the first run on their input y in place, and
+        with what limit: ``cpu.directions_in_place``'s ``cpu.IN_TURN`` (the most rows a group,
+        or None: ``cpu.in_turn_groups``) or ``cpu.IN_HALVES`` (None), or None (None). With
+        ``low_memory`` (not for ``traces``), in place at any size, within ``cpu.LOW_MEMORY_SHARE``
+        of x + y + weights beyond y (``cpu.low_memory_budget``): in turn in groups of fewer
+        rows, or where they would be fewer than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``,
+        ``cpu.RECOMPUTED`` (the reverse direction's pending steps,
+        ``cpu.lstm_directions_recomputed``)."""
         if self.num_layers == 1:
-            return None
+            return None, None
         seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
         steps = y.shape[1 if self.batch_first else 0]
-        return cpu.directions_in_place(self._layers[1]["weight_hh"], lengths, steps, seed_cell)
+        low_memory = low_memory and traces is None
+        w_hh = self._layers[1]["weight_hh"]
+        in_place = cpu.directions_in_place(w_hh, lengths, steps, seed_cell, low_memory)
+        weights = sum(array.nbytes for stacks in self._layers for array in stacks.values())
+        budget = cpu.low_memory_budget(
+            x.nbytes + y.nbytes + weights, lengths.size, y.shape[2], self.hidden_size,
+            self.output_size, self.dtype.itemsize,
+        )  # fmt: skip
+        row_bytes = steps * self.output_size * self.dtype.itemsize  # a row's forward output
+        if not low_memory or in_place is None or lengths.size * row_bytes <= budget:
+            return in_place, None
+        most_rows = int(budget // row_bytes)
+        if in_place == cpu.IN_TURN and most_rows >= cpu.LOW_MEMORY_GROUP_MIN_ROWS:
+            return in_place, most_rows
+        pending_steps = cpu.recomputed_pending_steps(
+            budget, lengths, steps, self.output_size, self.dtype.itemsize
+        )  # fmt: skip
+        return cpu.RECOMPUTED, pending_steps
 
     def _cpu_layer(self, layer):
         """Layer ``layer``'s arrays as the CPU kernels take them, every direction's: w_ih
@@ -773,7 +816,7 @@ class LSTM:
             traces, x_rows=x_rows, column=column, y_first_row=y_first_row,
         )  # fmt: skip
 
-    def _run_directions_in_turn(self, layer, y, h, c, lengths, padded, traces):
+    def _run_directions_in_turn(self, layer, y, h, c, lengths, padded, traces, most_rows=None):
         """A layer of two directions after the first, on the layer below's output y in place,
         in groups of rows one after another (``cpu.in_turn_groups``), each read from y where
         its rows are: the forward direction into an array of the group's half of y, then the
@@ -781,9 +824,10 @@ class LSTM:
         there, and the forward direction is done with it), then the forward output copied into
         y. Side by side, the forward direction would overwrite inputs the reverse one has yet to
         read, and the layer below's output would have to be kept whole, y's size instead of half
-        a group's. h, c, traces: the layer's (2, ...)."""
+        a group's. h, c, traces: the layer's (2, ...); most_rows: at most this many rows a group.
+        """
         batch, width = lengths.size, self.output_size
-        groups = cpu.in_turn_groups(batch, traces is not None)
+        groups = cpu.in_turn_groups(batch, traces is not None, most_rows)
         most = -(-batch // groups)  # rows in the largest group
         time_steps = y.shape[1 if self.batch_first else 0]
         waiting = np.zeros(most * time_steps * width, self.dtype)  # zeros past rows' lengths
