@@ -75,7 +75,8 @@ class ForwardMemory:
     """Allocation peak of a forward on long sequences, relative to what it must hold anyway: 32
     rows split over the threads, or 5 whose hidden units split (two directions after the first
     layer: in turn, in groups of rows, or side by side in halves of time; both in place from
-    16 MiB of half y)."""
+    16 MiB of half y; with ``low_memory``, in place at any size, in smaller groups of rows or,
+    for the 5 rows, part of the forward direction computed twice)."""
 
     params = (
         choose([1000, 4000], [50]),
@@ -83,24 +84,28 @@ class ForwardMemory:
         ["all T", "random in [T/2, T]"],
         [False, True],
         choose([5, 32], [2]),
+        [False, True],
     )
-    param_names = ["steps", "num_layers", "lengths", "bidirectional", "batch"]
+    param_names = ["steps", "num_layers", "lengths", "bidirectional", "batch", "low_memory"]
     timeout = 300
 
-    def setup(self, steps, num_layers, lengths, bidirectional, batch):
+    def setup(self, steps, num_layers, lengths, bidirectional, batch, low_memory):
+        if low_memory and (num_layers == 1 or not bidirectional):
+            raise NotImplementedError("low_memory changes stacks of two directions only")
         self.model, self.x = model_and_input(
             batch, steps, 256, 256, num_layers=num_layers, bidirectional=bidirectional
         )
         rng = np.random.default_rng(1)
         self.lengths = None if lengths == "all T" else rng.integers(steps // 2, steps + 1, batch)
-        self.model(self.x, lengths=self.lengths)  # compile or load from the cache
+        self.low_memory = low_memory
+        self.model(self.x, lengths=self.lengths, low_memory=low_memory)  # compiled or loaded
 
     def track_peak_over_io_and_weights(self, *_):
         """(x + weights + the forward's allocation peak) / (x + y + weights): 1.0 means no
         workspace beyond the output."""
         weights = sum(w.nbytes for w in self.model.state_dict().values())
         tracemalloc.start()
-        y, _ = self.model(self.x, lengths=self.lengths)
+        y, _ = self.model(self.x, lengths=self.lengths, low_memory=self.low_memory)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         return (self.x.nbytes + weights + peak) / (self.x.nbytes + y.nbytes + weights)

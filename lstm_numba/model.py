@@ -529,14 +529,20 @@ class LSTM:
             return 0
         signatures, panels = set(), {}  # W_hh's panels, packed once (``cpu.dry_run``)
         batches = sorted({*range(1, 9), 4 * get_num_threads()})
-        for traced in (False, True) if return_gates else (False,):
+        # (traced, low_memory): the latter only changes stacks of two directions, untraced
+        calls = [(False, False)] + [(True, False)] * return_gates
+        if self.num_directions > 1 and self.num_layers > 1:
+            calls.append((False, True))
+        for traced, low_memory in calls:
             for batch, lengths in itertools.product(batches, (None, "falling", "rising")):
-                signatures |= self._signatures_over_steps(batch, lengths, traced, panels)
+                signatures |= self._signatures_over_steps(
+                    batch, lengths, traced, low_memory, panels
+                )  # fmt: skip
         for kernel, argument_types in signatures:
             kernel.compile(argument_types)
         return len(signatures)
 
-    def _signatures_over_steps(self, batch, lengths, traced, panels):
+    def _signatures_over_steps(self, batch, lengths, traced, low_memory, panels):
         """The kernel signatures of ``warm_up``'s dry calls of ``batch`` rows over T steps (x's
         length: ``_dry_signatures``), T growing by half up to ``cpu.plans_settled``, and every T
         between two that take different kernels, found by bisection."""
@@ -544,7 +550,9 @@ class LSTM:
 
         def signatures(steps):
             if steps not in found:
-                found[steps] = self._dry_signatures(batch, steps, lengths, traced, panels)
+                found[steps] = self._dry_signatures(
+                    batch, steps, lengths, traced, low_memory, panels
+                )  # fmt: skip
             return found[steps]
 
         def bisect(low, high):
@@ -562,11 +570,12 @@ class LSTM:
             bisect(low, high)
         return set().union(*(signatures(steps) for steps in points))
 
-    def _dry_signatures(self, batch, steps, lengths, traced, panels):
+    def _dry_signatures(self, batch, steps, lengths, traced, low_memory, panels):
         """The kernel signatures a call of x (B, T, I) (or (T, B, I)) with ``batch``
         rows over ``steps`` steps would take (``cpu.dry_run``): lengths None, every row full;
         "falling", one step short and one less each row down to 1 (the kernels' row order);
-        "rising", those reversed; ``traced``: returning the gates; ``panels``: ``cpu.dry_run``'s.
+        "rising", those reversed; ``traced``: returning the gates; ``low_memory`` as
+        ``__call__``'s; ``panels``: ``cpu.dry_run``'s.
         Nothing is computed and no data moves (``cpu.running_dry``)."""
         x_shape = (batch, steps, self.input_size)
         x = np.empty(x_shape if self.batch_first else x_shape[1::-1] + x_shape[2:], self.dtype)
@@ -583,7 +592,7 @@ class LSTM:
         if traced:
             traces = np.empty((states, 5, batch, steps, self.hidden_size), self.dtype)
         with cpu.dry_run(panels) as run:
-            self._forward_cpu(x, h, c, row_lengths, padded, traces)
+            self._forward_cpu(x, h, c, row_lengths, padded, traces, low_memory)
         return frozenset(run.signatures)
 
     def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None):

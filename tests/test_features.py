@@ -49,8 +49,8 @@ def reference_forward(model, x, hx=None, lengths=None):
     )
 
 
-def assert_forward_matches_reference(model, x, hx=None, lengths=None):
-    y, (h_n, c_n) = model(x, hx, lengths=lengths)
+def assert_forward_matches_reference(model, x, hx=None, lengths=None, **call_options):
+    y, (h_n, c_n) = model(x, hx, lengths=lengths, **call_options)
     y_ref, (h_ref, c_ref) = reference_forward(model, x, hx, lengths)
     assert_close(y, y_ref)
     assert_close(h_n, h_ref)
@@ -188,6 +188,73 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
         tracemalloc.stop()
     # half of y less, but for the second thread's few KB (its executor, workspace)
     assert peaks[cpu.IN_HALVES] < peaks[None] - 0.45 * y.nbytes, peaks
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("options", BIDIRECTIONAL_IN_PLACE)
+def test_bidirectional_layers_recomputed_match_reference(rng, batch, options, monkeypatch):
+    """With ``low_memory``, few rows' layers of two directions after the first recompute part of
+    the forward direction (``cpu.lstm_directions_recomputed``, taken here whatever the size): the
+    reverse direction's pending steps U from none to most of T (11), windows of 2 steps (the
+    last one shorter where A = T − U is odd); rows of lengths below, around and above A and 0;
+    both layouts, LSTMP, each direction's own cell; several projection chunks. The traces of a
+    call with the gates are side by side's (``low_memory`` ignored there)."""
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
+    monkeypatch.setattr(cpu, "recompute_window", lambda steps: 2)
+    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
+    monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
+    recomputed = []
+    run = cpu.lstm_directions_recomputed
+    monkeypatch.setattr(
+        cpu, "lstm_directions_recomputed", lambda *a: recomputed.append(a[-1]) or run(*a)
+    )
+    model = ln.LSTM(5, 6, num_layers=3, bidirectional=True, seed=rng.integers(9), **options)
+    x, hx = random_inputs(rng, model, batch, 11)
+    lengths = rng.permutation(np.array([11, 0, 5, 7])[:batch])
+    given = x.copy()
+    for pending in (0, 1, 4, 5, 10):
+        monkeypatch.setattr(cpu, "recomputed_pending_steps", lambda *arguments, u=pending: u)
+        assert_forward_matches_reference(model, x, hx, low_memory=True)
+        assert_forward_matches_reference(model, x, hx, lengths, low_memory=True)
+    np.testing.assert_array_equal(x, given)
+    assert recomputed == [u for u in (0, 1, 4, 5, 10) for _ in range(4)]
+    gates = model(x, hx, lengths=lengths, return_gates=True, low_memory=True)[2]
+    assert len(recomputed) == 20
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: None)
+    side_by_side = model(x, hx, lengths=lengths, return_gates=True)[2]
+    for expected, actual in zip(side_by_side, gates, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
+
+
+@pytest.mark.parametrize(
+    "batch, steps, inputs, hidden", [(1, 6000, 64, 64), (2, 12000, 8, 64), (8, 1500, 64, 64)]
+)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_low_memory_peak_within_the_budget(rng, batch, steps, inputs, hidden, batch_first):
+    """``low_memory``: a stack of two directions peaks within 1.2 × x + y + weights (the issue's
+    bound: ``cpu.LOW_MEMORY_SHARE`` of that beyond y for the directions' outputs and the
+    workspaces, a margin for the rest), where by default it holds half of y beyond y (or all
+    of it, side by side below ``cpu.DIRECTIONS_IN_PLACE_MIN_BYTES``): with a small or a large
+    input, few rows (part of the forward direction recomputed) or more (in turn in groups of
+    fewer rows, or recomputed, wherever the threads take them); y as the reference's."""
+    import tracemalloc
+
+    model = ln.LSTM(inputs, hidden, 3, bidirectional=True, batch_first=batch_first, seed=2)
+    x = random_inputs(rng, model, batch, steps, states=False)[0]
+    lengths = rng.integers(steps // 2, steps + 1, batch)
+    weights = sum(array.nbytes for array in model.state_dict().values())
+    peaks = {}
+    for low_memory in (False, True):
+        model(x, lengths=lengths, low_memory=low_memory)  # compiled
+        tracemalloc.start()
+        y = model(x, lengths=lengths, low_memory=low_memory)[0]
+        peaks[low_memory] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        y_ref, _ = reference_forward(model, x, None, lengths)
+        assert_close(y, y_ref)
+    ratios = {k: (x.nbytes + weights + peak) / (x.nbytes + y.nbytes + weights)
+              for k, peak in peaks.items()}  # fmt: skip
+    assert ratios[True] <= 1.2 < ratios[False], ratios
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

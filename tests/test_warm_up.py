@@ -26,9 +26,10 @@ def compiled_signatures():
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_after_warm_up_no_call_compiles(rng, bidirectional):
     """Calls of every kind the plans tell apart (one row to many, one step to the directions in
-    place, rows of one length or of many, in order or not, with the gates or not) compile nothing
-    after ``warm_up(return_gates=True)``: without it, a process's first call of each compiles.
-    (One direction takes the batch split from four rows on, two directions from one.)"""
+    place, rows of one length or of many, in order or not, with the gates or not, with
+    ``low_memory`` or not) compile nothing after ``warm_up(return_gates=True)``: without it, a
+    process's first call of each compiles. (One direction takes the batch split from four rows
+    on, two directions from one.)"""
     model = ln.LSTM(24, 96, num_layers=2, bidirectional=bidirectional, seed=3)
     assert model.warm_up(return_gates=True) > model.warm_up() > 0
     before = compiled_signatures()
@@ -40,6 +41,9 @@ def test_after_warm_up_no_call_compiles(rng, bidirectional):
         model(x, lengths=rng.integers(1, steps + 1, batch))
         if batch * steps < 1000:
             model(x, return_gates=True)
+        if bidirectional and batch * steps < 100_000:  # in place at any size, recomputed or not
+            model(x, low_memory=True)
+            model(x, lengths=rng.integers(1, steps + 1, batch), low_memory=True)
     after = compiled_signatures()
     compiled = {name: count - before[name] for name, count in after.items() if count > before[name]}
     assert not compiled, compiled
