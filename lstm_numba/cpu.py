@@ -366,15 +366,19 @@ groups would be smaller, ``lstm_directions_recomputed`` is faster (Zen 4, (8, 40
 two layers, alternating processes: groups of 3 rows 1705–1734 ms, recomputed 1390–1444)."""
 
 
-def low_memory_budget(total_bytes, batch, inputs, hidden, width, itemsize):
+def low_memory_budget(total_bytes, batch, steps, inputs, hidden, width, itemsize, at_once):
     """What a layer of two directions after the first may hold beyond y for its directions'
     outputs under ``low_memory``: ``LOW_MEMORY_SHARE`` of ``total_bytes`` (x + y + weights), less
-    two threads' workspaces of ``lstm_rows_forward`` (``batch`` rows, ``inputs`` I, ``hidden`` H,
-    H_out ``width``) and W_hh of both directions packed (``pack_panels``)."""
+    the workspaces of ``lstm_rows_forward`` for ``batch`` rows (over ``steps``, ``inputs`` I,
+    ``hidden`` H, H_out ``width``) ``at_once`` times (2 where each direction runs them all, 1
+    where they split over the threads: over-counted a little for the smaller chunks of fewer
+    rows) and W_hh of both directions packed where ``plan_forward`` packs it."""
     gates = 4 * hidden
-    chunk = projection_steps.py_func(batch, 1 << 30) * batch
+    chunk = projection_steps.py_func(batch, steps) * batch
     workspace = (chunk * (inputs + gates + 2) + batch * (gates + hidden + width)) * itemsize
-    return LOW_MEMORY_SHARE * total_bytes - 2 * workspace - 2 * gates * width * itemsize
+    packs = plan_forward(batch, inputs, hidden, steps)[0] == RECURRENT_PANELS
+    panels = packs * 2 * gates * width * itemsize
+    return LOW_MEMORY_SHARE * total_bytes - at_once * workspace - panels
 
 
 def directions_in_place(w_hh, lengths, time_steps, seed_cell, at_any_size=False):

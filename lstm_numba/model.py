@@ -766,9 +766,9 @@ class LSTM:
         or None: ``cpu.in_turn_groups``) or ``cpu.IN_HALVES`` (None), or None (None). With
         ``low_memory`` (not for ``traces``), in place at any size, within ``cpu.LOW_MEMORY_SHARE``
         of x + y + weights beyond y (``cpu.low_memory_budget``): in turn in groups of fewer
-        rows, or where they would be fewer than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``,
-        ``cpu.RECOMPUTED`` (the reverse direction's pending steps,
-        ``cpu.lstm_directions_recomputed``)."""
+        rows; in halves of time where half of y fits; else, and where groups would keep fewer
+        than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``, ``cpu.RECOMPUTED`` (the reverse direction's
+        pending steps, ``cpu.lstm_directions_recomputed``)."""
         if self.num_layers == 1:
             return None, None
         seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
@@ -776,17 +776,21 @@ class LSTM:
         low_memory = low_memory and traces is None
         w_hh = self._layers[1]["weight_hh"]
         in_place = cpu.directions_in_place(w_hh, lengths, steps, seed_cell, low_memory)
-        weights = sum(array.nbytes for stacks in self._layers for array in stacks.values())
-        budget = cpu.low_memory_budget(
-            x.nbytes + y.nbytes + weights, lengths.size, y.shape[2], self.hidden_size,
-            self.output_size, self.dtype.itemsize,
-        )  # fmt: skip
-        row_bytes = steps * self.output_size * self.dtype.itemsize  # a row's forward output
-        if not low_memory or in_place is None or lengths.size * row_bytes <= budget:
+        if not low_memory or in_place is None:
             return in_place, None
-        most_rows = int(budget // row_bytes)
-        if in_place == cpu.IN_TURN and most_rows >= cpu.LOW_MEMORY_GROUP_MIN_ROWS:
-            return in_place, most_rows
+        weights = sum(array.nbytes for stacks in self._layers for array in stacks.values())
+        sizes = (x.nbytes + y.nbytes + weights, lengths.size, steps, y.shape[2], self.hidden_size,
+                 self.output_size, self.dtype.itemsize)  # fmt: skip
+        row_bytes = steps * self.output_size * self.dtype.itemsize  # a row's forward output
+        if in_place == cpu.IN_TURN:
+            most_rows = int(cpu.low_memory_budget(*sizes, 1) // row_bytes)
+            if most_rows >= lengths.size:
+                return in_place, None
+            if most_rows >= cpu.LOW_MEMORY_GROUP_MIN_ROWS:
+                return in_place, most_rows
+        budget = cpu.low_memory_budget(*sizes, 2)
+        if in_place == cpu.IN_HALVES and lengths.size * row_bytes <= budget:
+            return in_place, None
         pending_steps = cpu.recomputed_pending_steps(
             budget, lengths, steps, self.output_size, self.dtype.itemsize
         )  # fmt: skip
