@@ -440,11 +440,11 @@ class LSTM:
         ``__cuda_array_interface__``: GPU), "cpu", or "cuda" (NumPy in is copied over; see
         ``lstm_numba.dispatch``). return_gates: also return the ``Gates`` traces (f, i, C̃, o, C
         of every layer, direction, row, step and unit), recorded by the same kernels.
-        low_memory: a stack of two directions on the CPU holds at most
-        ``cpu.LOW_MEMORY_SHARE`` of x + y beyond x, y and the weights, at a cost in time where it
-        would hold more (up to half of y): smaller groups of rows, or part of the forward
-        direction computed twice for a few rows (docs/index.md, "Memory"). Ignored with
-        ``return_gates`` (the gates take 5 × y) and on the GPU.
+        low_memory: a stack of two directions on the CPU peaks within 1.2 × x + y + weights on
+        long sequences (``cpu.LOW_MEMORY_SHARE`` of that beyond y), at a cost in time where it
+        would hold more (up to half of y beyond y): smaller groups of rows, or part of the
+        forward direction computed twice for a few rows (docs/index.md, "How the forward runs").
+        Ignored with ``return_gates`` (the gates take 5 × y) and on the GPU.
 
         Returns ``y, (h_n, c_n)`` (and ``gates`` with ``return_gates``): y (B, T, D·H_out) or
         (T, B, D·H_out), the last layer's hidden states, forward then reverse on the last axis,

@@ -71,3 +71,18 @@ def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
     assert lines[-1].startswith("| (2, 3, 4, 5) |"), lines
     assert lines[-3].startswith("| (B, T, I, H) | lstm_numba ms |"), lines
     assert lines[-1].split("|")[4].strip() == "0%", lines[-1]  # not the 1e-9 GFLOP/s measure
+
+
+def test_memory_script_prints_both_calls(capsys):
+    """``benchmarks/memory.py``: one row a shape, the peak ratio and the times of the default and
+    the ``low_memory`` call (two layers of one row, whose default holds half of y more)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import memory
+    finally:
+        sys.path.pop(0)
+    memory.main(["--shapes", "1,400,4,8", "--repeats", "2", "--lengths", "--time-major"])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| (1, 400, 4, 8) |"), row
+    default, low_memory = map(float, row.split("|")[2].split("→"))
+    assert low_memory < default, row
