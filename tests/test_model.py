@@ -583,6 +583,16 @@ def test_directions_in_turn_hold_a_group_of_rows(rng, batch_first, most_groups, 
     assert waiting < peak - y.nbytes < waiting + (512 << 10), (peak, y.nbytes, waiting)
 
 
+def test_in_turn_groups_keep_at_most_the_rows_low_memory_allows():
+    """``cpu.in_turn_groups``: four groups of at least six rows by default, more where a group
+    would hold more than ``most_rows`` (``low_memory``), one for traced calls."""
+    assert [cpu.in_turn_groups(batch, False) for batch in (5, 12, 23, 24, 64)] == [1, 2, 3, 4, 4]
+    assert cpu.in_turn_groups(12, False, 5) == 3  # 4 + 4 + 4
+    assert cpu.in_turn_groups(32, False, 10) == 4  # the default's 8 rows a group fit
+    assert cpu.in_turn_groups(64, False, 10) == 7
+    assert cpu.in_turn_groups(12, True, 1) == 1
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch):
     """With lengths the rows run in length order, read from x where they are and put back in
