@@ -113,6 +113,25 @@ class ForwardMemory:
     track_peak_over_io_and_weights.unit = "ratio"
 
 
+class ForwardLowMemory:
+    """What ``low_memory=True`` costs a stack of two directions (two layers; its peak:
+    ``ForwardMemory``): few rows compute part of the forward direction twice, more run in
+    smaller groups."""
+
+    params = (choose([1, 4, 8, 32], [2]), [False, True])
+    param_names = ["batch", "low_memory"]
+    timeout = 300
+
+    def setup(self, batch, low_memory):
+        shape = (batch, choose(2000, 40), INPUTS, choose(256, 16))
+        self.model, self.x = model_and_input(*shape, num_layers=2, bidirectional=True)
+        self.low_memory = low_memory
+        self.model(self.x, low_memory=low_memory)  # compiled or loaded
+
+    def time_forward(self, *_):
+        self.model(self.x, low_memory=self.low_memory)
+
+
 class ForwardLayersDirectionsLengths:
     """Stacked layers, both directions and variable lengths on one shape: each option's cost."""
 
