@@ -663,12 +663,11 @@ class LSTM:
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces, low_memory=False):
         """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
         is ``traces`` (L·D, 5, B, T, H), all NaN on entry, unless it is None; ``low_memory`` as
-        ``__call__``'s. With lengths below
-        T (``padded``), the rows run in ``cpu.length_order``, so that finished rows stop costing
-        work: the kernels read x's rows in that order where they are, and y and the traces are
-        put back in order in place; except where the hidden units are split
-        (``cpu.unit_split_parts``), which reads x's rows as they are and skips finished rows
-        wherever they sit."""
+        ``__call__``'s. With lengths below T (``padded``), the rows run in ``cpu.length_order``,
+        so that finished rows stop costing work: the kernels read x's rows in that order where
+        they are, and y and the traces are put back in order in place; except where the hidden
+        units are split (``cpu.unit_split_parts``), which reads x's rows as they are and skips
+        finished rows wherever they sit."""
         batch_axis = 0 if self.batch_first else 1
         batch = x.shape[batch_axis]
         steps = int(lengths.max()) if padded else x.shape[1 - batch_axis]  # the longest length
