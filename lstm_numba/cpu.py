@@ -1559,41 +1559,40 @@ def lstm_directions_in_halves(
     )
 
 
-RECOMPUTE_WINDOW_STEPS = 128
-"""Most steps of a window of ``lstm_directions_recomputed`` (``recompute_window``): the forward
-direction's states kept at the start of each, its output recomputed window by window into an
-array of that many steps."""
-
-
-def recompute_window(time_steps):
-    """Steps of a window of ``lstm_directions_recomputed`` over ``time_steps``: a 16th of them,
-    within 1 and ``RECOMPUTE_WINDOW_STEPS``."""
-    return max(1, min(RECOMPUTE_WINDOW_STEPS, time_steps // 16))
-
+RECOMPUTE_WINDOW_STEPS = (32, 128)
+"""Fewest and most steps of a window of ``lstm_directions_recomputed`` (``recompute_plan``): the
+forward direction's states kept at the start of each, its output recomputed window by window
+into arrays of that many steps; fewer, the calls' Python would weigh on small steps."""
 
 RECOMPUTE_HELPER_WINDOWS = 2
 """Windows the forward direction of ``lstm_directions_recomputed`` recomputes ahead of the reverse
 one on the thread that has finished its own part: arrays of a window's output each."""
 
 
-def recomputed_pending_steps(budget_bytes, lengths, time_steps, width, itemsize):
-    """The steps U of the reverse direction's output ``lstm_directions_recomputed`` may hold
-    beyond y within ``budget_bytes`` (with its windows' arrays), for rows of ``lengths`` (B,) over
-    ``time_steps`` T and H_out = ``width``: at most T/2, the fastest (max(A, U) + A + U/2 steps
-    for A = T − U); 0 where even one step of every row is over the budget."""
-    step_bytes = lengths.size * width * itemsize
-    windows = (1 + RECOMPUTE_HELPER_WINDOWS) * recompute_window(time_steps)
-    return int(max(0, min(budget_bytes // step_bytes - windows, time_steps // 2)))
+def recompute_plan(budget_bytes, lengths, time_steps, width, hidden, itemsize):
+    """``(U, K)`` for ``lstm_directions_recomputed`` within ``budget_bytes``, for rows of
+    ``lengths`` (B,) over ``time_steps`` T, H_out = ``width``, H = ``hidden``: windows of K
+    steps, a 16th of the steps' outputs the budget holds (within ``RECOMPUTE_WINDOW_STEPS`` and
+    T); out of it their 1 + ``RECOMPUTE_HELPER_WINDOWS`` arrays and the states kept at each of
+    the A / K windows' starts (H_out + H a row); the reverse direction's pending U steps the rest,
+    at most T/2, the fastest (max(A, U) + A + U/2 steps for A = T − U), 0 where nothing is
+    left."""
+    budget_steps = int(max(0, budget_bytes // (lengths.size * width * itemsize)))
+    fewest, most = RECOMPUTE_WINDOW_STEPS
+    window = max(1, min(time_steps, most, max(fewest, budget_steps // 16)))
+    states = (width + hidden) / width / window  # a window's states, in steps' outputs, a step
+    free = budget_steps - (1 + RECOMPUTE_HELPER_WINDOWS) * window - states * time_steps
+    return int(max(0, min(free / (1 - states), time_steps // 2))), window
 
 
 def lstm_directions_recomputed(
-    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, batch_first, pending_steps
+    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, batch_first, pending_steps, window
 ):  # fmt: skip
     """A layer of two directions on y in place, as ``lstm_directions_in_halves``, that holds the
     reverse direction's output of the last U = ``pending_steps`` steps beyond y instead of half
     of y, by computing the forward direction over the first A = T − U steps twice. Side by side,
-    a thread each. First the forward direction over [0, A) in windows of K steps
-    (``recompute_window``), keeping only its states at each window's start, and the reverse one
+    a thread each. First the forward direction over [0, A) in windows of K = ``window`` steps
+    (``recompute_plan``), keeping only its states at each window's start, and the reverse one
     from each row's last step down to A into ``pending`` (U steps). Then the forward one over
     [A, T) on y in place, and on the other thread, window by window down from A, the forward
     direction over the window again, from its states there, into an array of K steps, the
@@ -1605,7 +1604,6 @@ def lstm_directions_recomputed(
     without traces."""
     steps = y.shape[1] if batch_first else y.shape[0]
     split, width = steps - pending_steps, h.shape[2]
-    window = recompute_window(steps)
     starts = range(0, split, window)
 
     def steps_shape(count):

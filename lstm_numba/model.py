@@ -751,7 +751,7 @@ class LSTM:
             elif in_place == cpu.RECOMPUTED:
                 w_ih, w_hh, w_hr, bias, cell = self._cpu_layer(layer)
                 cpu.lstm_directions_recomputed(
-                    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, self.batch_first, limit
+                    y, w_ih, w_hh, w_hr, bias, cell, h, c, lengths, self.batch_first, *limit
                 )  # fmt: skip
             else:
                 layer_input = y  # the layer below's output; the one before it is freed
@@ -766,8 +766,8 @@ class LSTM:
         ``low_memory`` (not for ``traces``), in place at any size, within ``cpu.LOW_MEMORY_SHARE``
         of x + y + weights beyond y (``cpu.low_memory_budget``): in turn in groups of fewer
         rows; in halves of time where half of y fits; else, and where groups would keep fewer
-        than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``, ``cpu.RECOMPUTED`` (the reverse direction's
-        pending steps, ``cpu.lstm_directions_recomputed``)."""
+        than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``, ``cpu.RECOMPUTED`` (``cpu.recompute_plan``'s
+        pending steps and window, ``cpu.lstm_directions_recomputed``)."""
         if self.num_layers == 1:
             return None, None
         seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
@@ -790,10 +790,10 @@ class LSTM:
         budget = cpu.low_memory_budget(*sizes, 2)
         if in_place == cpu.IN_HALVES and lengths.size * row_bytes <= budget:
             return in_place, None
-        pending_steps = cpu.recomputed_pending_steps(
-            budget, lengths, steps, self.output_size, self.dtype.itemsize
+        plan = cpu.recompute_plan(
+            budget, lengths, steps, self.output_size, self.hidden_size, self.dtype.itemsize
         )  # fmt: skip
-        return cpu.RECOMPUTED, pending_steps
+        return cpu.RECOMPUTED, plan
 
     def _cpu_layer(self, layer):
         """Layer ``layer``'s arrays as the CPU kernels take them, every direction's: w_ih

@@ -201,20 +201,19 @@ def test_bidirectional_layers_recomputed_match_reference(rng, batch, options, mo
     call with the gates are side by side's (``low_memory`` ignored there)."""
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
     monkeypatch.setattr(cpu, "LOW_MEMORY_SHARE", 0)  # half of y over the budget (weights)
-    monkeypatch.setattr(cpu, "recompute_window", lambda steps: 2)
     monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
     monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     recomputed = []
     run = cpu.lstm_directions_recomputed
     monkeypatch.setattr(
-        cpu, "lstm_directions_recomputed", lambda *a: recomputed.append(a[-1]) or run(*a)
+        cpu, "lstm_directions_recomputed", lambda *a: recomputed.append(a[-2]) or run(*a)
     )
     model = ln.LSTM(5, 6, num_layers=3, bidirectional=True, seed=rng.integers(9), **options)
     x, hx = random_inputs(rng, model, batch, 11)
     lengths = rng.permutation(np.array([11, 0, 5, 7])[:batch])
     given = x.copy()
     for pending in (0, 1, 4, 5, 10):
-        monkeypatch.setattr(cpu, "recomputed_pending_steps", lambda *arguments, u=pending: u)
+        monkeypatch.setattr(cpu, "recompute_plan", lambda *arguments, u=pending: (u, 2))
         assert_forward_matches_reference(model, x, hx, low_memory=True)
         assert_forward_matches_reference(model, x, hx, lengths, low_memory=True)
     np.testing.assert_array_equal(x, given)
