@@ -1582,7 +1582,8 @@ def recompute_plan(budget_bytes, lengths, time_steps, width, hidden, itemsize):
     window = max(1, min(time_steps, most, max(fewest, budget_steps // 16)))
     states = (width + hidden) / width / window  # a window's states, in steps' outputs, a step
     free = budget_steps - (1 + RECOMPUTE_HELPER_WINDOWS) * window - states * time_steps
-    return int(max(0, min(free / (1 - states), time_steps // 2))), window
+    pending = free / (1 - states) if states < 1 else 0  # U + (T - U)·states + ... fits
+    return int(max(0, min(pending, time_steps // 2))), window
 
 
 def lstm_directions_recomputed(
