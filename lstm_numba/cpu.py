@@ -366,18 +366,26 @@ groups would be smaller, ``lstm_directions_recomputed`` is faster (Zen 4, (8, 40
 two layers, alternating processes: groups of 3 rows 1705–1734 ms, recomputed 1390–1444)."""
 
 
+def rows_workspace_bytes(batch, steps, inputs, hidden, width, itemsize):
+    """Bytes ``lstm_rows_forward`` allocates for ``batch`` rows over ``steps`` (its chunk of the
+    input projection, ``projection_steps``, and a step's arrays), ``inputs`` I, ``hidden`` H,
+    H_out ``width``."""
+    gates = 4 * hidden
+    chunk = projection_steps.py_func(batch, steps) * batch
+    return (chunk * (inputs + gates + 2) + batch * (gates + hidden + width)) * itemsize
+
+
 def low_memory_budget(total_bytes, batch, steps, inputs, hidden, width, itemsize, at_once):
     """What a layer of two directions after the first may hold beyond y for its directions'
     outputs under ``low_memory``: ``LOW_MEMORY_SHARE`` of ``total_bytes`` (x + y + weights), less
-    the workspaces of ``lstm_rows_forward`` for ``batch`` rows (over ``steps``, ``inputs`` I,
+    the workspaces of ``lstm_rows_forward`` for ``batch`` rows over ``steps`` (``inputs`` I,
     ``hidden`` H, H_out ``width``) ``at_once`` times (2 where each direction runs them all, 1
     where they split over the threads: over-counted a little for the smaller chunks of fewer
-    rows) and W_hh of both directions packed where ``plan_forward`` packs it."""
-    gates = 4 * hidden
-    chunk = projection_steps.py_func(batch, steps) * batch
-    workspace = (chunk * (inputs + gates + 2) + batch * (gates + hidden + width)) * itemsize
+    rows; 0 for a plan that counts its own, ``recompute_plan``) and W_hh of both directions
+    packed where ``plan_forward`` packs it."""
+    workspace = rows_workspace_bytes(batch, steps, inputs, hidden, width, itemsize)
     packs = plan_forward(batch, inputs, hidden, steps)[0] == RECURRENT_PANELS
-    panels = packs * 2 * gates * width * itemsize
+    panels = packs * 2 * 4 * hidden * width * itemsize
     return LOW_MEMORY_SHARE * total_bytes - at_once * workspace - panels
 
 
@@ -1559,31 +1567,37 @@ def lstm_directions_in_halves(
     )
 
 
-RECOMPUTE_WINDOW_STEPS = (32, 128)
-"""Fewest and most steps of a window of ``lstm_directions_recomputed`` (``recompute_plan``): the
-forward direction's states kept at the start of each, its output recomputed window by window
-into arrays of that many steps; fewer, the calls' Python would weigh on small steps."""
+RECOMPUTE_WINDOW_STEPS = range(32, 129, 16)
+"""Steps a window of ``lstm_directions_recomputed`` may have (``recompute_plan``): each direction
+runs a window's steps a call, so that its workspace is a window's; the forward direction's
+states are kept at the start of each, its output recomputed window by window into arrays of that
+many steps; fewer, the calls' Python would weigh on small steps."""
 
 RECOMPUTE_HELPER_WINDOWS = 2
 """Windows the forward direction of ``lstm_directions_recomputed`` recomputes ahead of the reverse
 one on the thread that has finished its own part: arrays of a window's output each."""
 
 
-def recompute_plan(budget_bytes, lengths, time_steps, width, hidden, itemsize):
+def recompute_plan(budget_bytes, lengths, time_steps, inputs, hidden, width, itemsize):
     """``(U, K)`` for ``lstm_directions_recomputed`` within ``budget_bytes``, for rows of
-    ``lengths`` (B,) over ``time_steps`` T, H_out = ``width``, H = ``hidden``: windows of K
-    steps, a 16th of the steps' outputs the budget holds (within ``RECOMPUTE_WINDOW_STEPS`` and
-    T); out of it their 1 + ``RECOMPUTE_HELPER_WINDOWS`` arrays and the states kept at each of
-    the A / K windows' starts (H_out + H a row); the reverse direction's pending U steps the rest,
-    at most T/2, the fastest (max(A, U) + A + U/2 steps for A = T − U), 0 where nothing is
-    left."""
-    budget_steps = int(max(0, budget_bytes // (lengths.size * width * itemsize)))
-    fewest, most = RECOMPUTE_WINDOW_STEPS
-    window = max(1, min(time_steps, most, max(fewest, budget_steps // 16)))
-    states = (width + hidden) / width / window  # a window's states, in steps' outputs, a step
-    free = budget_steps - (1 + RECOMPUTE_HELPER_WINDOWS) * window - states * time_steps
-    pending = free / (1 - states) if states < 1 else 0  # U + (T - U)·states + ... fits
-    return int(max(0, min(pending, time_steps // 2))), window
+    ``lengths`` (B,) over ``time_steps`` T, ``inputs`` I, ``hidden`` H, H_out = ``width``:
+    windows of K steps (of ``RECOMPUTE_WINDOW_STEPS``, at most T), the one leaving the most to
+    the reverse direction's U pending steps (the longest window of those), after the workspaces
+    of two directions run a window at a time (``rows_workspace_bytes``), the window's
+    1 + ``RECOMPUTE_HELPER_WINDOWS`` arrays and the states kept at each of the A / K windows'
+    starts (H_out + H a row); U at most T/2, the fastest (max(A, U) + A + U/2 steps for
+    A = T − U), 0 where nothing is left."""
+    step_bytes = lengths.size * width * itemsize  # a step's output of one direction
+    plans = set()
+    for window in RECOMPUTE_WINDOW_STEPS:
+        window = min(window, time_steps)
+        workspace = 2 * rows_workspace_bytes(lengths.size, window, inputs, hidden, width, itemsize)
+        budget_steps = max(0, (budget_bytes - workspace) / step_bytes)
+        states = (width + hidden) / width / window  # a window's states, in steps' outputs, a step
+        free = budget_steps - (1 + RECOMPUTE_HELPER_WINDOWS) * window - states * time_steps
+        pending = free / (1 - states) if states < 1 else 0  # U + (T - U)·states + ... fits
+        plans.add((int(max(0, min(pending, time_steps // 2))), window))
+    return max(plans)
 
 
 def lstm_directions_recomputed(
@@ -1592,15 +1606,17 @@ def lstm_directions_recomputed(
     """A layer of two directions on y in place, as ``lstm_directions_in_halves``, that holds the
     reverse direction's output of the last U = ``pending_steps`` steps beyond y instead of half
     of y, by computing the forward direction over the first A = T − U steps twice. Side by side,
-    a thread each. First the forward direction over [0, A) in windows of K = ``window`` steps
-    (``recompute_plan``), keeping only its states at each window's start, and the reverse one
-    from each row's last step down to A into ``pending`` (U steps). Then the forward one over
-    [A, T) on y in place, and on the other thread, window by window down from A, the forward
+    a thread each, each direction a window of K = ``window`` steps a call (``recompute_plan``).
+    First the forward direction over [0, A), keeping only its states at each window's start,
+    and the reverse one from each row's last step down to A into ``pending`` (U steps). Then the
+    forward one over [A, T) on y in place, and on the other thread, window by window down from A,
+    the forward
     direction over the window again, from its states there, into an array of K steps, the
     reverse one over the window on y in place, and the forward output copied in; the first
     thread, done, recomputes the forward direction's next windows
     (``RECOMPUTE_HELPER_WINDOWS`` ahead at most). Then ``pending`` into y. Beyond y: U + 3K steps'
-    output of one direction, and 2 (B, H) states a window. Time: max(A, U) + A + U/2 steps
+    output of one direction, 2 (B, H) states a window and two workspaces of K steps
+    (``rows_workspace_bytes``). Time: max(A, U) + A + U/2 steps
     against the halves' T (1.25 T for U = T/2). Arguments as ``lstm_directions_in_halves``'s,
     without traces."""
     steps = y.shape[1] if batch_first else y.shape[0]
@@ -1618,15 +1634,23 @@ def lstm_directions_recomputed(
         helper_windows.put(np.empty_like(own_window))
     saved_h = np.empty((len(starts), *h.shape[1:]), h.dtype)
     saved_c = np.empty((len(starts), *c.shape[1:]), c.dtype)
-    late = np.clip(lengths - split, 0, pending_steps)
     run = _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, None)
     dry = running_dry()
     claim = threading.Lock()  # guards next_window and recomputed
     next_window = [len(starts) - 1]  # the highest window no thread has claimed to recompute
     recomputed = {}  # window: (array, threading.Event set when the helper has written it)
 
+    def valid_steps(start, stop):  # each row's steps in [start, stop)
+        return np.clip(lengths - start, 0, stop - start)
+
     def in_window(k):
-        return np.clip(lengths - starts[k], 0, min(window, split - starts[k]))
+        return valid_steps(starts[k], min(starts[k] + window, split))
+
+    def by_windows(d, out, column, start, y_shift):  # direction d over [start, T) on h[d], c[d]
+        firsts = range(start, steps, window)
+        for first in reversed(firsts) if d == 1 else firsts:
+            stop = min(first + window, steps)
+            run(d, h[d], c[d], out, column, valid_steps(first, stop), first, y_shift)
 
     def recompute(k, forward_y):
         if padded and not dry:
@@ -1664,7 +1688,7 @@ def lstm_directions_recomputed(
             helper_windows.put(None)
 
     def forward_late_then_help():
-        run(0, h[0], c[0], y, 0, late, split)
+        by_windows(0, y, 0, split, 0)
         while True:
             forward_y = helper_windows.get()  # one the reverse direction is done with
             with claim:
@@ -1680,7 +1704,7 @@ def lstm_directions_recomputed(
                 written.set()
 
     _side_by_side(
-        (forward_keeping_states, lambda: run(1, h[1], c[1], pending, 0, late, split, split)),
+        (forward_keeping_states, lambda: by_windows(1, pending, 0, split, split)),
         (forward_late_then_help, reverse_by_windows),
     )
     if not dry:

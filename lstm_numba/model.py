@@ -787,13 +787,11 @@ class LSTM:
                 return in_place, None
             if most_rows >= cpu.LOW_MEMORY_GROUP_MIN_ROWS:
                 return in_place, most_rows
-        budget = cpu.low_memory_budget(*sizes, 2)
-        if in_place == cpu.IN_HALVES and lengths.size * row_bytes <= budget:
+        half_fits = lengths.size * row_bytes <= cpu.low_memory_budget(*sizes, 2)
+        if in_place == cpu.IN_HALVES and half_fits:
             return in_place, None
-        plan = cpu.recompute_plan(
-            budget, lengths, steps, self.output_size, self.hidden_size, self.dtype.itemsize
-        )  # fmt: skip
-        return cpu.RECOMPUTED, plan
+        budget = cpu.low_memory_budget(*sizes, 0)  # the plan counts its own workspaces
+        return cpu.RECOMPUTED, cpu.recompute_plan(budget, lengths, *sizes[2:])
 
     def _cpu_layer(self, layer):
         """Layer ``layer``'s arrays as the CPU kernels take them, every direction's: w_ih
