@@ -593,6 +593,29 @@ def test_in_turn_groups_keep_at_most_the_rows_low_memory_allows():
     assert cpu.in_turn_groups(12, True, 1) == 1
 
 
+@pytest.mark.parametrize(
+    "batch, steps, inputs, hidden, width", [(1, 4000, 512, 256, 256), (4, 8000, 512, 256, 256),
+                                            (2, 50000, 128, 64, 64), (3, 70, 20, 24, 12)]
+)  # fmt: skip
+def test_recompute_plan_fits_the_budget(batch, steps, inputs, hidden, width):
+    """``cpu.recompute_plan``: the pending steps U, the window arrays, the states kept a window
+    and two workspaces of a window's steps within the budget, whatever it is; U at most T/2 and
+    the longest window where the budget holds that; none pending where it holds nothing."""
+    lengths = np.full(batch, steps, dtype=np.int64)
+    step_bytes = batch * width * 4
+    arguments = (lengths, steps, inputs, hidden, width, 4)
+    for budget in np.geomspace(step_bytes, 4 * steps * step_bytes, 13):
+        pending, window = cpu.recompute_plan(budget, *arguments)
+        assert 0 <= pending <= steps // 2 and 1 <= window <= min(steps, 128)
+        if pending > 0:
+            windows = -(-(steps - pending) // window)
+            held = (pending + 3 * window) * step_bytes + windows * batch * (width + hidden) * 4
+            workspace = cpu.rows_workspace_bytes(batch, window, inputs, hidden, width, 4)
+            assert held + 2 * workspace <= budget
+    assert cpu.recompute_plan(1e12, *arguments) == (steps // 2, min(steps, 128))
+    assert cpu.recompute_plan(0, *arguments)[0] == 0
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch):
     """With lengths the rows run in length order, read from x where they are and put back in
