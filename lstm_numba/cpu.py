@@ -1579,9 +1579,11 @@ one on the thread that has finished its own part: arrays of a window's output ea
 
 RECOMPUTE_WINDOW_SLACK = 0.02
 """``recompute_plan`` takes the longest window whose plan's steps are within this share of the
-fewest: the step count leaves out the calls, one a window and direction (≈ 20 µs of Python
-each), which weigh on the short steps of small H (Zen 4, two layers, in one process: (2, 50000,
-32, 64) windows of 64 steps 320–341 ms, 128 steps 305–309 for 2.5 % fewer pending steps)."""
+fewest: the step count leaves out that a shorter window's projection runs in smaller GEMMs (and
+a call, ≈ 4 µs of Python, a window and direction), which weighs on short steps (Zen 4, one
+process: a direction of two rows, I = 256, H = 128, 8.4 µs a step in windows of 48 steps, 7.8 in
+128; two layers of (2, 50000, 32, 64), windows of 64 steps 320–341 ms, of 128 steps 305–309 for
+2.5 % fewer pending steps)."""
 
 
 def recompute_plan(budget_bytes, lengths, time_steps, inputs, hidden, width, itemsize):
