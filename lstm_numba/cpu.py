@@ -1571,7 +1571,7 @@ RECOMPUTE_WINDOW_STEPS = range(32, 129, 16)
 """Steps a window of ``lstm_directions_recomputed`` may have (``recompute_plan``): each direction
 runs a window's steps a call, so that its workspace is a window's; the forward direction's
 states are kept at the start of each, its output recomputed window by window into arrays of that
-many steps; fewer, the calls' Python would weigh on small steps."""
+many steps; shorter windows project in smaller GEMMs (``RECOMPUTE_WINDOW_SLACK``)."""
 
 RECOMPUTE_HELPER_WINDOWS = 2
 """Windows the forward direction of ``lstm_directions_recomputed`` recomputes ahead of the reverse
@@ -1624,15 +1624,13 @@ def lstm_directions_recomputed(
     First the forward direction over [0, A), keeping only its states at each window's start,
     and the reverse one from each row's last step down to A into ``pending`` (U steps). Then the
     forward one over [A, T) on y in place, and on the other thread, window by window down from A,
-    the forward
-    direction over the window again, from its states there, into an array of K steps, the
-    reverse one over the window on y in place, and the forward output copied in; the first
-    thread, done, recomputes the forward direction's next windows
+    the forward direction over the window again, from its states there, into an array of K
+    steps, the reverse one over the window on y in place, and the forward output copied in; the
+    first thread, done, recomputes the forward direction's next windows
     (``RECOMPUTE_HELPER_WINDOWS`` ahead at most). Then ``pending`` into y. Beyond y: U + 3K steps'
     output of one direction, 2 (B, H) states a window and two workspaces of K steps
-    (``rows_workspace_bytes``). Time: max(A, U) + A + U/2 steps
-    against the halves' T (1.25 T for U = T/2). Arguments as ``lstm_directions_in_halves``'s,
-    without traces."""
+    (``rows_workspace_bytes``). Time: max(A, U) + A + U/2 steps against the halves' T (1.25 T
+    for U = T/2). Arguments as ``lstm_directions_in_halves``'s, without traces."""
     steps = y.shape[1] if batch_first else y.shape[0]
     split, width = steps - pending_steps, h.shape[2]
     starts = range(0, split, window)
