@@ -379,10 +379,9 @@ def low_memory_budget(total_bytes, batch, steps, inputs, hidden, width, itemsize
     """What a layer of two directions after the first may hold beyond y for its directions'
     outputs under ``low_memory``: ``LOW_MEMORY_SHARE`` of ``total_bytes`` (x + y + weights), less
     the workspaces of ``lstm_rows_forward`` for ``batch`` rows over ``steps`` (``inputs`` I,
-    ``hidden`` H, H_out ``width``) ``at_once`` times (2 where each direction runs them all, 1
-    where they split over the threads: over-counted a little for the smaller chunks of fewer
-    rows; 0 for a plan that counts its own, ``recompute_plan``) and W_hh of both directions
-    packed where ``plan_forward`` packs it."""
+    ``hidden`` H, H_out ``width``) ``at_once`` times (2 where each direction runs them all; 0
+    for a plan that counts its own, ``recompute_plan``) and W_hh of both directions packed where
+    ``plan_forward`` packs it."""
     workspace = rows_workspace_bytes(batch, steps, inputs, hidden, width, itemsize)
     packs = plan_forward(batch, inputs, hidden, steps)[0] == RECURRENT_PANELS
     panels = packs * 2 * 4 * hidden * width * itemsize
@@ -431,6 +430,19 @@ group's rows still split over the threads; as fast as the batch at once down to 
 (12, 3000, 256, 256) 1038 → 1040 in 2, (32, 1000, 256, 256) 952 → 1003 in 4, (16, 2048, 128,
 128) 284 → 285 in 2, (64, 1000, 128, 128) 511 → 535 in 4, (24, 2000, 128, 128) with lengths
 333 → 313 in 4; groups of 4 rows 8 % slower ((8, 4000, 256, 256) three layers, 1487 → 1610)."""
+
+
+def in_turn_group_bytes(rows, steps, inputs, hidden, width, itemsize):
+    """What a group of ``rows`` of ``LSTM._run_directions_in_turn`` holds beyond y (over
+    ``steps``, ``inputs`` I, ``hidden`` H, H_out ``width``): its forward direction's output, and
+    the workspaces of the direction running, ``lstm_rows_forward``'s on each slice of rows
+    ``plan_forward`` makes (``rows_workspace_bytes``) and its W_hh packed where it packs."""
+    product, partitions, _ = plan_forward(rows, inputs, hidden, steps)
+    workspace = partitions * rows_workspace_bytes(
+        -(-rows // partitions), steps, inputs, hidden, width, itemsize
+    )
+    panels = (product == RECURRENT_PANELS) * 4 * hidden * width * itemsize
+    return rows * steps * width * itemsize + workspace + panels
 
 
 def in_turn_groups(batch, traced, most_rows=None):

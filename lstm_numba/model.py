@@ -764,10 +764,10 @@ class LSTM:
         with what limit: ``cpu.directions_in_place``'s ``cpu.IN_TURN`` (the most rows a group,
         or None: ``cpu.in_turn_groups``) or ``cpu.IN_HALVES`` (None), or None (None). With
         ``low_memory`` (not for ``traces``), in place at any size, within ``cpu.LOW_MEMORY_SHARE``
-        of x + y + weights beyond y (``cpu.low_memory_budget``): in turn in groups of fewer
-        rows; in halves of time where half of y fits; else, and where groups would keep fewer
-        than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``, ``cpu.RECOMPUTED`` (``cpu.recompute_plan``'s
-        pending steps and window, ``cpu.lstm_directions_recomputed``)."""
+        of x + y + weights beyond y, workspaces included: in turn in groups of fewer rows
+        (``cpu.in_turn_group_bytes``); in halves of time where half of y fits; else, and where
+        groups would keep fewer than ``cpu.LOW_MEMORY_GROUP_MIN_ROWS``, ``cpu.RECOMPUTED``
+        (``cpu.recompute_plan``'s pending steps and window, ``cpu.lstm_directions_recomputed``)."""
         if self.num_layers == 1:
             return None, None
         seed_cell = self.proj_size == 0 and traces is None and self._cpu_cell(0) is None
@@ -781,12 +781,13 @@ class LSTM:
         sizes = (x.nbytes + y.nbytes + weights, lengths.size, steps, y.shape[2], self.hidden_size,
                  self.output_size, self.dtype.itemsize)  # fmt: skip
         row_bytes = steps * self.output_size * self.dtype.itemsize  # a row's forward output
-        if in_place == cpu.IN_TURN:
-            most_rows = int(cpu.low_memory_budget(*sizes, 1) // row_bytes)
-            if most_rows >= lengths.size:
-                return in_place, None
-            if most_rows >= cpu.LOW_MEMORY_GROUP_MIN_ROWS:
-                return in_place, most_rows
+        if in_place == cpu.IN_TURN:  # the fewest groups whose largest fits
+            budget = cpu.LOW_MEMORY_SHARE * sizes[0]
+            groups = cpu.in_turn_groups(lengths.size, False)
+            while (rows := -(-lengths.size // groups)) >= cpu.LOW_MEMORY_GROUP_MIN_ROWS:
+                if cpu.in_turn_group_bytes(rows, *sizes[2:]) <= budget:
+                    return in_place, rows
+                groups += 1
         half_fits = lengths.size * row_bytes <= cpu.low_memory_budget(*sizes, 2)
         if in_place == cpu.IN_HALVES and half_fits:
             return in_place, None

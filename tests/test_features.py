@@ -227,7 +227,8 @@ def test_bidirectional_layers_recomputed_match_reference(rng, batch, options, mo
 
 
 @pytest.mark.parametrize(
-    "batch, steps, inputs, hidden", [(1, 6000, 64, 64), (2, 12000, 8, 64), (8, 1500, 64, 64)]
+    "batch, steps, inputs, hidden",
+    [(1, 6000, 64, 64), (2, 12000, 8, 64), (8, 1500, 64, 64), (16, 1000, 64, 64)],
 )
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_low_memory_peak_within_the_budget(rng, batch, steps, inputs, hidden, batch_first):
@@ -235,8 +236,9 @@ def test_low_memory_peak_within_the_budget(rng, batch, steps, inputs, hidden, ba
     bound: ``cpu.LOW_MEMORY_SHARE`` of that beyond y for the directions' outputs and the
     workspaces, a margin for the rest), where by default it holds half of y beyond y (or all
     of it, side by side below ``cpu.DIRECTIONS_IN_PLACE_MIN_BYTES``): with a small or a large
-    input, few rows (part of the forward direction recomputed) or more (in turn in groups of
-    fewer rows, or recomputed, wherever the threads take them); y as the reference's."""
+    input, few rows (part of the forward direction recomputed) or more (recomputed, or in turn
+    in groups of fewer rows: 16 rows in three groups of six instead of two of eight, the threads
+    permitting); y as the reference's."""
     import tracemalloc
 
     model = ln.LSTM(inputs, hidden, 3, bidirectional=True, batch_first=batch_first, seed=2)

@@ -593,6 +593,29 @@ def test_in_turn_groups_keep_at_most_the_rows_low_memory_allows():
     assert cpu.in_turn_groups(12, True, 1) == 1
 
 
+def test_low_memory_groups_keep_the_fewest_rows_they_fit(monkeypatch):
+    """``low_memory`` in turn: the fewest groups whose largest fits the budget
+    (``cpu.in_turn_group_bytes``, its threads' workspaces included), as long as that group
+    keeps ``cpu.LOW_MEMORY_GROUP_MIN_ROWS`` rows; else the forward direction recomputed (9 rows
+    in groups of 5 over the budget, in three groups of 3 under that minimum)."""
+    model = ln.LSTM(16, 32, 2, bidirectional=True)
+    steps = 500
+    sizes = (steps, 64, 32, 32, 4)  # T, I = 2 H_out, H, H_out, itemsize
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_TURN)
+    for batch in (8, 9, 16):
+        x = np.zeros((batch, steps, 16), np.float32)
+        y = np.zeros((batch, steps, 64), np.float32)
+        weights = sum(array.nbytes for array in model.state_dict().values())
+        fits = (cpu.in_turn_group_bytes(4, *sizes) + 1) / (x.nbytes + y.nbytes + weights)
+        monkeypatch.setattr(cpu, "LOW_MEMORY_SHARE", fits)  # 4 rows a group, not 5
+        assert cpu.in_turn_group_bytes(5, *sizes) > fits * (x.nbytes + y.nbytes + weights)
+        plan = model._directions_in_place(x, y, np.full(batch, steps), None, True)
+        if batch == 9:
+            assert plan[0] == cpu.RECOMPUTED, plan
+        else:  # 8 rows in two groups, 16 in four
+            assert plan == (cpu.IN_TURN, 4), plan
+
+
 @pytest.mark.parametrize(
     "batch, steps, inputs, hidden, width", [(1, 4000, 512, 256, 256), (4, 8000, 512, 256, 256),
                                             (2, 50000, 128, 64, 64), (3, 70, 20, 24, 12)]
