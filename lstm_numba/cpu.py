@@ -356,8 +356,9 @@ IN_TURN, IN_HALVES, RECOMPUTED = "in turn", "in halves", "in halves, recomputed"
 
 LOW_MEMORY_SHARE = 0.18
 """With ``low_memory`` (``LSTM.__call__``), the most a layer of two directions after the first
-holds beyond y, its workspaces included (``low_memory_budget``), as a share of the model's x + y
-+ weights: the issue's 1.2 ×, less a margin for the rest (states, lengths, row orders)."""
+holds beyond y, its workspaces included (``in_turn_group_bytes``, ``low_memory_budget``), as a
+share of the model's x + y + weights: the issue's 1.2 ×, less a margin for the rest (states,
+lengths, row orders)."""
 
 
 LOW_MEMORY_GROUP_MIN_ROWS = 4
