@@ -61,13 +61,16 @@ def best_seconds(call, repeats=5):
 
 
 def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1, proj_size=0):
-    """2 × the multiply-adds of a forward's matrix products: 2·B·T·4H·(I + H) per layer and
-    direction, the input size above the first layer being D·H; with a projection (P > 0),
-    2·B·T·(4H·(I + P) + H·P), the input size above the first layer D·P."""
+    """2 × the multiply-adds of a forward's matrix products from zero initial states, as the
+    benchmarks call it: 2·B·4H·(T·I + (T − 1)·H) per layer and direction (the first step's
+    recurrent product, W_hh · 0, is not computed), the input size above the first layer being
+    D·H; with a projection (P > 0), 2·B·(4H·(T·I + (T − 1)·P) + T·H·P), the input size above the
+    first layer D·P."""
     out = proj_size or hidden
     layer_inputs = inputs + (num_layers - 1) * directions * out
-    per_row_step = 4 * hidden * (layer_inputs + num_layers * out) + num_layers * hidden * proj_size
-    return 2 * batch * steps * directions * per_row_step
+    gates = 4 * hidden * (steps * layer_inputs + num_layers * (steps - 1) * out)
+    per_row = gates + num_layers * steps * hidden * proj_size
+    return 2 * batch * directions * per_row
 
 
 @njit

@@ -980,9 +980,11 @@ def lstm_rows_forward(
         for s in range(n):
             active = starts[s + 1] - starts[s]
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
-            if panels is not None:
+            if t0 + s == 0 and not np.any(h_act):  # no initial state: W_hh · 0 unread
+                rec[:] = 0
+            elif panels is not None:
                 recurrent_panels(h_act, panels[direction], rec)
-            if w_hh is not None:  # None where the panels hold it: none of this compiled then
+            elif w_hh is not None:  # None where the panels hold it: none of this compiled then
                 if product == RECURRENT_DOT_TILE:
                     dot_tile_product(h_act, w_hh, rec)
                 elif active == 1 and w_hh.shape[1] <= ONE_ROW_LOOP_MAX_WIDTH:
@@ -1303,7 +1305,9 @@ def lstm_units_round(
                 active = b + 1
         # Numba takes a branch on an argument that is None at compile time (not on one that is
         # an array): one row compiles units_product alone, more rows their product beside it
-        if gate_sums is not None:  # several rows over few steps, their rows of W_hh as they are
+        if step == 0 and not np.any(h_now[:active]):  # no initial state: W_hh · 0 unread
+            recurrent[:active] = 0
+        elif gate_sums is not None:  # several rows over few steps, their rows of W_hh as they are
             gate = gate_sums[part, : active * units].reshape((active, units))
             units_rows_product(w_hh, h_now[:active], recurrent[:active], low, high, gate)
         elif panels is None:  # one row

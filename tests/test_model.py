@@ -64,6 +64,29 @@ def test_initial_states(rng, dtype):
     np.testing.assert_array_equal(h0, h0_before)  # inputs are never written
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 4, 6), (1, 40, 4, 64), (2, 3, 5, 7), (3, 40, 6, 8)])
+def test_zero_initial_hidden_rows(rng, monkeypatch, shape, dtype, threads):
+    """The first step's recurrent product is skipped where every row's h0 is 0 (a call without
+    initial states): a zero h0 keeps c0, and zero rows of h0 beside others skip nothing. Every
+    path a step takes: the calling thread, one row's panels (40 steps), and with threads the
+    units split, unpacked (3 steps) and packed."""
+    if threads:
+        threads_at_any_size(monkeypatch)
+    batch, _, _, hidden = shape
+    model, x = random_model_and_input(rng, shape, dtype)
+    c0 = rng.standard_normal((1, batch, hidden)).astype(dtype)
+    for zero_rows in [list(range(batch))] + ([[0], [batch - 1]] if batch > 1 else []):
+        h0 = rng.standard_normal((1, batch, hidden)).astype(dtype)
+        h0[:, zero_rows] = 0
+        y, (h_n, c_n) = model(x, (h0, c0))
+        y_ref, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict(), (h0, c0))
+        assert_close(y, y_ref)
+        assert_close(h_n, h_ref)
+        assert_close(c_n, c_ref)
+
+
 def test_sequence_split_carries_state(rng):
     model, x = random_model_and_input(rng, (3, 20, 4, 6), np.float64)
     y, state = model(x)
