@@ -5,8 +5,6 @@ the seed's equations are public functions on arrays (``forget_gate`` … ``lstm_
 ``lstm_numba.reference`` is the float64 NumPy oracle.
 """
 
-import importlib
-
 from lstm_numba.convert import (
     from_keras,
     from_keras_weights,
@@ -55,5 +53,7 @@ def __getattr__(name):
     """``lstm_numba.reference``, imported on first use (PEP 562): it loads ``scipy.special``,
     ≈ 0.3 s of a 0.8 s import, which no forward needs."""
     if name == "reference":
+        import importlib
+
         return importlib.import_module("lstm_numba.reference")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
