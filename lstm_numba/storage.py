@@ -48,9 +48,10 @@ def _read(path):
             raise ValueError(f"{path}: not a readable .safetensors file ({error})") from error
         return header, weights
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an .npz archive")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file's array, read whole
+            raise ValueError("a single array, not an .npz archive")
+        with archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
