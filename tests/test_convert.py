@@ -345,6 +345,24 @@ def test_run_onnx_io_layouts_agree(rng):
         batch_major.run_onnx_io(x.transpose(1, 0, 2), None, h0, c0)
 
 
+def test_run_onnx_io_one_initial_state_and_bad_input(rng):
+    """ONNX's optional inputs: initial_h alone leaves initial_c zeros, and the other way round;
+    an X of other than three axes is named."""
+    model = ln.LSTM(3, 4, batch_first=False, seed=7)
+    x = random_input(rng, model)
+    h0, c0 = rng.standard_normal((2, 1, 3, 4)).astype(np.float32)
+    zeros = np.zeros_like(h0)
+    for only_h, with_zeros in (((h0, None), (h0, zeros)), ((None, c0), (zeros, c0))):
+        for ours, expected in zip(
+            model.run_onnx_io(x, None, *only_h), model.run_onnx_io(x, None, *with_zeros),
+            strict=True,
+        ):  # fmt: skip
+            np.testing.assert_array_equal(ours, expected)
+    assert not np.allclose(model.run_onnx_io(x, None, h0)[0], model.run_onnx_io(x)[0])
+    with pytest.raises(ValueError, match=r"X: expected \[T, B, I\] .* got shape \(5, 3\)"):
+        model.run_onnx_io(x[:, 0])
+
+
 def edited_onnx(change):
     """An exported model with ``change(graph)`` applied."""
     pytest.importorskip("onnx")
@@ -363,6 +381,20 @@ def duplicate_node(graph):
     graph.node.append(graph.node[0])
 
 
+def set_attribute(name, value):
+    """A change of ``edited_onnx``: the LSTM node's attribute ``name`` set to ``value``."""
+
+    def change(graph):
+        from onnx import helper
+
+        attributes = graph.node[0].attribute
+        for kept in [a for a in attributes if a.name == name]:
+            attributes.remove(kept)
+        attributes.append(helper.make_attribute(name, value))
+
+    return change
+
+
 @pytest.mark.parametrize(
     "change, keywords, pattern",
     [
@@ -375,6 +407,19 @@ def duplicate_node(graph):
             lambda g: g.node[0].input.__setitem__(3, "R_l0"),
             {},
             r"B expected shape \[D, 8H\] = \(1, 32\), got \(1, 16, 4\)",
+        ),
+        (set_attribute("direction", "sideways"), {}, r"unknown direction 'sideways'"),
+        (
+            set_attribute("direction", "bidirectional"),
+            {},
+            r"direction 'bidirectional' with W \(1, 16, 3\) and R \(1, 16, 4\); expected W "
+            r"\[2, 4H, I\]",
+        ),
+        (set_attribute("hidden_size", 5), {}, r"hidden_size 5 but R is \(1, 16, 4\)"),
+        (
+            lambda g: g.node[0].input.__setitem__(2, ""),
+            {},
+            r"W \[D, 4H, I\] and R \[D, 4H, H\] are required",
         ),
     ],
 )
@@ -508,6 +553,9 @@ def write_bad_file(kind, path, marker):
         np.savez(path, **arrays)
     elif kind == "no config":
         np.savez(path, **model.state_dict())
+    elif kind == "one array":  # np.save's .npy format under the archive's name
+        with open(path, "wb") as file:
+            np.save(file, model.state_dict()["weight_hh_l0"])
     elif kind == "bad config":
         np.savez(
             path, **model.state_dict(), __lstm_numba_config__=np.frombuffer(b"{oops", np.uint8)
@@ -524,6 +572,7 @@ def write_bad_file(kind, path, marker):
         ("wrong shape", r"not a valid lstm_numba model .*weight_hh_l0: expected shape"),
         ("missing key", r"not a valid lstm_numba model .*missing key 'bias_hh_l0'"),
         ("no config", r"no lstm_numba configuration"),
+        ("one array", r"not a readable .npz archive \(a single array, not an .npz archive\)"),
         ("bad config", r"not a valid lstm_numba model"),
     ],
 )
