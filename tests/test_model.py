@@ -152,6 +152,22 @@ def test_huge_inputs_stay_finite(rng, dtype):
     assert_close(y, reference.lstm_forward(x, model.state_dict())[0])
 
 
+def test_repr_names_the_options_that_differ_from_the_defaults():
+    assert repr(ln.LSTM(4, 6)) == "LSTM(4, 6, batch_first=True, dtype=float32)"
+    deep = ln.LSTM(4, 6, 2, bias=False, batch_first=False, bidirectional=True, proj_size=3,
+                   dtype=np.float64)  # fmt: skip
+    assert repr(deep) == (
+        "LSTM(4, 6, num_layers=2, bias=False, batch_first=False, bidirectional=True, "
+        "proj_size=3, dtype=float64)"
+    )
+    onnx_options = ln.LSTM(4, 6, reverse=True, peepholes=True, clip=2.0, input_forget=True,
+                           activations=("hardsigmoid", "tanh", "tanh"))  # fmt: skip
+    assert repr(onnx_options) == (
+        "LSTM(4, 6, batch_first=True, reverse=True, peepholes=True, clip=2.0, input_forget=True, "
+        "activations=('hardsigmoid', 'tanh', 'tanh'), dtype=float32)"
+    )
+
+
 def test_weights_are_pytorch_initialised_and_reproducible():
     model = ln.LSTM(7, 9, seed=3)
     bound = 1 / np.sqrt(9)
