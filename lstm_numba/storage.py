@@ -48,10 +48,12 @@ def _read(path):
             raise ValueError(f"{path}: not a readable .safetensors file ({error})") from error
         return header, weights
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file's array, read whole
-            raise ValueError("a single array, not an .npz archive")
-        with archive:
+        # the file opened here, closed whatever np.load raises (it leaves a file it opened
+        # itself open where the zip cannot be read)
+        with open(path, "rb") as file:
+            archive = np.load(file, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file's array, read whole
+                raise ValueError("a single array, not an .npz archive")
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
