@@ -60,15 +60,18 @@ def best_seconds(call, repeats=5):
     return min(times)
 
 
-def forward_flops(batch, steps, inputs, hidden, num_layers=1, directions=1, proj_size=0):
-    """2 × the multiply-adds of a forward's matrix products from zero initial states, as the
-    benchmarks call it: 2·B·4H·(T·I + (T − 1)·H) per layer and direction (the first step's
-    recurrent product, W_hh · 0, is not computed), the input size above the first layer being
-    D·H; with a projection (P > 0), 2·B·(4H·(T·I + (T − 1)·P) + T·H·P), the input size above the
-    first layer D·P."""
+def forward_flops(
+    batch, steps, inputs, hidden, num_layers=1, directions=1, proj_size=0, initial_states=False
+):  # fmt: skip
+    """2 × the multiply-adds of a forward's matrix products: 2·B·4H·(T·I + T'·H) per layer and
+    direction, T' = T − 1 from zero initial states (the first step's recurrent product, W_hh · 0,
+    is not computed), T with ``initial_states``; the input size above the first layer is D·H.
+    With a projection (P > 0), 2·B·(4H·(T·I + T'·P) + T·H·P), the input size above the first
+    layer D·P."""
     out = proj_size or hidden
     layer_inputs = inputs + (num_layers - 1) * directions * out
-    gates = 4 * hidden * (steps * layer_inputs + num_layers * (steps - 1) * out)
+    recurrent_steps = steps if initial_states else steps - 1
+    gates = 4 * hidden * (steps * layer_inputs + num_layers * recurrent_steps * out)
     per_row = gates + num_layers * steps * hidden * proj_size
     return 2 * batch * directions * per_row
 
@@ -105,15 +108,16 @@ def machine_description():
     )
 
 
-def library_calls(model, x, lengths=None):
+def library_calls(model, x, lengths=None, hx=None):
     """Library name → (version, zero-argument callable running ``model`` on x (B, T, I) with
-    ``lengths`` (B,) or None), for lstm_numba, the NumPy reference and each installed peer."""
+    ``lengths`` (B,) or None from the initial states ``hx`` (h0, c0) or zeros), for lstm_numba,
+    the NumPy reference and each installed peer."""
     state = model.state_dict()
     calls = {
-        "lstm_numba": (lstm_numba.__version__, lambda: model(x, lengths=lengths)),
+        "lstm_numba": (lstm_numba.__version__, lambda: model(x, hx, lengths=lengths)),
         "numpy reference (float64)": (
             np.__version__,
-            lambda: reference.lstm_forward(x, state, lengths=lengths),
+            lambda: reference.lstm_forward(x, state, hx, lengths=lengths),
         ),
     }
     try:
@@ -121,7 +125,7 @@ def library_calls(model, x, lengths=None):
     except ImportError:
         pass
     else:
-        calls["torch"] = (torch.__version__, torch_call(torch, model, x, lengths, "cpu"))
+        calls["torch"] = (torch.__version__, torch_call(torch, model, x, lengths, "cpu", hx))
     try:
         import onnxruntime
     except ImportError:
@@ -133,17 +137,19 @@ def library_calls(model, x, lengths=None):
         )
         states = model.num_layers * model.num_directions
         zeros = np.zeros((states, x.shape[0], model.hidden_size), np.float32)
-        feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2)), "initial_h": zeros}
-        feeds["initial_c"] = zeros
+        initial_h, initial_c = hx or (zeros, zeros)
+        feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2)), "initial_h": initial_h}
+        feeds["initial_c"] = initial_c
         if lengths is not None:
             feeds["sequence_lens"] = lengths.astype(np.int32)
         calls["onnxruntime"] = (onnxruntime.__version__, lambda: session.run(None, feeds))
     return calls
 
 
-def torch_call(torch, model, x, lengths, device):
+def torch_call(torch, model, x, lengths, device, hx=None):
     """A callable running ``torch.nn.LSTM`` with ``model``'s configuration and weights on x
-    (B, T, I) on ``device``; lengths as a packed sequence; synchronised on CUDA."""
+    (B, T, I) on ``device`` from the initial states ``hx`` (h0, c0) or zeros; lengths as a
+    packed sequence; synchronised on CUDA."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
     torch_lstm = torch.nn.LSTM(
@@ -157,16 +163,17 @@ def torch_call(torch, model, x, lengths, device):
     torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     torch_lstm.to(device)
     x_torch = torch.from_numpy(x).to(device)
+    hx_torch = None if hx is None else tuple(torch.from_numpy(a).to(device) for a in hx)
 
     def run():
         with torch.no_grad():
             if lengths is None:
-                out = torch_lstm(x_torch)
+                out = torch_lstm(x_torch, hx_torch)
             else:
                 packed = pack_padded_sequence(
                     x_torch, torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
                 )
-                out = torch_lstm(packed)
+                out = torch_lstm(packed, hx_torch)
         if device == "cuda":
             torch.cuda.synchronize()
         return out
@@ -174,15 +181,16 @@ def torch_call(torch, model, x, lengths, device):
     return run
 
 
-def gpu_library_calls(model, x, lengths=None):
+def gpu_library_calls(model, x, lengths=None, hx=None):
     """As ``library_calls``, on the GPU: lstm_numba's CUDA kernels and torch on CUDA (cuDNN)."""
     from numba import cuda
 
     model.to("cuda")
     x_device = cuda.to_device(x)
+    hx_device = None if hx is None else tuple(cuda.to_device(a) for a in hx)
 
     def run_lstm_numba():
-        out = model(x_device, lengths=lengths, device="cuda")
+        out = model(x_device, hx_device, lengths=lengths, device="cuda")
         cuda.synchronize()
         return out
 
@@ -194,7 +202,7 @@ def gpu_library_calls(model, x, lengths=None):
     if torch.cuda.is_available():
         version = f"{torch.__version__} cuDNN {torch.backends.cudnn.version()}"
         for name, tf32 in (("torch", False), ("torch TF32", True)):
-            call = torch_call(torch, model, x, lengths, "cuda")
+            call = torch_call(torch, model, x, lengths, "cuda", hx)
             calls[name] = (version, _with_cudnn_tf32(torch, call, tf32))
     return calls
 
@@ -264,6 +272,12 @@ def main(argv=None):
     parser.add_argument(
         "--proj-size", type=int, default=0, help="LSTMP's projection size P (ONNX has none)"
     )
+    parser.add_argument(
+        "--states",
+        action="store_true",
+        help="random initial states h0, c0, as a Stream's chunks after the first (default: none, "
+        "zeros, whose first recurrent product lstm_numba skips)",
+    )
     args = parser.parse_args(argv)
 
     on_gpu = args.device == "cuda"
@@ -281,7 +295,8 @@ def main(argv=None):
     directions = 2 if args.bidirectional else 1
     print(
         f"num_layers={args.num_layers}, directions={directions}, "
-        f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}, proj_size={args.proj_size}"
+        f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}, proj_size={args.proj_size}, "
+        f"initial states={'random' if args.states else 'none (zeros)'}"
     )
     rows, versions = [], {}
     for text in shapes:
@@ -297,8 +312,15 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, steps, inputs), dtype=np.float32)
         lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None
+        hx = None
+        if args.states:
+            states = args.num_layers * directions
+            hx = tuple(
+                rng.standard_normal((states, batch, size), dtype=np.float32)
+                for size in (model.output_size, hidden)
+            )  # fmt: skip
         row = {"shape": (batch, steps, inputs, hidden)}
-        calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths)
+        calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths, hx)
         for _ in range(args.rounds):
             for name, (version, call) in calls.items():
                 if args.no_reference and name.startswith("numpy"):
@@ -306,7 +328,9 @@ def main(argv=None):
                 versions[name] = version
                 seconds = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
                 row[name] = min(row.get(name, np.inf), seconds)
-        flops = forward_flops(*row["shape"], args.num_layers, directions, args.proj_size)
+        flops = forward_flops(
+            *row["shape"], args.num_layers, directions, args.proj_size, args.states
+        )  # fmt: skip
         if lengths is not None:
             flops *= lengths.mean() / steps
         row["gflops"] = flops / row["lstm_numba"] / 1e9

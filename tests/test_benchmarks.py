@@ -3,13 +3,18 @@
 This is not a performance test (nothing is asserted on time); it keeps ``benchmarks/`` from rotting.
 """
 
+import importlib
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from conftest import assert_close
+
+import lstm_numba as ln
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -21,6 +26,15 @@ def asv(*args, env=None):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     return output
+
+
+def benchmark_script(name):
+    """The module of ``benchmarks/{name}.py``, imported as its command line runs it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +73,7 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
 def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
     """``benchmarks/compare.py``: every library in turn, ``--rounds`` times, one table row; "of
     sgemm" against the faster of the GEMM rates measured at the start and at the end."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import compare
-    finally:
-        sys.path.pop(0)
+    compare = benchmark_script("compare")
     measures = iter(rates)  # GFLOP/s, at the start and at the end
     monkeypatch.setattr(compare, "sgemm_gflops", lambda: next(measures))
     compare.main(["--shapes", "2,3,4,5", "--repeats", "1", "--rounds", "2", "--no-reference"])
@@ -73,14 +83,33 @@ def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
     assert lines[-1].split("|")[4].strip() == "0%", lines[-1]  # not the 1e-9 GFLOP/s measure
 
 
+@pytest.mark.parametrize("states", [False, True])
+def test_compare_libraries_compute_the_same_forward(rng, states):
+    """``benchmarks/compare.py`` times every library on the same forward: the same weights,
+    lengths and (``--states``) initial states, so each one's final h agrees with lstm_numba's."""
+    compare = benchmark_script("compare")
+    model = ln.LSTM(4, 5, bidirectional=True, seed=1)
+    x = rng.standard_normal((3, 6, 4), dtype=np.float32)
+    lengths = np.array([6, 4, 5])
+    hx = tuple(rng.standard_normal((2, 3, 5), dtype=np.float32) for _ in "hc") if states else None
+    results = {
+        name: call() for name, (_, call) in compare.library_calls(model, x, lengths, hx).items()
+    }
+    final_h = {  # each library's h_n (2, B, H) in what its call returns
+        "numpy reference (float64)": lambda result: result[1][0],
+        "torch": lambda result: result[1][0].numpy(),
+        "onnxruntime": lambda result: result[1],  # Y, Y_h, Y_c
+    }
+    ours = results.pop("lstm_numba")[1][0]
+    assert np.abs(ours).max() > 0.01
+    for name, result in results.items():
+        assert_close(ours, final_h[name](result), np.float32)
+
+
 def test_memory_script_prints_both_calls(capsys):
     """``benchmarks/memory.py``: one row a shape, the peak ratio and the times of the default and
     the ``low_memory`` call (two layers of one row, whose default holds half of y more)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import memory
-    finally:
-        sys.path.pop(0)
+    memory = benchmark_script("memory")
     memory.main(["--shapes", "1,400,4,8", "--repeats", "2", "--lengths", "--time-major"])
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| (1, 400, 4, 8) |"), row
