@@ -5,7 +5,8 @@ uint8 array under ``CONFIG_KEY``); ``.safetensors`` with the ``safetensors`` pac
 ``lstm-numba[safetensors]``; the configuration in the header's metadata). Weights use PyTorch's
 names (``LSTM.state_dict``), so either file also serves ``from_state_dict`` and other tools.
 A file that is truncated, corrupt, pickled, or does not describe a valid model is a
-``ValueError`` naming the file; nothing is half-loaded.
+``ValueError`` naming the file (one that cannot be opened, Python's own ``OSError``); nothing is
+half-loaded.
 """
 
 import json
@@ -36,27 +37,28 @@ def save(model, path):
 
 
 def _read(path):
-    """``(header text, weights)`` from a file written by ``save``."""
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
+    """``(header text, weights)`` from a file written by ``save``. A file that cannot be opened
+    raises Python's own ``OSError`` (``FileNotFoundError``, ``PermissionError``, ...)."""
+    # opened here, closed whatever the readers raise (np.load leaves a file it opened itself
+    # open where the zip cannot be read)
+    with open(path, "rb") as file:
+        if path.endswith(".safetensors"):
+            from safetensors import SafetensorError, safe_open
 
+            try:
+                with safe_open(path, framework="np") as tensors:
+                    header = (tensors.metadata() or {}).get(CONFIG_KEY)
+                    weights = {n: tensors.get_tensor(n) for n in tensors.keys()}  # noqa: SIM118
+            except (OSError, SafetensorError) as error:
+                raise ValueError(f"{path}: not a readable .safetensors file ({error})") from error
+            return header, weights
         try:
-            with safe_open(path, framework="np") as file:
-                header = (file.metadata() or {}).get(CONFIG_KEY)
-                weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
-        except (OSError, SafetensorError) as error:
-            raise ValueError(f"{path}: not a readable .safetensors file ({error})") from error
-        return header, weights
-    try:
-        # the file opened here, closed whatever np.load raises (it leaves a file it opened
-        # itself open where the zip cannot be read)
-        with open(path, "rb") as file:
             archive = np.load(file, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file's array, read whole
                 raise ValueError("a single array, not an .npz archive")
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
     header = arrays.pop(CONFIG_KEY, None)
     if header is not None:
         header = header.tobytes().decode("utf-8", errors="replace")

@@ -585,6 +585,12 @@ def test_bad_npz_files_are_clear_errors_and_never_run_code(tmp_path, kind, patte
     assert not marker.exists(), "loading executed code from the file"
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_a_missing_file_is_python_s_own_error(tmp_path, suffix):
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        ln.load(tmp_path / f"absent{suffix}")
+
+
 @pytest.mark.skipif(NO_SAFETENSORS, reason="safetensors is not installed")
 @pytest.mark.parametrize("kind", ["truncated", "garbage"])
 def test_bad_safetensors_files_are_clear_errors(tmp_path, kind):
