@@ -114,3 +114,12 @@ def check_non_negative_int(name, value):
     if value < 0:
         raise ValueError(f"{name}: expected a non-negative integer, got {value}")
     return int(value)
+
+
+def check_index(name, value, count, counted):
+    """``value`` as an int in [0, count), or a ``TypeError``/``ValueError`` naming ``name`` and
+    the ``count`` there are (``counted``, e.g. "num_layers")."""
+    index = check_non_negative_int(name, value)
+    if index >= count:
+        raise ValueError(f"{name}: expected 0 <= {name} < {counted} = {count}, got {index}")
+    return index

@@ -13,6 +13,7 @@ from lstm_numba._validation import (
     as_float_array,
     check_dtype,
     check_float_dtype,
+    check_index,
     check_lengths,
     check_non_negative_int,
     check_positive_int,
@@ -364,8 +365,10 @@ class LSTM:
     def gate_weights(self, layer=0, direction=0):
         """One layer and direction's weights in the seed's form for ``lstm_numba.lstm_step``: per
         gate ``W_*`` (H, H_out + I) acting on ``[h, x]`` and ``b_*`` (H,) = b_ih + b_hh, for gates
-        f, i, c (C̃) and o."""
-        stacks = self._layers[layer]
+        f, i, c (C̃) and o. ``layer`` in [0, num_layers), ``direction`` 0 (forward) or, with two,
+        1 (reverse)."""
+        stacks = self._layers[check_index("layer", layer, self.num_layers, "num_layers")]
+        direction = check_index("direction", direction, self.num_directions, "directions")
         hidden = self.hidden_size
         bias = stacks["bias_ih"][direction] + stacks["bias_hh"][direction]
         weights = {}

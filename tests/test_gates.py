@@ -82,6 +82,24 @@ def test_lstm_step_with_model_gate_weights_matches_model(rng):
     assert_close(c, c_n[0])
 
 
+def test_gate_weights_of_each_layer_and_direction(rng):
+    """A stack's gate_weights(layer, direction) step the reverse direction of its second layer
+    from the first layer's output; a layer or direction the model lacks is named."""
+    model = ln.LSTM(3, 4, 2, bidirectional=True, dtype=np.float64, seed=2)
+    x = rng.standard_normal((2, 1, 3))
+    h0, c0 = rng.standard_normal((2, 4, 2, 4))
+    y, (h_n, c_n) = model(x, (h0, c0))
+    weights = {name: w for name, w in model.state_dict().items() if "_l0" in name}
+    first_layer, _ = ln.from_state_dict(weights)(x, (h0[:2], c0[:2]))  # (B, 1, 2H)
+    h, c = ln.lstm_step(h0[3], c0[3], first_layer[:, 0], **model.gate_weights(1, 1))
+    assert_close(h, h_n[3])
+    assert_close(c, c_n[3])
+    with pytest.raises(ValueError, match=r"layer: expected 0 <= layer < num_layers = 2, got 2"):
+        model.gate_weights(2)
+    with pytest.raises(ValueError, match=r"direction: expected 0 <= direction < directions = 1"):
+        ln.LSTM(3, 4).gate_weights(direction=1)
+
+
 def test_gate_errors_name_the_argument(rng):
     a = random_step_inputs(rng, 2, 3, 4, np.float32)
     with pytest.raises(ValueError, match=r"W_f: expected shape \(H, H \+ I\) = \(4, 7\), got"):
