@@ -926,7 +926,7 @@ class Stream:
 
     ``stream.step(chunk)`` runs the next (B, t, I) chunk (time-major when the model is not
     ``batch_first``) from the state the previous chunk left and returns its y; chunked calls equal
-    one call on the concatenated sequence. ``stream.reset(rows=None)`` restarts some sequences (all
+    one call on the concatenated sequence (``lengths``: each row's own steps of a chunk). ``stream.reset(rows=None)`` restarts some sequences (all
     by default) from zero states; ``stream.state`` is a copy of ``(h, c)``. Forward models only:
     a reverse direction would need the end of the sequence first.
     """
@@ -964,28 +964,33 @@ class Stream:
         self._h[:, rows] = 0
         self._c[:, rows] = 0
 
-    def step(self, chunk, *, return_gates=False):
+    def step(self, chunk, lengths=None, *, return_gates=False):
         """The next chunk's y, (B, t, H_out) or (t, B, H_out), an array of the chunk's kind (as
         ``LSTM.__call__``'s); with ``return_gates``, ``(y, gates)``. The state moves on to the
-        chunk's last step."""
+        chunk's last step, or with ``lengths`` (B,) integers in [0, t], each row's to its own
+        last one (the first lengths[b] steps of row b; y is zero after them): rows whose data
+        arrive at different rates, a row of length 0 keeping its state."""
         model = self.model
-        if return_gates or dispatch.is_gpu_array(chunk):
-            results = model(chunk, (self._h, self._c), return_gates=return_gates)
+        on_gpu = dispatch.is_gpu_array(chunk)
+        given = chunk
+        if not on_gpu:
+            chunk = as_float_array("chunk", chunk, model.dtype)
+            layout = "(B, t, I)" if model.batch_first else "(t, B, I)"
+            batch_axis = 0 if model.batch_first else 1
+            if chunk.ndim != 3 or chunk.shape[batch_axis] != self.batch_size:
+                raise ValueError(
+                    f"chunk: expected {layout} with B = {self.batch_size}, got shape {chunk.shape}"
+                )
+            if chunk.shape[2] != model.input_size or chunk.shape[1 - batch_axis] == 0:
+                raise ValueError(
+                    f"chunk: expected {layout} with I = {model.input_size} and t >= 1, got shape "
+                    f"{chunk.shape}"
+                )
+        if return_gates or on_gpu or lengths is not None:
+            results = model(given, (self._h, self._c), lengths, return_gates=return_gates)
             y, (h_n, c_n) = results[:2]
             self._h[...], self._c[...] = dispatch.to_host(h_n), dispatch.to_host(c_n)
             return (y, results[2]) if return_gates else y
-        given, chunk = chunk, as_float_array("chunk", chunk, model.dtype)
-        layout = "(B, t, I)" if model.batch_first else "(t, B, I)"
-        batch_axis = 0 if model.batch_first else 1
-        if chunk.ndim != 3 or chunk.shape[batch_axis] != self.batch_size:
-            raise ValueError(
-                f"chunk: expected {layout} with B = {self.batch_size}, got shape {chunk.shape}"
-            )
-        if chunk.shape[2] != model.input_size or chunk.shape[1 - batch_axis] == 0:
-            raise ValueError(
-                f"chunk: expected {layout} with I = {model.input_size} and t >= 1, got shape "
-                f"{chunk.shape}"
-            )
         steps = chunk.shape[1 - batch_axis]
         if self._lengths[0] != steps:  # the kernels only read it: kept while chunks keep a size
             self._lengths = np.full(self.batch_size, steps, np.int64)

@@ -57,6 +57,36 @@ def test_reset_restarts_only_the_given_rows(rng):
     assert not np.any(stream.state[0]) and not np.any(stream.state[1])
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_chunks_with_lengths_equal_each_row_s_own_sequence(rng, batch_first):
+    """Rows whose data arrive at different rates: each chunk's first lengths[b] steps of row b
+    (0 to t; 0 sits the chunk out) carry its state on, as one call on those steps would."""
+    model = ln.LSTM(3, 5, num_layers=2, batch_first=batch_first, seed=4)
+    batch, steps = 3, 4
+    stream = model.stream(batch)
+    sequences = [[] for _ in range(batch)]  # each row's steps so far, (I,) each
+    for lengths in ([4, 0, 2], [1, 4, 0], [0, 3, 4], [2, 2, 1]):
+        chunk = rng.standard_normal((batch, steps, 3)).astype(np.float32)
+        y = stream.step(chunk if batch_first else chunk.transpose(1, 0, 2), lengths=lengths)
+        y = y if batch_first else y.transpose(1, 0, 2)
+        h, c = stream.state
+        for b, length in enumerate(lengths):
+            sequences[b].extend(chunk[b, :length])
+            if not sequences[b]:
+                assert not np.any(h[:, b]) and not np.any(c[:, b])
+                continue
+            whole = np.array(sequences[b])[None] if batch_first else np.array(sequences[b])[:, None]
+            y_row, (h_row, c_row) = model(whole)
+            y_row = y_row[0] if batch_first else y_row[:, 0]
+            assert_close(y[b, :length], y_row[len(sequences[b]) - length :])
+            assert not np.any(y[b, length:])
+            assert_close(h[:, b], h_row[:, 0])
+            assert_close(c[:, b], c_row[:, 0])
+    with pytest.raises(ValueError, match=r"lengths: expected 0 <= length <= T = 4"):
+        stream.step(np.zeros((batch, steps, 3), np.float32) if batch_first else
+                    np.zeros((steps, batch, 3), np.float32), lengths=[5, 0, 0])  # fmt: skip
+
+
 def test_state_is_a_copy():
     stream = ln.LSTM(3, 4).stream(2)
     h, c = stream.state
