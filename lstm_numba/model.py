@@ -926,9 +926,10 @@ class Stream:
 
     ``stream.step(chunk)`` runs the next (B, t, I) chunk (time-major when the model is not
     ``batch_first``) from the state the previous chunk left and returns its y; chunked calls equal
-    one call on the concatenated sequence (``lengths``: each row's own steps of a chunk). ``stream.reset(rows=None)`` restarts some sequences (all
-    by default) from zero states; ``stream.state`` is a copy of ``(h, c)``. Forward models only:
-    a reverse direction would need the end of the sequence first.
+    one call on the concatenated sequence (``lengths``: each row's own steps of a chunk).
+    ``stream.reset(rows=None)`` restarts some sequences (all by default) from zero states;
+    ``stream.state`` is a copy of ``(h, c)``. Forward models only: a reverse direction would need
+    the end of the sequence first.
     """
 
     def __init__(self, model, batch_size):
