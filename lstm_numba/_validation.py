@@ -42,16 +42,26 @@ def as_float_array(name, value, dtype=None):
     Never casts an array: a float64 array for a float32 model is an error, as in PyTorch, because
     a silent cast would hide a precision or a performance surprise.
     """
-    return check_float_dtype(name, as_array(name, value, dtype), dtype)
+    return check_float_dtype(name, as_array(name, value, dtype), dtype, given=value)
 
 
-def check_float_dtype(name, array, dtype=None):
+def conversion(given, dtype):
+    """How to convert ``given`` to ``dtype``, as its own library spells it: ``.to(torch.…)``
+    for a torch tensor, else NumPy's (and CuPy's) ``.astype(np.…)``."""
+    if type(given).__module__.startswith("torch"):
+        return f".to(torch.{dtype})"
+    return f".astype(np.{dtype})"
+
+
+def check_float_dtype(name, array, dtype=None, given=None):
     """``array`` (NumPy or a device array: anything with a NumPy ``dtype``) unchanged, after
-    checking its dtype as ``as_float_array`` does."""
+    checking its dtype as ``as_float_array`` does; ``given``, what the caller passed (a tensor
+    read as ``array``), names the conversion the error suggests."""
+    given = array if given is None else given
     if array.dtype not in SUPPORTED_DTYPES:
         native = array.dtype.newbyteorder("=")
         swapped = (
-            f" ({native} in the other byte order); convert it with .astype(np.{native})"
+            f" ({native} in the other byte order); convert it with {conversion(given, native)}"
             if native in SUPPORTED_DTYPES
             else ""
         )
@@ -61,7 +71,7 @@ def check_float_dtype(name, array, dtype=None):
     if dtype is not None and array.dtype != dtype:
         raise TypeError(
             f"{name}: expected dtype {dtype}, got {array.dtype}; convert it with "
-            f".astype(np.{dtype}) or use a model of that dtype"
+            f"{conversion(given, dtype)} or use a model of that dtype"
         )
     return array
 

@@ -459,7 +459,7 @@ class LSTM:
         on_gpu = dispatch.select_device(x, device) == "cuda"
         given = x
         if dispatch.is_gpu_array(x):
-            x = check_float_dtype("x", dispatch.to_device(x), self.dtype)
+            x = check_float_dtype("x", dispatch.to_device(x), self.dtype, given=x)
         else:
             x = as_float_array("x", x, self.dtype)
         if x.ndim not in (2, 3):
@@ -652,7 +652,9 @@ class LSTM:
         states = []
         for given, (name, (shape, size)) in zip(hx, shapes.items(), strict=True):
             if on_gpu:
-                given = check_float_dtype(name, dispatch.to_device(given), self.dtype)
+                given = check_float_dtype(
+                    name, dispatch.to_device(given), self.dtype, given=given
+                )  # fmt: skip
             else:
                 given = as_float_array(name, given, self.dtype)
             expected = (shape[0], shape[2]) if unbatched else shape

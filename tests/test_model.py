@@ -208,7 +208,11 @@ def test_state_dict_round_trip(rng):
     [
         (lambda m: m(np.zeros((2, 3, 4, 1), np.float32)), ValueError, r"x: expected a 3-D array"),
         (lambda m: m(np.zeros((2, 3, 5), np.float32)), ValueError, r"I = 4 .*\(2, 3, 5\)"),
-        (lambda m: m(np.zeros((2, 3, 4))), TypeError, r"x: expected dtype float32, got float64"),
+        (
+            lambda m: m(np.zeros((2, 3, 4))),
+            TypeError,
+            r"x: expected dtype float32, got float64; convert it with \.astype\(np\.float32\)",
+        ),
         (lambda m: m(np.zeros((2, 3, 4), int)), TypeError, r"x: expected a float32 or float64"),
         (
             lambda m: m(np.zeros((2, 3, 4), np.dtype(np.float32).newbyteorder())),
@@ -262,6 +266,11 @@ def test_torch_tensors_numpy_cannot_read_are_a_clear_error():
     np.testing.assert_array_equal(
         model(needs_grad.detach())[0].numpy(), model(np.zeros((2, 3, 4), np.float32))[0]
     )
+    # a conversion spelled as torch spells it
+    with pytest.raises(TypeError, match=r"x: .*float64; convert it with \.to\(torch\.float32\)"):
+        model(torch.zeros(2, 3, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"c0: .*float64; convert it with \.to\(torch\.float32\)"):
+        model(torch.zeros(2, 3, 4), (torch.zeros(1, 2, 6), torch.zeros(1, 2, 6).double()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
