@@ -202,9 +202,13 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
             f"(weight_ih_l0, weight_hh_l0, bias_ih_l0, …){hint}"
         )
     for name in ("weight_ih_l0", "weight_hh_l0"):
-        if name not in arrays or arrays[name].ndim != 2:
-            found = arrays[name].shape if name in arrays else "missing"
-            raise ValueError(f"state_dict: {name} must be a 2-D array, got {found}")
+        if name not in arrays:
+            raise ValueError(
+                f"state_dict: missing key {name!r}; expected PyTorch's LSTM names (weight_ih_l0, "
+                f"weight_hh_l0, bias_ih_l0, …), got {sorted(arrays)}"
+            )
+        if arrays[name].ndim != 2:
+            raise ValueError(f"state_dict: {name} must be a 2-D array, got {arrays[name].shape}")
     gate_rows, input_size = arrays["weight_ih_l0"].shape
     if gate_rows % 4 or gate_rows == 0:
         raise ValueError(f"weight_ih_l0: expected 4H rows, got shape {(gate_rows, input_size)}")

@@ -69,7 +69,12 @@ def test_from_state_dict_casts_when_asked():
     "change, error, pattern",
     [
         (lambda w: w.update(extra=np.zeros(3)), ValueError, r"unexpected keys \['extra'\]"),
-        (lambda w: w.pop("weight_ih_l0"), ValueError, r"weight_ih_l0 must be a 2-D array"),
+        (
+            lambda w: w.pop("weight_ih_l0"),
+            ValueError,
+            r"missing key 'weight_ih_l0'; expected PyTorch's LSTM names .*got \['bias_hh_l0',",
+        ),
+        (lambda w: w.update(weight_ih_l0=np.zeros(48)), ValueError, r"weight_ih_l0 must be a 2-D"),
         (lambda w: w.update(weight_ih_l0=np.zeros((15, 3))), ValueError, r"expected 4H rows"),
         (lambda w: w.pop("bias_hh_l1"), ValueError, r"missing key 'bias_hh_l1'"),
         (
