@@ -377,13 +377,75 @@ ONNX_ATTRIBUTES = {
 """The ONNX LSTM operator's attributes (opset 14); any other is an error."""
 
 
+def _onnx_stack(graph, nodes):
+    """The graph's LSTM ``nodes`` in layer order where they form one stack, each after the first
+    reading the Y [T, D, B, H] of the one below (layout 0) as its X [T, B, D·H]: transposed by
+    perm [0, 2, 1, 3] and reshaped by a constant shape [0, 0, D·H] or [0, 0, -1] (as ``to_onnx``
+    writes it, and ``torch.onnx.export`` for two directions), or for one direction squeezed on
+    axis 1 (``torch.onnx.export``); else None. One node is a stack of one."""
+    from onnx import helper, numpy_helper
+
+    if len(nodes) == 1:
+        return nodes
+    producer = {output: node for node in graph.node for output in node.output}
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+
+    def constant(name):  # an initializer's or a Constant node's value as a list, else None
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name]).tolist()
+        node = producer.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t).tolist()
+        return None
+
+    def layer_below(node):  # the LSTM node whose Y ``node`` reads as its X, or None
+        step = producer.get(node.input[0])
+        if step is None or step.op_type not in ("Reshape", "Squeeze"):
+            return None
+        if step.op_type == "Squeeze":
+            attributes = {a.name: helper.get_attribute_value(a) for a in step.attribute}
+            axes = constant(step.input[1]) if len(step.input) > 1 else attributes.get("axes")
+            y, shape = step.input[0], None
+            below = producer.get(y) if list(axes or []) == [1] else None
+        else:
+            shape, transpose = constant(step.input[1]), producer.get(step.input[0])
+            if transpose is None or transpose.op_type != "Transpose":
+                return None
+            perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"]
+            y = transpose.input[0]
+            below = producer.get(y) if perm == [[0, 2, 1, 3]] else None
+        if below is None or below.op_type != "LSTM" or below.output[0] != y:
+            return None
+        attributes = {a.name: helper.get_attribute_value(a) for a in below.attribute}
+        directions = 2 if attributes.get("direction") == b"bidirectional" else 1
+        if attributes.get("layout", 0) != 0:
+            return None
+        if shape is None:  # squeezed: one direction only
+            return below if directions == 1 else None
+        width = directions * attributes.get("hidden_size", -1)
+        return below if shape in ([0, 0, width], [0, 0, -1]) else None
+
+    below = [layer_below(node) for node in nodes]
+    above = {id(lower): node for node, lower in zip(nodes, below, strict=True) if lower}
+    stack = [node for node, lower in zip(nodes, below, strict=True) if lower is None]
+    if len(stack) != 1:
+        return None
+    while id(stack[-1]) in above:
+        stack.append(above[id(stack[-1])])
+    return stack if len(stack) == len(nodes) else None
+
+
 def _onnx_lstm_nodes(onnx_model, node_name):
-    """The LSTM nodes ``node_name`` designates: None (the only one), a name, or a list of names."""
+    """The LSTM nodes ``node_name`` designates: None (the only one, or a stack of them chained
+    as ``to_onnx`` writes it, in layer order), a name, or a list of names."""
     nodes = [node for node in onnx_model.graph.node if node.op_type == "LSTM"]
     if node_name is None:
         if not nodes:
             operators = sorted({node.op_type for node in onnx_model.graph.node})
             raise ValueError(f"from_onnx: the graph has no LSTM node (operators: {operators})")
+        stack = _onnx_stack(onnx_model.graph, nodes)
+        if stack is not None:
+            return stack
         if len(nodes) > 1:
             names = [node.name for node in nodes]
             raise ValueError(
@@ -473,8 +535,9 @@ def from_onnx(model, node_name=None, *, weights=None):
 
     ``model``: a path, the serialized model (bytes, as ``torch.onnx.export`` writes to a
     ``BytesIO``) or a loaded ``ModelProto``; ``node_name``: which LSTM node, when there are
-    several, or a list of node names to stack as layers in that order (as ``to_onnx`` writes a
-    multi-layer model; their options must agree). W, R, B and P are read from the graph's
+    several, or a list of node names to stack as layers in that order (their options must
+    agree); without it, several nodes chained as ``to_onnx`` writes a multi-layer model are read
+    as its layers. W, R, B and P are read from the graph's
     initializers, or from ``weights`` (name → array) for those that are graph inputs. Every
     attribute of the operator is honoured: direction (forward, reverse, bidirectional),
     hidden_size, activations with activation_alpha/beta, clip, input_forget, and layout (1 →

@@ -311,16 +311,22 @@ def test_onnx_round_trip_matches_onnx_runtime(rng, tmp_path, options):
 
 
 def test_stacked_onnx_nodes_load_as_layers(rng):
-    """``to_onnx`` writes a node per layer; ``from_onnx`` with their names reads one model back,
-    and its ONNX-shaped call equals ONNX Runtime's on the whole graph."""
+    """``to_onnx`` writes a node per layer; ``from_onnx`` reads one model back, the nodes found
+    by their chain or named, and its ONNX-shaped call equals ONNX Runtime's on the whole graph;
+    nodes chained otherwise (a transpose of other axes) need their names."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model = ln.LSTM(3, 4, num_layers=3, bidirectional=True, batch_first=False, seed=11)
     onnx_model = to_onnx(model)
-    with pytest.raises(ValueError, match=r"3 LSTM nodes .* list of names to stack as layers"):
-        ln.from_onnx(onnx_model)
+    assert_same_model(ln.from_onnx(onnx_model), model)
     loaded = ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1", "LSTM_l2"])
     assert_same_model(loaded, model)
+    other_chain = onnx.ModelProto()
+    other_chain.CopyFrom(onnx_model)
+    transpose = next(node for node in other_chain.graph.node if node.op_type == "Transpose")
+    transpose.attribute[0].ints[:] = [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"3 LSTM nodes .* list of names to stack as layers"):
+        ln.from_onnx(other_chain)
     x = random_input(rng, model)
     states = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
     session = ort.InferenceSession(onnx_model.SerializeToString(),
@@ -467,12 +473,14 @@ def test_torch_to_file_to_onnx_shapes_agree(rng, tmp_path):
     assert_close(c_n, c_o)
 
 
-def test_torch_onnx_export_of_a_stack_reads_back(rng):
-    """``torch.onnx.export`` of a two-layer bidirectional ``nn.LSTM`` (bytes, one node a layer,
-    reshapes between them): ``from_onnx`` with the nodes' names stacks them into one model."""
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_torch_onnx_export_of_a_stack_reads_back(rng, bidirectional):
+    """``torch.onnx.export`` of a two-layer ``nn.LSTM`` (bytes, one node a layer, a transpose and
+    a reshape between them, or for one direction a squeeze): ``from_onnx`` stacks them into one
+    model, with the nodes' names or without."""
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
-    module = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=True)
+    module = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=bidirectional)
     x = rng.standard_normal((6, 3, 4)).astype(np.float32)
     exported = io.BytesIO()
     with warnings.catch_warnings():
@@ -481,10 +489,11 @@ def test_torch_onnx_export_of_a_stack_reads_back(rng):
     graph = onnx.load_from_string(exported.getvalue()).graph
     names = [node.name for node in graph.node if node.op_type == "LSTM"]
     model = ln.from_onnx(exported.getvalue(), node_name=names)
+    assert_same_model(ln.from_onnx(exported.getvalue()), model)
     with torch.no_grad():
         y_t, (h_t, c_t) = module(torch.from_numpy(x))
     y, (h_n, c_n) = model(x)
-    assert len(names) == 2 and model.num_layers == 2 and model.bidirectional
+    assert len(names) == 2 and model.num_layers == 2 and model.bidirectional == bidirectional
     assert_close(y, y_t.numpy())
     assert_close(h_n, h_t.numpy())
     assert_close(c_n, c_t.numpy())
