@@ -235,11 +235,15 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
 
 def from_torch(module):
     """An ``LSTM`` equal to a ``torch.nn.LSTM`` module: its configuration and its weights copied
-    to NumPy, layout unchanged (see ``from_state_dict``); dropout is a training feature and is
+    to NumPy, layout unchanged (see ``from_state_dict``); half-precision weights (float16,
+    bfloat16) become float32, as in ``from_onnx``; dropout is a training feature and is
     ignored."""
     if type(module).__name__ != "LSTM" or not hasattr(module, "proj_size"):
         raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
-    weights = {name: value.detach().cpu().numpy() for name, value in module.state_dict().items()}
+    weights = {}
+    for name, value in module.state_dict().items():
+        value = value.detach().cpu()
+        weights[name] = (value.float() if value.element_size() < 4 else value).numpy()
     return from_state_dict(weights, batch_first=module.batch_first)
 
 

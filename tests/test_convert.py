@@ -132,6 +132,22 @@ def test_from_torch_matches_torch(rng, options):
     assert_close(c_n, c_t.numpy())
 
 
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_from_torch_widens_half_precision_to_float32(rng, half):
+    """A half-precision module's weights exactly, in a float32 model: torch's own float32
+    forward on those weights is the oracle."""
+    torch = pytest.importorskip("torch")
+    module = torch.nn.LSTM(4, 5, num_layers=2).to(getattr(torch, half))
+    model = ln.from_torch(module)
+    assert model.dtype == np.float32
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[name], value.float().numpy())
+    x = random_input(rng, model)
+    with torch.no_grad():
+        y_t, _ = module.float()(torch.from_numpy(x))
+    assert_close(model(x)[0], y_t.numpy())
+
+
 def test_from_torch_rejects_other_modules():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="from_torch: expected a torch.nn.LSTM, got GRU"):
