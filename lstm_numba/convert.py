@@ -406,11 +406,12 @@ def _onnx_stack(graph, nodes):
         step = producer.get(node.input[0])
         if step is None or step.op_type not in ("Reshape", "Squeeze"):
             return None
-        if step.op_type == "Squeeze":
+        squeezed = step.op_type == "Squeeze"
+        if squeezed:
             attributes = {a.name: helper.get_attribute_value(a) for a in step.attribute}
             axes = constant(step.input[1]) if len(step.input) > 1 else attributes.get("axes")
-            y, shape = step.input[0], None
-            below = producer.get(y) if list(axes or []) == [1] else None
+            y = step.input[0]
+            below = producer.get(y) if list(axes or []) in ([1], [-3]) else None
         else:
             shape, transpose = constant(step.input[1]), producer.get(step.input[0])
             if transpose is None or transpose.op_type != "Transpose":
@@ -424,7 +425,7 @@ def _onnx_stack(graph, nodes):
         directions = 2 if attributes.get("direction") == b"bidirectional" else 1
         if attributes.get("layout", 0) != 0:
             return None
-        if shape is None:  # squeezed: one direction only
+        if squeezed:  # [T, 1, B, H]: one direction only
             return below if directions == 1 else None
         width = directions * attributes.get("hidden_size", -1)
         return below if shape in ([0, 0, width], [0, 0, -1]) else None

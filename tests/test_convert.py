@@ -337,12 +337,17 @@ def test_stacked_onnx_nodes_load_as_layers(rng):
     assert_same_model(ln.from_onnx(onnx_model), model)
     loaded = ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1", "LSTM_l2"])
     assert_same_model(loaded, model)
-    other_chain = onnx.ModelProto()
-    other_chain.CopyFrom(onnx_model)
-    transpose = next(node for node in other_chain.graph.node if node.op_type == "Transpose")
-    transpose.attribute[0].ints[:] = [0, 1, 2, 3]
-    with pytest.raises(ValueError, match=r"3 LSTM nodes .* list of names to stack as layers"):
-        ln.from_onnx(other_chain)
+    for change in ("perm", "shape"):  # a transpose of other axes; a reshape to other widths
+        other_chain = onnx.ModelProto()
+        other_chain.CopyFrom(onnx_model)
+        if change == "perm":
+            node = next(node for node in other_chain.graph.node if node.op_type == "Transpose")
+            node.attribute[0].ints[:] = [0, 1, 2, 3]
+        else:
+            shape = next(t for t in other_chain.graph.initializer if t.name == "shape_l0")
+            shape.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 0, 4]), "shape_l0"))
+        with pytest.raises(ValueError, match=r"3 LSTM nodes .* list of names to stack as layers"):
+            ln.from_onnx(other_chain)
     x = random_input(rng, model)
     states = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
     session = ort.InferenceSession(onnx_model.SerializeToString(),
