@@ -177,7 +177,13 @@ class LSTM:
         self.activation_alpha = tuple(alpha for alpha, _ in parameters)
         self.activation_beta = tuple(beta for _, beta in parameters)
         self._device_layers = None  # weights on the GPU, after to("cuda")
-        self._layers = self._allocate_layers(np.random.default_rng(seed))
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as error:
+            raise type(error)(
+                f"seed: expected None, a non-negative integer or a NumPy Generator, got {seed!r}"
+            ) from error
+        self._layers = self._allocate_layers(rng)
         self._parameters = {
             name: self._layers[layer][kind][direction]
             for name, (layer, kind, direction) in self._parameter_locations().items()

@@ -533,6 +533,8 @@ def test_bad_call_is_a_clear_error(call, error, pattern):
         ({"clip": 0}, ValueError, r"clip: expected a positive number or None, got 0"),
         ({"reverse": True, "bidirectional": True}, ValueError, r"reverse: only for a unidir"),
         ({"clip": "1"}, ValueError, r"clip: expected a positive number"),
+        ({"seed": -1}, ValueError, r"seed: expected None, a non-negative integer .*got -1"),
+        ({"seed": "1"}, TypeError, r"seed: expected None, a non-negative integer .*got '1'"),
         ({"activations": ("sigmoid", "tanh")}, ValueError, r"activations: expected 3 names"),
         ({"activations": "sigmoid"}, ValueError, r"activations: expected 3 names"),
         (
