@@ -394,12 +394,12 @@ def _onnx_stack(graph, nodes):
     producer = {output: node for node in graph.node for output in node.output}
     initializers = {tensor.name: tensor for tensor in graph.initializer}
 
-    def constant(name):  # an initializer's or a Constant node's value as a list, else None
+    def constant(name):  # an initializer's or a Constant node's value as a flat list, else None
         if name in initializers:
-            return numpy_helper.to_array(initializers[name]).tolist()
+            return numpy_helper.to_array(initializers[name]).ravel().tolist()
         node = producer.get(name)
         if node is not None and node.op_type == "Constant" and node.attribute[0].name == "value":
-            return numpy_helper.to_array(node.attribute[0].t).tolist()
+            return numpy_helper.to_array(node.attribute[0].t).ravel().tolist()
         return None
 
     def layer_below(node):  # the LSTM node whose Y ``node`` reads as its X, or None
