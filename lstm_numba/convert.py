@@ -50,8 +50,15 @@ def _onnx_gate_order(stacked, hidden, order=TORCH_TO_ONNX_GATES):
     return np.ascontiguousarray(blocks[:, order].reshape(stacked.shape))
 
 
+ONNX_MIN_OPSET = 7
+"""The first opset of the ``LSTM`` operator as ``to_onnx`` writes it (LSTM-7)."""
+ONNX_MIN_STACK_OPSET = 10
+"""A stack of layers slices ``initial_h``/``initial_c`` by inputs (Slice-10)."""
+
+
 def to_onnx(model, opset=14, *, sequence_lens=False):
     """An ONNX ``ModelProto`` computing ``model``: one ``LSTM`` node per layer (needs ``onnx``).
+    Write it with ``onnx.save(to_onnx(model), path)``.
 
     Inputs: ``X`` [T, B, I] (ONNX layout 0, time-major, whatever ``model.batch_first``),
     ``initial_h`` [D·L, B, H] and ``initial_c`` [D·L, B, H] (PyTorch's h0/c0), and, with
@@ -62,7 +69,9 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
     """
     if model.proj_size:
         raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, defs, helper, numpy_helper
+
+    opset = _check_opset(opset, model.num_layers, defs.onnx_opset_version())
 
     hidden, directions = model.hidden_size, model.num_directions
     element = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[model.dtype.type]
@@ -163,6 +172,29 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
         initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _check_opset(opset, num_layers, newest):
+    """``opset`` as an int the model can be written in, up to ``newest`` (the installed onnx's);
+    else a ``TypeError``/``ValueError`` naming ``opset`` (a path there is the likely mistake)."""
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        hint = (
+            "; to write a file: onnx.save(to_onnx(model), path)"
+            if isinstance(opset, (str, os.PathLike))
+            else ""
+        )
+        raise TypeError(f"opset: expected an integer opset version, got {opset!r}{hint}")
+    oldest, why = (
+        (ONNX_MIN_STACK_OPSET, f"a stack of {num_layers} layers slices its states (Slice-10)")
+        if num_layers > 1
+        else (ONNX_MIN_OPSET, "the LSTM operator as written here is LSTM-7")
+    )
+    if not oldest <= opset <= newest:
+        raise ValueError(
+            f"opset: expected {oldest} <= opset <= {newest} ({why}; {newest} is the newest "
+            f"the installed onnx knows), got {opset}"
+        )
+    return int(opset)
 
 
 # --- Import ---------------------------------------------------------------------------------------

@@ -417,6 +417,33 @@ def test_projection_has_no_onnx_export():
         to_onnx(ln.LSTM(3, 4, proj_size=2))
 
 
+@pytest.mark.parametrize("num_layers, oldest", [(1, 7), (2, 10)])
+def test_onnx_export_opsets(rng, num_layers, oldest):
+    """The oldest opset a model can be written in runs in ONNX Runtime; older ones, newer than
+    the installed onnx knows, and a path where the opset goes are errors naming ``opset``."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = ln.LSTM(3, 4, num_layers=num_layers, batch_first=False, seed=2)
+    x, (h0, c0) = random_inputs(rng, model, 2, 5)
+    onnx_model = to_onnx(model, np.int64(oldest))
+    assert onnx_model.opset_import[0].version == oldest
+    session = ort.InferenceSession(
+        onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    _, h_onnx, c_onnx = session.run(None, {"X": x, "initial_h": h0, "initial_c": c0})
+    _, (h_n, c_n) = model(x, (h0, c0))
+    assert_close(h_n, h_onnx)
+    assert_close(c_n, c_onnx)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in (oldest - 1, newest + 1):
+        with pytest.raises(ValueError, match=rf"opset: expected {oldest} <= opset <= {newest}"):
+            to_onnx(model, opset)
+    with pytest.raises(TypeError, match=r"opset: .*'lstm.onnx'.*onnx.save"):
+        to_onnx(model, "lstm.onnx")
+    with pytest.raises(TypeError, match="opset: expected an integer"):
+        to_onnx(model, 14.0)
+
+
 # --- PyTorch --------------------------------------------------------------------------------------
 
 
