@@ -85,6 +85,8 @@ def lstm_step(h_prev, c_prev, x, W_f, b_f, W_i, b_i, W_c, b_c, W_o, b_o):
     ``lstm_step(h, c, x, **model.gate_weights())``.
     """
     f = forget_gate(h_prev, x, W_f, b_f)
+    c_prev = as_float_array("c_prev", c_prev)
+    check_shape("c_prev", c_prev, f.shape, "(B, H) of h_prev")
     i = input_gate(h_prev, x, W_i, b_i)
     c_tilde = candidate_memory(h_prev, x, W_c, b_c)
     c = cell_update(f, c_prev, i, c_tilde)

@@ -119,3 +119,6 @@ def test_gate_errors_name_the_argument(rng):
         ln.cell_update(f, f, f, f[:, :3])
     with pytest.raises(ValueError, match=r"o: expected shape of c = \(2, 4\)"):
         ln.hidden_state(f[:1], f)
+    step = {**a, "c_prev": a["c_prev"][:, :3]}  # the cell's H, not a gate's, is wrong
+    with pytest.raises(ValueError, match=r"c_prev: expected shape \(B, H\) of h_prev = \(2, 4\)"):
+        ln.lstm_step(**step)
