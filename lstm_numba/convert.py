@@ -586,7 +586,11 @@ def from_onnx(model, node_name=None, *, weights=None):
     from onnx import numpy_helper
 
     if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model))
+        path = os.fspath(model)
+        try:
+            model = onnx.load(path)
+        except DecodeError as error:
+            raise ValueError(f"model: {path} is not an ONNX model ({error})") from error
     elif isinstance(model, (bytes, bytearray)):
         try:
             model = onnx.load_from_string(bytes(model))

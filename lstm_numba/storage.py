@@ -53,9 +53,13 @@ def _read(path):
                 raise ValueError(f"{path}: not a readable .safetensors file ({error})") from error
             return header, weights
         try:
+            if not zipfile.is_zipfile(file):  # np.load would take it for a pickle and refuse it
+                file.seek(0)
+                if file.read(6) == b"\x93NUMPY":  # np.save's format
+                    raise ValueError("a single array, not an .npz archive")
+                raise ValueError("not a zip file, which an .npz archive is")
+            file.seek(0)
             archive = np.load(file, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file's array, read whole
-                raise ValueError("a single array, not an .npz archive")
             arrays = {name: archive[name] for name in archive.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
