@@ -1,8 +1,9 @@
-"""``python -m lstm_numba``: batched inference on a default model, checked and timed.
+"""python -m lstm_numba: batched inference on a default model or your own, checked and timed.
 
-Builds a seeded model, runs a batch of random sequences, compares the result with the float64
-reference, and prints the first-call time (compile, or load from Numba's on-disk cache) and the
-steady-state throughput in sequences per second.
+Builds a seeded model (or loads one: ``--model``, a file of ``LSTM.save`` or an ONNX model), runs
+a batch of random sequences, compares the result with the float64 reference, and prints the
+first-call time (compile, or load from Numba's on-disk cache) and the steady-state throughput in
+sequences per second.
 """
 
 import argparse
@@ -26,51 +27,85 @@ def positive_int(text):
     return value
 
 
-def main(argv=None):
+MODEL_OPTIONS = {"input_size": 128, "hidden_size": 256, "num_layers": 1}
+"""The default model's sizes; with ``--model`` they come from the file."""
+
+
+def load_model(path):
+    """The model in ``path``: an ONNX model (``.onnx``) or a file of ``LSTM.save``."""
+    if str(path).lower().endswith(".onnx"):
+        return lstm_numba.from_onnx(path)
+    return lstm_numba.load(path)
+
+
+def parse_arguments(argv):
     description = __doc__.split("\n")[0] if __doc__ else None  # None under python -OO
     parser = argparse.ArgumentParser(prog="python -m lstm_numba", description=description)
     parser.add_argument(
         "--batch", type=positive_int, default=64, help="sequences per batch, B (64)"
     )
     parser.add_argument("--steps", type=positive_int, default=100, help="time steps, T (100)")
-    parser.add_argument(
-        "--input-size", type=positive_int, default=128, help="input features, I (128)"
-    )
-    parser.add_argument(
-        "--hidden-size", type=positive_int, default=256, help="hidden units, H (256)"
-    )
-    parser.add_argument("--num-layers", type=positive_int, default=1, help="stacked layers (1)")
+    parser.add_argument("--input-size", type=positive_int, help="input features, I (128)")
+    parser.add_argument("--hidden-size", type=positive_int, help="hidden units, H (256)")
+    parser.add_argument("--num-layers", type=positive_int, help="stacked layers (1)")
     parser.add_argument("--bidirectional", action="store_true", help="both directions")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64"], help="element type (float32)")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="run this model instead: a file of LSTM.save (.npz, .safetensors) or ONNX (.onnx)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to run (auto: the GPU of the input's library, else the CPU)",
+    )
     parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls (20)")
     args = parser.parse_args(argv)
+    sizes = [f"--{name.replace('_', '-')}" for name in MODEL_OPTIONS if getattr(args, name)]
+    sizes += ["--bidirectional"] * args.bidirectional + ["--dtype"] * bool(args.dtype)
+    if args.model is not None and sizes:
+        parser.error(f"{', '.join(sizes)}: given by the file with --model; leave out")
+    return parser, args
 
-    model = lstm_numba.LSTM(
-        args.input_size,
-        args.hidden_size,
-        args.num_layers,
-        bidirectional=args.bidirectional,
-        dtype=args.dtype,
-        seed=0,
-    )
+
+def main(argv=None):
+    parser, args = parse_arguments(argv)
+    if args.model is None:
+        options = {name: getattr(args, name) or value for name, value in MODEL_OPTIONS.items()}
+        model = lstm_numba.LSTM(
+            **options, bidirectional=args.bidirectional, dtype=args.dtype or "float32", seed=0
+        )
+    else:
+        try:
+            model = load_model(args.model)
+        except (OSError, ValueError, TypeError, ImportError) as error:
+            parser.error(f"--model {args.model}: {error}")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, args.steps, args.input_size)).astype(args.dtype)
-    print(f"model: {model}; x: (B, T, I) = {x.shape} {x.dtype}")
+    x = rng.standard_normal((args.batch, args.steps, model.input_size)).astype(model.dtype)
+    if not model.batch_first:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    layout = "(B, T, I)" if model.batch_first else "(T, B, I)"
+    print(f"model: {model}; x: {layout} = {x.shape} {x.dtype}; device: {args.device}")
 
     start = time.perf_counter()
-    y, (h_n, c_n) = model(x)
+    try:
+        y, (h_n, c_n) = model(x, device=args.device)
+    except RuntimeError as error:  # no usable GPU for --device cuda
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     first_call = time.perf_counter() - start
 
-    expected, _ = reference.lstm_forward(x, model.state_dict())
+    expected, _ = reference.model_forward(model, x)
     error = np.max(np.abs(y - expected)) / max(1.0, np.max(np.abs(expected)))
-    tolerance = 1e-5 if args.dtype == "float32" else 1e-12
+    tolerance = 1e-5 if model.dtype == np.float32 else 1e-12
     verdict = "OK" if error <= tolerance else "MISMATCH"
     print(f"check against the float64 reference: max error {error:.2e} (≤ {tolerance:g}) {verdict}")
 
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        model(x)
+        model(x, device=args.device)
         times.append(time.perf_counter() - start)
     best, median = min(times), float(np.median(times))
     print(f"first call (compile or cache load): {first_call:.3f} s")

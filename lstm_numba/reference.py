@@ -126,3 +126,20 @@ def lstm_forward(
     if not batch_first:
         y = y.transpose(1, 0, 2)
     return y, (h_n, c_n)
+
+
+def model_forward(model, x, hx=None, lengths=None):
+    """What ``model(x, hx, lengths=lengths)`` computes (``model`` an ``lstm_numba.LSTM``, batched
+    ``x``), by ``lstm_forward`` with every option of the model: float64."""
+    activations = zip(model.activations, model.activation_alpha, model.activation_beta, strict=True)
+    return lstm_forward(
+        x,
+        model.state_dict(),
+        hx,
+        model.batch_first,
+        lengths=lengths,
+        reverse=model.reverse,
+        clip=model.clip,
+        input_forget=model.input_forget,
+        activations=tuple(activations),
+    )

@@ -4,6 +4,7 @@ the on-disk kernel cache."""
 import pytest
 from conftest import run_python
 
+import lstm_numba as ln
 from lstm_numba.__main__ import main
 
 
@@ -23,6 +24,45 @@ def test_main_job_with_layers_and_directions():
         "--hidden-size", "5", "--num-layers", "2", "--bidirectional", "--repeats", "1",
     ).stdout  # fmt: skip
     assert "num_layers=2" in out and "bidirectional=True" in out and "OK" in out
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".onnx"])
+def test_main_job_checks_and_times_a_model_file(tmp_path, capsys, suffix):
+    """``--model``: a saved or ONNX model with options the default lacks (time-major, peepholes,
+    clip, two layers of two directions), checked against the reference with all of them."""
+    model = ln.LSTM(
+        3, 4, num_layers=2, bidirectional=True, batch_first=False, peepholes=True, clip=2.0,
+        seed=3,
+    )  # fmt: skip
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".onnx":
+        onnx = pytest.importorskip("onnx")
+        onnx.save(ln.to_onnx(model), path)
+    else:
+        model.save(path)
+    assert main(["--model", str(path), "--batch", "2", "--steps", "5", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "peepholes=True, clip=2.0" in out and "x: (T, B, I) = (5, 2, 3)" in out
+    assert "OK" in out
+
+
+def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
+    """Sizes beside ``--model``, a file that is no model, and (on any machine without a GPU)
+    ``--device cuda``: a usage error, exit status 2."""
+    (tmp_path / "m.onnx").write_bytes(b"garbage")
+    calls = {
+        "--hidden-size, --dtype: given by the file": ["--model", "m.npz", "--hidden-size", "4",
+                                                      "--dtype", "float64"],
+        "m.onnx is not an ONNX model": ["--model", str(tmp_path / "m.onnx")],
+        "No such file": ["--model", str(tmp_path / "absent.npz")],
+    }  # fmt: skip
+    if "cuda" not in ln.available_devices():
+        calls["device='cuda': no usable CUDA GPU"] = ["--device", "cuda", "--batch", "1"]
+    for message, argv in calls.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_main_job_runs_without_docstrings():

@@ -30,28 +30,9 @@ ONNX_OPTIONS = [
 ]
 
 
-def reference_activations(model):
-    """``model``'s activations in ``reference.lstm_forward``'s (name, alpha, beta) form."""
-    return tuple(zip(model.activations, model.activation_alpha, model.activation_beta, strict=True))
-
-
-def reference_forward(model, x, hx=None, lengths=None):
-    return reference.lstm_forward(
-        x,
-        model.state_dict(),
-        hx,
-        model.batch_first,
-        lengths=lengths,
-        reverse=model.reverse,
-        clip=model.clip,
-        input_forget=model.input_forget,
-        activations=reference_activations(model),
-    )
-
-
 def assert_forward_matches_reference(model, x, hx=None, lengths=None, **call_options):
     y, (h_n, c_n) = model(x, hx, lengths=lengths, **call_options)
-    y_ref, (h_ref, c_ref) = reference_forward(model, x, hx, lengths)
+    y_ref, (h_ref, c_ref) = reference.model_forward(model, x, hx, lengths)
     assert_close(y, y_ref)
     assert_close(h_n, h_ref)
     assert_close(c_n, c_ref)
@@ -252,7 +233,7 @@ def test_low_memory_peak_within_the_budget(rng, batch, steps, inputs, hidden, ba
         y = model(x, lengths=lengths, low_memory=low_memory)[0]
         peaks[low_memory] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        y_ref, _ = reference_forward(model, x, None, lengths)
+        y_ref, _ = reference.model_forward(model, x, None, lengths)
         assert_close(y, y_ref)
     ratios = {k: (x.nbytes + weights + peak) / (x.nbytes + y.nbytes + weights)
               for k, peak in peaks.items()}  # fmt: skip
@@ -336,7 +317,7 @@ def test_reference_forward_is_the_seed(rng):
     """The general reference, one step of a standard cell, is the seed's ``lstm_step``."""
     model = ln.LSTM(4, 6, dtype=np.float64, seed=8)
     x, (h0, c0) = random_inputs(rng, model, 3, 1)
-    y, (h_n, c_n) = reference_forward(model, x, (h0, c0))
+    y, (h_n, c_n) = reference.model_forward(model, x, (h0, c0))
     h_seed, c_seed = reference.lstm_step(h0[0], c0[0], x[:, 0], **model.gate_weights())
     np.testing.assert_allclose(h_n[0], h_seed, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(c_n[0], c_seed, rtol=1e-14, atol=1e-15)
@@ -355,7 +336,7 @@ def test_reference_onnx_options_by_hand(rng):
     i = 1 / (1 + np.exp(-np.clip(z[0] + p_i * c_prev, -0.25, 0.25)))
     c = (1 - i) * c_prev + i * np.tanh(np.clip(z[2], -0.25, 0.25))
     o = 1 / (1 + np.exp(-np.clip(z[3] + p_o * c, -0.25, 0.25)))
-    _, (h_n, c_n) = reference_forward(model, x, (h0, c0))
+    _, (h_n, c_n) = reference.model_forward(model, x, (h0, c0))
     np.testing.assert_allclose(c_n[0, 0, 0], c, rtol=1e-14)
     np.testing.assert_allclose(h_n[0, 0, 0], o * np.tanh(c), rtol=1e-14)
 
