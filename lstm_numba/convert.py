@@ -16,12 +16,11 @@ Layouts (cited from each project's operator definition):
 """
 
 import os
-import re
 
 import numpy as np
 
 from lstm_numba._validation import as_array, check_dtype
-from lstm_numba.model import LSTM
+from lstm_numba.model import LSTM, PARAMETER_NAME
 
 TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
 """Gate blocks of PyTorch's order (i, f, g, o) taken in ONNX's order (i, o, f, c)."""
@@ -199,10 +198,6 @@ def _check_opset(opset, num_layers, newest):
 
 # --- Import ---------------------------------------------------------------------------------------
 
-_TORCH_NAME = re.compile(
-    r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|peephole)_l(\d+)(_reverse)?"
-)
-
 
 def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     """An ``LSTM`` from weights under PyTorch's names, e.g. ``np.load("w.npz")`` or
@@ -218,13 +213,13 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     Every key and shape is checked; all problems are reported in one ``ValueError``.
     """
     arrays = {str(name): as_array(str(name), value) for name, value in state_dict.items()}
-    unknown = sorted(name for name in arrays if not _TORCH_NAME.fullmatch(name))
+    unknown = sorted(name for name in arrays if not PARAMETER_NAME.fullmatch(name))
     if unknown:
         prefix = os.path.commonprefix(unknown).rpartition(".")[0] + "."
         stripped = [name.removeprefix(prefix) for name in unknown]
         hint = ""
         every_key = len(unknown) == len(arrays) and prefix != "."
-        if every_key and all(_TORCH_NAME.fullmatch(name) for name in stripped):
+        if every_key and all(PARAMETER_NAME.fullmatch(name) for name in stripped):
             hint = (
                 f"; every key starts with {prefix!r} (a module's name): pass "
                 f"{{k.removeprefix({prefix!r}): v for k, v in state_dict.items()}}"
@@ -244,7 +239,7 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     gate_rows, input_size = arrays["weight_ih_l0"].shape
     if gate_rows % 4 or gate_rows == 0:
         raise ValueError(f"weight_ih_l0: expected 4H rows, got shape {(gate_rows, input_size)}")
-    num_layers = 1 + max(int(_TORCH_NAME.fullmatch(name)[2]) for name in arrays)
+    num_layers = 1 + max(int(PARAMETER_NAME.fullmatch(name)[2]) for name in arrays)
     if dtype is None:
         dtype = arrays["weight_ih_l0"].dtype
         if dtype.kind != "f":

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -44,6 +45,19 @@ ACTIVATION_PARAMETERS = {
 of the same name. The others take neither."""
 
 DIRECTION_SUFFIXES = ("", "_reverse")
+
+PARAMETER_NAME = re.compile(
+    r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|peephole)_l(\d+)(_reverse)?"
+)
+"""A weight's name as ``state_dict`` has it: (kind, layer, direction suffix)."""
+
+STRUCTURE = (
+    "input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size", "dtype",
+    "reverse", "peepholes", "clip", "input_forget", "activations", "activation_alpha",
+    "activation_beta",
+)  # fmt: skip
+"""The constructor's options that shape the weights and the compiled cell: read-only once built
+(``batch_first``, read at each call, may change)."""
 
 
 class Gates(NamedTuple):
@@ -298,9 +312,21 @@ class LSTM:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, value):
+        """A weight's new value, checked and copied in; the structure is fixed once built; a
+        weight's name the model lacks is an error, not an attribute the forward would ignore."""
         if name in self.__dict__.get("_parameters", {}):
             self._parameters[name][...] = self._checked_parameter(name, value)
             self._refresh_device_copy()
+        elif name in STRUCTURE and name in self.__dict__:
+            raise AttributeError(
+                f"{name}: fixed when the model is built (the weights and the compiled cell "
+                f"follow it); build another: LSTM(**{{**model.config, {name!r}: {value!r}}})"
+            )
+        elif PARAMETER_NAME.fullmatch(name):
+            raise AttributeError(
+                f"{name}: this model has no such weight; its weights are "
+                f"{', '.join(self._parameters)}"
+            )
         else:
             super().__setattr__(name, value)
 

@@ -3,6 +3,7 @@
 import inspect
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -193,6 +194,27 @@ def test_weights_are_writable_and_checked(rng):
         model.weight_ih_l0 = np.zeros((20, 5))
     with pytest.raises(TypeError, match=r"bias_hh_l0: expected a float32 or float64 array"):
         model.bias_hh_l0 = np.zeros(20, np.int32)
+
+
+def test_structure_is_read_only_and_absent_weights_are_not_set(rng):
+    """An option that shapes the weights or the compiled cell cannot change after the model is
+    built (setting ``clip`` was ignored by the forward while ``config`` and ``save`` kept it),
+    nor can a weight the model lacks be set (an attribute no forward reads); ``batch_first`` and
+    attributes of the user's own can."""
+    model = ln.LSTM(3, 4, bias=False, seed=0)
+    for name, value in [("clip", 1.0), ("hidden_size", 5), ("dtype", np.float64),
+                        ("activations", ("sigmoid", "relu", "tanh"))]:  # fmt: skip
+        with pytest.raises(AttributeError, match=rf"{name}: fixed when the model is built"):
+            setattr(model, name, value)
+    for name in ("weight_hr_l0", "bias_ih_l0", "weight_ih_l1", "weight_hh_l0_reverse"):
+        with pytest.raises(AttributeError, match=rf"{name}: this model has no such weight"):
+            setattr(model, name, np.zeros((4, 4), np.float32))
+    assert model.config == ln.LSTM(3, 4, bias=False).config
+    model.batch_first, model.note = False, "mine"
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    assert_close(model(x)[0], reference.model_forward(model, x)[0])
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.note == "mine" and not clone.batch_first
 
 
 def test_state_dict_round_trip(rng):
