@@ -21,6 +21,7 @@ import numpy as np
 
 from lstm_numba._validation import as_array, check_dtype
 from lstm_numba.model import LSTM, PARAMETER_NAME
+from lstm_numba.storage import CONFIG_KEY
 
 TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
 """Gate blocks of PyTorch's order (i, f, g, o) taken in ONNX's order (i, o, f, c)."""
@@ -208,7 +209,8 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
 
     The structure is read off the names and shapes: input_size, hidden_size, num_layers,
     bidirectional (``_reverse`` keys), bias (``bias_*`` keys), proj_size (``weight_hr_l0``) and
-    peepholes (``peephole_l0``). ``dtype``: the weights' (float32 or float64) unless given.
+    peepholes (``peephole_l0``). ``dtype``: the weights' unless given (float32 for float16
+    weights, as ``from_torch`` and ``from_onnx`` do).
     ``options``: ``LSTM``'s other keyword arguments (``clip``, ``activations``, ``reverse``, …).
     Every key and shape is checked; all problems are reported in one ``ValueError``.
     """
@@ -224,6 +226,8 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
                 f"; every key starts with {prefix!r} (a module's name): pass "
                 f"{{k.removeprefix({prefix!r}): v for k, v in state_dict.items()}}"
             )
+        elif CONFIG_KEY in unknown:
+            hint = f"; {CONFIG_KEY} is LSTM.save's: read such a file with lstm_numba.load"
         raise ValueError(
             f"state_dict: unexpected keys {unknown}; expected PyTorch's LSTM names "
             f"(weight_ih_l0, weight_hh_l0, bias_ih_l0, …){hint}"
@@ -244,6 +248,7 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
         dtype = arrays["weight_ih_l0"].dtype
         if dtype.kind != "f":
             raise TypeError(f"weight_ih_l0: expected float32 or float64 weights, got {dtype}")
+        dtype = np.promote_types(dtype, np.float32)  # half precision → float32
     model = LSTM(
         input_size,
         gate_rows // 4,

@@ -11,6 +11,7 @@ from numba import get_num_threads
 
 from lstm_numba import cpu, dispatch
 from lstm_numba._validation import (
+    as_array,
     as_float_array,
     check_dtype,
     check_float_dtype,
@@ -290,8 +291,8 @@ class LSTM:
         return locations
 
     def _checked_parameter(self, name, value):
-        """``value`` as an array of the model's dtype and ``name``'s shape (floats cast, as
-        PyTorch's ``load_state_dict`` does)."""
+        """``value`` as an array of the model's dtype and ``name``'s shape (floats cast, float16
+        too, as PyTorch's ``load_state_dict`` does)."""
         expected = self._parameters[name].shape
         meaning = {
             "weight_ih": "(4H, I)" if name.endswith(("l0", "l0_reverse")) else "(4H, D·H_out)",
@@ -301,7 +302,10 @@ class LSTM:
             "weight_hr": "(H_out, H)",
             "peephole": "(3H,)",
         }[name.rsplit("_l", 1)[0]]
-        array = as_float_array(name, value)
+        array = as_array(name, value)
+        if array.dtype == np.float16:  # exact in either dtype
+            array = array.astype(self.dtype)
+        check_float_dtype(name, array, given=value)
         check_shape(name, array, expected, meaning)
         return array.astype(self.dtype, copy=False)
 

@@ -65,6 +65,19 @@ def test_from_state_dict_casts_when_asked():
     assert model.dtype == np.float32 and model.weight_ih_l0.dtype == np.float32
 
 
+def test_half_precision_weights_load_exactly():
+    """float16 weights (a state_dict, an attribute) are cast up exactly: a float32 model unless
+    another dtype is asked for, as ``from_torch`` and ``from_onnx`` do."""
+    half = {k: v.astype(np.float16) for k, v in ln.LSTM(3, 4, seed=2).state_dict().items()}
+    for dtype, expected in ((None, np.float32), (np.float64, np.float64)):
+        model = ln.from_state_dict(half, dtype=dtype)
+        assert model.dtype == expected
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, half[name].astype(expected), err_msg=name)
+    model.weight_hh_l0 = half["weight_hh_l0"] * 2
+    np.testing.assert_array_equal(model.weight_hh_l0, half["weight_hh_l0"].astype(np.float64) * 2)
+
+
 @pytest.mark.parametrize(
     "change, error, pattern",
     [
@@ -92,6 +105,11 @@ def test_from_state_dict_casts_when_asked():
             ValueError,
             r"every key starts with 'encoder.lstm.' .*"
             r"\{k.removeprefix\('encoder.lstm.'\): v for k, v in state_dict.items\(\)\}",
+        ),
+        (
+            lambda w: w.update(__lstm_numba_config__=np.zeros(3, np.uint8)),
+            ValueError,
+            r"__lstm_numba_config__ is LSTM.save's: read such a file with lstm_numba.load",
         ),
         (
             lambda w: w.update(weight_hh_l0=[[0.0] * 4] * 15 + [[0.0] * 3]),
