@@ -9,6 +9,8 @@ by leaving it as the cell's value.
 import numpy as np
 from matplotlib.figure import Figure
 
+from lstm_numba.model import Gates
+
 GATE_PANELS = (
     ("forget", "forget gate f = σ(W_f·[h, x] + b_f)", "viridis", (0.0, 1.0)),
     ("input", "input gate i = σ(W_i·[h, x] + b_i)", "viridis", (0.0, 1.0)),
@@ -31,21 +33,35 @@ def _selected_units(units, hidden):
     """Indices of ``units`` (a slice or integer indices) among H hidden units."""
     selected = np.arange(hidden)[units] if isinstance(units, slice) else np.asarray(units)
     selected = np.atleast_1d(selected)
-    if selected.size == 0 or selected.dtype.kind not in "iu":
+    if selected.dtype.kind not in "iu" and selected.size:
         raise ValueError(f"units: expected a slice or integer unit indices, got {units!r}")
+    if selected.size == 0:
+        raise ValueError(f"units: {units!r} selects none of the H = {hidden} hidden units")
     outside = selected[(selected < 0) | (selected >= hidden)]
     if outside.size:
         raise ValueError(f"units: expected indices in [0, {hidden}) (hidden units), got {outside}")
     return selected
 
 
+def _check_gates(gates):
+    """``gates`` if it is the ``Gates`` of a forward, else a ``TypeError`` naming it."""
+    if not isinstance(gates, Gates):
+        raise TypeError(
+            f"gates: expected the Gates of model(x, return_gates=True), got {type(gates).__name__}"
+        )
+    return gates
+
+
 def _trace(gates, name, index, batch):
-    """One (T, H) trace of ``gates``, the checks done, as float64."""
+    """One (T, H) trace of ``gates`` (batch row 0 of an unbatched call's), the checks done, as
+    float64."""
     values = np.asarray(getattr(gates, name))
+    if values.ndim == 3:  # (L·D, T, H): one unbatched sequence
+        values = values[:, None]
     if values.ndim != 4:
         raise ValueError(
-            f"gates: expected traces (L·D, B, T, H) from a batched call, got {name} shape "
-            f"{values.shape}"
+            f"gates: expected traces (L·D, B, T, H), or (L·D, T, H) of one unbatched sequence, "
+            f"got {name} shape {values.shape}"
         )
     _check_index("index", index, values.shape[0], "layer·direction")
     _check_index("batch", batch, values.shape[1], "batch row")
@@ -58,7 +74,7 @@ def gates(gates, batch=0, units=slice(0, 32), index=0, panels=None):
     default), for hidden ``units`` (a slice or indices; the first 32 by default) of entry
     ``index`` of the traces' leading axis (layer k, direction d at k·D + d). Steps past the
     sequence's length (NaN) stay blank. Returns a ``Figure``."""
-    hidden = np.asarray(gates.cell).shape[-1]
+    hidden = np.asarray(_check_gates(gates).cell).shape[-1]
     selected = _selected_units(units, hidden)
     names = [panel[0] for panel in GATE_PANELS]
     chosen = names if panels is None else list(panels)
@@ -90,7 +106,7 @@ def cell_update(gates, batch=0, unit=0, index=0):
     """The cell update of one hidden unit over time: what the forget gate keeps of the old memory
     (f ⊙ C_prev = C − i ⊙ C̃), what the input gate lets in of the candidate (i ⊙ C̃), and their
     sum, the new cell state C; the gates themselves below. Returns a ``Figure``."""
-    hidden = np.asarray(gates.cell).shape[-1]
+    hidden = np.asarray(_check_gates(gates).cell).shape[-1]
     unit = _check_index("unit", unit, hidden, "hidden unit")
     forget, input_, candidate, output, cell = (
         _trace(gates, name, index, batch)[:, unit]

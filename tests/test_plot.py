@@ -55,7 +55,10 @@ def test_pyplot_is_left_alone(gates):
         (lambda g: plot.gates(g, batch=2), ValueError, r"batch: expected 0 <= batch < 2"),
         (lambda g: plot.gates(g, index=4), ValueError, r"index: expected 0 <= index < 4"),
         (lambda g: plot.gates(g, units=[1, 8]), ValueError, r"units: expected indices in \[0, 8\)"),
-        (lambda g: plot.gates(g, units=[]), ValueError, r"units: expected a slice or integer"),
+        (lambda g: plot.gates(g, units=[]), ValueError, r"units: \[\] selects none of the H = 8"),
+        (lambda g: plot.gates(g, units=slice(8, 16)), ValueError, r"units: slice\(8, 16, None\) "),
+        (lambda g: plot.gates(g, units=[0.5]), ValueError, r"units: expected a slice or integer"),
+        (lambda g: plot.gates(tuple(g)), TypeError, r"gates: expected the Gates of model\(x, "),
         (lambda g: plot.gates(g, panels=["gate"]), ValueError, r"panels: expected some of"),
         (lambda g: plot.cell_update(g, unit=8), ValueError, r"unit: expected 0 <= unit < 8"),
         (lambda g: plot.cell_update(g, unit=1.5), TypeError, r"unit: expected an integer"),
@@ -71,3 +74,15 @@ def test_chosen_panels(gates):
     figure = plot.gates(gates, panels=["forget", "cell"])
     titles = [ax.get_title().split()[0] for ax in figure.axes if ax.get_title()]
     assert titles == ["forget", "cell"]
+
+
+def test_traces_of_one_unbatched_sequence():
+    """An unbatched call's traces (L·D, T, H) plot as batch row 0."""
+    model = ln.LSTM(3, 8, seed=0)
+    x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+    traces = model(x, return_gates=True)[2]
+    figure = plot.cell_update(traces, unit=2)
+    np.testing.assert_allclose(figure.axes[0].get_lines()[2].get_ydata(), traces.cell[0, :, 2])
+    assert plot.gates(traces).get_suptitle() == "LSTM gates, batch row 0, traces[0]"
+    with pytest.raises(ValueError, match=r"batch: expected 0 <= batch < 1"):
+        plot.gates(traces, batch=1)
