@@ -387,9 +387,11 @@ class LSTM:
         if self._device_layers is not None:
             self._device_layers = self._upload_layers()
 
-    def stream(self, batch_size):
-        """A ``Stream``: stateful inference for ``batch_size`` sequences arriving in chunks."""
-        return Stream(self, batch_size)
+    def stream(self, batch_size, hx=None):
+        """A ``Stream``: stateful inference for ``batch_size`` sequences arriving in chunks,
+        from ``hx = (h0, c0)`` ((L, B, H_out), (L, B, H): e.g. the state a call on the
+        sequences' beginning returned), zeros when omitted."""
+        return Stream(self, batch_size, hx)
 
     def save(self, path):
         """Write the configuration and weights to a ``.npz`` or ``.safetensors`` file;
@@ -965,12 +967,13 @@ class Stream:
     ``stream.step(chunk)`` runs the next (B, t, I) chunk (time-major when the model is not
     ``batch_first``) from the state the previous chunk left and returns its y; chunked calls equal
     one call on the concatenated sequence (``lengths``: each row's own steps of a chunk).
-    ``stream.reset(rows=None)`` restarts some sequences (all by default) from zero states;
-    ``stream.state`` is a copy of ``(h, c)``. Forward models only: a reverse direction would need
+    ``model.stream(batch_size, hx)`` starts from ``hx = (h0, c0)``, ``stream.reset(rows=None)``
+    restarts some sequences (all by default) from zero states; ``stream.state`` is a copy of
+    ``(h, c)``. Forward models only: a reverse direction would need
     the end of the sequence first.
     """
 
-    def __init__(self, model, batch_size):
+    def __init__(self, model, batch_size, hx=None):
         if model.bidirectional or model.reverse:
             raise ValueError(
                 "stream: a bidirectional or reverse LSTM needs the whole sequence before its "
@@ -978,9 +981,7 @@ class Stream:
             )
         self.model = model
         self.batch_size = check_positive_int("batch_size", batch_size)
-        states = model.num_layers
-        self._h = np.zeros((states, self.batch_size, model.output_size), model.dtype)
-        self._c = np.zeros((states, self.batch_size, model.hidden_size), model.dtype)
+        self._h, self._c = model._initial_states(hx, self.batch_size, False, False)  # copies
         self._lengths = np.zeros(self.batch_size, np.int64)  # every row's steps in a chunk
 
     @property

@@ -44,6 +44,28 @@ def test_one_step_chunks_and_gates(rng):
     assert_close(cells, gates.cell)
 
 
+def test_stream_from_a_state(rng):
+    """``model.stream(B, hx)`` continues from a call's state (the given arrays left as they
+    are), as one call over the whole sequence does; states of other shapes are errors."""
+    model = ln.LSTM(3, 4, num_layers=2, proj_size=2, seed=4)
+    x = rng.standard_normal((3, 9, 3)).astype(np.float32)
+    y, (h_n, c_n) = model(x)
+    _, hx = model(x[:, :4])
+    given = [state.copy() for state in hx]
+    stream = model.stream(3, hx)
+    assert_close(stream.step(x[:, 4:]), y[:, 4:])
+    assert_close(stream.state[0], h_n)
+    assert_close(stream.state[1], c_n)
+    np.testing.assert_array_equal(hx[0], given[0])
+    np.testing.assert_array_equal(hx[1], given[1])
+    with pytest.raises(
+        ValueError, match=r"h0: expected shape \(D·num_layers, B, H_out\) = \(2, 2, 2\)"
+    ):
+        model.stream(2, hx)
+    with pytest.raises(TypeError, match=r"c0: expected dtype float32, got float64"):
+        model.stream(3, (hx[0], hx[1].astype(np.float64)))
+
+
 def test_reset_restarts_only_the_given_rows(rng):
     model = ln.LSTM(3, 4, seed=3)
     x = rng.standard_normal((3, 10, 3)).astype(np.float32)
