@@ -61,6 +61,15 @@ STRUCTURE = (
 (``batch_first``, read at each call, may change)."""
 
 
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` did not match, as PyTorch's result names it."""
+
+    missing_keys: list
+    """the model's weights the mapping lacks (left as they were)"""
+    unexpected_keys: list
+    """the mapping's keys the model has no weight of (ignored)"""
+
+
 class Gates(NamedTuple):
     """Gate traces of a forward (``model(x, return_gates=True)``), each (L·D, B, T, H): the leading
     axis ordered as h_n (layer k, direction d at k·D + d), then batch row, time step (input order,
@@ -360,17 +369,21 @@ class LSTM:
         them after ``torch.from_numpy``), plus ``peephole_l{k}`` when the model has peepholes."""
         return {name: value.copy() for name, value in self._parameters.items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, strict=True):
         """Replace every weight from a mapping with the names and layouts of ``state_dict()``,
-        e.g. ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``.
+        e.g. ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``; with
+        ``strict=False``, those of its keys the model has (missing and unexpected keys allowed).
+        Returns ``(missing_keys, unexpected_keys)`` as PyTorch's does.
 
         Checks every key and shape first and reports all problems in one ``ValueError``; on error
         the model is unchanged.
         """
-        problems = [f"missing key {name!r}" for name in self._parameters if name not in state_dict]
-        problems += [
-            f"unexpected key {name!r}" for name in state_dict if name not in self._parameters
-        ]
+        missing = [name for name in self._parameters if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in self._parameters]
+        problems = []
+        if strict:
+            problems += [f"missing key {name!r}" for name in missing]
+            problems += [f"unexpected key {name!r}" for name in unexpected]
         loaded = {}
         for name in self._parameters.keys() & state_dict.keys():
             try:
@@ -382,6 +395,7 @@ class LSTM:
         for name, value in loaded.items():
             self._parameters[name][...] = value
         self._refresh_device_copy()
+        return IncompatibleKeys(missing, unexpected)
 
     def _refresh_device_copy(self):
         if self._device_layers is not None:

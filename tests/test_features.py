@@ -586,6 +586,23 @@ def test_load_state_dict_reports_every_problem_and_changes_nothing():
         np.testing.assert_array_equal(value, before[name])
 
 
+def test_load_state_dict_not_strict_loads_the_keys_it_has():
+    """``strict=False``: the keys the model has are loaded, the others reported as PyTorch does;
+    a wrong shape among them is still an error and loads nothing."""
+    model = bidirectional_2_layers()
+    before = model.state_dict()
+    biases = {name: value + 1 for name, value in before.items() if name.startswith("bias_")}
+    result = model.load_state_dict({**biases, "head.weight": np.zeros(3)}, strict=False)
+    assert result.unexpected_keys == ["head.weight"]
+    assert result.missing_keys == [name for name in before if name not in biases]
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, biases.get(name, before[name]), err_msg=name)
+    assert model.load_state_dict(before) == ([], [])
+    with pytest.raises(ValueError, match=r"weight_hh_l0: expected shape"):
+        model.load_state_dict({**biases, "weight_hh_l0": np.zeros((2, 2))}, strict=False)
+    np.testing.assert_array_equal(model.bias_ih_l0, before["bias_ih_l0"])
+
+
 def test_state_dict_names_cover_every_layer_and_direction():
     model = ln.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, peepholes=True)
     names = set(model.state_dict())
