@@ -265,13 +265,27 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     return model
 
 
+def _is_torch_lstm(module):
+    """Whether ``module`` is a ``torch.nn.LSTM`` (by name and attribute: torch not imported)."""
+    return type(module).__name__ == "LSTM" and hasattr(module, "proj_size")
+
+
 def from_torch(module):
     """An ``LSTM`` equal to a ``torch.nn.LSTM`` module: its configuration and its weights copied
     to NumPy, layout unchanged (see ``from_state_dict``); half-precision weights (float16,
     bfloat16) become float32, as in ``from_onnx``; dropout is a training feature and is
     ignored."""
-    if type(module).__name__ != "LSTM" or not hasattr(module, "proj_size"):
-        raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
+    if not _is_torch_lstm(module):
+        inside = [
+            name for name, part in getattr(module, "named_modules", list)() if _is_torch_lstm(part)
+        ]
+        hint = (
+            f"; it holds {', '.join(map(repr, inside))}: pass one, e.g. "
+            f"from_torch(module.get_submodule({inside[0]!r}))"
+            if inside
+            else ""
+        )
+        raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}{hint}")
     weights = {}
     for name, value in module.state_dict().items():
         value = value.detach().cpu()

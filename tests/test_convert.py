@@ -168,8 +168,12 @@ def test_from_torch_widens_half_precision_to_float32(rng, half):
 
 def test_from_torch_rejects_other_modules():
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="from_torch: expected a torch.nn.LSTM, got GRU"):
+    with pytest.raises(TypeError, match="from_torch: expected a torch.nn.LSTM, got GRU$"):
         ln.from_torch(torch.nn.GRU(3, 4))
+    network = torch.nn.ModuleDict({"encoder": torch.nn.LSTM(3, 4), "head": torch.nn.Linear(4, 1)})
+    with pytest.raises(TypeError, match=r"got ModuleDict; it holds 'encoder': pass one, e.g. "
+                       r"from_torch\(module.get_submodule\('encoder'\)\)"):  # fmt: skip
+        ln.from_torch(network)
 
 
 # --- Keras ---------------------------------------------------------------------------------------
