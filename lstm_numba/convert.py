@@ -16,6 +16,7 @@ Layouts (cited from each project's operator definition):
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -431,14 +432,22 @@ def _onnx_stack(graph, nodes):
     """The graph's LSTM ``nodes`` in layer order where they form one stack, each after the first
     reading the Y [T, D, B, H] of the one below (layout 0) as its X [T, B, D·H]: transposed by
     perm [0, 2, 1, 3] and reshaped by a constant shape [0, 0, D·H] or [0, 0, -1] (as ``to_onnx``
-    writes it, and ``torch.onnx.export`` for two directions), or for one direction squeezed on
-    axis 1 (``torch.onnx.export``); else None. One node is a stack of one."""
+    writes it, and ``torch.onnx.export`` for two directions; T and B themselves where the graph's
+    ``value_info`` gives them, as the dynamo exporter writes it), or for one direction squeezed
+    on axis 1 (``torch.onnx.export``); else None. One node is a stack of one."""
     from onnx import helper, numpy_helper
 
     if len(nodes) == 1:
         return nodes
     producer = {output: node for node in graph.node for output in node.output}
     initializers = {tensor.name: tensor for tensor in graph.initializer}
+    dimensions = {  # value name → its dimensions as value_info states them (None: unknown)
+        value.name: [
+            d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim
+        ]
+        for value in graph.value_info
+    }
 
     def constant(name):  # an initializer's or a Constant node's value as a flat list, else None
         if name in initializers:
@@ -474,7 +483,10 @@ def _onnx_stack(graph, nodes):
         if squeezed:  # [T, 1, B, H]: one direction only
             return below if directions == 1 else None
         width = directions * attributes.get("hidden_size", -1)
-        return below if shape in ([0, 0, width], [0, 0, -1]) else None
+        steps_rows = (dimensions.get(step.input[0]) or [None] * 4)[:2]  # [T, B, D, H]'s T, B
+        kept = shape is not None and len(shape) == 3 and shape[2] in (width, -1)
+        kept = kept and all(n in (0, known) for n, known in zip(shape, steps_rows, strict=False))
+        return below if kept else None
 
     below = [layer_below(node) for node in nodes]
     above = {id(lower): node for node, lower in zip(nodes, below, strict=True) if lower}
@@ -629,6 +641,15 @@ def from_onnx(model, node_name=None, *, weights=None):
     state, options = {}, None
     for layer, node in enumerate(_onnx_lstm_nodes(model, node_name)):
         layer_state, layer_options = _onnx_layer(node, layer, read)
+        for position, label in ((5, "initial_h"), (6, "initial_c")):
+            name = node.input[position] if len(node.input) > position else ""
+            if name in initializers and numpy_helper.to_array(initializers[name]).any():
+                warnings.warn(
+                    f"from_onnx: node {node.name!r}'s {label} is a constant that is not zero, "
+                    "which the model does not keep: pass the initial states at each call, "
+                    "model(x, (h0, c0))",
+                    stacklevel=2,
+                )
         if options is not None and layer_options != options:
             differ = sorted(k for k in options if options[k] != layer_options[k])
             raise ValueError(f"from_onnx: node {node.name!r} differs from the first in {differ}")

@@ -382,6 +382,51 @@ def test_stacked_onnx_nodes_load_as_layers(rng):
         ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1"])
 
 
+def test_stack_with_static_reshapes_loads_where_the_graph_states_t_and_b():
+    """torch's dynamo exporter reshapes each layer's Y to constant [T, B, D·H] (T, B of the
+    example input) and states the shapes in ``value_info``: a stack where those agree, not where
+    the reshape swaps T and B or where nothing states them."""
+    onnx = pytest.importorskip("onnx")
+    model = ln.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=False, seed=12)
+    steps, rows = 5, 2
+
+    def static_export(shape, with_shapes=True):
+        exported = to_onnx(model)
+        for axis, size in zip(exported.graph.input[0].type.tensor_type.shape.dim[:2],
+                              (steps, rows), strict=True):  # fmt: skip
+            axis.dim_value = size
+        reshape = next(t for t in exported.graph.initializer if t.name == "shape_l0")
+        reshape.CopyFrom(onnx.numpy_helper.from_array(np.array(shape), "shape_l0"))
+        return onnx.shape_inference.infer_shapes(exported) if with_shapes else exported
+
+    assert_same_model(ln.from_onnx(static_export([steps, rows, 8])), model)
+    assert_same_model(ln.from_onnx(static_export([0, rows, -1])), model)
+    for shape, with_shapes in (([rows, steps, 8], True), ([steps, rows, 8], False)):
+        with pytest.raises(ValueError, match=r"2 LSTM nodes .* list of names"):
+            ln.from_onnx(static_export(shape, with_shapes))
+
+
+def test_constant_initial_states_that_are_not_zero_warn():
+    """A node whose initial_h or initial_c is a non-zero initializer: the model cannot keep it
+    (states are a call's hx), so reading it warns; zeros, as exporters write them, do not."""
+    onnx = pytest.importorskip("onnx")
+    model = ln.LSTM(3, 4, batch_first=False, seed=13)
+    exported = to_onnx(model)
+    for name, value in (("initial_h", 0.0), ("initial_c", 0.5)):
+        del exported.graph.input[[i.name for i in exported.graph.input].index(name)]
+        exported.graph.initializer.append(
+            onnx.numpy_helper.from_array(np.full((1, 2, 4), value, np.float32), name)
+        )
+    with pytest.warns(UserWarning, match=r"'LSTM_l0''s initial_c is a constant that is not zero"):
+        assert_same_model(ln.from_onnx(exported), model)
+    exported.graph.initializer[-1].CopyFrom(
+        onnx.numpy_helper.from_array(np.zeros((1, 2, 4), np.float32), "initial_c")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ln.from_onnx(exported)
+
+
 def test_run_onnx_io_layouts_agree(rng):
     """Layout 1 (batch_first) is layout 0 with the batch axis first."""
     time_major = ln.LSTM(3, 4, bidirectional=True, batch_first=False, seed=5)
