@@ -57,9 +57,9 @@ def parse_arguments(argv):
     )
     parser.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="where to run (auto: the GPU of the input's library, else the CPU)",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where to run (cpu); cuda copies the batch over and back on each call",
     )
     parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls (20)")
     args = parser.parse_args(argv)
