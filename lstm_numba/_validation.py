@@ -1,6 +1,8 @@
 """Argument checks for the public wrappers: every error names the argument, what was expected and
 what was given, before anything reaches a compiled kernel."""
 
+import importlib
+
 import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -133,3 +135,15 @@ def check_index(name, value, count, counted):
     if index >= count:
         raise ValueError(f"{name}: expected 0 <= {name} < {counted} = {count}, got {index}")
     return index
+
+
+def import_optional(name, extra):
+    """The optional package ``name`` (e.g. "onnx", "safetensors.numpy"), imported; where it is
+    not installed, an ``ImportError`` naming the extra that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise ImportError(
+            f"{name.partition('.')[0]} is not installed; install it with "
+            f"pip install 'lstm-numba[{extra}]'"
+        ) from error

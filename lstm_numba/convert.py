@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from lstm_numba._validation import as_array, check_dtype
+from lstm_numba._validation import as_array, check_dtype, import_optional
 from lstm_numba.model import LSTM, PARAMETER_NAME
 from lstm_numba.storage import CONFIG_KEY
 
@@ -70,6 +70,7 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
     """
     if model.proj_size:
         raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    import_optional("onnx", "onnx")
     from onnx import TensorProto, defs, helper, numpy_helper
 
     opset = _check_opset(opset, model.num_layers, defs.onnx_opset_version())
@@ -607,7 +608,7 @@ def from_onnx(model, node_name=None, *, weights=None):
     ``batch_first=True``, else False), so that ``run_onnx_io`` takes and returns the node's X, Y,
     Y_h, Y_c as they are. float16 weights become float32; float64 stays float64.
     """
-    import onnx
+    onnx = import_optional("onnx", "onnx")
     from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 

@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 
+from lstm_numba._validation import import_optional
 from lstm_numba.model import LSTM
 
 CONFIG_KEY = "__lstm_numba_config__"
@@ -27,9 +28,8 @@ def save(model, path):
     header = json.dumps({**FORMAT, "config": model.config})
     weights = model.state_dict()
     if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-
-        save_file(weights, path, metadata={CONFIG_KEY: header})
+        safetensors_numpy = import_optional("safetensors.numpy", "safetensors")
+        safetensors_numpy.save_file(weights, path, metadata={CONFIG_KEY: header})
     elif path.endswith(".npz"):
         np.savez(path, **weights, **{CONFIG_KEY: np.frombuffer(header.encode(), np.uint8)})
     else:
@@ -43,6 +43,7 @@ def _read(path):
     # open where the zip cannot be read)
     with open(path, "rb") as file:
         if path.endswith(".safetensors"):
+            import_optional("safetensors", "safetensors")
             from safetensors import SafetensorError, safe_open
 
             try:

@@ -4,6 +4,7 @@ import importlib.util
 import io
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -616,6 +617,23 @@ def test_npz_weights_serve_from_state_dict(tmp_path):
     with np.load(tmp_path / "m.npz") as archive:
         weights = {k: archive[k] for k in archive.files if not k.startswith("__")}
     assert_same_model(ln.from_state_dict(weights), model)
+
+
+@pytest.mark.parametrize(
+    "module, call",
+    [
+        ("onnx", lambda model, path: ln.to_onnx(model)),
+        ("onnx", lambda model, path: ln.from_onnx(path / "m.onnx")),
+        ("safetensors", lambda model, path: model.save(path / "m.safetensors")),
+        ("safetensors", lambda model, path: ln.load(path / "m.safetensors")),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(monkeypatch, tmp_path, module, call):
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    for name in (module, f"{module}.numpy"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it fails
+    with pytest.raises(ImportError, match=rf"{module} is not installed; .*lstm-numba\[{module}\]"):
+        call(ln.LSTM(3, 4), tmp_path)
 
 
 def test_save_needs_a_known_extension(tmp_path):
