@@ -7,9 +7,11 @@ by leaving it as the cell's value.
 """
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from lstm_numba._validation import import_optional
 from lstm_numba.model import Gates
+
+Figure = import_optional("matplotlib.figure", "plot").Figure
 
 GATE_PANELS = (
     ("forget", "forget gate f = σ(W_f·[h, x] + b_f)", "viridis", (0.0, 1.0)),

@@ -1,5 +1,8 @@
 """``lstm_numba.plot`` headless: files written, figures labelled, bad arguments clear."""
 
+import importlib
+import sys
+
 import numpy as np
 import pytest
 
@@ -86,3 +89,10 @@ def test_traces_of_one_unbatched_sequence():
     assert plot.gates(traces).get_suptitle() == "LSTM gates, batch row 0, traces[0]"
     with pytest.raises(ValueError, match=r"batch: expected 0 <= batch < 1"):
         plot.gates(traces, batch=1)
+
+
+def test_without_matplotlib_the_import_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.delitem(sys.modules, "lstm_numba.plot")
+    with pytest.raises(ImportError, match=r"matplotlib is not installed; .*lstm-numba\[plot\]"):
+        importlib.import_module("lstm_numba.plot")
