@@ -507,7 +507,12 @@ class LSTM:
         sequence's last valid step (the reverse direction's after reading back to step 0; h0/c0
         for a length of 0). Arrays of x's kind: NumPy for NumPy (and lists), torch tensors for
         torch tensors (CPU or CUDA), CuPy for CuPy, Numba device arrays for those.
+
+        A torch ``PackedSequence`` x carries its lengths (``lengths`` must be None) and gives a
+        ``PackedSequence`` y, h_n and c_n in the batch's own order, as ``torch.nn.LSTM`` does.
         """
+        if type(x).__name__ == "PackedSequence" and hasattr(x, "batch_sizes"):
+            return self._packed_call(x, hx, lengths, device, return_gates, low_memory)
         on_gpu = dispatch.select_device(x, device) == "cuda"
         given = x
         if dispatch.is_gpu_array(x):
@@ -649,6 +654,21 @@ class LSTM:
         with cpu.dry_run(panels) as run:
             self._forward_cpu(x, h, c, row_lengths, padded, traces, low_memory)
         return frozenset(run.signatures)
+
+    def _packed_call(self, packed, hx, lengths, device, return_gates, low_memory):
+        """``__call__`` on a torch ``PackedSequence``: unpacked to x and lengths (the batch's
+        own order), y packed back as the input was."""
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        if lengths is not None:
+            raise ValueError("lengths: a PackedSequence x carries its own; expected None")
+        x, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
+        results = self(x, hx, lengths, device=device, return_gates=return_gates,
+                       low_memory=low_memory)  # fmt: skip
+        y = pack_padded_sequence(
+            results[0], lengths, batch_first=self.batch_first, enforce_sorted=False
+        )
+        return (y, *results[1:])
 
     def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None):
         """The call of an ONNX ``LSTM`` node (``convert.from_onnx`` builds such a model): inputs and

@@ -493,6 +493,36 @@ def test_lengths_match_torch_packed_sequences(rng, options):
     assert_close(y, y_t.numpy())
     assert_close(h_n, h_t.numpy())
     assert_close(c_n, c_t.numpy())
+    y_packed_here, (h_here, c_here) = model(packed, (torch.from_numpy(h0), torch.from_numpy(c0)))
+    assert type(y_packed_here).__name__ == "PackedSequence"
+    for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        assert torch.equal(getattr(y_packed_here, name), getattr(y_packed, name)), name
+    assert_close(y_packed_here.data.numpy(), y_packed.data.numpy())
+    assert_close(h_here.numpy(), h_t.numpy())
+    assert_close(c_here.numpy(), c_t.numpy())
+
+
+def test_packed_sequence_in_packed_sequence_out(rng):
+    """A ``PackedSequence`` of unsorted sequences, with gate traces, as ``torch.nn.LSTM`` reads
+    it; ``lengths`` beside it is an error."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_sequence
+
+    model = ln.LSTM(3, 4, batch_first=False, seed=15)
+    sequences = [
+        torch.from_numpy(rng.standard_normal((n, 3)).astype(np.float32)) for n in (4, 6, 1)
+    ]
+    packed = pack_sequence(sequences, enforce_sorted=False)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = torch_twin(torch, model)(packed)
+    y, (h_n, c_n), gates = model(packed, return_gates=True)
+    assert_close(y.data.numpy(), y_t.data.numpy())
+    assert_close(h_n.numpy(), h_t.numpy())
+    assert_close(c_n.numpy(), c_t.numpy())
+    for row, sequence in enumerate(sequences):  # each row's traces end at its own last step
+        assert_close(gates.cell[0, row, len(sequence) - 1].numpy(), c_t[0, row].numpy())
+    with pytest.raises(ValueError, match=r"lengths: a PackedSequence x carries its own"):
+        model(packed, lengths=[4, 6, 1])
 
 
 # --- Bad input ----------------------------------------------------------------------------------
