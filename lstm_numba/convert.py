@@ -277,6 +277,8 @@ def from_torch(module):
     to NumPy, layout unchanged (see ``from_state_dict``); half-precision weights (float16,
     bfloat16) become float32, as in ``from_onnx``; dropout is a training feature and is
     ignored."""
+    if isinstance(module, LSTM):
+        raise TypeError("from_torch: expected a torch.nn.LSTM, got an lstm_numba.LSTM (use it)")
     if not _is_torch_lstm(module):
         inside = [
             name for name, part in getattr(module, "named_modules", list)() if _is_torch_lstm(part)

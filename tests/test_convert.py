@@ -175,6 +175,8 @@ def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match=r"got ModuleDict; it holds 'encoder': pass one, e.g. "
                        r"from_torch\(module.get_submodule\('encoder'\)\)"):  # fmt: skip
         ln.from_torch(network)
+    with pytest.raises(TypeError, match=r"got an lstm_numba.LSTM \(use it\)"):
+        ln.from_torch(ln.LSTM(3, 4))
 
 
 # --- Keras ---------------------------------------------------------------------------------------
