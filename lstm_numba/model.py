@@ -1003,8 +1003,7 @@ class Stream:
     one call on the concatenated sequence (``lengths``: each row's own steps of a chunk).
     ``model.stream(batch_size, hx)`` starts from ``hx = (h0, c0)``, ``stream.reset(rows=None)``
     restarts some sequences (all by default) from zero states; ``stream.state`` is a copy of
-    ``(h, c)``. Forward models only: a reverse direction would need
-    the end of the sequence first.
+    ``(h, c)``. Forward models only: a reverse direction would need the end of the sequence first.
     """
 
     def __init__(self, model, batch_size, hx=None):
