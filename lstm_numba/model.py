@@ -87,6 +87,17 @@ class Gates(NamedTuple):
     """C = f ⊙ C_prev + i ⊙ C̃"""
 
 
+def _finite_floats(name, values):
+    """``values`` (numbers) as a list of finite floats, or an error naming ``name``."""
+    try:
+        floats = [float(value) for value in values]
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name}: expected a sequence of numbers, got {values!r}") from error
+    if not all(map(math.isfinite, floats)):
+        raise ValueError(f"{name}: expected finite numbers, got {values!r}")
+    return floats
+
+
 def _resolve_activations(activations, alphas, betas, directions):
     """``(names, parameters)``: 3·D lower-case ONNX names and their (alpha, beta), 3·D × 2.
 
@@ -94,7 +105,8 @@ def _resolve_activations(activations, alphas, betas, directions):
     ``activation_alpha``/``activation_beta``: consumed in order by the activations that take them,
     defaults after the list ends.
     """
-    if isinstance(activations, str) or len(activations) not in {3, 3 * directions}:
+    count = None if isinstance(activations, str) else getattr(activations, "__len__", None)
+    if count is None or count() not in {3, 3 * directions}:
         raise ValueError(
             "activations: expected 3 names (f, g, h)"
             + (" or 6 (forward, then reverse)" if directions == 2 else "")
@@ -111,7 +123,8 @@ def _resolve_activations(activations, alphas, betas, directions):
         names.append(key)
     if len(names) == 3:
         names *= directions
-    alphas, betas = list(map(float, alphas)), list(map(float, betas))
+    alphas = _finite_floats("activation_alpha", alphas)
+    betas = _finite_floats("activation_beta", betas)
     parameters = []
     for name in names:
         alpha, beta = ACTIVATION_PARAMETERS.get(name, (None, None))

@@ -575,6 +575,17 @@ def test_bad_call_is_a_clear_error(call, error, pattern):
         ({"seed": "1"}, TypeError, r"seed: expected None, a non-negative integer .*got '1'"),
         ({"activations": ("sigmoid", "tanh")}, ValueError, r"activations: expected 3 names"),
         ({"activations": "sigmoid"}, ValueError, r"activations: expected 3 names"),
+        ({"activations": None}, ValueError, r"activations: expected 3 names .*got None"),
+        (
+            {"activations": ("hardsigmoid", "tanh", "tanh"), "activation_alpha": ("a",)},
+            TypeError,
+            r"activation_alpha: expected a sequence of numbers, got \('a',\)",
+        ),
+        (
+            {"activations": ("hardsigmoid", "tanh", "tanh"), "activation_beta": (np.nan,)},
+            ValueError,
+            r"activation_beta: expected finite numbers",
+        ),
         (
             {"activations": ("sigmoid", "gelu", "tanh")},
             ValueError,
