@@ -678,8 +678,9 @@ class LSTM:
         x, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
         results = self(x, hx, lengths, device=device, return_gates=return_gates,
                        low_memory=low_memory)  # fmt: skip
+        sorted_ = packed.sorted_indices is None  # packed from rows sorted by length
         y = pack_padded_sequence(
-            results[0], lengths, batch_first=self.batch_first, enforce_sorted=False
+            results[0], lengths, batch_first=self.batch_first, enforce_sorted=sorted_
         )
         return (y, *results[1:])
 

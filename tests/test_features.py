@@ -523,6 +523,8 @@ def test_packed_sequence_in_packed_sequence_out(rng):
         assert_close(gates.cell[0, row, len(sequence) - 1].numpy(), c_t[0, row].numpy())
     with pytest.raises(ValueError, match=r"lengths: a PackedSequence x carries its own"):
         model(packed, lengths=[4, 6, 1])
+    in_order = pack_sequence(sorted(sequences, key=len, reverse=True))  # no sorted_indices
+    assert model(in_order)[0].sorted_indices is None
 
 
 # --- Bad input ----------------------------------------------------------------------------------
