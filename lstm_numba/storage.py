@@ -36,6 +36,22 @@ def save(model, path):
         raise ValueError(f"path: expected a name ending in .npz or .safetensors, got {path!r}")
 
 
+OTHER_FORMATS = {
+    ".onnx": "an ONNX model? read it with lstm_numba.from_onnx",
+    ".pt": "a torch file? torch.load it, then lstm_numba.from_torch or from_state_dict",
+    ".pth": "a torch file? torch.load it, then lstm_numba.from_torch or from_state_dict",
+    ".h5": "a Keras file? load it with Keras, then lstm_numba.from_keras",
+    ".keras": "a Keras file? load it with Keras, then lstm_numba.from_keras",
+}
+"""What a file named so that ``load`` cannot read probably is, and how to read it."""
+
+
+def _other_format(path):
+    """``"; <hint>"`` for a name of ``OTHER_FORMATS``, else ``""``."""
+    hint = OTHER_FORMATS.get(os.path.splitext(path)[1].lower())
+    return f"; {hint}" if hint else ""
+
+
 def _read(path):
     """``(header text, weights)`` from a file written by ``save``. A file that cannot be opened
     raises Python's own ``OSError`` (``FileNotFoundError``, ``PermissionError``, ...)."""
@@ -58,7 +74,7 @@ def _read(path):
                 file.seek(0)
                 if file.read(6) == b"\x93NUMPY":  # np.save's format
                     raise ValueError("a single array, not an .npz archive")
-                raise ValueError("not a zip file, which an .npz archive is")
+                raise ValueError("not a zip file, which an .npz archive is" + _other_format(path))
             file.seek(0)
             archive = np.load(file, allow_pickle=False)
             arrays = {name: archive[name] for name in archive.files}
@@ -75,10 +91,10 @@ def load(path):
     path = os.fspath(path)
     header, weights = _read(path)
     if header is None:
-        raise ValueError(
-            f"{path}: no lstm_numba configuration ({CONFIG_KEY}); for bare PyTorch-named "
-            "weights use lstm_numba.from_state_dict"
+        hint = _other_format(path) or (
+            "; for bare PyTorch-named weights use lstm_numba.from_state_dict"
         )
+        raise ValueError(f"{path}: no lstm_numba configuration ({CONFIG_KEY}){hint}")
     try:
         document = json.loads(header)
         if {key: document.get(key) for key in FORMAT} != FORMAT:

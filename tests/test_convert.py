@@ -710,6 +710,18 @@ def test_bad_npz_files_are_clear_errors_and_never_run_code(tmp_path, kind, patte
     assert not marker.exists(), "loading executed code from the file"
 
 
+def test_files_of_other_formats_name_their_reader(tmp_path):
+    """A file ``load`` cannot read, named as another library's, says which call reads it: an
+    ONNX model (no zip), a torch file (a zip without the configuration)."""
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    with pytest.raises(ValueError, match=r"not a zip file.*; an ONNX model\? read it with lstm"):
+        ln.load(tmp_path / "m.onnx")
+    with open(tmp_path / "m.pt", "wb") as file:
+        np.savez(file, weight=np.zeros(3))
+    with pytest.raises(ValueError, match=r"no lstm_numba configuration .*; a torch file\?"):
+        ln.load(tmp_path / "m.pt")
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_a_missing_file_is_python_s_own_error(tmp_path, suffix):
     with pytest.raises(FileNotFoundError, match="No such file"):
