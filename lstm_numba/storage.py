@@ -27,11 +27,12 @@ def save(model, path):
     path = os.fspath(path)
     header = json.dumps({**FORMAT, "config": model.config})
     weights = model.state_dict()
-    if path.endswith(".safetensors"):
+    if path.lower().endswith(".safetensors"):
         safetensors_numpy = import_optional("safetensors.numpy", "safetensors")
         safetensors_numpy.save_file(weights, path, metadata={CONFIG_KEY: header})
-    elif path.endswith(".npz"):
-        np.savez(path, **weights, **{CONFIG_KEY: np.frombuffer(header.encode(), np.uint8)})
+    elif path.lower().endswith(".npz"):
+        with open(path, "wb") as file:  # by name, np.savez would add ".npz" to "m.NPZ"
+            np.savez(file, **weights, **{CONFIG_KEY: np.frombuffer(header.encode(), np.uint8)})
     else:
         raise ValueError(f"path: expected a name ending in .npz or .safetensors, got {path!r}")
 
@@ -58,7 +59,7 @@ def _read(path):
     # opened here, closed whatever the readers raise (np.load leaves a file it opened itself
     # open where the zip cannot be read)
     with open(path, "rb") as file:
-        if path.endswith(".safetensors"):
+        if path.lower().endswith(".safetensors"):
             import_optional("safetensors", "safetensors")
             from safetensors import SafetensorError, safe_open
 

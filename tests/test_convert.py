@@ -641,6 +641,10 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, tmp_path, modul
 def test_save_needs_a_known_extension(tmp_path):
     with pytest.raises(ValueError, match=r"path: expected a name ending in .npz or .safetensors"):
         ln.LSTM(3, 4).save(tmp_path / "m.pt")
+    model = ln.LSTM(3, 4, seed=2)
+    model.save(tmp_path / "m.NPZ")  # in any case, under the name given (np.savez adds .npz)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.NPZ"]
+    assert_same_model(ln.load(tmp_path / "m.NPZ"), model)
 
 
 class Exploit:
