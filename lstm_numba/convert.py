@@ -405,7 +405,20 @@ def from_keras(layer, *, batch_first=True, dtype=None):
     elif name == "LSTM":
         forward, backward = layer, None
     else:
-        raise TypeError(f"from_keras: expected a Keras LSTM or Bidirectional(LSTM), got {name}")
+        inside = [
+            part.name
+            for part in getattr(layer, "layers", ())
+            if type(part).__name__ in ("LSTM", "Bidirectional")
+        ]
+        hint = (
+            f"; it holds {', '.join(map(repr, inside))}: pass one, e.g. "
+            f"from_keras(model.get_layer({inside[0]!r}))"
+            if inside
+            else ""
+        )
+        raise TypeError(
+            f"from_keras: expected a Keras LSTM or Bidirectional(LSTM), got {name}{hint}"
+        )
     config = forward.get_config()
     return from_keras_weights(
         forward.get_weights(),

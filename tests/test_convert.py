@@ -283,6 +283,18 @@ def test_from_keras_matches_keras(rng, keras, options):
     assert_close(c_n, np.stack(states[1::2]))
 
 
+def test_from_keras_of_a_model_names_its_lstm_layers():
+    """A Keras model holding LSTM layers (stand-ins of Keras's classes, by name): the error names
+    them and how to pass one."""
+    encoder = type("LSTM", (), {"name": "encoder"})()
+    network = type("Sequential", (), {"layers": [object(), encoder]})()
+    with pytest.raises(TypeError, match=r"got Sequential; it holds 'encoder': pass one, e.g. "
+                       r"from_keras\(model.get_layer\('encoder'\)\)"):  # fmt: skip
+        ln.from_keras(network)
+    with pytest.raises(TypeError, match=r"got object$"):
+        ln.from_keras(object())
+
+
 # --- ONNX ---------------------------------------------------------------------------------------
 
 
