@@ -152,16 +152,7 @@ def torch_call(torch, model, x, lengths, device, hx=None):
     packed sequence; synchronised on CUDA."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    torch_lstm = torch.nn.LSTM(
-        model.input_size,
-        model.hidden_size,
-        num_layers=model.num_layers,
-        batch_first=True,
-        bidirectional=model.bidirectional,
-        proj_size=model.proj_size,
-    )
-    torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    torch_lstm.to(device)
+    torch_lstm = lstm_numba.to_torch(model).to(device)  # batch_first, as x
     x_torch = torch.from_numpy(x).to(device)
     hx_torch = None if hx is None else tuple(torch.from_numpy(a).to(device) for a in hx)
 

@@ -12,6 +12,7 @@ from lstm_numba.convert import (
     from_state_dict,
     from_torch,
     to_onnx,
+    to_torch,
 )
 from lstm_numba.dispatch import available_devices
 from lstm_numba.gates import (
@@ -37,6 +38,7 @@ __all__ = [
     "from_state_dict",
     "from_torch",
     "to_onnx",
+    "to_torch",
     "cell_update",
     "forget_gate",
     "hidden_state",

@@ -137,13 +137,15 @@ def check_index(name, value, count, counted):
     return index
 
 
-def import_optional(name, extra):
+def import_optional(name, extra=None):
     """The optional package ``name`` (e.g. "onnx", "safetensors.numpy"), imported; where it is
-    not installed, an ``ImportError`` naming the extra that installs it."""
+    not installed, an ``ImportError`` naming the extra that installs it (or the package itself,
+    for one no extra holds)."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
+        package = name.partition(".")[0]
+        install = package if extra is None else f"'lstm-numba[{extra}]'"
         raise ImportError(
-            f"{name.partition('.')[0]} is not installed; install it with "
-            f"pip install 'lstm-numba[{extra}]'"
+            f"{package} is not installed; install it with pip install {install}"
         ) from error

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from lstm_numba._validation import as_array, check_dtype, import_optional
-from lstm_numba.model import LSTM, PARAMETER_NAME
+from lstm_numba.model import DEFAULT_ACTIVATIONS, LSTM, PARAMETER_NAME
 from lstm_numba.storage import CONFIG_KEY
 
 TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
@@ -270,6 +270,37 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
 def _is_torch_lstm(module):
     """Whether ``module`` is a ``torch.nn.LSTM`` (by name and attribute: torch not imported)."""
     return type(module).__name__ == "LSTM" and hasattr(module, "proj_size")
+
+
+def to_torch(model):
+    """A ``torch.nn.LSTM`` equal to ``model`` (needs torch): its configuration and a copy of its
+    weights, in evaluation mode; ``from_torch`` reads it back. ONNX's options (``reverse``,
+    ``peepholes``, ``clip``, ``input_forget``, other activations) have no equivalent in torch: a
+    ``ValueError`` naming them."""
+    onnx_options = [
+        name for name in ("reverse", "peepholes", "input_forget") if getattr(model, name)
+    ]
+    onnx_options += ["clip"] * (model.clip is not None)
+    onnx_options += ["activations"] * (
+        model.activations != DEFAULT_ACTIVATIONS * model.num_directions
+    )
+    if onnx_options:
+        raise ValueError(
+            f"to_torch: torch.nn.LSTM has no {', '.join(onnx_options)} (ONNX's options)"
+        )
+    torch = import_optional("torch")
+    module = torch.nn.LSTM(
+        model.input_size,
+        model.hidden_size,
+        num_layers=model.num_layers,
+        bias=model.bias,
+        batch_first=model.batch_first,
+        bidirectional=model.bidirectional,
+        proj_size=model.proj_size,
+        dtype=getattr(torch, model.dtype.name),
+    )
+    module.load_state_dict({name: torch.from_numpy(w) for name, w in model.state_dict().items()})
+    return module.eval()
 
 
 def from_torch(module):

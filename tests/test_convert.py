@@ -151,6 +151,34 @@ def test_from_torch_matches_torch(rng, options):
     assert_close(c_n, c_t.numpy())
 
 
+def test_to_torch_is_the_model_in_torch(monkeypatch):
+    """``to_torch`` gives a module in evaluation mode that ``from_torch`` reads back as the
+    model, with weights of its own; ONNX's options are named as torch lacking them."""
+    torch = pytest.importorskip("torch")
+    model = ln.LSTM(4, 5, num_layers=2, bidirectional=True, proj_size=3, batch_first=False,
+                    dtype=np.float64, seed=3)  # fmt: skip
+    module = ln.to_torch(model)
+    assert not module.training and not module.batch_first
+    assert module.weight_hh_l0.dtype == torch.float64
+    assert_same_model(ln.from_torch(module), model)
+    before = module.weight_hh_l0.detach().clone()
+    model.weight_hh_l0[0, 0] += 1.0
+    assert torch.equal(module.weight_hh_l0.detach(), before)
+    for option, value in [
+        ("reverse", True),
+        ("peepholes", True),
+        ("clip", 1.0),
+        ("input_forget", True),
+        ("activations", ("sigmoid", "relu", "tanh")),
+    ]:
+        with pytest.raises(ValueError, match=rf"to_torch: torch.nn.LSTM has no {option} "):
+            ln.to_torch(ln.LSTM(3, 4, **{option: value}))
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"torch is not installed; install it with pip install "
+                       r"torch$"):  # fmt: skip
+        ln.to_torch(model)
+
+
 @pytest.mark.parametrize("half", ["float16", "bfloat16"])
 def test_from_torch_widens_half_precision_to_float32(rng, half):
     """A half-precision module's weights exactly, in a float32 model: torch's own float32

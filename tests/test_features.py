@@ -428,22 +428,6 @@ def test_onnx_export_opsets(rng, num_layers, oldest):
 # --- PyTorch --------------------------------------------------------------------------------------
 
 
-def torch_twin(torch, model):
-    """``torch.nn.LSTM`` with ``model``'s configuration and weights."""
-    twin = torch.nn.LSTM(
-        model.input_size,
-        model.hidden_size,
-        num_layers=model.num_layers,
-        bias=model.bias,
-        batch_first=model.batch_first,
-        bidirectional=model.bidirectional,
-        proj_size=model.proj_size,
-        dtype={np.float32: torch.float32, np.float64: torch.float64}[model.dtype.type],
-    )
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    return twin
-
-
 TORCH_CONFIGURATIONS = [
     {"num_layers": 2},
     {"bidirectional": True},
@@ -460,7 +444,7 @@ def test_matches_torch(rng, options):
     model = ln.LSTM(4, 6, **options, seed=13)
     x, (h0, c0) = random_inputs(rng, model, 5, 7)
     with torch.no_grad():
-        y_t, (h_t, c_t) = torch_twin(torch, model)(
+        y_t, (h_t, c_t) = ln.to_torch(model)(
             torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0))
         )
     y, (h_n, c_n) = model(x, (h0, c0))
@@ -485,7 +469,7 @@ def test_lengths_match_torch_packed_sequences(rng, options):
         enforce_sorted=False,
     )
     with torch.no_grad():
-        y_packed, (h_t, c_t) = torch_twin(torch, model)(
+        y_packed, (h_t, c_t) = ln.to_torch(model)(
             packed, (torch.from_numpy(h0), torch.from_numpy(c0))
         )
     y_t, _ = pad_packed_sequence(y_packed, batch_first=model.batch_first, total_length=steps)
@@ -514,7 +498,7 @@ def test_packed_sequence_in_packed_sequence_out(rng):
     ]
     packed = pack_sequence(sequences, enforce_sorted=False)
     with torch.no_grad():
-        y_t, (h_t, c_t) = torch_twin(torch, model)(packed)
+        y_t, (h_t, c_t) = ln.to_torch(model)(packed)
     y, (h_n, c_n), gates = model(packed, return_gates=True)
     assert_close(y.data.numpy(), y_t.data.numpy())
     assert_close(h_n.numpy(), h_t.numpy())
