@@ -61,8 +61,15 @@ def parse_arguments(argv):
         default="cpu",
         help="where to run (cpu); cuda copies the batch over and back on each call",
     )
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="also time torch.nn.LSTM on the same batch (needs torch; CPU), the calls alternating",
+    )
     parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls (20)")
     args = parser.parse_args(argv)
+    if args.torch and args.device != "cpu":
+        parser.error("--torch: with --device cpu only")
     sizes = [f"--{name.replace('_', '-')}" for name in MODEL_OPTIONS if getattr(args, name)]
     sizes += ["--bidirectional"] * args.bidirectional + ["--dtype"] * bool(args.dtype)
     if args.model is not None and sizes:
@@ -101,20 +108,55 @@ def main(argv=None):
     tolerance = 1e-5 if model.dtype == np.float32 else 1e-12
     verdict = "OK" if error <= tolerance else "MISMATCH"
     print(f"check against the float64 reference: max error {error:.2e} (≤ {tolerance:g}) {verdict}")
+    print(f"first call (compile or cache load): {first_call:.3f} s")
 
-    times = []
+    peer = None
+    if args.torch:
+        try:
+            peer = torch_forward(model, x, y, tolerance)
+        except (ImportError, ValueError) as error:
+            parser.error(f"--torch: {error}")
+
+    times, peer_times = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         model(x, device=args.device)
         times.append(time.perf_counter() - start)
+        if peer is not None:  # alternating: both see the machine's same moments
+            start = time.perf_counter()
+            peer()
+            peer_times.append(time.perf_counter() - start)
     best, median = min(times), float(np.median(times))
-    print(f"first call (compile or cache load): {first_call:.3f} s")
     print(
         f"forward: best {best * 1e3:.2f} ms, median {median * 1e3:.2f} ms over {args.repeats} "
         f"calls; {args.batch / median:,.0f} sequences/s, "
         f"{args.batch * args.steps / median:,.0f} steps/s"
     )
+    if peer is not None:
+        peer_median = float(np.median(peer_times))
+        print(
+            f"torch.nn.LSTM: best {min(peer_times) * 1e3:.2f} ms, median {peer_median * 1e3:.2f} "
+            f"ms; lstm_numba {peer_median / median:.2f}× its speed (medians, calls alternating)"
+        )
     return 0 if verdict == "OK" else 1
+
+
+def torch_forward(model, x, y, tolerance):
+    """A call of ``lstm_numba.to_torch(model)`` on x, after checking that it gives y."""
+    import torch
+
+    module = lstm_numba.to_torch(model)
+    x_torch = torch.from_numpy(x)
+
+    def forward():
+        with torch.no_grad():
+            return module(x_torch)[0]
+
+    error = np.max(np.abs(forward().numpy() - y)) / max(1.0, np.max(np.abs(y)))
+    if error > tolerance:
+        raise ValueError(f"torch's y differs from lstm_numba's by {error:.2e}")
+    print(f"torch {torch.__version__} on {torch.get_num_threads()} threads: same y ({error:.1e})")
+    return forward
 
 
 if __name__ == "__main__":

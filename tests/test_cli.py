@@ -1,6 +1,8 @@
 """``python -m lstm_numba`` (its options checked in process, its runs each in a fresh process) and
 the on-disk kernel cache."""
 
+import re
+
 import pytest
 from conftest import run_python
 
@@ -46,6 +48,17 @@ def test_main_job_checks_and_times_a_model_file(tmp_path, capsys, suffix):
     assert "OK" in out
 
 
+def test_main_job_times_torch_beside_it(capsys):
+    """``--torch``: torch.nn.LSTM on the same batch, checked to give the same y, timed in turn."""
+    pytest.importorskip("torch")
+    argv = ["--torch", "--batch", "2", "--steps", "3", "--input-size", "4", "--hidden-size", "5",
+            "--num-layers", "2", "--bidirectional", "--repeats", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"torch \S+ on \d+ threads: same y", out)
+    assert re.search(r"torch.nn.LSTM: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
+
+
 def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
     """Sizes beside ``--model``, a file that is no model, and (on any machine without a GPU)
     ``--device cuda``: a usage error, exit status 2."""
@@ -55,6 +68,7 @@ def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
                                                       "--dtype", "float64"],
         "m.onnx is not an ONNX model": ["--model", str(tmp_path / "m.onnx")],
         "No such file": ["--model", str(tmp_path / "absent.npz")],
+        "--torch: with --device cpu only": ["--torch", "--device", "cuda"],
     }  # fmt: skip
     if "cuda" not in ln.available_devices():
         calls["device='cuda': no usable CUDA GPU"] = ["--device", "cuda", "--batch", "1"]
