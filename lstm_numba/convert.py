@@ -303,16 +303,28 @@ def to_torch(model):
     return module.eval()
 
 
+def _is_torch_lstm_cell(module):
+    """Whether ``module`` is a ``torch.nn.LSTMCell`` (by name and attribute)."""
+    return type(module).__name__ == "LSTMCell" and hasattr(module, "weight_hh")
+
+
 def from_torch(module):
     """An ``LSTM`` equal to a ``torch.nn.LSTM`` module: its configuration and its weights copied
     to NumPy, layout unchanged (see ``from_state_dict``); half-precision weights (float16,
     bfloat16) become float32, as in ``from_onnx``; dropout is a training feature and is
-    ignored."""
+    ignored. A ``torch.nn.LSTMCell`` gives the one-layer ``LSTM`` (batch-first) that runs the
+    cell over each step of a sequence: ``model.stream(B).step(x[:, None])`` is one call of the
+    cell."""
     if isinstance(module, LSTM):
         raise TypeError("from_torch: expected a torch.nn.LSTM, got an lstm_numba.LSTM (use it)")
+    if _is_torch_lstm_cell(module):
+        weights = {f"{name}_l0": _torch_array(v) for name, v in module.state_dict().items()}
+        return from_state_dict(weights)
     if not _is_torch_lstm(module):
         inside = [
-            name for name, part in getattr(module, "named_modules", list)() if _is_torch_lstm(part)
+            name
+            for name, part in getattr(module, "named_modules", list)()
+            if _is_torch_lstm(part) or _is_torch_lstm_cell(part)
         ]
         hint = (
             f"; it holds {', '.join(map(repr, inside))}: pass one, e.g. "
@@ -320,12 +332,17 @@ def from_torch(module):
             if inside
             else ""
         )
-        raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}{hint}")
-    weights = {}
-    for name, value in module.state_dict().items():
-        value = value.detach().cpu()
-        weights[name] = (value.float() if value.element_size() < 4 else value).numpy()
+        raise TypeError(
+            f"from_torch: expected a torch.nn.LSTM or LSTMCell, got {type(module).__name__}{hint}"
+        )
+    weights = {name: _torch_array(value) for name, value in module.state_dict().items()}
     return from_state_dict(weights, batch_first=module.batch_first)
+
+
+def _torch_array(tensor):
+    """A torch tensor's values as a NumPy array; half precision as float32."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.element_size() < 4 else tensor).numpy()
 
 
 KERAS_ACTIVATIONS = {

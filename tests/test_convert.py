@@ -179,6 +179,29 @@ def test_to_torch_is_the_model_in_torch(monkeypatch):
         ln.to_torch(model)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_torch_of_a_cell_runs_it_over_the_steps(rng, bias):
+    """A ``torch.nn.LSTMCell``: the one-layer model equals the cell called step after step, and
+    a stream's one-step chunk is one call of it."""
+    torch = pytest.importorskip("torch")
+    cell = torch.nn.LSTMCell(3, 4, bias=bias)
+    model = ln.from_torch(cell)
+    assert model.batch_first and model.bias == bias
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    h = c = torch.zeros(2, 4)
+    outputs = []
+    with torch.no_grad():
+        for t in range(5):
+            h, c = cell(torch.from_numpy(x[:, t]), (h, c))
+            outputs.append(h.numpy())
+    y, (h_n, c_n) = model(x)
+    assert_close(y, np.stack(outputs, axis=1))
+    assert_close(c_n[0], c.numpy())
+    with torch.no_grad():
+        h_1, _ = cell(torch.from_numpy(x[:, 0]))
+    assert_close(model.stream(2).step(x[:, :1])[:, 0], h_1.numpy())
+
+
 @pytest.mark.parametrize("half", ["float16", "bfloat16"])
 def test_from_torch_widens_half_precision_to_float32(rng, half):
     """A half-precision module's weights exactly, in a float32 model: torch's own float32
@@ -197,7 +220,9 @@ def test_from_torch_widens_half_precision_to_float32(rng, half):
 
 def test_from_torch_rejects_other_modules():
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="from_torch: expected a torch.nn.LSTM, got GRU$"):
+    with pytest.raises(
+        TypeError, match="from_torch: expected a torch.nn.LSTM or LSTMCell, got GRU$"
+    ):
         ln.from_torch(torch.nn.GRU(3, 4))
     network = torch.nn.ModuleDict({"encoder": torch.nn.LSTM(3, 4), "head": torch.nn.Linear(4, 1)})
     with pytest.raises(TypeError, match=r"got ModuleDict; it holds 'encoder': pass one, e.g. "
