@@ -1,5 +1,6 @@
 """Argument checks for the public wrappers: every error names the argument, what was expected and
-what was given, before anything reaches a compiled kernel."""
+what was given, before anything reaches a compiled kernel; and the optional packages' imports,
+whose error names what installs them."""
 
 import importlib
 
