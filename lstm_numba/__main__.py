@@ -13,6 +13,7 @@ import numpy as np
 
 import lstm_numba
 from lstm_numba import reference
+from lstm_numba._validation import import_optional
 
 
 def positive_int(text):
@@ -66,10 +67,16 @@ def parse_arguments(argv):
         action="store_true",
         help="also time torch.nn.LSTM on the same batch (needs torch; CPU), the calls alternating",
     )
+    parser.add_argument(
+        "--onnxruntime",
+        action="store_true",
+        help="also time ONNX Runtime on the same batch (needs onnx, onnxruntime; CPU)",
+    )
     parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls (20)")
     args = parser.parse_args(argv)
-    if args.torch and args.device != "cpu":
-        parser.error("--torch: with --device cpu only")
+    for peer in PEERS:
+        if getattr(args, peer) and args.device != "cpu":
+            parser.error(f"--{peer}: with --device cpu only")
     sizes = [f"--{name.replace('_', '-')}" for name in MODEL_OPTIONS if getattr(args, name)]
     sizes += ["--bidirectional"] * args.bidirectional + ["--dtype"] * bool(args.dtype)
     if args.model is not None and sizes:
@@ -110,39 +117,43 @@ def main(argv=None):
     print(f"check against the float64 reference: max error {error:.2e} (≤ {tolerance:g}) {verdict}")
     print(f"first call (compile or cache load): {first_call:.3f} s")
 
-    peer = None
-    if args.torch:
-        try:
-            peer = torch_forward(model, x, y, tolerance)
-        except (ImportError, ValueError) as error:
-            parser.error(f"--torch: {error}")
+    calls = {"lstm_numba": lambda: model(x, device=args.device)}
+    for peer, make_call in PEERS.items():
+        if getattr(args, peer):
+            try:
+                name, forward = make_call(model, x)
+                check = forward()  # y as lstm_numba's, and a first call out of the timing
+            except (ImportError, ValueError) as error:
+                parser.error(f"--{peer}: {error}")
+            difference = np.max(np.abs(check - y)) / max(1.0, np.max(np.abs(y)))
+            if difference > tolerance:
+                parser.exit(1, f"{name}: y differs from lstm_numba's by {difference:.2e}\n")
+            print(f"{name}: same y ({difference:.1e})")
+            calls[name] = forward
 
-    times, peer_times = [], []
+    times = {name: [] for name in calls}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        model(x, device=args.device)
-        times.append(time.perf_counter() - start)
-        if peer is not None:  # alternating: both see the machine's same moments
+        for name, call in calls.items():  # in turn: all see the machine's same moments
             start = time.perf_counter()
-            peer()
-            peer_times.append(time.perf_counter() - start)
-    best, median = min(times), float(np.median(times))
+            call()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: float(np.median(spent)) for name, spent in times.items()}
+    median = medians["lstm_numba"]
     print(
-        f"forward: best {best * 1e3:.2f} ms, median {median * 1e3:.2f} ms over {args.repeats} "
-        f"calls; {args.batch / median:,.0f} sequences/s, "
+        f"forward: best {min(times['lstm_numba']) * 1e3:.2f} ms, median {median * 1e3:.2f} ms "
+        f"over {args.repeats} calls; {args.batch / median:,.0f} sequences/s, "
         f"{args.batch * args.steps / median:,.0f} steps/s"
     )
-    if peer is not None:
-        peer_median = float(np.median(peer_times))
+    for name in list(calls)[1:]:
         print(
-            f"torch.nn.LSTM: best {min(peer_times) * 1e3:.2f} ms, median {peer_median * 1e3:.2f} "
-            f"ms; lstm_numba {peer_median / median:.2f}× its speed (medians, calls alternating)"
+            f"{name}: best {min(times[name]) * 1e3:.2f} ms, median {medians[name] * 1e3:.2f} ms; "
+            f"lstm_numba {medians[name] / median:.2f}× its speed (medians, calls in turn)"
         )
     return 0 if verdict == "OK" else 1
 
 
-def torch_forward(model, x, y, tolerance):
-    """A call of ``lstm_numba.to_torch(model)`` on x, after checking that it gives y."""
+def torch_forward(model, x):
+    """``(name, call)``: ``lstm_numba.to_torch(model)`` on x, returning y as a NumPy array."""
     import torch
 
     module = lstm_numba.to_torch(model)
@@ -150,13 +161,36 @@ def torch_forward(model, x, y, tolerance):
 
     def forward():
         with torch.no_grad():
-            return module(x_torch)[0]
+            return module(x_torch)[0].numpy()
 
-    error = np.max(np.abs(forward().numpy() - y)) / max(1.0, np.max(np.abs(y)))
-    if error > tolerance:
-        raise ValueError(f"torch's y differs from lstm_numba's by {error:.2e}")
-    print(f"torch {torch.__version__} on {torch.get_num_threads()} threads: same y ({error:.1e})")
-    return forward
+    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)", forward
+
+
+def onnxruntime_forward(model, x):
+    """``(name, call)``: ONNX Runtime's session of ``lstm_numba.to_onnx(model)`` on x, returning
+    y as a NumPy array in x's layout."""
+    if model.dtype != np.float32:
+        raise ValueError(f"ONNX Runtime's LSTM runs float32 only, not {model.dtype}")
+    onnx_model = lstm_numba.to_onnx(model)
+    ort = import_optional("onnxruntime")
+    session = ort.InferenceSession(
+        onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    time_major = np.ascontiguousarray(x.transpose(1, 0, 2)) if model.batch_first else x
+    steps, batch, _ = time_major.shape
+    states = np.zeros((model.num_layers * model.num_directions, batch, model.hidden_size), x.dtype)
+    feeds = {"X": time_major, "initial_h": states, "initial_c": states}
+
+    def forward():
+        y = session.run(["Y"], feeds)[0]  # [T, D, B, H]
+        y = y.transpose(0, 2, 1, 3).reshape(steps, batch, -1)
+        return y.transpose(1, 0, 2) if model.batch_first else y
+
+    return f"onnxruntime {ort.__version__}", forward
+
+
+PEERS = {"torch": torch_forward, "onnxruntime": onnxruntime_forward}
+"""The libraries ``--torch`` and ``--onnxruntime`` time beside lstm_numba."""
 
 
 if __name__ == "__main__":

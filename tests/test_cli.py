@@ -48,20 +48,25 @@ def test_main_job_checks_and_times_a_model_file(tmp_path, capsys, suffix):
     assert "OK" in out
 
 
-def test_main_job_times_torch_beside_it(capsys):
-    """``--torch``: torch.nn.LSTM on the same batch, checked to give the same y, timed in turn."""
-    pytest.importorskip("torch")
-    argv = ["--torch", "--batch", "2", "--steps", "3", "--input-size", "4", "--hidden-size", "5",
-            "--num-layers", "2", "--bidirectional", "--repeats", "2"]  # fmt: skip
+@pytest.mark.parametrize("peer, name", [("torch", "torch"), ("onnxruntime", "onnxruntime")])
+def test_main_job_times_a_peer_beside_it(capsys, peer, name):
+    """``--torch``, ``--onnxruntime``: the library on the same batch, checked to give the same y,
+    timed in turn with lstm_numba."""
+    pytest.importorskip(peer)
+    if peer == "onnxruntime":
+        pytest.importorskip("onnx")
+    argv = [f"--{peer}", "--batch", "2", "--steps", "3", "--input-size", "4", "--hidden-size",
+            "5", "--num-layers", "2", "--bidirectional", "--repeats", "2"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert re.search(r"torch \S+ on \d+ threads: same y", out)
-    assert re.search(r"torch.nn.LSTM: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
+    assert re.search(rf"{name} \S+.*: same y", out)
+    assert re.search(rf"{name} \S+.*: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
 
 
 def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
-    """Sizes beside ``--model``, a file that is no model, and (on any machine without a GPU)
-    ``--device cuda``: a usage error, exit status 2."""
+    """Sizes beside ``--model``, a file that is no model, a peer on the GPU or one that cannot
+    run the model, and (on any machine without a GPU) ``--device cuda``: a usage error, exit
+    status 2."""
     (tmp_path / "m.onnx").write_bytes(b"garbage")
     calls = {
         "--hidden-size, --dtype: given by the file": ["--model", "m.npz", "--hidden-size", "4",
@@ -69,8 +74,11 @@ def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
         "m.onnx is not an ONNX model": ["--model", str(tmp_path / "m.onnx")],
         "No such file": ["--model", str(tmp_path / "absent.npz")],
         "--torch: with --device cpu only": ["--torch", "--device", "cuda"],
+        "--onnxruntime: ONNX Runtime's LSTM runs float32 only": [
+            "--onnxruntime", "--dtype", "float64", "--batch", "1", "--steps", "2",
+        ],
     }  # fmt: skip
-    if "cuda" not in ln.available_devices():
+    if ln.available_devices()["cuda"].startswith("unavailable"):
         calls["device='cuda': no usable CUDA GPU"] = ["--device", "cuda", "--batch", "1"]
     for message, argv in calls.items():
         with pytest.raises(SystemExit) as exit_info:
