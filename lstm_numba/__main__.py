@@ -3,7 +3,8 @@
 Builds a seeded model (or loads one: ``--model``, a file of ``LSTM.save`` or an ONNX model), runs
 a batch of random sequences, compares the result with the float64 reference, and prints the
 first-call time (compile, or load from Numba's on-disk cache) and the steady-state throughput in
-sequences per second.
+sequences per second; with ``--torch`` and ``--onnxruntime``, those libraries' times on the same
+batch beside it.
 """
 
 import argparse
@@ -65,14 +66,16 @@ def parse_arguments(argv):
     parser.add_argument(
         "--torch",
         action="store_true",
-        help="also time torch.nn.LSTM on the same batch (needs torch; CPU), the calls alternating",
+        help="also time torch.nn.LSTM on the same batch (needs torch; CPU)",
     )
     parser.add_argument(
         "--onnxruntime",
         action="store_true",
         help="also time ONNX Runtime on the same batch (needs onnx, onnxruntime; CPU)",
     )
-    parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls (20)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=20, help="timed calls (20; a library each)"
+    )
     args = parser.parse_args(argv)
     for peer in PEERS:
         if getattr(args, peer) and args.device != "cpu":
