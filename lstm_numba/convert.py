@@ -326,17 +326,22 @@ def from_torch(module):
             for name, part in getattr(module, "named_modules", list)()
             if _is_torch_lstm(part) or _is_torch_lstm_cell(part)
         ]
-        hint = (
-            f"; it holds {', '.join(map(repr, inside))}: pass one, e.g. "
-            f"from_torch(module.get_submodule({inside[0]!r}))"
-            if inside
-            else ""
-        )
+        hint = _pass_one_of(inside, "from_torch(module.get_submodule({}))")
         raise TypeError(
             f"from_torch: expected a torch.nn.LSTM or LSTMCell, got {type(module).__name__}{hint}"
         )
     weights = {name: _torch_array(value) for name, value in module.state_dict().items()}
     return from_state_dict(weights, batch_first=module.batch_first)
+
+
+def _pass_one_of(names, example):
+    """For an error about a model holding LSTMs of these ``names``: "; it holds ...: pass one,
+    e.g. " and ``example`` with the first name, or "" where it holds none."""
+    if not names:
+        return ""
+    return f"; it holds {', '.join(map(repr, names))}: pass one, e.g. " + example.format(
+        repr(names[0])
+    )
 
 
 def _torch_array(tensor):
@@ -458,12 +463,7 @@ def from_keras(layer, *, batch_first=True, dtype=None):
             for part in getattr(layer, "layers", ())
             if type(part).__name__ in ("LSTM", "Bidirectional")
         ]
-        hint = (
-            f"; it holds {', '.join(map(repr, inside))}: pass one, e.g. "
-            f"from_keras(model.get_layer({inside[0]!r}))"
-            if inside
-            else ""
-        )
+        hint = _pass_one_of(inside, "from_keras(model.get_layer({}))")
         raise TypeError(
             f"from_keras: expected a Keras LSTM or Bidirectional(LSTM), got {name}{hint}"
         )
