@@ -267,9 +267,15 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     return model
 
 
+def _torch_class_name(module):
+    """The name of ``module``'s class, or for a TorchScript module the scripted class's."""
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
 def _is_torch_lstm(module):
-    """Whether ``module`` is a ``torch.nn.LSTM`` (by name and attribute: torch not imported)."""
-    return type(module).__name__ == "LSTM" and hasattr(module, "proj_size")
+    """Whether ``module`` is a ``torch.nn.LSTM``, scripted or not (by name and attribute: torch
+    not imported)."""
+    return _torch_class_name(module) == "LSTM" and hasattr(module, "proj_size")
 
 
 def to_torch(model):
@@ -304,8 +310,8 @@ def to_torch(model):
 
 
 def _is_torch_lstm_cell(module):
-    """Whether ``module`` is a ``torch.nn.LSTMCell`` (by name and attribute)."""
-    return type(module).__name__ == "LSTMCell" and hasattr(module, "weight_hh")
+    """Whether ``module`` is a ``torch.nn.LSTMCell``, scripted or not (by name and attribute)."""
+    return _torch_class_name(module) == "LSTMCell" and hasattr(module, "weight_hh")
 
 
 def from_torch(module):
@@ -314,7 +320,7 @@ def from_torch(module):
     bfloat16) become float32, as in ``from_onnx``; dropout is a training feature and is
     ignored. A ``torch.nn.LSTMCell`` gives the one-layer ``LSTM`` (batch-first) that runs the
     cell over each step of a sequence: ``model.stream(B).step(x[:, None])`` is one call of the
-    cell."""
+    cell. TorchScript modules of either (``torch.jit.script``) too."""
     if isinstance(module, LSTM):
         raise TypeError("from_torch: expected a torch.nn.LSTM, got an lstm_numba.LSTM (use it)")
     if _is_torch_lstm_cell(module):
@@ -327,9 +333,8 @@ def from_torch(module):
             if _is_torch_lstm(part) or _is_torch_lstm_cell(part)
         ]
         hint = _pass_one_of(inside, "from_torch(module.get_submodule({}))")
-        raise TypeError(
-            f"from_torch: expected a torch.nn.LSTM or LSTMCell, got {type(module).__name__}{hint}"
-        )
+        got = _torch_class_name(module)
+        raise TypeError(f"from_torch: expected a torch.nn.LSTM or LSTMCell, got {got}{hint}")
     weights = {name: _torch_array(value) for name, value in module.state_dict().items()}
     return from_state_dict(weights, batch_first=module.batch_first)
 

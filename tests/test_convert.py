@@ -232,6 +232,17 @@ def test_from_torch_rejects_other_modules():
         ln.from_torch(ln.LSTM(3, 4))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_from_torch_of_scripted_modules():
+    """TorchScript (``torch.jit.script``, and so ``torch.jit.load`` of a deployed file) of an
+    LSTM or a cell reads as the module itself does; of another module, named as that."""
+    torch = pytest.importorskip("torch")
+    for module in (torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True), torch.nn.LSTMCell(3, 4)):
+        assert_same_model(ln.from_torch(torch.jit.script(module)), ln.from_torch(module))
+    with pytest.raises(TypeError, match=r"expected a torch.nn.LSTM or LSTMCell, got GRU$"):
+        ln.from_torch(torch.jit.script(torch.nn.GRU(3, 4)))
+
+
 # --- Keras ---------------------------------------------------------------------------------------
 
 
