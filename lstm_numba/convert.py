@@ -451,34 +451,43 @@ def from_keras_weights(
     )
 
 
+def _is_keras_lstm(layer):
+    """Whether ``layer`` is a Keras ``LSTM``, or an ``RNN`` of an ``LSTMCell`` (by class names)."""
+    name = type(layer).__name__
+    cell = getattr(layer, "cell", None)
+    return name == "LSTM" or (name == "RNN" and type(cell).__name__ == "LSTMCell")
+
+
 def from_keras(layer, *, batch_first=True, dtype=None):
-    """An ``LSTM`` equal to a Keras ``LSTM`` layer, or a ``Bidirectional`` of two
-    (``merge_mode="concat"``), from its configuration and ``get_weights()``; see
-    ``from_keras_weights``. Stateful layers, dropout and masks are not carried over."""
+    """An ``LSTM`` equal to a Keras ``LSTM`` layer (or ``RNN(LSTMCell(...))``), or a
+    ``Bidirectional`` of two (``merge_mode="concat"``), from its configuration and
+    ``get_weights()``; see ``from_keras_weights``. Stateful layers, dropout and masks are not
+    carried over."""
     name = type(layer).__name__
     if name == "Bidirectional":
         if layer.merge_mode != "concat":
             raise ValueError(f"from_keras: merge_mode {layer.merge_mode!r}; only 'concat' maps")
         forward, backward = layer.forward_layer, layer.backward_layer
-    elif name == "LSTM":
-        forward, backward = layer, None
     else:
+        forward, backward = layer, None
+    if not _is_keras_lstm(forward):
         inside = [
             part.name
             for part in getattr(layer, "layers", ())
-            if type(part).__name__ in ("LSTM", "Bidirectional")
+            if _is_keras_lstm(part) or type(part).__name__ == "Bidirectional"
         ]
         hint = _pass_one_of(inside, "from_keras(model.get_layer({}))")
+        got = name if forward is layer else f"Bidirectional({type(forward).__name__})"
         raise TypeError(
-            f"from_keras: expected a Keras LSTM or Bidirectional(LSTM), got {name}{hint}"
+            f"from_keras: expected a Keras LSTM or Bidirectional(LSTM), got {got}{hint}"
         )
-    config = forward.get_config()
+    cell = getattr(forward, "cell", forward).get_config()  # the activations (Keras 3: a cell's)
     return from_keras_weights(
         forward.get_weights(),
         backward_weights=None if backward is None else backward.get_weights(),
-        go_backwards=backward is None and config["go_backwards"],
-        activation=config["activation"],
-        recurrent_activation=config["recurrent_activation"],
+        go_backwards=backward is None and forward.get_config()["go_backwards"],
+        activation=cell["activation"],
+        recurrent_activation=cell["recurrent_activation"],
         batch_first=batch_first,
         dtype=dtype,
     )

@@ -323,6 +323,8 @@ KERAS_LAYERS = [
     {"go_backwards": True},
     {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
     {"bidirectional": True},
+    {"cell": True, "activation": "softsign"},
+    {"cell": True, "bidirectional": True},
 ]
 
 
@@ -330,9 +332,14 @@ KERAS_LAYERS = [
 def test_from_keras_matches_keras(rng, keras, options):
     options = dict(options)
     bidirectional = options.pop("bidirectional", False)
-    layer = keras.layers.LSTM(
-        5, return_sequences=True, return_state=True, bias_initializer="glorot_uniform", **options
-    )
+    if options.pop("cell", False):  # RNN(LSTMCell(...))
+        cell = keras.layers.LSTMCell(5, bias_initializer="glorot_uniform", **options)
+        layer = keras.layers.RNN(cell, return_sequences=True, return_state=True)
+    else:
+        layer = keras.layers.LSTM(
+            5, return_sequences=True, return_state=True, bias_initializer="glorot_uniform",
+            **options,
+        )  # fmt: skip
     if bidirectional:
         layer = keras.layers.Bidirectional(layer)
     x = rng.standard_normal((3, 6, 4)).astype(np.float32)
@@ -357,6 +364,11 @@ def test_from_keras_of_a_model_names_its_lstm_layers():
         ln.from_keras(network)
     with pytest.raises(TypeError, match=r"got object$"):
         ln.from_keras(object())
+    gru = type("GRU", (), {})()
+    halves = {"merge_mode": "concat", "forward_layer": gru, "backward_layer": gru}
+    bidirectional = type("Bidirectional", (), halves)()
+    with pytest.raises(TypeError, match=r"got Bidirectional\(GRU\)$"):
+        ln.from_keras(bidirectional)
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
