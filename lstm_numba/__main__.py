@@ -108,7 +108,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     try:
-        y, (h_n, c_n) = model(x, device=args.device)
+        y, _ = model(x, device=args.device)
     except RuntimeError as error:  # no usable GPU for --device cuda
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     first_call = time.perf_counter() - start
