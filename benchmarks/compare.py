@@ -131,15 +131,13 @@ def library_calls(model, x, lengths=None, hx=None):
     except ImportError:
         onnxruntime = None
     if onnxruntime is not None and not model.proj_size:  # ONNX's LSTM has no projection
+        exported = to_onnx(model, sequence_lens=lengths is not None, initial_states=hx is not None)
         session = onnxruntime.InferenceSession(
-            to_onnx(model, sequence_lens=lengths is not None).SerializeToString(),
-            providers=["CPUExecutionProvider"],
+            exported.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-        states = model.num_layers * model.num_directions
-        zeros = np.zeros((states, x.shape[0], model.hidden_size), np.float32)
-        initial_h, initial_c = hx or (zeros, zeros)
-        feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2)), "initial_h": initial_h}
-        feeds["initial_c"] = initial_c
+        feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2))}
+        if hx is not None:
+            feeds["initial_h"], feeds["initial_c"] = hx
         if lengths is not None:
             feeds["sequence_lens"] = lengths.astype(np.int32)
         calls["onnxruntime"] = (onnxruntime.__version__, lambda: session.run(None, feeds))

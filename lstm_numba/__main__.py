@@ -178,15 +178,14 @@ def onnxruntime_forward(model, x):
     y as a NumPy array in x's layout."""
     if model.dtype != np.float32:
         raise ValueError(f"ONNX Runtime's LSTM runs float32 only, not {model.dtype}")
-    onnx_model = lstm_numba.to_onnx(model)
+    onnx_model = lstm_numba.to_onnx(model, initial_states=False)  # zero states, as ours
     ort = import_optional("onnxruntime")
     session = ort.InferenceSession(
         onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     time_major = np.ascontiguousarray(x.transpose(1, 0, 2)) if model.batch_first else x
     steps, batch, _ = time_major.shape
-    states = np.zeros((model.num_layers * model.num_directions, batch, model.hidden_size), x.dtype)
-    feeds = {"X": time_major, "initial_h": states, "initial_c": states}
+    feeds = {"X": time_major}
 
     def forward():
         y = session.run(["Y"], feeds)[0]  # [T, D, B, H]

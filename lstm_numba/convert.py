@@ -57,12 +57,13 @@ ONNX_MIN_STACK_OPSET = 10
 """A stack of layers slices ``initial_h``/``initial_c`` by inputs (Slice-10)."""
 
 
-def to_onnx(model, opset=14, *, sequence_lens=False):
+def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True):
     """An ONNX ``ModelProto`` computing ``model``: one ``LSTM`` node per layer (needs ``onnx``).
     Write it with ``onnx.save(to_onnx(model), path)``.
 
-    Inputs: ``X`` [T, B, I] (ONNX layout 0, time-major, whatever ``model.batch_first``),
-    ``initial_h`` [D·L, B, H] and ``initial_c`` [D·L, B, H] (PyTorch's h0/c0), and, with
+    Inputs: ``X`` [T, B, I] (ONNX layout 0, time-major, whatever ``model.batch_first``); with
+    ``initial_states`` (the default), ``initial_h`` [D·L, B, H] and ``initial_c`` [D·L, B, H]
+    (PyTorch's h0/c0; without, the states start at zero and X alone is fed); with
     ``sequence_lens=True``, ``sequence_lens`` [B] int32. Outputs: ``Y`` [T, D, B, H] of the last
     layer, ``Y_h`` and ``Y_c`` [D·L, B, H] (PyTorch's h_n/c_n). Layers are chained by a Transpose
     and a Reshape of Y to [T, B, D·H]. The weights are initializers. ONNX has no projection, so a
@@ -119,15 +120,15 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
                 ),
             ),
         ]
-        states = []
-        for name in ("initial_h", "initial_c"):
-            if model.num_layers == 1:
-                states.append(name)
-                continue
-            starts = constant(f"{name}_start{suffix}", np.array([layer * directions]))
-            ends = constant(f"{name}_end{suffix}", np.array([(layer + 1) * directions]))
-            nodes.append(helper.make_node("Slice", [name, starts, ends], [name + suffix]))
-            states.append(name + suffix)
+        states = ["", ""]  # no initial_h, initial_c: the node starts from zeros
+        if initial_states:
+            states = ["initial_h", "initial_c"]
+        if initial_states and model.num_layers > 1:  # this layer's rows of the graph's states
+            starts = constant("state_start" + suffix, np.array([layer * directions]))
+            ends = constant("state_end" + suffix, np.array([(layer + 1) * directions]))
+            for name in ("initial_h", "initial_c"):
+                nodes.append(helper.make_node("Slice", [name, starts, ends], [name + suffix]))
+            states = ["initial_h" + suffix, "initial_c" + suffix]
         peepholes = constant("P" + suffix, stacks["peephole"]) if model.peepholes else ""
         lengths = "sequence_lens" if sequence_lens else ""
         last = layer == model.num_layers - 1
@@ -155,11 +156,9 @@ def to_onnx(model, opset=14, *, sequence_lens=False):
 
     value = helper.make_tensor_value_info
     state = [directions * model.num_layers, "B", hidden]
-    graph_inputs = [
-        value("X", element, ["T", "B", model.input_size]),
-        value("initial_h", element, state),
-        value("initial_c", element, state),
-    ]
+    graph_inputs = [value("X", element, ["T", "B", model.input_size])]
+    if initial_states:
+        graph_inputs += [value("initial_h", element, state), value("initial_c", element, state)]
     if sequence_lens:
         graph_inputs.append(value("sequence_lens", TensorProto.INT32, ["B"]))
     graph = helper.make_graph(

@@ -448,6 +448,7 @@ def test_stacked_onnx_nodes_load_as_layers(rng):
     model = ln.LSTM(3, 4, num_layers=3, bidirectional=True, batch_first=False, seed=11)
     onnx_model = to_onnx(model)
     assert_same_model(ln.from_onnx(onnx_model), model)
+    assert_same_model(ln.from_onnx(to_onnx(model, initial_states=False)), model)
     loaded = ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1", "LSTM_l2"])
     assert_same_model(loaded, model)
     for change in ("perm", "shape"):  # a transpose of other axes; a reshape to other widths

@@ -352,15 +352,20 @@ def test_every_activation_matches_reference(rng, name):
 
 
 def onnx_runtime_forward(model, x, h0, c0, lengths=None):
-    """``model`` exported by ``to_onnx`` and run by ONNX Runtime; (Y, Y_h, Y_c) in ONNX's shapes."""
+    """``model`` exported by ``to_onnx`` and run by ONNX Runtime; (Y, Y_h, Y_c) in ONNX's shapes.
+    h0 and c0 None: exported without ``initial_states``, X alone fed."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    onnx_model = to_onnx(model, sequence_lens=lengths is not None)
+    states = h0 is not None
+    onnx_model = to_onnx(model, sequence_lens=lengths is not None, initial_states=states)
     onnx.checker.check_model(onnx_model)
     session = ort.InferenceSession(
         onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    feed = {"X": x, "initial_h": h0, "initial_c": c0}
+    assert [given.name for given in session.get_inputs()][1:3] == (
+        ["initial_h", "initial_c"] if states else ["sequence_lens"] * (lengths is not None)
+    )
+    feed = {"X": x, "initial_h": h0, "initial_c": c0} if states else {"X": x}
     if lengths is not None:
         feed["sequence_lens"] = np.asarray(lengths, np.int32)
     return session.run(None, feed)
@@ -382,12 +387,15 @@ def test_matches_onnx_runtime(rng, options, with_lengths):
     assert_close(c_n, c_onnx)
 
 
-def test_stacked_layers_match_onnx_runtime(rng):
-    model = ln.LSTM(3, 5, num_layers=3, bidirectional=True, batch_first=False, seed=12)
+@pytest.mark.parametrize("initial_states", [True, False])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_stacked_layers_match_onnx_runtime(rng, num_layers, initial_states):
+    model = ln.LSTM(3, 5, num_layers, bidirectional=True, batch_first=False, seed=12)
     x, (h0, c0) = random_inputs(rng, model, 3, 8)
+    hx = (h0, c0) if initial_states else (None, None)
     lengths = np.array([8, 2, 5])
-    y_onnx, h_onnx, c_onnx = onnx_runtime_forward(model, x, h0, c0, lengths)
-    y, (h_n, c_n) = model(x, (h0, c0), lengths=lengths)
+    y_onnx, h_onnx, c_onnx = onnx_runtime_forward(model, x, *hx, lengths)
+    y, (h_n, c_n) = model(x, hx if initial_states else None, lengths=lengths)
     assert_close(y, y_onnx.transpose(0, 2, 1, 3).reshape(y.shape))
     assert_close(h_n, h_onnx)
     assert_close(c_n, c_onnx)
