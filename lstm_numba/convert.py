@@ -668,7 +668,19 @@ def _onnx_layer(node, layer, read):
     return state, options
 
 
-def from_onnx(model, node_name=None, *, weights=None):
+def _transposed_from_batch_first(graph, node):
+    """Whether ``node``'s X is a Transpose by perm [1, 0, 2] of a (B, T, I) value, as
+    ``torch.onnx.export`` writes an ``nn.LSTM(batch_first=True)`` (both exporters)."""
+    from onnx import helper
+
+    step = next((n for n in graph.node if node.input[0] in n.output), None)
+    if step is None or step.op_type != "Transpose":
+        return False
+    perm = {a.name: helper.get_attribute_value(a) for a in step.attribute}.get("perm")
+    return list(perm or []) == [1, 0, 2]
+
+
+def from_onnx(model, node_name=None, *, weights=None, batch_first=None):
     """An ``LSTM`` equal to the ``LSTM`` node of an ONNX model (needs the ``onnx`` package).
     Layout as ``onnx/defs/rnn/defs.cc``: W [D, 4H, I], R [D, 4H, H], B [D, 8H] = [Wb, Rb], gates
     i, o, f, c (reordered to PyTorch's i, f, g, o); P [D, 3H] in i, o, f (kept).
@@ -681,8 +693,13 @@ def from_onnx(model, node_name=None, *, weights=None):
     initializers, or from ``weights`` (name → array) for those that are graph inputs. Every
     attribute of the operator is honoured: direction (forward, reverse, bidirectional),
     hidden_size, activations with activation_alpha/beta, clip, input_forget, and layout (1 →
-    ``batch_first=True``, else False), so that ``run_onnx_io`` takes and returns the node's X, Y,
-    Y_h, Y_c as they are. float16 weights become float32; float64 stays float64.
+    ``batch_first=True``), so that ``run_onnx_io`` takes and returns the node's X, Y, Y_h, Y_c as
+    they are. float16 weights become float32; float64 stays float64.
+
+    ``batch_first``: None reads it off the graph: True where the (first) node has layout 1 or
+    reads its X transposed from a (B, T, I) value (perm [1, 0, 2], as ``torch.onnx.export``
+    writes an ``nn.LSTM(batch_first=True)``), so that ``model(x)`` takes the x the graph takes
+    (``run_onnx_io`` then runs layout 1, X [B, T, I]); else False.
     """
     onnx = import_optional("onnx", "onnx")
     from google.protobuf.message import DecodeError
@@ -716,7 +733,8 @@ def from_onnx(model, node_name=None, *, weights=None):
         )
 
     state, options = {}, None
-    for layer, node in enumerate(_onnx_lstm_nodes(model, node_name)):
+    nodes = _onnx_lstm_nodes(model, node_name)
+    for layer, node in enumerate(nodes):
         layer_state, layer_options = _onnx_layer(node, layer, read)
         for position, label in ((5, "initial_h"), (6, "initial_c")):
             name = node.input[position] if len(node.input) > position else ""
@@ -734,4 +752,7 @@ def from_onnx(model, node_name=None, *, weights=None):
         options = layer_options
     options.pop("peepholes")
     options.pop("bidirectional")
+    if batch_first is None:
+        batch_first = options["batch_first"] or _transposed_from_batch_first(model.graph, nodes[0])
+    options["batch_first"] = bool(batch_first)
     return from_state_dict(state, **options)

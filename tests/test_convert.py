@@ -682,6 +682,40 @@ def test_torch_onnx_export_of_a_stack_reads_back(rng, bidirectional):
     assert_close(c_n, c_t.numpy())
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_torch_onnx_export_of_batch_first_reads_batch_first(rng, dynamo):
+    """torch exports ``nn.LSTM(batch_first=True)`` as its time-major node after a transpose of
+    the (B, T, I) input: ``from_onnx`` gives a batch-first model whose call is the graph's (read
+    as the node's, a batch-first x was read as (T, B, I) without an error); ``batch_first=False``
+    gives the node's."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    module = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on exporting RNNs with a batch of 3
+        if dynamo:
+            exported = torch.onnx.export(module, (torch.from_numpy(x),), dynamo=True).model_proto
+        else:
+            buffer = io.BytesIO()
+            torch.onnx.export(module, (torch.from_numpy(x),), buffer, dynamo=False)
+            exported = onnx.load_from_string(buffer.getvalue())
+    model = ln.from_onnx(exported)
+    assert model.batch_first
+    session = ort.InferenceSession(exported.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    expected = session.run(None, {session.get_inputs()[0].name: x})
+    y, (h_n, c_n) = model(x)
+    for ours, theirs in zip((y, h_n, c_n), expected, strict=True):
+        assert_close(ours, theirs)
+    time_major = ln.from_onnx(exported, batch_first=False)
+    assert not time_major.batch_first
+    assert_close(time_major(x.transpose(1, 0, 2))[0], y.transpose(1, 0, 2))
+
+
 # --- save / load --------------------------------------------------------------------------------
 
 NO_SAFETENSORS = importlib.util.find_spec("safetensors") is None
