@@ -131,7 +131,8 @@ def library_calls(model, x, lengths=None, hx=None):
     except ImportError:
         onnxruntime = None
     if onnxruntime is not None and not model.proj_size:  # ONNX's LSTM has no projection
-        exported = to_onnx(model, sequence_lens=lengths is not None, initial_states=hx is not None)
+        exported = to_onnx(model, sequence_lens=lengths is not None,
+                           initial_states=hx is not None, batch_first=False)  # fmt: skip
         session = onnxruntime.InferenceSession(
             exported.SerializeToString(), providers=["CPUExecutionProvider"]
         )

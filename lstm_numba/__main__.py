@@ -178,7 +178,8 @@ def onnxruntime_forward(model, x):
     y as a NumPy array in x's layout."""
     if model.dtype != np.float32:
         raise ValueError(f"ONNX Runtime's LSTM runs float32 only, not {model.dtype}")
-    onnx_model = lstm_numba.to_onnx(model, initial_states=False)  # zero states, as ours
+    # the nodes' own time-major graph, the states starting at zero as ours do
+    onnx_model = lstm_numba.to_onnx(model, initial_states=False, batch_first=False)
     ort = import_optional("onnxruntime")
     session = ort.InferenceSession(
         onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]

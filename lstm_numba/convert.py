@@ -57,17 +57,20 @@ ONNX_MIN_STACK_OPSET = 10
 """A stack of layers slices ``initial_h``/``initial_c`` by inputs (Slice-10)."""
 
 
-def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True):
+def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True, batch_first=None):
     """An ONNX ``ModelProto`` computing ``model``: one ``LSTM`` node per layer (needs ``onnx``).
     Write it with ``onnx.save(to_onnx(model), path)``.
 
-    Inputs: ``X`` [T, B, I] (ONNX layout 0, time-major, whatever ``model.batch_first``); with
-    ``initial_states`` (the default), ``initial_h`` [D·L, B, H] and ``initial_c`` [D·L, B, H]
-    (PyTorch's h0/c0; without, the states start at zero and X alone is fed); with
-    ``sequence_lens=True``, ``sequence_lens`` [B] int32. Outputs: ``Y`` [T, D, B, H] of the last
-    layer, ``Y_h`` and ``Y_c`` [D·L, B, H] (PyTorch's h_n/c_n). Layers are chained by a Transpose
-    and a Reshape of Y to [T, B, D·H]. The weights are initializers. ONNX has no projection, so a
-    model with ``proj_size > 0`` raises ``ValueError``.
+    Time-major (``batch_first=False``; None: ``model.batch_first``), the nodes' own inputs and
+    outputs (ONNX layout 0): ``X`` [T, B, I] and ``Y`` [T, D, B, H] of the last layer.
+    Batch-first, as ``torch.onnx.export`` writes ``nn.LSTM(batch_first=True)``: ``X`` [B, T, I],
+    transposed before the first node, and ``Y`` [B, T, D·H], the model's y. With
+    ``initial_states`` (the default), inputs ``initial_h`` [D·L, B, H] and ``initial_c``
+    [D·L, B, H] (PyTorch's h0/c0; without, the states start at zero); with
+    ``sequence_lens=True``, ``sequence_lens`` [B] int32. Outputs ``Y_h`` and ``Y_c``
+    [D·L, B, H] (PyTorch's h_n/c_n). Layers are chained by a Transpose and a Reshape of Y to
+    [T, B, D·H]. The weights are initializers. ONNX has no projection, so a model with
+    ``proj_size > 0`` raises ``ValueError``.
     """
     if model.proj_size:
         raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
@@ -102,7 +105,16 @@ def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True):
         initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
+    def sequence_of_rows(y, name):  # Y [T, D, B, H] → [T, B, D·H]
+        nodes.append(helper.make_node("Transpose", [y], [y + "_t"], perm=[0, 2, 1, 3]))
+        shape = constant(y + "_shape", np.array([0, 0, directions * hidden]))
+        nodes.append(helper.make_node("Reshape", [y + "_t", shape], [name]))
+
+    batch_first = model.batch_first if batch_first is None else bool(batch_first)
     layer_input = "X"
+    if batch_first:  # [B, T, I] → the nodes' [T, B, I]
+        layer_input = "X_time_major"
+        nodes.append(helper.make_node("Transpose", ["X"], [layer_input], perm=[1, 0, 2]))
     hidden_outputs, cell_outputs = [], []
     for layer, stacks in enumerate(model._layers):
         suffix = f"_l{layer}"
@@ -132,7 +144,8 @@ def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True):
         peepholes = constant("P" + suffix, stacks["peephole"]) if model.peepholes else ""
         lengths = "sequence_lens" if sequence_lens else ""
         last = layer == model.num_layers - 1
-        outputs = ["Y" if last else "Y" + suffix, "Y_h" + suffix, "Y_c" + suffix]
+        outputs = ["Y" if last and not batch_first else "Y" + suffix, "Y_h" + suffix,
+                   "Y_c" + suffix]  # fmt: skip
         nodes.append(
             helper.make_node(
                 "LSTM",
@@ -144,19 +157,19 @@ def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True):
         )
         hidden_outputs.append(outputs[1])
         cell_outputs.append(outputs[2])
-        if not last:  # Y [T, D, B, H] → [T, B, D·H]
-            nodes.append(
-                helper.make_node("Transpose", [outputs[0]], ["Yt" + suffix], perm=[0, 2, 1, 3])
-            )
-            shape = constant("shape" + suffix, np.array([0, 0, directions * hidden]))
-            layer_input = "X" + f"_l{layer + 1}"
-            nodes.append(helper.make_node("Reshape", ["Yt" + suffix, shape], [layer_input]))
+        if not last:
+            layer_input = f"X_l{layer + 1}"
+            sequence_of_rows(outputs[0], layer_input)
+        elif batch_first:  # Y [T, D, B, H] → y [B, T, D·H]
+            sequence_of_rows(outputs[0], "y_time_major")
+            nodes.append(helper.make_node("Transpose", ["y_time_major"], ["Y"], perm=[1, 0, 2]))
     for name, parts in (("Y_h", hidden_outputs), ("Y_c", cell_outputs)):
         nodes.append(helper.make_node("Concat", parts, [name], axis=0))
 
     value = helper.make_tensor_value_info
     state = [directions * model.num_layers, "B", hidden]
-    graph_inputs = [value("X", element, ["T", "B", model.input_size])]
+    rows_steps = ["B", "T"] if batch_first else ["T", "B"]
+    graph_inputs = [value("X", element, [*rows_steps, model.input_size])]
     if initial_states:
         graph_inputs += [value("initial_h", element, state), value("initial_c", element, state)]
     if sequence_lens:
@@ -166,7 +179,9 @@ def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True):
         "lstm_numba",
         graph_inputs,
         [
-            value("Y", element, ["T", directions, "B", hidden]),
+            value("Y", element, [*rows_steps, directions * hidden])
+            if batch_first
+            else value("Y", element, ["T", directions, "B", hidden]),
             value("Y_h", element, state),
             value("Y_c", element, state),
         ],

@@ -449,6 +449,9 @@ def test_stacked_onnx_nodes_load_as_layers(rng):
     onnx_model = to_onnx(model)
     assert_same_model(ln.from_onnx(onnx_model), model)
     assert_same_model(ln.from_onnx(to_onnx(model, initial_states=False)), model)
+    batch_first = ln.LSTM(**{**model.config, "batch_first": True})
+    batch_first.load_state_dict(model.state_dict())
+    assert_same_model(ln.from_onnx(to_onnx(batch_first)), batch_first)  # its transposes read
     loaded = ln.from_onnx(onnx_model, node_name=["LSTM_l0", "LSTM_l1", "LSTM_l2"])
     assert_same_model(loaded, model)
     for change in ("perm", "shape"):  # a transpose of other axes; a reshape to other widths
@@ -458,8 +461,8 @@ def test_stacked_onnx_nodes_load_as_layers(rng):
             node = next(node for node in other_chain.graph.node if node.op_type == "Transpose")
             node.attribute[0].ints[:] = [0, 1, 2, 3]
         else:
-            shape = next(t for t in other_chain.graph.initializer if t.name == "shape_l0")
-            shape.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 0, 4]), "shape_l0"))
+            shape = next(t for t in other_chain.graph.initializer if t.name == "Y_l0_shape")
+            shape.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 0, 4]), "Y_l0_shape"))
         with pytest.raises(ValueError, match=r"3 LSTM nodes .* list of names to stack as layers"):
             ln.from_onnx(other_chain)
     x = random_input(rng, model)
@@ -487,8 +490,8 @@ def test_stack_with_static_reshapes_loads_where_the_graph_states_t_and_b():
         for axis, size in zip(exported.graph.input[0].type.tensor_type.shape.dim[:2],
                               (steps, rows), strict=True):  # fmt: skip
             axis.dim_value = size
-        reshape = next(t for t in exported.graph.initializer if t.name == "shape_l0")
-        reshape.CopyFrom(onnx.numpy_helper.from_array(np.array(shape), "shape_l0"))
+        reshape = next(t for t in exported.graph.initializer if t.name == "Y_l0_shape")
+        reshape.CopyFrom(onnx.numpy_helper.from_array(np.array(shape), "Y_l0_shape"))
         return onnx.shape_inference.infer_shapes(exported) if with_shapes else exported
 
     assert_same_model(ln.from_onnx(static_export([steps, rows, 8])), model)
@@ -557,7 +560,7 @@ def test_run_onnx_io_one_initial_state_and_bad_input(rng):
 def edited_onnx(change):
     """An exported model with ``change(graph)`` applied."""
     pytest.importorskip("onnx")
-    onnx_model = to_onnx(ln.LSTM(3, 4, seed=6))
+    onnx_model = to_onnx(ln.LSTM(3, 4, seed=6), batch_first=False)  # the node first
     change(onnx_model.graph)
     return onnx_model
 

@@ -387,16 +387,18 @@ def test_matches_onnx_runtime(rng, options, with_lengths):
     assert_close(c_n, c_onnx)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("initial_states", [True, False])
 @pytest.mark.parametrize("num_layers", [1, 3])
-def test_stacked_layers_match_onnx_runtime(rng, num_layers, initial_states):
-    model = ln.LSTM(3, 5, num_layers, bidirectional=True, batch_first=False, seed=12)
+def test_stacked_layers_match_onnx_runtime(rng, num_layers, initial_states, batch_first):
+    """Batch-first, the graph takes x (B, T, I) and gives y (B, T, D·H), as the model."""
+    model = ln.LSTM(3, 5, num_layers, bidirectional=True, batch_first=batch_first, seed=12)
     x, (h0, c0) = random_inputs(rng, model, 3, 8)
     hx = (h0, c0) if initial_states else (None, None)
     lengths = np.array([8, 2, 5])
     y_onnx, h_onnx, c_onnx = onnx_runtime_forward(model, x, *hx, lengths)
     y, (h_n, c_n) = model(x, hx if initial_states else None, lengths=lengths)
-    assert_close(y, y_onnx.transpose(0, 2, 1, 3).reshape(y.shape))
+    assert_close(y, y_onnx if batch_first else y_onnx.transpose(0, 2, 1, 3).reshape(y.shape))
     assert_close(h_n, h_onnx)
     assert_close(c_n, c_onnx)
 

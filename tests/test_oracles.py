@@ -58,12 +58,15 @@ def onnx_lstm_session(model):
     return ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_onnx_runtime(rng, shape):
-    model, x, h0, c0 = model_input_states(rng, shape, batch_first=False)
+def test_matches_onnx_runtime(rng, shape, batch_first):
+    """Time-major, the graph's Y is the node's (T, D, B, H); batch-first, x and y as the
+    model's, (B, T, I) and (B, T, H), as torch exports ``batch_first=True``."""
+    model, x, h0, c0 = model_input_states(rng, shape, batch_first)
     session = onnx_lstm_session(model)
     y_o, h_o, c_o = session.run(None, {"X": x, "initial_h": h0, "initial_c": c0})
     y, (h_n, c_n) = model(x, (h0, c0))
-    assert_float32_close(y, y_o[:, 0])  # ONNX Y is (T, D, B, H)
+    assert_float32_close(y, y_o if batch_first else y_o[:, 0])
     assert_float32_close(h_n, h_o)
     assert_float32_close(c_n, c_o)
