@@ -1036,13 +1036,22 @@ class Stream:
         """Copies of the current ``(h, c)``: (L, B, H_out) and (L, B, H)."""
         return self._h.copy(), self._c.copy()
 
+    def __repr__(self):
+        return f"Stream({self.model!r}, batch_size={self.batch_size})"
+
     def reset(self, rows=None):
-        """Zero the states of batch ``rows`` (indices; all rows when None)."""
+        """Zero the states of batch ``rows``: indices, or a boolean mask (B,) such as the rows
+        whose sequences ended; all rows when None."""
         if rows is None:
             rows = np.arange(self.batch_size)
         rows = np.atleast_1d(np.asarray(rows))
+        if rows.dtype == bool and rows.shape == (self.batch_size,):
+            rows = np.flatnonzero(rows)
         if rows.dtype.kind not in "iu" or rows.ndim != 1:
-            raise TypeError(f"rows: expected integer row indices, got {rows!r}")
+            raise TypeError(
+                f"rows: expected integer row indices or a boolean mask of shape (B,) = "
+                f"({self.batch_size},), got {rows!r}"
+            )
         outside = rows[(rows < 0) | (rows >= self.batch_size)]
         if outside.size:
             raise ValueError(

@@ -66,15 +66,20 @@ def test_stream_from_a_state(rng):
         model.stream(3, (hx[0], hx[1].astype(np.float64)))
 
 
-def test_reset_restarts_only_the_given_rows(rng):
+@pytest.mark.parametrize("rows", [[1], np.array([False, True, False])])
+def test_reset_restarts_only_the_given_rows(rng, rows):
+    """Rows by index or by a boolean mask (the rows whose sequences ended)."""
     model = ln.LSTM(3, 4, seed=3)
     x = rng.standard_normal((3, 10, 3)).astype(np.float32)
     stream = model.stream(3)
+    assert repr(stream) == f"Stream({model!r}, batch_size=3)"
     stream.step(x[:, :6])
-    stream.reset(rows=[1])
+    stream.reset(rows=rows)
     y = stream.step(x[:, 6:])
     assert_close(y[1], model(x[1:2, 6:])[0][0])  # row 1 starts afresh
     assert_close(y[[0, 2]], model(x[[0, 2]])[0][:, 6:])  # the others carry on
+    with pytest.raises(TypeError, match=r"rows: .* a boolean mask of shape \(B,\) = \(3,\)"):
+        stream.reset([True, False])
     stream.reset()
     assert not np.any(stream.state[0]) and not np.any(stream.state[1])
 
