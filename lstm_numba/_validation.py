@@ -38,6 +38,17 @@ def as_array(name, value, dtype=None):
         ) from error
 
 
+def as_weight_array(name, value):
+    """A weight as ``as_array`` reads it, but a torch tensor detached and on the host first (a
+    ``Parameter``, which requires grad; a CUDA tensor) and, in half precision (float16,
+    bfloat16, which NumPy lacks), as float32: exact, as loading into a model casts anyway."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.element_size() < 4:
+            value = value.float()
+    return as_array(name, value)
+
+
 def as_float_array(name, value, dtype=None):
     """``value`` as a NumPy array (``as_array``) of a supported float dtype, equal to ``dtype``
     when given.

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from lstm_numba._validation import as_array, check_dtype, import_optional
+from lstm_numba._validation import as_weight_array, check_dtype, import_optional
 from lstm_numba.model import DEFAULT_ACTIVATIONS, LSTM, PARAMETER_NAME
 from lstm_numba.storage import CONFIG_KEY
 
@@ -218,19 +218,19 @@ def _check_opset(opset, num_layers, newest):
 
 def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     """An ``LSTM`` from weights under PyTorch's names, e.g. ``np.load("w.npz")`` or
-    ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``. Layout as
+    ``torch_lstm.state_dict()`` (torch tensors as ``from_torch`` reads them). Layout as
     ``torch/nn/modules/rnn.py``: ``weight_ih_l{k}[_reverse]`` (4H, I), ``weight_hh_l{k}``
     (4H, H_out), ``bias_ih_l{k}``/``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (H_out, H), gates
     i, f, g, o; plus ``peephole_l{k}`` (3H,) in ONNX's i, o, f.
 
     The structure is read off the names and shapes: input_size, hidden_size, num_layers,
     bidirectional (``_reverse`` keys), bias (``bias_*`` keys), proj_size (``weight_hr_l0``) and
-    peepholes (``peephole_l0``). ``dtype``: the weights' unless given (float32 for float16
+    peepholes (``peephole_l0``). ``dtype``: the weights' unless given (float32 for half-precision
     weights, as ``from_torch`` and ``from_onnx`` do).
     ``options``: ``LSTM``'s other keyword arguments (``clip``, ``activations``, ``reverse``, …).
     Every key and shape is checked; all problems are reported in one ``ValueError``.
     """
-    arrays = {str(name): as_array(str(name), value) for name, value in state_dict.items()}
+    arrays = {str(name): as_weight_array(str(name), value) for name, value in state_dict.items()}
     unknown = sorted(name for name in arrays if not PARAMETER_NAME.fullmatch(name))
     if unknown:
         prefix = os.path.commonprefix(unknown).rpartition(".")[0] + "."
@@ -338,7 +338,7 @@ def from_torch(module):
     if isinstance(module, LSTM):
         raise TypeError("from_torch: expected a torch.nn.LSTM, got an lstm_numba.LSTM (use it)")
     if _is_torch_lstm_cell(module):
-        weights = {f"{name}_l0": _torch_array(v) for name, v in module.state_dict().items()}
+        weights = {f"{name}_l0": value for name, value in module.state_dict().items()}
         return from_state_dict(weights)
     if not _is_torch_lstm(module):
         inside = [
@@ -349,8 +349,7 @@ def from_torch(module):
         hint = _pass_one_of(inside, "from_torch(module.get_submodule({}))")
         got = _torch_class_name(module)
         raise TypeError(f"from_torch: expected a torch.nn.LSTM or LSTMCell, got {got}{hint}")
-    weights = {name: _torch_array(value) for name, value in module.state_dict().items()}
-    return from_state_dict(weights, batch_first=module.batch_first)
+    return from_state_dict(module.state_dict(), batch_first=module.batch_first)
 
 
 def _pass_one_of(names, example):
@@ -361,12 +360,6 @@ def _pass_one_of(names, example):
     return f"; it holds {', '.join(map(repr, names))}: pass one, e.g. " + example.format(
         repr(names[0])
     )
-
-
-def _torch_array(tensor):
-    """A torch tensor's values as a NumPy array; half precision as float32."""
-    tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.element_size() < 4 else tensor).numpy()
 
 
 KERAS_ACTIVATIONS = {

@@ -11,8 +11,8 @@ from numba import get_num_threads
 
 from lstm_numba import cpu, dispatch
 from lstm_numba._validation import (
-    as_array,
     as_float_array,
+    as_weight_array,
     check_dtype,
     check_float_dtype,
     check_index,
@@ -324,7 +324,7 @@ class LSTM:
             "weight_hr": "(H_out, H)",
             "peephole": "(3H,)",
         }[name.rsplit("_l", 1)[0]]
-        array = as_array(name, value)
+        array = as_weight_array(name, value)
         if array.dtype == np.float16:  # exact in either dtype
             array = array.astype(self.dtype)
         check_float_dtype(name, array, given=value)

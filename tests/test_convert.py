@@ -218,6 +218,27 @@ def test_from_torch_widens_half_precision_to_float32(rng, half):
     assert_close(model(x)[0], y_t.numpy())
 
 
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_torch_tensors_load_as_weights(half):
+    """A module's parameters (which require grad) and half-precision tensors load as
+    ``from_torch`` reads them, through ``from_state_dict``, ``load_state_dict`` and an
+    attribute; each was NumPy's "Can't call numpy() on Tensor that requires grad" or
+    "unsupported ScalarType BFloat16"."""
+    torch = pytest.importorskip("torch")
+    module = torch.nn.LSTM(3, 4, num_layers=2)
+    parameters = dict(module.named_parameters())
+    assert all(value.requires_grad for value in parameters.values())
+    model = ln.LSTM(3, 4, num_layers=2, batch_first=False, seed=0)
+    model.load_state_dict(parameters)
+    assert_same_model(model, ln.from_torch(module))
+    model.weight_hh_l1 = parameters["weight_hh_l0"] * 2
+    np.testing.assert_array_equal(model.weight_hh_l1, module.weight_hh_l0.detach().numpy() * 2)
+    halved = {name: value.to(getattr(torch, half)) for name, value in parameters.items()}
+    from_dict = ln.from_state_dict(halved, batch_first=False)
+    assert_same_model(from_dict, ln.from_torch(module.to(getattr(torch, half))))
+    assert from_dict.dtype == np.float32
+
+
 def test_from_torch_rejects_other_modules():
     torch = pytest.importorskip("torch")
     with pytest.raises(
