@@ -431,7 +431,9 @@ class LSTM:
         """One layer and direction's weights in the seed's form for ``lstm_numba.lstm_step``: per
         gate ``W_*`` (H, H_out + I) acting on ``[h, x]`` and ``b_*`` (H,) = b_ih + b_hh, for gates
         f, i, c (C̃) and o. ``layer`` in [0, num_layers), ``direction`` 0 (forward) or, with two,
-        1 (reverse)."""
+        1 (reverse). ``lstm_step(h, c, x, **weights)`` is the model's step where the model is the
+        seed's LSTM: no projection (``lstm_step`` takes W (H, H + I)) and none of ONNX's options
+        (peepholes, clip, input_forget, other activations), which the seed's equations lack."""
         stacks = self._layers[check_index("layer", layer, self.num_layers, "num_layers")]
         direction = check_index("direction", direction, self.num_directions, "directions")
         hidden = self.hidden_size
