@@ -341,6 +341,58 @@ def test_initial_states_are_not_modified(gpu, rng):
     np.testing.assert_array_equal(c0, before[1])
 
 
+@pytest.fixture
+def device_arrays(monkeypatch):
+    """Numba device arrays as the model takes them: on a GPU as they are; under the simulator,
+    whose arrays lack ``__cuda_array_interface__`` (and its ``cuda`` ``as_cuda_array``), they are
+    marked as on the device, so that the paths of device arrays in and out run."""
+    from numba import cuda
+
+    if SIMULATED:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        real = dispatch.is_gpu_array
+        monkeypatch.setattr(
+            dispatch, "is_gpu_array", lambda value: real(value) or isinstance(value, FakeCUDAArray)
+        )
+        monkeypatch.setattr(cuda, "as_cuda_array", lambda value: value, raising=False)
+    return cuda
+
+
+@runs_kernels
+def test_stream_of_device_arrays_matches_cpu(gpu, device_arrays, rng):
+    """``Stream.step`` on device chunks, with lengths on the host, on the device or none, and
+    with the gates: device arrays out, the state carried on as the CPU stream carries it."""
+    model = ln.LSTM(3, 4, num_layers=2, seed=10)
+    on_cpu, on_gpu = model.stream(3), model.stream(3)
+    for lengths, lengths_on_device in (([2, 0, 1], False), (None, False), ([0, 2, 1], True)):
+        chunk = rng.standard_normal((3, 2, 3)).astype(np.float32)
+        y = on_cpu.step(chunk, lengths)
+        if lengths_on_device:
+            lengths = device_arrays.to_device(np.array(lengths))
+        y_gpu = on_gpu.step(device_arrays.to_device(chunk), lengths)
+        assert dispatch.is_gpu_array(y_gpu)
+        assert_close(y_gpu.copy_to_host(), y)
+        for state, state_gpu in zip(on_cpu.state, on_gpu.state, strict=True):
+            assert isinstance(state_gpu, np.ndarray)
+            assert_close(state_gpu, state)
+    y_gpu, gates = on_gpu.step(device_arrays.to_device(chunk), return_gates=True)
+    y, gates_cpu = on_cpu.step(chunk, return_gates=True)
+    assert_close(y_gpu.copy_to_host(), y)
+    assert_close(gates.cell.copy_to_host(), gates_cpu.cell)
+
+
+@runs_kernels
+def test_main_job_runs_on_the_gpu(gpu, capsys):
+    """``python -m lstm_numba --device cuda``: checked against the reference there."""
+    from lstm_numba.__main__ import main
+
+    arguments = ["--batch", "2", "--steps", "3", "--input-size", "3", "--hidden-size", "4"]
+    assert main([*arguments, "--device", "cuda", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "device: cuda" in out and "OK" in out
+
+
 @runs_kernels
 def test_gpu_benchmark_script_runs(gpu, capsys):
     """``benchmarks/compare.py --device cuda``, ready for a real GPU: one tiny shape."""
