@@ -441,15 +441,20 @@ def test_gpu_profile_kernels_runs(gpu, capsys):
     assert gpu.takes_tiled is takes_tiled
 
 
-@pytest.mark.skipif(not REAL_GPU, reason="needs a real GPU")
-def test_device_arrays_in_device_arrays_out(gpu, rng):
-    from numba import cuda
-
+@runs_kernels
+def test_device_arrays_in_device_arrays_out(gpu, device_arrays, rng):
+    """Numba device arrays (and on a GPU, CuPy arrays and torch CUDA tensors) in: the GPU path,
+    results of the same kind."""
     model = ln.LSTM(3, 4, seed=9)
-    x, hx = random_call(rng, model)
-    y, (h_n, c_n) = model(cuda.to_device(x))  # device="auto" follows the data
-    assert cuda.is_cuda_array(y) and cuda.is_cuda_array(h_n)
-    assert_close(y.copy_to_host(), model(x)[0])
+    x, (h0, c0) = random_call(rng, model)
+    hx = tuple(device_arrays.to_device(state) for state in (h0, c0))
+    y, (h_n, c_n) = model(device_arrays.to_device(x), hx)  # device="auto" follows the data
+    assert all(dispatch.is_gpu_array(array) for array in (y, h_n, c_n))
+    y_cpu, (h_cpu, c_cpu) = model(x, (h0, c0))
+    for array, expected in ((y, y_cpu), (h_n, h_cpu), (c_n, c_cpu)):
+        assert_close(array.copy_to_host(), expected)
+    if not REAL_GPU:
+        return
     for name in ("cupy", "torch"):
         module = pytest.importorskip(name)
         x_gpu = module.asarray(x) if name == "cupy" else module.from_numpy(x).cuda()
