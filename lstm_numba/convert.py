@@ -144,8 +144,8 @@ def to_onnx(model, opset=14, *, sequence_lens=False, initial_states=True, batch_
         peepholes = constant("P" + suffix, stacks["peephole"]) if model.peepholes else ""
         lengths = "sequence_lens" if sequence_lens else ""
         last = layer == model.num_layers - 1
-        outputs = ["Y" if last and not batch_first else "Y" + suffix, "Y_h" + suffix,
-                   "Y_c" + suffix]  # fmt: skip
+        y = "Y" if last and not batch_first else "Y" + suffix  # the graph's Y, or a step to it
+        outputs = [y, "Y_h" + suffix, "Y_c" + suffix]
         nodes.append(
             helper.make_node(
                 "LSTM",
