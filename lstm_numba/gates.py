@@ -1,9 +1,11 @@
 """The seed's equations as public functions on NumPy arrays, one line of the seed each.
 
-Shapes: ``h_prev`` (B, H), ``x`` (B, I), ``c_prev`` (B, H); gate weights ``W_*`` (H, H + I) act on
-the concatenation ``[h_prev, x]`` (hidden state first); biases ``b_*`` are (H,). All arrays of
-one call share one dtype, float32 or float64. The activations and the cell update are the compiled
-equations the kernels use (``lstm_numba.equations``), applied elementwise.
+Shapes: ``h_prev`` (B, H), ``x`` (B, I), ``c_prev`` (B, H), or (H,), (I,), (H,) for one row
+unbatched (as ``torch.nn.LSTMCell`` takes it), the results shaped as ``h_prev``; gate weights
+``W_*`` (H, H + I) act on the concatenation ``[h_prev, x]`` (hidden state first); biases ``b_*``
+are (H,). All arrays of one call share one dtype, float32 or float64. The activations and the
+cell update are the compiled equations the kernels use (``lstm_numba.equations``), applied
+elementwise.
 """
 
 import numpy as np
@@ -13,20 +15,29 @@ from lstm_numba._validation import as_float_array, check_same_dtype, check_shape
 
 
 def _gate_preactivation(h_prev, x, W, b, gate):
-    """W·[h_prev, x] + b for each batch row, after checking every shape: (B, H)."""
+    """W·[h_prev, x] + b for each batch row, after checking every shape: (B, H), or (H,) for
+    one unbatched row."""
     h_prev = as_float_array("h_prev", h_prev)
     x = as_float_array("x", x)
     W = as_float_array(f"W_{gate}", W)
     b = as_float_array(f"b_{gate}", b)
     check_same_dtype({"h_prev": h_prev, "x": x, f"W_{gate}": W, f"b_{gate}": b})
-    if h_prev.ndim != 2:
-        raise ValueError(f"h_prev: expected a 2-D array (B, H), got shape {h_prev.shape}")
+    if h_prev.ndim not in (1, 2):
+        raise ValueError(
+            f"h_prev: expected a 2-D array (B, H) or, one row, a 1-D (H,), got shape {h_prev.shape}"
+        )
+    unbatched = h_prev.ndim == 1
+    if unbatched and x.ndim != 1:
+        raise ValueError(f"x: expected a 1-D array (I,), as h_prev is (H,); got shape {x.shape}")
+    if unbatched:
+        h_prev, x = h_prev[None], x[None]
     batch, hidden = h_prev.shape
     if x.ndim != 2 or x.shape[0] != batch:
         raise ValueError(f"x: expected a 2-D array (B, I) with B = {batch}, got shape {x.shape}")
     check_shape(f"W_{gate}", W, (hidden, hidden + x.shape[1]), "(H, H + I)")
     check_shape(f"b_{gate}", b, (hidden,), "(H,)")
-    return np.concatenate([h_prev, x], axis=1) @ W.T + b
+    preactivation = np.concatenate([h_prev, x], axis=1) @ W.T + b
+    return preactivation[0] if unbatched else preactivation
 
 
 def _elementwise(ufunc, *arrays):
@@ -79,7 +90,8 @@ def hidden_state(o, c):
 
 
 def lstm_step(h_prev, c_prev, x, W_f, b_f, W_i, b_i, W_c, b_c, W_o, b_o):
-    """One LSTM step, the seed line by line. Returns ``(h, C)``, each (B, H).
+    """One LSTM step, the seed line by line. Returns ``(h, C)``, each (B, H) (or (H,) for one
+    unbatched row).
 
     ``lstm_numba.LSTM.gate_weights()`` gives a model's weights in this form:
     ``lstm_step(h, c, x, **model.gate_weights())``.

@@ -72,6 +72,21 @@ def test_lstm_step_matches_reference(rng, batch, inputs, hidden, dtype):
     assert_close(c, c_ref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_unbatched_row_is_a_batch_of_one(rng, dtype):
+    """h_prev (H,), x (I,), c_prev (H,), as ``torch.nn.LSTMCell`` takes one row: each gate and
+    the step give row 0 of the batch of one, shaped (H,)."""
+    a = random_step_inputs(rng, 1, 3, 4, dtype)
+    row = {name: a[name][0] for name in ("h_prev", "x", "c_prev")}
+    h, c = ln.lstm_step(**{**a, **row})
+    h_batch, c_batch = ln.lstm_step(**a)
+    assert h.shape == c.shape == (4,) and h.dtype == dtype
+    np.testing.assert_array_equal(h, h_batch[0])
+    np.testing.assert_array_equal(c, c_batch[0])
+    f = ln.forget_gate(row["h_prev"], row["x"], a["W_f"], a["b_f"])
+    np.testing.assert_array_equal(f, ln.forget_gate(a["h_prev"], a["x"], a["W_f"], a["b_f"])[0])
+
+
 def test_lstm_step_with_model_gate_weights_matches_model(rng):
     model = ln.LSTM(5, 7, dtype=np.float64, seed=1)
     x = rng.standard_normal((3, 1, 5))
@@ -108,8 +123,10 @@ def test_gate_errors_name_the_argument(rng):
         ln.input_gate(a["h_prev"], a["x"], a["W_i"], np.zeros(5, np.float32))
     with pytest.raises(ValueError, match=r"x: expected a 2-D array \(B, I\) with B = 2"):
         ln.output_gate(a["h_prev"], a["x"][:1], a["W_o"], a["b_o"])
-    with pytest.raises(ValueError, match=r"h_prev: expected a 2-D array"):
+    with pytest.raises(ValueError, match=r"x: expected a 1-D array \(I,\), as h_prev is \(H,\)"):
         ln.candidate_memory(a["h_prev"][0], a["x"], a["W_c"], a["b_c"])
+    with pytest.raises(ValueError, match=r"h_prev: expected a 2-D array \(B, H\) or, one row"):
+        ln.candidate_memory(a["h_prev"][None], a["x"], a["W_c"], a["b_c"])
     with pytest.raises(TypeError, match=r"mixed dtypes.*W_f: float64"):
         ln.forget_gate(a["h_prev"], a["x"], a["W_f"].astype(np.float64), a["b_f"])
     with pytest.raises(TypeError, match=r"x: expected a float32 or float64 array, got dtype int64"):
