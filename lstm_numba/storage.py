@@ -92,8 +92,14 @@ def load(path):
     path = os.fspath(path)
     header, weights = _read(path)
     if header is None:
+        reader = (
+            "safetensors.numpy.load_file(path)"
+            if path.lower().endswith(".safetensors")
+            else "np.load(path)"
+        )
         hint = _other_format(path) or (
-            "; for bare PyTorch-named weights use lstm_numba.from_state_dict"
+            f"; for bare PyTorch-named weights use lstm_numba.from_state_dict({reader}, "
+            "batch_first=...)"
         )
         raise ValueError(f"{path}: no lstm_numba configuration ({CONFIG_KEY}){hint}")
     try:

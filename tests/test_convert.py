@@ -847,7 +847,7 @@ def write_bad_file(kind, path, marker):
         ("pickled member", r"not a readable .npz archive \(.*allow_pickle"),
         ("wrong shape", r"not a valid lstm_numba model .*weight_hh_l0: expected shape"),
         ("missing key", r"not a valid lstm_numba model .*missing key 'bias_hh_l0'"),
-        ("no config", r"no lstm_numba configuration"),
+        ("no config", r"no lstm_numba configuration .*from_state_dict\(np.load\(path\), batch_"),
         ("one array", r"not a readable .npz archive \(a single array, not an .npz archive\)"),
         ("bad config", r"not a valid lstm_numba model"),
     ],
@@ -859,6 +859,19 @@ def test_bad_npz_files_are_clear_errors_and_never_run_code(tmp_path, kind, patte
         ln.load(path)
     assert str(path) in str(error.value)
     assert not marker.exists(), "loading executed code from the file"
+
+
+def test_bare_safetensors_weights_name_their_reader(tmp_path):
+    """Weights saved without the configuration (``safetensors.numpy.save_file(state_dict)``):
+    ``load`` names the call that reads them, which does."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    model = ln.LSTM(3, 4, seed=2)
+    safetensors_numpy.save_file(model.state_dict(), tmp_path / "bare.safetensors")
+    reader = r"from_state_dict\(safetensors.numpy.load_file\(path\), batch_first=...\)"
+    with pytest.raises(ValueError, match=rf"no lstm_numba configuration .*{reader}"):
+        ln.load(tmp_path / "bare.safetensors")
+    weights = safetensors_numpy.load_file(tmp_path / "bare.safetensors")
+    assert_same_model(ln.from_state_dict(weights), model)
 
 
 def test_files_of_other_formats_name_their_reader(tmp_path):
