@@ -409,7 +409,10 @@ def _keras_direction(weights):
             f"{kernel.shape} and {recurrent.shape}"
         )
     if kernel.shape[1] != recurrent.shape[1]:
-        raise ValueError(f"weights: kernel {kernel.shape} and recurrent_kernel {recurrent.shape}")
+        raise ValueError(
+            f"weights: expected kernel (I, 4H) with recurrent_kernel's 4H = {recurrent.shape[1]} "
+            f"columns, got kernel {kernel.shape} and recurrent_kernel {recurrent.shape}"
+        )
     converted = {"weight_ih": kernel.T, "weight_hh": recurrent.T}
     if len(weights) == 3:
         bias = np.asarray(weights[2])
@@ -591,16 +594,14 @@ def _onnx_lstm_nodes(onnx_model, node_name):
         if not nodes:
             operators = sorted({node.op_type for node in onnx_model.graph.node})
             raise ValueError(f"from_onnx: the graph has no LSTM node (operators: {operators})")
-        stack = _onnx_stack(onnx_model.graph, nodes)
-        if stack is not None:
-            return stack
-        if len(nodes) > 1:
+        stack = _onnx_stack(onnx_model.graph, nodes)  # one node is a stack of one
+        if stack is None:
             names = [node.name for node in nodes]
             raise ValueError(
                 f"from_onnx: {len(nodes)} LSTM nodes {names}; pass node_name= (one name, or a "
                 "list of names to stack as layers)"
             )
-        return nodes
+        return stack
     by_name = {node.name: node for node in nodes}
     names = [node_name] if isinstance(node_name, str) else list(node_name)
     missing = [name for name in names if name not in by_name]

@@ -312,6 +312,10 @@ def test_from_keras_weights_follows_the_keras_layout(rng, go_backwards):
         (lambda k, r, b: ln.from_keras_weights([k, k, b]), r"recurrent_kernel \(H, 4H\)"),
         (lambda k, r, b: ln.from_keras_weights([k, r, b[:-1]]), r"expected bias \(4H,\)"),
         (
+            lambda k, r, b: ln.from_keras_weights([k[:, :4], r, b]),
+            r"expected kernel \(I, 4H\) with recurrent_kernel's 4H = 8 columns, got kernel \(3,",
+        ),
+        (
             lambda k, r, b: ln.from_keras_weights([k, r, b], activation="gelu"),
             r"activation: 'gelu' has no LSTM equivalent",
         ),
@@ -390,6 +394,9 @@ def test_from_keras_of_a_model_names_its_lstm_layers():
     bidirectional = type("Bidirectional", (), halves)()
     with pytest.raises(TypeError, match=r"got Bidirectional\(GRU\)$"):
         ln.from_keras(bidirectional)
+    summed = type("Bidirectional", (), {**halves, "merge_mode": "sum"})()
+    with pytest.raises(ValueError, match=r"from_keras: merge_mode 'sum'; only 'concat' maps"):
+        ln.from_keras(summed)
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
