@@ -10,7 +10,10 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_dtype(dtype):
-    """The model/compute dtype as a ``np.dtype``; float32 and float64 only."""
+    """The model/compute dtype as a ``np.dtype``; float32 and float64 only. None is the
+    default, float32, as in PyTorch (NumPy reads ``np.dtype(None)`` as float64)."""
+    if dtype is None:
+        return np.dtype(np.float32)
     try:
         dtype = np.dtype(dtype)
     except TypeError as error:

@@ -324,6 +324,12 @@ def test_bad_constructor_arguments(kwargs, error, pattern):
         ln.LSTM(**kwargs)
 
 
+def test_dtype_none_is_the_default():
+    """``dtype=None`` is float32, the default, as in PyTorch (NumPy's ``np.dtype(None)`` made it
+    float64)."""
+    assert ln.LSTM(2, 3, dtype=None).dtype == ln.LSTM(2, 3).dtype == np.float32
+
+
 def test_workspace_does_not_grow_with_sequence_length():
     """The projection is chunked: ``projection_steps`` × B' rows of (I + 4H) workspace per thread,
     plus the (B', 4H) recurrent product, and W_hh packed for the register tile. On one thread, so
