@@ -216,6 +216,13 @@ def _check_opset(opset, num_layers, newest):
 # --- Import ---------------------------------------------------------------------------------------
 
 
+READ_OFF_THE_WEIGHTS = {
+    "input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size", "peepholes",
+    "seed",
+}  # fmt: skip
+"""``LSTM``'s arguments that ``from_state_dict`` reads off the weights (or, ``seed``, replaces)."""
+
+
 def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     """An ``LSTM`` from weights under PyTorch's names, e.g. ``np.load("w.npz")`` or
     ``torch_lstm.state_dict()`` (torch tensors as ``from_torch`` reads them). Layout as
@@ -230,6 +237,12 @@ def from_state_dict(state_dict, *, batch_first=True, dtype=None, **options):
     ``options``: ``LSTM``'s other keyword arguments (``clip``, ``activations``, ``reverse``, …).
     Every key and shape is checked; all problems are reported in one ``ValueError``.
     """
+    read_off = sorted(options.keys() & READ_OFF_THE_WEIGHTS)
+    if read_off:
+        raise TypeError(
+            f"from_state_dict: not arguments here: {', '.join(read_off)} (the weights' names "
+            "and shapes give the structure, and their values replace any seed's)"
+        )
     arrays = {str(name): as_weight_array(str(name), value) for name, value in state_dict.items()}
     unknown = sorted(name for name in arrays if not PARAMETER_NAME.fullmatch(name))
     if unknown:

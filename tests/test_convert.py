@@ -60,6 +60,17 @@ def test_from_state_dict_reads_the_structure_off_the_names(options):
     assert_same_model(ln.from_state_dict(model.state_dict(), **onnx_options), model)
 
 
+def test_from_state_dict_refuses_what_the_weights_give():
+    """The structure comes from the weights: passing it was Python's "got multiple values for
+    keyword argument", and ``seed`` was ignored."""
+    weights = ln.LSTM(3, 4, num_layers=2).state_dict()
+    pattern = r"from_state_dict: not arguments here: bidirectional, hidden_size \(the weights'"
+    with pytest.raises(TypeError, match=pattern):
+        ln.from_state_dict(weights, bidirectional=True, hidden_size=4)
+    with pytest.raises(TypeError, match=r"not arguments here: seed \(.* replace any seed's\)"):
+        ln.from_state_dict(weights, seed=0)
+
+
 def test_from_state_dict_casts_when_asked():
     weights = ln.LSTM(3, 4, dtype=np.float64, seed=2).state_dict()
     model = ln.from_state_dict(weights, dtype=np.float32)
