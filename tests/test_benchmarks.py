@@ -115,3 +115,16 @@ def test_memory_script_prints_both_calls(capsys):
     assert row.startswith("| (1, 400, 4, 8) |"), row
     default, low_memory = map(float, row.split("|")[2].split("→"))
     assert low_memory < default, row
+
+
+def test_throughput_plot_script_writes_a_png(tmp_path, capsys, monkeypatch):
+    """``benchmarks/plot_throughput.py``: one rate a library and batch size, and the PNG."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")  # its imports, as its command line has them
+    plot_throughput = benchmark_script("plot_throughput")
+    output = tmp_path / "throughput.png"
+    arguments = ["--steps", "3", "--size", "4", "--batches", "1,2", "--rounds", "1"]
+    plot_throughput.main([*arguments, "--output", str(output)])
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("B=") for line in lines) == 2 * (1 + ("torch" in "".join(lines)))
+    assert output.read_bytes().startswith(b"\x89PNG")
