@@ -346,8 +346,8 @@ def from_torch(module):
     to NumPy, layout unchanged (see ``from_state_dict``); half-precision weights (float16,
     bfloat16) become float32, as in ``from_onnx``; dropout is a training feature and is
     ignored. A ``torch.nn.LSTMCell`` gives the one-layer ``LSTM`` (batch-first) that runs the
-    cell over each step of a sequence: ``model.stream(B).step(x[:, None])`` is one call of the
-    cell. TorchScript modules of either (``torch.jit.script``) too."""
+    cell over each step of a sequence: ``model.stream(B).step(x)`` of x (B, I) is one call of
+    the cell. TorchScript modules of either (``torch.jit.script``) too."""
     if isinstance(module, LSTM):
         raise TypeError("from_torch: expected a torch.nn.LSTM, got an lstm_numba.LSTM (use it)")
     if _is_torch_lstm_cell(module):

@@ -1067,7 +1067,29 @@ class Stream:
         ``LSTM.__call__``'s); with ``return_gates``, ``(y, gates)``. The state moves on to the
         chunk's last step, or with ``lengths`` (B,) integers in [0, t], each row's to its own
         last one (the first lengths[b] steps of row b; y is zero after them): rows whose data
-        arrive at different rates, a row of length 0 keeping its state."""
+        arrive at different rates, a row of length 0 keeping its state. One step may come as
+        (B, I), as ``torch.nn.LSTMCell`` takes it: y is then (B, H_out), the gates (L, B, H)."""
+        shape = getattr(chunk, "shape", None) or np.shape(chunk)
+        if len(shape) != 2:
+            return self._step(chunk, lengths, return_gates)
+        shape, expected = tuple(shape), (self.batch_size, self.model.input_size)
+        if shape != expected:
+            layout = "(B, t, I)" if self.model.batch_first else "(t, B, I)"
+            raise ValueError(
+                f"chunk: expected one step (B, I) = {expected}, or {layout}; got shape {shape}"
+            )
+        if not hasattr(chunk, "reshape"):  # a list: read in the model's dtype, as a call does
+            chunk = as_float_array("chunk", chunk, self.model.dtype)
+        steps_axis = 1 if self.model.batch_first else 0
+        results = self._step(chunk.reshape(shape[:steps_axis] + (1,) + shape[steps_axis:]),
+                             lengths, return_gates)  # fmt: skip
+        if not return_gates:
+            return results.reshape(shape[0], -1)
+        y, gates = results
+        return y.reshape(shape[0], -1), Gates(*(trace[:, :, 0] for trace in gates))
+
+    def _step(self, chunk, lengths, return_gates):
+        """``step`` of a chunk (B, t, I), or (t, B, I) for a time-major model."""
         model = self.model
         on_gpu = dispatch.is_gpu_array(chunk)
         given = chunk
@@ -1077,7 +1099,8 @@ class Stream:
             batch_axis = 0 if model.batch_first else 1
             if chunk.ndim != 3 or chunk.shape[batch_axis] != self.batch_size:
                 raise ValueError(
-                    f"chunk: expected {layout} with B = {self.batch_size}, got shape {chunk.shape}"
+                    f"chunk: expected {layout} with B = {self.batch_size} (or one step, (B, I)), "
+                    f"got shape {chunk.shape}"
                 )
             if chunk.shape[2] != model.input_size or chunk.shape[1 - batch_axis] == 0:
                 raise ValueError(

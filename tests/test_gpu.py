@@ -380,6 +380,9 @@ def test_stream_of_device_arrays_matches_cpu(gpu, device_arrays, rng):
     y, gates_cpu = on_cpu.step(chunk, return_gates=True)
     assert_close(y_gpu.copy_to_host(), y)
     assert_close(gates.cell.copy_to_host(), gates_cpu.cell)
+    y_gpu = on_gpu.step(device_arrays.to_device(np.ascontiguousarray(chunk[:, 0])))  # (B, I)
+    assert dispatch.is_gpu_array(y_gpu) and y_gpu.shape == (3, 4)
+    assert_close(y_gpu.copy_to_host(), on_cpu.step(chunk[:, 0]))
 
 
 @runs_kernels

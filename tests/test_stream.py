@@ -114,6 +114,28 @@ def test_chunks_with_lengths_equal_each_row_s_own_sequence(rng, batch_first):
                     np.zeros((steps, batch, 3), np.float32), lengths=[5, 0, 0])  # fmt: skip
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_one_step_chunks_of_shape_b_i(rng, batch_first):
+    """A step as ``torch.nn.LSTMCell`` takes it, (B, I) (NumPy, a list, a torch tensor): y (B,
+    H_out) and the gates (L, B, H), one call's steps in turn; lengths of 0 or 1 too."""
+    model = ln.LSTM(3, 4, num_layers=2, proj_size=2, batch_first=batch_first, seed=5)
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    y, _, gates = model(x if batch_first else x.transpose(1, 0, 2), return_gates=True)
+    y = y if batch_first else y.transpose(1, 0, 2)
+    stream = model.stream(2)
+    np.testing.assert_array_equal(stream.step(x[:, 0]), y[:, 0])
+    assert_close(stream.step(x[:, 1].tolist()), y[:, 1])
+    step_y, step_gates = stream.step(x[:, 2], return_gates=True)
+    assert step_y.shape == (2, 2) and step_gates.cell.shape == (2, 2, 4)
+    assert_close(step_y, y[:, 2])
+    assert_close(step_gates.cell, gates.cell[:, :, 2])
+    held = stream.step(x[:, 3], lengths=[0, 1])  # row 0 has no data this step
+    assert_close(held[1], y[1, 3])
+    assert not np.any(held[0])
+    torch = pytest.importorskip("torch")
+    assert torch.is_tensor(stream.step(torch.from_numpy(x[:, 0])))
+
+
 def test_state_is_a_copy():
     stream = ln.LSTM(3, 4).stream(2)
     h, c = stream.state
@@ -124,7 +146,13 @@ def test_state_is_a_copy():
 @pytest.mark.parametrize(
     "call, error, pattern",
     [
-        (lambda s: s.step(np.zeros((3, 2, 3), np.float32)), ValueError, r"with B = 2, got shape"),
+        (lambda s: s.step(np.zeros((3, 2, 3), np.float32)), ValueError, r"with B = 2 \(or one"),
+        (
+            lambda s: s.step(np.zeros((3, 3), np.float32)),
+            ValueError,
+            r"chunk: expected one step \(B, I\) = \(2, 3\), or \(B, t, I\); got shape \(3, 3\)",
+        ),
+        (lambda s: s.step(np.zeros(3, np.float32)), ValueError, r"with B = 2 .*got shape \(3,\)"),
         (lambda s: s.step(np.zeros((2, 2, 5), np.float32)), ValueError, r"with I = 3 and t >= 1"),
         (lambda s: s.step(np.zeros((2, 0, 3), np.float32)), ValueError, r"with I = 3 and t >= 1"),
         (lambda s: s.step(np.zeros((2, 2, 3))), TypeError, r"chunk: expected dtype float32"),
