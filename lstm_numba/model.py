@@ -27,10 +27,6 @@ GATE_ORDER = "ifgo"
 """Order of the four gate blocks in the stacked weights, as in PyTorch: input, forget, candidate
 (g, the seed's C̃), output."""
 
-PEEPHOLE_ORDER = "iof"
-"""Order of the three peephole vectors in ``peephole_l{k}``, as in ONNX's ``P``: input, output,
-forget."""
-
 DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 """ONNX's f (gates), g (candidate memory), h (output): the standard LSTM."""
 
