@@ -10,11 +10,12 @@ from scipy.special import expit as sigmoid
 
 
 def lstm_step(h_prev, c_prev, x, W_f, b_f, W_i, b_i, W_c, b_c, W_o, b_o):
-    """The seed, line by line. h_prev, c_prev (B, H); x (B, I); W_* (H, H + I); b_* (H,).
+    """The seed, line by line. h_prev, c_prev (B, H); x (B, I) (or (H,), (H,), (I,): one row);
+    W_* (H, H + I); b_* (H,).
 
-    Returns ``(h, c)``, each (B, H) float64.
+    Returns ``(h, c)``, each shaped as h_prev, float64.
     """
-    hx = np.concatenate([h_prev, x], axis=1).astype(np.float64)
+    hx = np.concatenate([h_prev, x], axis=-1).astype(np.float64)
     f = sigmoid(hx @ np.asarray(W_f, np.float64).T + b_f)
     i = sigmoid(hx @ np.asarray(W_i, np.float64).T + b_i)
     c_tilde = np.tanh(hx @ np.asarray(W_c, np.float64).T + b_c)

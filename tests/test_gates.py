@@ -83,6 +83,10 @@ def test_one_unbatched_row_is_a_batch_of_one(rng, dtype):
     assert h.shape == c.shape == (4,) and h.dtype == dtype
     np.testing.assert_array_equal(h, h_batch[0])
     np.testing.assert_array_equal(c, c_batch[0])
+    h_ref, c_ref = reference.lstm_step(**{**a, **row})  # the oracle takes one row too
+    assert h_ref.shape == (4,)
+    assert_close(h, h_ref)
+    assert_close(c, c_ref)
     f = ln.forget_gate(row["h_prev"], row["x"], a["W_f"], a["b_f"])
     np.testing.assert_array_equal(f, ln.forget_gate(a["h_prev"], a["x"], a["W_f"], a["b_f"])[0])
 
