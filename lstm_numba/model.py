@@ -1076,13 +1076,13 @@ class Stream:
             )
         if not hasattr(chunk, "reshape"):  # a list: read in the model's dtype, as a call does
             chunk = as_float_array("chunk", chunk, self.model.dtype)
-        steps_axis = 1 if self.model.batch_first else 0
-        results = self._step(chunk.reshape(shape[:steps_axis] + (1,) + shape[steps_axis:]),
-                             lengths, return_gates)  # fmt: skip
+        rows, inputs = shape
+        one_step = (rows, 1, inputs) if self.model.batch_first else (1, rows, inputs)
+        results = self._step(chunk.reshape(one_step), lengths, return_gates)
         if not return_gates:
-            return results.reshape(shape[0], -1)
+            return results.reshape(rows, -1)
         y, gates = results
-        return y.reshape(shape[0], -1), Gates(*(trace[:, :, 0] for trace in gates))
+        return y.reshape(rows, -1), Gates(*(trace[:, :, 0] for trace in gates))
 
     def _step(self, chunk, lengths, return_gates):
         """``step`` of a chunk (B, t, I), or (t, B, I) for a time-major model."""

@@ -241,13 +241,15 @@ def test_torch_tensors_load_as_weights(half):
     assert all(value.requires_grad for value in parameters.values())
     model = ln.LSTM(3, 4, num_layers=2, batch_first=False, seed=0)
     model.load_state_dict(parameters)
-    assert_same_model(model, ln.from_torch(module))
+    for name, value in parameters.items():  # torch's own values, read independently
+        np.testing.assert_array_equal(model.state_dict()[name], value.detach().numpy())
     model.weight_hh_l1 = parameters["weight_hh_l0"] * 2
     np.testing.assert_array_equal(model.weight_hh_l1, module.weight_hh_l0.detach().numpy() * 2)
     halved = {name: value.to(getattr(torch, half)) for name, value in parameters.items()}
     from_dict = ln.from_state_dict(halved, batch_first=False)
-    assert_same_model(from_dict, ln.from_torch(module.to(getattr(torch, half))))
     assert from_dict.dtype == np.float32
+    for name, value in halved.items():
+        np.testing.assert_array_equal(from_dict.state_dict()[name], value.detach().float().numpy())
 
 
 def test_from_torch_rejects_other_modules():
