@@ -108,10 +108,11 @@ def machine_description():
     )
 
 
-def library_calls(model, x, lengths=None, hx=None):
+def library_calls(model, x, lengths=None, hx=None, threads=None):
     """Library name → (version, zero-argument callable running ``model`` on x (B, T, I) with
     ``lengths`` (B,) or None from the initial states ``hx`` (h0, c0) or zeros), for lstm_numba,
-    the NumPy reference and each installed peer."""
+    the NumPy reference and each installed peer; the peers on ``threads`` threads, or their own
+    count (lstm_numba's: ``lstm_numba.set_num_threads``)."""
     state = model.state_dict()
     calls = {
         "lstm_numba": (lstm_numba.__version__, lambda: model(x, hx, lengths=lengths)),
@@ -125,6 +126,8 @@ def library_calls(model, x, lengths=None, hx=None):
     except ImportError:
         pass
     else:
+        if threads is not None:
+            torch.set_num_threads(threads)
         calls["torch"] = (torch.__version__, torch_call(torch, model, x, lengths, "cpu", hx))
     try:
         import onnxruntime
@@ -133,8 +136,11 @@ def library_calls(model, x, lengths=None, hx=None):
     if onnxruntime is not None and not model.proj_size:  # ONNX's LSTM has no projection
         exported = to_onnx(model, sequence_lens=lengths is not None,
                            initial_states=hx is not None, batch_first=False)  # fmt: skip
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(
-            exported.SerializeToString(), providers=["CPUExecutionProvider"]
+            exported.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
         feeds = {"X": np.ascontiguousarray(x.transpose(1, 0, 2))}
         if hx is not None:
@@ -268,7 +274,15 @@ def main(argv=None):
         help="random initial states h0, c0, as a Stream's chunks after the first (default: none, "
         "zeros, whose first recurrent product lstm_numba skips)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="every library on this many threads (lstm_numba.set_num_threads, "
+        "torch.set_num_threads, ONNX Runtime's intra_op_num_threads; the GEMM rate too)",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        lstm_numba.set_num_threads(args.threads)
 
     on_gpu = args.device == "cuda"
     shapes = args.shapes or [
@@ -286,7 +300,8 @@ def main(argv=None):
     print(
         f"num_layers={args.num_layers}, directions={directions}, "
         f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}, proj_size={args.proj_size}, "
-        f"initial states={'random' if args.states else 'none (zeros)'}"
+        f"initial states={'random' if args.states else 'none (zeros)'}, "
+        f"threads={args.threads or 'each library its own'}"
     )
     rows, versions = [], {}
     for text in shapes:
@@ -310,7 +325,10 @@ def main(argv=None):
                 for size in (model.output_size, hidden)
             )  # fmt: skip
         row = {"shape": (batch, steps, inputs, hidden)}
-        calls = (gpu_library_calls if on_gpu else library_calls)(model, x, lengths, hx)
+        if on_gpu:
+            calls = gpu_library_calls(model, x, lengths, hx)
+        else:
+            calls = library_calls(model, x, lengths, hx, args.threads)
         for _ in range(args.rounds):
             for name, (version, call) in calls.items():
                 if args.no_reference and name.startswith("numpy"):

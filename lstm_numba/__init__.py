@@ -14,6 +14,8 @@ from lstm_numba.convert import (
     to_onnx,
     to_torch,
 )
+from lstm_numba.cpu import forward_threads as get_num_threads
+from lstm_numba.cpu import set_num_threads
 from lstm_numba.dispatch import available_devices
 from lstm_numba.gates import (
     candidate_memory,
@@ -37,6 +39,7 @@ __all__ = [
     "from_onnx",
     "from_state_dict",
     "from_torch",
+    "get_num_threads",
     "to_onnx",
     "to_torch",
     "cell_update",
@@ -47,6 +50,7 @@ __all__ = [
     "lstm_step",
     "output_gate",
     "reference",
+    "set_num_threads",
 ]
 __version__ = "0.1.0"
 

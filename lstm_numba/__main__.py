@@ -29,6 +29,11 @@ def positive_int(text):
     return value
 
 
+def plural(count, noun):
+    """``"1 thread"``, ``"2 threads"``."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
 MODEL_OPTIONS = {"input_size": 128, "hidden_size": 256, "num_layers": 1}
 """The default model's sizes; with ``--model`` they come from the file."""
 
@@ -74,6 +79,12 @@ def parse_arguments(argv):
         help="also time ONNX Runtime on the same batch (needs onnx, onnxruntime; CPU)",
     )
     parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="at most this many threads for each library (lstm_numba.set_num_threads; "
+        "torch.set_num_threads, ONNX Runtime's intra_op_num_threads); default: each one's own",
+    )
+    parser.add_argument(
         "--repeats", type=positive_int, default=20, help="timed calls (20; a library each)"
     )
     args = parser.parse_args(argv)
@@ -89,6 +100,11 @@ def parse_arguments(argv):
 
 def main(argv=None):
     parser, args = parse_arguments(argv)
+    if args.threads is not None:
+        try:
+            lstm_numba.set_num_threads(args.threads)
+        except ValueError as error:
+            parser.error(f"--threads: {error}")
     if args.model is None:
         options = {name: getattr(args, name) or value for name, value in MODEL_OPTIONS.items()}
         model = lstm_numba.LSTM(
@@ -104,7 +120,8 @@ def main(argv=None):
     if not model.batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
     layout = "(B, T, I)" if model.batch_first else "(T, B, I)"
-    print(f"model: {model}; x: {layout} = {x.shape} {x.dtype}; device: {args.device}")
+    threads = f" ({plural(lstm_numba.get_num_threads(), 'thread')})" if args.device == "cpu" else ""
+    print(f"model: {model}; x: {layout} = {x.shape} {x.dtype}; device: {args.device}{threads}")
 
     start = time.perf_counter()
     try:
@@ -124,7 +141,7 @@ def main(argv=None):
     for peer, make_call in PEERS.items():
         if getattr(args, peer):
             try:
-                name, forward = make_call(model, x)
+                name, forward = make_call(model, x, args.threads)
                 check = forward()  # y as lstm_numba's, and a first call out of the timing
             except (ImportError, ValueError) as error:
                 parser.error(f"--{peer}: {error}")
@@ -159,9 +176,13 @@ def main(argv=None):
     return 0 if verdict == "OK" else 1
 
 
-def torch_forward(model, x):
-    """``(name, call)``: ``lstm_numba.to_torch(model)`` on x, returning y as a NumPy array."""
+def torch_forward(model, x, threads=None):
+    """``(name, call)``: ``lstm_numba.to_torch(model)`` on x, returning y as a NumPy array; on
+    at most ``threads`` threads (``torch.set_num_threads``), else torch's own count."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     module = lstm_numba.to_torch(model)
     x_torch = torch.from_numpy(x)
@@ -170,19 +191,23 @@ def torch_forward(model, x):
         with torch.no_grad():
             return module(x_torch)[0].numpy()
 
-    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)", forward
+    return f"torch {torch.__version__} ({plural(torch.get_num_threads(), 'thread')})", forward
 
 
-def onnxruntime_forward(model, x):
+def onnxruntime_forward(model, x, threads=None):
     """``(name, call)``: ONNX Runtime's session of ``lstm_numba.to_onnx(model)`` on x, returning
-    y as a NumPy array in x's layout."""
+    y as a NumPy array in x's layout; on at most ``threads`` threads (``intra_op_num_threads``),
+    else ONNX Runtime's own count."""
     if model.dtype != np.float32:
         raise ValueError(f"ONNX Runtime's LSTM runs float32 only, not {model.dtype}")
     # the nodes' own time-major graph, the states starting at zero as ours do
     onnx_model = lstm_numba.to_onnx(model, initial_states=False, batch_first=False)
     ort = import_optional("onnxruntime")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     session = ort.InferenceSession(
-        onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+        onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     time_major = np.ascontiguousarray(x.transpose(1, 0, 2)) if model.batch_first else x
     steps, batch, _ = time_major.shape

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import config as numba_config
 from numba import get_num_threads, njit, prange, threading_layer, vectorize
+from numba import set_num_threads as numba_set_num_threads
 from numba.core import types
 from numba.extending import overload
 from threadpoolctl import ThreadpoolController
@@ -122,6 +123,43 @@ def _thread_count_functions(library):
     return library.get_num_threads, library.set_num_threads
 
 
+_thread_limit = None
+"""``set_num_threads``'s limit on a forward's threads, or None: all of Numba's."""
+
+
+def set_num_threads(threads):
+    """The most threads a CPU forward uses from now on, in the whole process, as
+    ``torch.set_num_threads``: Numba's threads that run its directions, rows or hidden units
+    side by side, and the threads of the BLAS its input projection and GEMV steps call (SciPy's
+    OpenBLAS, which this sets to ``threads``). ``numba.set_num_threads`` alone bounds the former
+    only, in its own thread; threadpoolctl's ``threadpool_limits`` misses SciPy's BLAS where it
+    runs before that library is loaded. A server with one model per process on one core each:
+    ``lstm_numba.set_num_threads(1)``. ``threads``: from 1 to ``NUMBA_NUM_THREADS``, the
+    threads Numba starts (by default one per CPU)."""
+    global _thread_limit
+    most = numba_config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads: expected an integer, got {type(threads).__name__}")
+    if not 1 <= threads <= most:
+        raise ValueError(
+            f"threads: expected 1 to NUMBA_NUM_THREADS = {most} (the threads Numba starts), "
+            f"got {threads}"
+        )
+    _thread_limit = int(threads)
+    for _, set_ in _blas_thread_functions():
+        set_(_thread_limit)
+
+
+def forward_threads():
+    """The threads a forward may run on: Numba's count in this thread (``numba.get_num_threads``),
+    at most ``set_num_threads``'s limit; one in a process forked after GNU OpenMP started
+    (``_FORKED_FROM_GNU_OPENMP``), where Numba's threads cannot run."""
+    if _FORKED_FROM_GNU_OPENMP:
+        return 1
+    threads = get_num_threads()
+    return threads if _thread_limit is None else min(threads, _thread_limit)
+
+
 class _BlasOnOneThread:
     """BLAS held to one thread while the block runs (the parallel drivers' threads each call it),
     then set back: ≈ 1 µs a call (``_blas_thread_functions``), where threadpoolctl's ``limit``
@@ -150,13 +188,18 @@ _numba_threads_ran = False
 
 class _OnNumbaThreads(_BlasOnOneThread):
     """For a parallel driver: one at a time (``_PARALLEL_FORWARD``), BLAS on one thread inside
-    each of its threads (``_BlasOnOneThread``)."""
+    each of its threads (``_BlasOnOneThread``), and Numba's threads in this thread held to
+    ``set_num_threads``'s limit (the driver's work items are no more, but OpenMP would wake the
+    others too)."""
 
     def __enter__(self):
         global _numba_threads_ran
         _PARALLEL_FORWARD.acquire()
         try:
             super().__enter__()
+            self.numba_threads = None if _thread_limit is None else get_num_threads()
+            if self.numba_threads is not None:
+                numba_set_num_threads(min(self.numba_threads, _thread_limit))
         except BaseException:
             _PARALLEL_FORWARD.release()
             raise
@@ -164,6 +207,8 @@ class _OnNumbaThreads(_BlasOnOneThread):
 
     def __exit__(self, *exception):
         try:
+            if self.numba_threads is not None:
+                numba_set_num_threads(self.numba_threads)
             super().__exit__(*exception)
         finally:
             _PARALLEL_FORWARD.release()
@@ -594,7 +639,7 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     )
     threads = 1  # asked only where it matters: ≈ 0.7 µs, 5 % of the smallest calls
     if parallel:
-        threads = 1 if _FORKED_FROM_GNU_OPENMP else get_num_threads()
+        threads = forward_threads()
         parallel = threads > 1
     partitions = max(1, min(threads // directions, batch))
     rows = -(-batch // partitions)
@@ -1089,11 +1134,11 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions with no Python form)."""
     if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
         return 1
-    if numba_config.DISABLE_JIT or _FORKED_FROM_GNU_OPENMP:
+    if numba_config.DISABLE_JIT:
         return 1
     if batch * steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
         return 1
-    parts = min(get_num_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
+    parts = min(forward_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
     if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * cache_bytes(2)):
         return 1
     if batch >= PARTITION_MIN_BATCH and hidden // parts < UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS:
@@ -1538,7 +1583,14 @@ def _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, tra
 def _side_by_side(*phases):
     """Run each phase, a pair of functions, one on this thread and one on another, side by side,
     one phase after the other, BLAS on one thread; in this thread's context (a dry run,
-    ``dry_run``, runs the other thread dry too)."""
+    ``dry_run``, runs the other thread dry too). Where a forward has one thread
+    (``forward_threads``), both on this one, the other's first (a phase's pair either way round,
+    save the recomputing helper, which waits for the windows the other leaves it)."""
+    if forward_threads() < 2:
+        for here, there in phases:
+            there()
+            here()
+        return
     with _PARALLEL_FORWARD, _BlasOnOneThread(), ThreadPoolExecutor(1) as other_thread:
         for here, there in phases:
             running = other_thread.submit(contextvars.copy_context().run, there)

@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import config as numba_config
-from numba import get_num_threads
 
 from lstm_numba import cpu, dispatch
 from lstm_numba._validation import (
@@ -593,13 +592,14 @@ class LSTM:
         rows and 4 × Numba's threads, each over lengths of time growing by half up to
         ``cpu.plans_settled`` (and by bisection, every length between two that take different
         kernels), with every row full, or rows of falling or rising lengths. The thread count
-        is the one at the call (``numba.set_num_threads``; more threads may take other kernels).
+        is the one at the call (``lstm_numba.set_num_threads``, ``numba.set_num_threads``; more
+        threads may take other kernels).
         The GPU's kernels compile on the first call there.
         """
         if numba_config.DISABLE_JIT:  # the kernels are Python functions: nothing to compile
             return 0
         signatures, panels = set(), {}  # W_hh's panels, packed once (``cpu.dry_run``)
-        batches = sorted({*range(1, 9), 4 * get_num_threads()})
+        batches = sorted({*range(1, 9), 4 * cpu.forward_threads()})
         # (traced, low_memory): the latter only changes stacks of two directions, untraced
         calls = [(False, False)] + [(True, False)] * return_gates
         if self.num_directions > 1 and self.num_layers > 1:

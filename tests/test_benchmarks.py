@@ -83,6 +83,20 @@ def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
     assert lines[-1].split("|")[4].strip() == "0%", lines[-1]  # not the 1e-9 GFLOP/s measure
 
 
+def test_compare_script_runs_on_the_threads_given():
+    """``compare.py --threads 1`` (in a fresh process: ``lstm_numba.set_num_threads`` holds for
+    the process): the header says so and the table has its row."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--shapes", "2,3,4,5",
+         "--repeats", "1", "--no-reference", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.endswith(", threads=1") for line in lines), lines
+    assert lines[-1].startswith("| (2, 3, 4, 5) |"), lines
+
+
 @pytest.mark.parametrize("states", [False, True])
 def test_compare_libraries_compute_the_same_forward(rng, states):
     """``benchmarks/compare.py`` times every library on the same forward: the same weights,

@@ -1,6 +1,7 @@
 """``python -m lstm_numba`` (its options checked in process, its runs each in a fresh process) and
 the on-disk kernel cache."""
 
+import importlib.util
 import re
 
 import pytest
@@ -63,6 +64,25 @@ def test_main_job_times_a_peer_beside_it(capsys, peer, name):
     assert re.search(rf"{name} \S+.*: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
 
 
+def test_main_job_runs_each_library_on_the_threads_given():
+    """``--threads 1``: lstm_numba (``set_num_threads``) and the peers installed each on one
+    thread, said on their lines; in a fresh process, as the limit holds for the process."""
+    peers = []
+    if importlib.util.find_spec("torch"):
+        peers.append("--torch")
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        peers.append("--onnxruntime")
+    out = run_python(
+        "-m", "lstm_numba", "--threads", "1", *peers, "--batch", "2", "--steps", "3",
+        "--input-size", "4", "--hidden-size", "5", "--repeats", "2",
+    ).stdout  # fmt: skip
+    assert "device: cpu (1 thread)" in out and "OK" in out
+    if "--torch" in peers:
+        assert re.search(r"torch \S+ \(1 thread\): same y", out), out
+    if "--onnxruntime" in peers:
+        assert re.search(r"onnxruntime \S+: best .* ms", out), out
+
+
 def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
     """Sizes beside ``--model``, a file that is no model, a peer on the GPU or one that cannot
     run the model, and (on any machine without a GPU) ``--device cuda``: a usage error, exit
@@ -74,6 +94,7 @@ def test_main_job_refuses_what_it_cannot_run(tmp_path, capsys):
         "m.onnx is not an ONNX model": ["--model", str(tmp_path / "m.onnx")],
         "No such file": ["--model", str(tmp_path / "absent.npz")],
         "--torch: with --device cpu only": ["--torch", "--device", "cuda"],
+        "--threads: threads: expected 1 to NUMBA_NUM_THREADS": ["--threads", "100000"],
         "--onnxruntime: ONNX Runtime's LSTM runs float32 only": [
             "--onnxruntime", "--dtype", "float64", "--batch", "1", "--steps", "2",
         ],

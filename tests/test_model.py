@@ -1458,6 +1458,95 @@ def test_a_blas_that_threadpoolctl_does_not_know_is_reported(monkeypatch):
         cpu._blas_threads.cache_clear()
 
 
+THREAD_LIMIT = """
+import json
+import os
+import numba
+import numpy as np
+import lstm_numba
+from lstm_numba import cpu, reference
+
+limit = int(os.environ["LIMIT"])
+lstm_numba.set_num_threads(limit)  # first: nothing has loaded SciPy's BLAS yet
+seen = {"drivers": [], "blas": [], "python_threads": 0}
+
+
+run = cpu._run
+drivers = (cpu.lstm_partitioned_forward, cpu.lstm_unit_split_forward)
+
+
+def recording_run(kernel, arguments):
+    if kernel is cpu.lstm_rows_forward:  # a direction on the calling thread
+        seen["blas"].append(sorted({get() for get, _ in cpu._blas_thread_functions()}))
+    elif kernel in drivers:
+        seen["drivers"].append(numba.get_num_threads())
+    return run(kernel, arguments)
+
+
+cpu._run = recording_run
+pool = cpu.ThreadPoolExecutor
+
+
+def recording_pool(*arguments):
+    seen["python_threads"] += 1
+    return pool(*arguments)
+
+
+cpu.ThreadPoolExecutor = recording_pool
+rng = np.random.default_rng(0)
+# one row on the calling thread (BLAS's GEMV); the rows split, the units split and the
+# directions side by side, each with ≥ 10⁶ multiply-adds
+for batch, steps, hidden, bidirectional in ((1, 4, 64, False), (64, 20, 64, False),
+                                            (2, 64, 128, False), (1, 40, 96, True)):
+    model = lstm_numba.LSTM(hidden, hidden, bidirectional=bidirectional, seed=0)
+    x = rng.standard_normal((batch, steps, hidden)).astype(np.float32)
+    expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
+    np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-6)
+# two rows of a bidirectional stack with low_memory: the directions side by side on threads of
+# Python's (cpu.lstm_directions_recomputed), or one after the other
+model = lstm_numba.LSTM(16, 32, num_layers=2, bidirectional=True, seed=0)
+x = rng.standard_normal((2, 300, 16)).astype(np.float32)
+expected = reference.lstm_forward(x.astype(np.float64), model.state_dict())[0]
+np.testing.assert_allclose(model(x, low_memory=True)[0], expected, rtol=1e-5, atol=1e-6)
+seen["after"] = [lstm_numba.get_num_threads(), numba.get_num_threads()]
+seen["blas_after"] = sorted({get() for get, _ in cpu._blas_thread_functions()})
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("numba_threads, limit", [(2, 1), (3, 2)])
+def test_set_num_threads_bounds_numba_and_blas_threads(numba_threads, limit):
+    """``set_num_threads(n)``: no forward runs on more than n threads, Numba's and BLAS's (SciPy's,
+    which the kernels call, loaded after the call): with n = 1 no driver runs, BLAS runs one
+    thread on the calling thread, and a ``low_memory`` stack's directions take turns on it
+    instead of a Python thread each; with n = 2 of 3, the drivers launch on 2 of Numba's
+    threads and this thread's count is set back after; the results are the reference's."""
+    result = run_python(
+        "-c", THREAD_LIMIT, NUMBA_NUM_THREADS=str(numba_threads), OPENBLAS_NUM_THREADS="3",
+        LIMIT=str(limit),
+    )  # fmt: skip
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["after"] == [limit, numba_threads], seen
+    assert seen["blas_after"] == [limit], seen
+    assert seen["blas"][0] == [limit], seen  # the one row's GEMV; later ones ≤ limit
+    assert max(count for counts in seen["blas"] for count in counts) == limit, seen
+    if limit == 1:
+        assert seen["drivers"] == [] and seen["python_threads"] == 0, seen
+    else:
+        assert len(seen["drivers"]) >= 3 and set(seen["drivers"]) == {limit}, seen
+        assert seen["python_threads"] > 0, seen
+
+
+@pytest.mark.parametrize(
+    "threads, error", [(0, ValueError), (-1, ValueError), (10**6, ValueError),
+                       (True, TypeError), (2.0, TypeError), ("2", TypeError)]
+)  # fmt: skip
+def test_set_num_threads_names_a_bad_count(threads, error):
+    with pytest.raises(error, match="^threads: expected"):
+        ln.set_num_threads(threads)
+    assert cpu._thread_limit is None
+
+
 WITHOUT_DISK_CACHE = """
 import numpy as np
 from numba.core import caching
