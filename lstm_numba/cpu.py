@@ -123,43 +123,6 @@ def _thread_count_functions(library):
     return library.get_num_threads, library.set_num_threads
 
 
-_thread_limit = None
-"""``set_num_threads``'s limit on a forward's threads, or None: all of Numba's."""
-
-
-def set_num_threads(threads):
-    """The most threads a CPU forward uses from now on, in the whole process, as
-    ``torch.set_num_threads``: Numba's threads that run its directions, rows or hidden units
-    side by side, and the threads of the BLAS its input projection and GEMV steps call (SciPy's
-    OpenBLAS, which this sets to ``threads``). ``numba.set_num_threads`` alone bounds the former
-    only, in its own thread; threadpoolctl's ``threadpool_limits`` misses SciPy's BLAS where it
-    runs before that library is loaded. A server with one model per process on one core each:
-    ``lstm_numba.set_num_threads(1)``. ``threads``: from 1 to ``NUMBA_NUM_THREADS``, the
-    threads Numba starts (by default one per CPU)."""
-    global _thread_limit
-    most = numba_config.NUMBA_NUM_THREADS
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads: expected an integer, got {type(threads).__name__}")
-    if not 1 <= threads <= most:
-        raise ValueError(
-            f"threads: expected 1 to NUMBA_NUM_THREADS = {most} (the threads Numba starts), "
-            f"got {threads}"
-        )
-    _thread_limit = int(threads)
-    for _, set_ in _blas_thread_functions():
-        set_(_thread_limit)
-
-
-def forward_threads():
-    """The threads a forward may run on: Numba's count in this thread (``numba.get_num_threads``),
-    at most ``set_num_threads``'s limit; one in a process forked after GNU OpenMP started
-    (``_FORKED_FROM_GNU_OPENMP``), where Numba's threads cannot run."""
-    if _FORKED_FROM_GNU_OPENMP:
-        return 1
-    threads = get_num_threads()
-    return threads if _thread_limit is None else min(threads, _thread_limit)
-
-
 class _BlasOnOneThread:
     """BLAS held to one thread while the block runs (the parallel drivers' threads each call it),
     then set back: ≈ 1 µs a call (``_blas_thread_functions``), where threadpoolctl's ``limit``
@@ -270,6 +233,44 @@ def _note_fork():
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_note_fork)
+
+_thread_limit = None
+"""``set_num_threads``'s limit on a forward's threads, or None: all of Numba's."""
+
+
+def set_num_threads(threads):
+    """The most threads a CPU forward uses from now on, in the whole process, as
+    ``torch.set_num_threads``: Numba's threads that run its directions, rows or hidden units
+    side by side, and the threads of the BLAS its input projection and GEMV steps call (SciPy's
+    OpenBLAS, which this sets to ``threads``). ``numba.set_num_threads`` alone bounds the former
+    only, in its own thread; threadpoolctl's ``threadpool_limits`` misses SciPy's BLAS where it
+    runs before that library is loaded. A server with one model per process on one core each:
+    ``lstm_numba.set_num_threads(1)``. ``threads``: from 1 to ``NUMBA_NUM_THREADS``, the
+    threads Numba starts (by default one per CPU)."""
+    global _thread_limit
+    most = numba_config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads: expected an integer, got {type(threads).__name__}")
+    if not 1 <= threads <= most:
+        raise ValueError(
+            f"threads: expected 1 to NUMBA_NUM_THREADS = {most} (the threads Numba starts), "
+            f"got {threads}"
+        )
+    with _PARALLEL_FORWARD:  # not while a driver holds BLAS to one thread: it sets it back after
+        _thread_limit = int(threads)
+        for _, set_ in _blas_thread_functions():
+            set_(_thread_limit)
+
+
+def forward_threads():
+    """The threads a forward may run on: Numba's count in this thread (``numba.get_num_threads``),
+    at most ``set_num_threads``'s limit; one in a process forked after GNU OpenMP started
+    (``_FORKED_FROM_GNU_OPENMP``), where Numba's threads cannot run."""
+    if _FORKED_FROM_GNU_OPENMP:
+        return 1
+    threads = get_num_threads()
+    return threads if _thread_limit is None else min(threads, _thread_limit)
+
 
 PROJECTION_ROWS = 1024
 """Most rows (time steps × batch rows) whose input projection one GEMM computes: enough for BLAS
