@@ -8,6 +8,7 @@ batch beside it.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -76,7 +77,8 @@ def parse_arguments(argv):
     parser.add_argument(
         "--onnxruntime",
         action="store_true",
-        help="also time ONNX Runtime on the same batch (needs onnx, onnxruntime; CPU)",
+        help="also time ONNX Runtime on the same batch, on the --model .onnx file where it can "
+        "(needs onnx, onnxruntime; CPU)",
     )
     parser.add_argument(
         "--threads",
@@ -141,7 +143,7 @@ def main(argv=None):
     for peer, make_call in PEERS.items():
         if getattr(args, peer):
             try:
-                name, forward = make_call(model, x, args.threads)
+                name, forward = make_call(model, x, args)
                 check = forward()  # y as lstm_numba's, and a first call out of the timing
             except (ImportError, ValueError) as error:
                 parser.error(f"--{peer}: {error}")
@@ -176,13 +178,13 @@ def main(argv=None):
     return 0 if verdict == "OK" else 1
 
 
-def torch_forward(model, x, threads=None):
+def torch_forward(model, x, args):
     """``(name, call)``: ``lstm_numba.to_torch(model)`` on x, returning y as a NumPy array; on
-    at most ``threads`` threads (``torch.set_num_threads``), else torch's own count."""
+    at most ``args.threads`` threads (``torch.set_num_threads``), else torch's own count."""
     import torch
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     module = lstm_numba.to_torch(model)
     x_torch = torch.from_numpy(x)
@@ -194,31 +196,81 @@ def torch_forward(model, x, threads=None):
     return f"torch {torch.__version__} ({plural(torch.get_num_threads(), 'thread')})", forward
 
 
-def onnxruntime_forward(model, x, threads=None):
-    """``(name, call)``: ONNX Runtime's session of ``lstm_numba.to_onnx(model)`` on x, returning
-    y as a NumPy array in x's layout; on at most ``threads`` threads (``intra_op_num_threads``),
-    else ONNX Runtime's own count."""
+def onnxruntime_forward(model, x, args):
+    """``(name, call)``: ONNX Runtime on x, returning y as a NumPy array in x's layout, on at
+    most ``args.threads`` threads (``intra_op_num_threads``), else its own count. The session
+    runs the file of ``--model`` where it is an ONNX model whose first output is the LSTM's y
+    (``onnx_file_forward``), else ``lstm_numba.to_onnx(model)``'s nodes."""
     if model.dtype != np.float32:
         raise ValueError(f"ONNX Runtime's LSTM runs float32 only, not {model.dtype}")
-    # the nodes' own time-major graph, the states starting at zero as ours do
-    onnx_model = lstm_numba.to_onnx(model, initial_states=False, batch_first=False)
     ort = import_optional("onnxruntime")
     options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
+    if args.threads is not None:
+        options.intra_op_num_threads = args.threads
+    name = f"onnxruntime {ort.__version__}"
+    if args.model is not None and str(args.model).lower().endswith(".onnx"):
+        forward, why_not = onnx_file_forward(ort, options, args.model, model, x)
+        if forward is not None:
+            return f"{name} ({os.path.basename(args.model)})", forward
+        print(f"{name}: runs the LSTM nodes of {args.model}, re-exported: {why_not}")
+    # the nodes' own time-major graph, the states starting at zero as ours do
+    onnx_model = lstm_numba.to_onnx(model, initial_states=False, batch_first=False)
     session = ort.InferenceSession(
         onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     time_major = np.ascontiguousarray(x.transpose(1, 0, 2)) if model.batch_first else x
-    steps, batch, _ = time_major.shape
     feeds = {"X": time_major}
 
     def forward():
-        y = session.run(["Y"], feeds)[0]  # [T, D, B, H]
-        y = y.transpose(0, 2, 1, 3).reshape(steps, batch, -1)
-        return y.transpose(1, 0, 2) if model.batch_first else y
+        return node_output_as_y(session.run(["Y"], feeds)[0], model.batch_first)
 
-    return f"onnxruntime {ort.__version__}", forward
+    return name, forward
+
+
+def node_output_as_y(y, batch_first):
+    """An LSTM node's Y [T, D, B, H] (layout 0) as the model's y, (B, T, D·H) or (T, B, D·H)."""
+    steps, _, batch, _ = y.shape
+    y = y.transpose(0, 2, 1, 3).reshape(steps, batch, -1)
+    return y.transpose(1, 0, 2) if batch_first else y
+
+
+def one_line(error):
+    """An error's message on one line, at most 200 characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def onnx_file_forward(ort, options, path, model, x):
+    """``(call, None)`` running the ONNX model in ``path`` on x, its first input (in the layout
+    ``from_onnx`` read off the graph, the model's), any other float input zeros (initial states;
+    symbolic dimensions the batch's) and any integer one x's length (sequence_lens), returning
+    its first output as the model's y; or ``(None, why)`` where ONNX Runtime cannot run the file
+    (an LSTM of layout 1) or its first output is neither y nor the node's Y."""
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime's own errors (layout 1: "not supported")
+        return None, one_line(error)
+    steps, batch = x.shape[1::-1] if model.batch_first else x.shape[:2]
+    first, *others = session.get_inputs()
+    feeds = {first.name: x}
+    for given in others:
+        if "int" in given.type:
+            feeds[given.name] = np.full(batch, steps, np.int32)
+        else:
+            shape = [size if isinstance(size, int) else batch for size in given.shape]
+            feeds[given.name] = np.zeros(shape, np.float32)
+    output = session.get_outputs()[0].name
+    y_shape = (*x.shape[:2], model.num_directions * model.output_size)
+    node_shape = (steps, model.num_directions, batch, model.output_size)
+    try:
+        shape = session.run([output], feeds)[0].shape
+    except Exception as error:  # inputs this guess does not fill
+        return None, one_line(error)
+    if shape == y_shape:
+        return (lambda: session.run([output], feeds)[0]), None
+    if shape == node_shape and not model.batch_first:
+        return (lambda: node_output_as_y(session.run([output], feeds)[0], False)), None
+    return None, f"its first output, {output!r}, has shape {shape}, not y's {y_shape}"
 
 
 PEER_ROUNDS = 3

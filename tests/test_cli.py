@@ -3,6 +3,7 @@ the on-disk kernel cache."""
 
 import importlib.util
 import re
+import warnings
 
 import pytest
 from conftest import run_python
@@ -62,6 +63,38 @@ def test_main_job_times_a_peer_beside_it(capsys, peer, name):
     out = capsys.readouterr().out
     assert re.search(rf"{name} \S+.*: same y", out)
     assert re.search(rf"{name} \S+.*: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
+
+
+@pytest.mark.parametrize("graph", ["torch", "time-major", "first output not y"])
+def test_onnxruntime_runs_the_onnx_file_given(tmp_path, capsys, graph):
+    """``--model m.onnx --onnxruntime``: ONNX Runtime runs the file itself (checked to give y):
+    torch's export of a batch-first stack with h0, c0 as inputs (fed zeros), or ``to_onnx``'s
+    time-major nodes (Y [T, D, B, H] read as y); a graph whose first output is not y is named,
+    and the LSTM's nodes re-exported run instead."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    path = str(tmp_path / "m.onnx")
+    if graph == "torch":
+        torch = pytest.importorskip("torch")
+        module = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=True, batch_first=True).eval()
+        states = (torch.zeros(4, 3, 5), torch.zeros(4, 3, 5))  # the run's B = 3, T = 6
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on exporting RNNs
+            torch.onnx.export(module, (torch.zeros(3, 6, 4), states), path, dynamo=False,
+                              input_names=["x", "h0", "c0"])  # fmt: skip
+    else:
+        exported = ln.to_onnx(ln.LSTM(4, 5, bidirectional=True, batch_first=False, seed=1))
+        if graph == "first output not y":
+            exported.graph.output.insert(0, exported.graph.output.pop(1))
+        onnx.save(exported, path)
+    argv = ["--model", path, "--onnxruntime", "--batch", "3", "--steps", "6", "--repeats", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if graph == "first output not y":
+        assert "runs the LSTM nodes of" in out and "its first output, 'Y_h'" in out, out
+        assert re.search(r"onnxruntime \S+: same y", out), out
+    else:
+        assert re.search(r"onnxruntime \S+ \(m\.onnx\): same y", out), out
 
 
 def test_main_job_runs_each_library_on_the_threads_given():
