@@ -743,6 +743,14 @@ def from_onnx(model, node_name=None, *, weights=None, batch_first=None):
             "model: expected a path, bytes or an onnx.ModelProto, got " + type(model).__name__
         )
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for tensor in initializers.values():
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # data not loaded with the model
+            location = {entry.key: entry.value for entry in tensor.external_data}.get("location")
+            raise ValueError(
+                f"from_onnx: initializer {tensor.name!r} keeps its data in {location!r} beside "
+                "the model's file (ONNX external data), which the bytes or ModelProto given do "
+                "not hold: pass the file's path, or onnx.load(path)"
+            )
     given = dict(weights or {})
 
     def read(name, label):

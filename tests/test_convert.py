@@ -679,6 +679,26 @@ def test_from_onnx_reads_bytes_and_names_what_it_cannot_read(tmp_path):
         ln.from_onnx(3)
 
 
+def test_from_onnx_of_external_data_reads_the_path_and_names_the_file_else(tmp_path):
+    """A model saved with its weights in a file of their own (ONNX external data, as for models
+    over 2 GB): read by path or ``onnx.load``, and from its bytes or a ``ModelProto`` loaded
+    without its data the error names the data's file and what to pass (onnx's own message, "not
+    regular file", named neither)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = ln.LSTM(4, 5, num_layers=2, seed=2)
+    exported = to_onnx(model)
+    convert_model_to_external_data(exported, location="weights.bin", size_threshold=0)
+    path = tmp_path / "m.onnx"
+    onnx.save(exported, path)
+    assert_same_model(ln.from_onnx(path), model, float_attributes_in_float32=True)
+    assert_same_model(ln.from_onnx(onnx.load(path)), model, float_attributes_in_float32=True)
+    for given in (path.read_bytes(), onnx.load(path, load_external_data=False)):
+        with pytest.raises(ValueError, match=r"initializer 'W_l0' keeps its data in 'weights.bin'"):
+            ln.from_onnx(given)
+
+
 def test_torch_to_file_to_onnx_shapes_agree(rng, tmp_path):
     """torch → lstm_numba → save → load → ONNX-shaped I/O and ONNX Runtime: one answer."""
     torch = pytest.importorskip("torch")
