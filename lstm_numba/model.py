@@ -589,12 +589,12 @@ class LSTM:
         kernel signatures.
 
         Nothing is computed: ``cpu.dry_run`` notes the kernels the forwards would call, for 1–8
-        rows and 4 × Numba's threads, each over lengths of time growing by half up to
-        ``cpu.plans_settled`` (and by bisection, every length between two that take different
-        kernels), with every row full, or rows of falling or rising lengths. The thread count
-        is the one at the call (``lstm_numba.set_num_threads``, ``numba.set_num_threads``; more
-        threads may take other kernels).
-        The GPU's kernels compile on the first call there.
+        rows and 4 × a forward's threads (``lstm_numba.get_num_threads``), each over lengths of
+        time growing by half up to ``cpu.plans_settled`` (and by bisection, every length between
+        two that take different kernels), with every row full, or rows of falling or rising
+        lengths. The thread count is the one at the call (``lstm_numba.set_num_threads``,
+        ``numba.set_num_threads``; more threads may take other kernels). The GPU's kernels
+        compile on the first call there.
         """
         if numba_config.DISABLE_JIT:  # the kernels are Python functions: nothing to compile
             return 0
