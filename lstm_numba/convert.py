@@ -721,7 +721,8 @@ def from_onnx(model, node_name=None, *, weights=None, batch_first=None):
     ``batch_first``: None reads it off the graph: True where the (first) node has layout 1 or
     reads its X transposed from a (B, T, I) value (perm [1, 0, 2], as ``torch.onnx.export``
     writes an ``nn.LSTM(batch_first=True)``), so that ``model(x)`` takes the x the graph takes
-    (``run_onnx_io`` then runs layout 1, X [B, T, I]); else False.
+    (``run_onnx_io`` then runs layout 1, X [B, T, I], unless given ``layout=0``, the node's);
+    else False.
     """
     onnx = import_optional("onnx", "onnx")
     from google.protobuf.message import DecodeError

@@ -682,9 +682,11 @@ class LSTM:
         )
         return (y, *results[1:])
 
-    def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None):
+    def run_onnx_io(self, X, sequence_lens=None, initial_h=None, initial_c=None, *, layout=None):
         """The call of an ONNX ``LSTM`` node (``convert.from_onnx`` builds such a model): inputs and
-        outputs in ONNX's shapes, layout 1 when ``batch_first`` else layout 0.
+        outputs in ONNX's shapes, of ``layout`` 0 or 1; None: 1 when ``batch_first`` else 0 (a
+        model ``from_onnx`` read batch-first off a graph that transposes X for a node of layout 0,
+        as torch exports, runs that node with ``layout=0``).
 
         X [T, B, I] (layout 0) or [B, T, I] (layout 1); sequence_lens [B] integers or None;
         initial_h, initial_c [D, B, H] (layout 0) or [B, D, H] (layout 1), zeros when omitted.
@@ -692,7 +694,10 @@ class LSTM:
         sequence of length 0 keeps its initial state in Y_h, Y_c (ONNX Runtime gives zeros). With
         several layers, D·num_layers replaces D in the states and Y is the last layer's.
         """
-        layout = 1 if self.batch_first else 0
+        if layout is None:
+            layout = 1 if self.batch_first else 0
+        elif isinstance(layout, bool) or layout not in (0, 1):
+            raise ValueError(f"layout: expected 0, 1 or None, got {layout!r}")
         X = as_float_array("X", X, self.dtype)
         if X.ndim != 3:
             raise ValueError(f"X: expected [T, B, I] or, layout 1, [B, T, I]; got shape {X.shape}")
@@ -712,7 +717,9 @@ class LSTM:
                 meaning = "[B, D, H]" if layout else "[D, B, H]"
                 check_shape(name, given, expected, meaning)
                 hx.append(given.transpose(1, 0, 2) if layout else given)
-        y, (h_n, c_n) = self(X, hx, lengths=sequence_lens)
+        turned = layout != self.batch_first  # X in the other layout than the model's x
+        y, (h_n, c_n) = self(X.transpose(1, 0, 2) if turned else X, hx, lengths=sequence_lens)
+        y = y.transpose(1, 0, 2) if turned else y
         y = y.reshape(*y.shape[:2], self.num_directions, self.output_size)
         if layout:
             return y, h_n.transpose(1, 0, 2), c_n.transpose(1, 0, 2)

@@ -578,6 +578,18 @@ def test_run_onnx_io_layouts_agree(rng):
     np.testing.assert_array_equal(c_1, c_0.transpose(1, 0, 2))
     with pytest.raises(ValueError, match=r"initial_h: expected shape \[B, D, H\] = \(3, 2, 4\)"):
         batch_major.run_onnx_io(x.transpose(1, 0, 2), None, h0, c0)
+    # layout= runs either on either model: a batch-first model from a graph that transposes X
+    # for a node of layout 0 (torch's export) runs that node with layout=0
+    turned = batch_major.run_onnx_io(x, None, h0, c0, layout=0)
+    for ours, expected in zip(turned, (y0, h_0, c_0), strict=True):
+        assert_close(ours, expected)
+    states = (h0.transpose(1, 0, 2), c0.transpose(1, 0, 2))  # [B, D, H]
+    turned = time_major.run_onnx_io(x.transpose(1, 0, 2), None, *states, layout=1)
+    for ours, expected in zip(turned, (y1, h_1, c_1), strict=True):
+        assert_close(ours, expected)
+    for layout in (2, True, "0"):
+        with pytest.raises(ValueError, match=r"layout: expected 0, 1 or None, got"):
+            time_major.run_onnx_io(x, layout=layout)
 
 
 def test_run_onnx_io_one_initial_state_and_bad_input(rng):
