@@ -208,11 +208,13 @@ def onnxruntime_forward(model, x, args):
     if args.threads is not None:
         options.intra_op_num_threads = args.threads
     name = f"onnxruntime {ort.__version__}"
+    threads = [plural(args.threads, "thread")] if args.threads is not None else []
     if args.model is not None and str(args.model).lower().endswith(".onnx"):
         forward, why_not = onnx_file_forward(ort, options, args.model, model, x)
         if forward is not None:
-            return f"{name} ({os.path.basename(args.model)})", forward
+            return f"{name} ({', '.join([os.path.basename(args.model), *threads])})", forward
         print(f"{name}: runs the LSTM nodes of {args.model}, re-exported: {why_not}")
+    name += f" ({threads[0]})" if threads else ""
     # the nodes' own time-major graph, the states starting at zero as ours do
     onnx_model = lstm_numba.to_onnx(model, initial_states=False, batch_first=False)
     session = ort.InferenceSession(
