@@ -1,10 +1,10 @@
 """python -m lstm_numba: batched inference on a default model or your own, checked and timed.
 
 Builds a seeded model (or loads one: ``--model``, a file of ``LSTM.save`` or an ONNX model), runs
-a batch of random sequences, compares the result with the float64 reference, and prints the
-first-call time (compile, or load from Numba's on-disk cache) and the steady-state throughput in
-sequences per second; with ``--torch`` and ``--onnxruntime``, those libraries' times on the same
-batch beside it.
+a batch of random sequences (of random lengths with ``--lengths``), compares the result with the
+float64 reference, and prints the first-call time (compile, or load from Numba's on-disk cache)
+and the steady-state throughput in sequences per second; with ``--torch`` and ``--onnxruntime``,
+those libraries' times on the same batch beside it.
 """
 
 import argparse
@@ -57,6 +57,11 @@ def parse_arguments(argv):
     parser.add_argument("--hidden-size", type=positive_int, help="hidden units, H (256)")
     parser.add_argument("--num-layers", type=positive_int, help="stacked layers (1)")
     parser.add_argument("--bidirectional", action="store_true", help="both directions")
+    parser.add_argument(
+        "--lengths",
+        action="store_true",
+        help="sequences of random lengths in [T/2, T], as a padded batch holds them",
+    )
     parser.add_argument("--dtype", choices=["float32", "float64"], help="element type (float32)")
     parser.add_argument(
         "--model",
@@ -121,29 +126,34 @@ def main(argv=None):
     x = rng.standard_normal((args.batch, args.steps, model.input_size)).astype(model.dtype)
     if not model.batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    lengths = None
+    if args.lengths:
+        lengths = rng.integers((args.steps + 1) // 2, args.steps + 1, args.batch)
     layout = "(B, T, I)" if model.batch_first else "(T, B, I)"
     threads = f" ({plural(lstm_numba.get_num_threads(), 'thread')})" if args.device == "cpu" else ""
     print(f"model: {model}; x: {layout} = {x.shape} {x.dtype}; device: {args.device}{threads}")
+    if lengths is not None:
+        print(f"lengths: {lengths.min()} to {lengths.max()} steps, {lengths.sum():,} in all")
 
     start = time.perf_counter()
     try:
-        y, _ = model(x, device=args.device)
+        y, _ = model(x, lengths=lengths, device=args.device)
     except RuntimeError as error:  # no usable GPU for --device cuda
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     first_call = time.perf_counter() - start
 
-    expected, _ = reference.model_forward(model, x)
+    expected, _ = reference.model_forward(model, x, lengths=lengths)
     error = np.max(np.abs(y - expected)) / max(1.0, np.max(np.abs(expected)))
     tolerance = 1e-5 if model.dtype == np.float32 else 1e-12
     verdict = "OK" if error <= tolerance else "MISMATCH"
     print(f"check against the float64 reference: max error {error:.2e} (≤ {tolerance:g}) {verdict}")
     print(f"first call (compile or cache load): {first_call:.3f} s")
 
-    calls = {"lstm_numba": lambda: model(x, device=args.device)}
+    calls = {"lstm_numba": lambda: model(x, lengths=lengths, device=args.device)}
     for peer, make_call in PEERS.items():
         if getattr(args, peer):
             try:
-                name, forward = make_call(model, x, args)
+                name, forward = make_call(model, x, lengths, args)
                 check = forward()  # y as lstm_numba's, and a first call out of the timing
             except (ImportError, ValueError) as error:
                 parser.error(f"--{peer}: {error}")
@@ -168,7 +178,7 @@ def main(argv=None):
     print(
         f"forward: best {min(times['lstm_numba']) * 1e3:.2f} ms, median {median * 1e3:.2f} ms "
         f"over {len(times['lstm_numba'])} calls; {args.batch / median:,.0f} sequences/s, "
-        f"{args.batch * args.steps / median:,.0f} steps/s"
+        f"{(args.batch * args.steps if lengths is None else lengths.sum()) / median:,.0f} steps/s"
     )
     for name in list(calls)[1:]:
         print(
@@ -178,29 +188,39 @@ def main(argv=None):
     return 0 if verdict == "OK" else 1
 
 
-def torch_forward(model, x, args):
-    """``(name, call)``: ``lstm_numba.to_torch(model)`` on x, returning y as a NumPy array; on
-    at most ``args.threads`` threads (``torch.set_num_threads``), else torch's own count."""
+def torch_forward(model, x, lengths, args):
+    """``(name, call)``: ``lstm_numba.to_torch(model)`` on x (a ``PackedSequence`` of it with
+    ``lengths``), returning y as a NumPy array; on at most ``args.threads`` threads
+    (``torch.set_num_threads``), else torch's own count."""
     import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     module = lstm_numba.to_torch(model)
     x_torch = torch.from_numpy(x)
+    batch_first, steps = model.batch_first, x.shape[1 if model.batch_first else 0]
 
     def forward():
         with torch.no_grad():
-            return module(x_torch)[0].numpy()
+            if lengths is None:
+                return module(x_torch)[0].numpy()
+            packed = pack_padded_sequence(
+                x_torch, torch.as_tensor(lengths), batch_first=batch_first, enforce_sorted=False
+            )
+            y, _ = pad_packed_sequence(module(packed)[0], batch_first, total_length=steps)
+            return y.numpy()
 
     return f"torch {torch.__version__} ({plural(torch.get_num_threads(), 'thread')})", forward
 
 
-def onnxruntime_forward(model, x, args):
-    """``(name, call)``: ONNX Runtime on x, returning y as a NumPy array in x's layout, on at
-    most ``args.threads`` threads (``intra_op_num_threads``), else its own count. The session
-    runs the file of ``--model`` where it is an ONNX model whose first output is the LSTM's y
-    (``onnx_file_forward``), else ``lstm_numba.to_onnx(model)``'s nodes."""
+def onnxruntime_forward(model, x, lengths, args):
+    """``(name, call)``: ONNX Runtime on x (with ``lengths`` as sequence_lens), returning y as a
+    NumPy array in x's layout, on at most ``args.threads`` threads (``intra_op_num_threads``),
+    else its own count. The session runs the file of ``--model`` where it is an ONNX model whose
+    first output is the LSTM's y (``onnx_file_forward``), else ``lstm_numba.to_onnx(model)``'s
+    nodes."""
     if model.dtype != np.float32:
         raise ValueError(f"ONNX Runtime's LSTM runs float32 only, not {model.dtype}")
     ort = import_optional("onnxruntime")
@@ -210,18 +230,22 @@ def onnxruntime_forward(model, x, args):
     name = f"onnxruntime {ort.__version__}"
     threads = [plural(args.threads, "thread")] if args.threads is not None else []
     if args.model is not None and str(args.model).lower().endswith(".onnx"):
-        forward, why_not = onnx_file_forward(ort, options, args.model, model, x)
+        forward, why_not = onnx_file_forward(ort, options, args.model, model, x, lengths)
         if forward is not None:
             return f"{name} ({', '.join([os.path.basename(args.model), *threads])})", forward
         print(f"{name}: runs the LSTM nodes of {args.model}, re-exported: {why_not}")
     name += f" ({threads[0]})" if threads else ""
     # the nodes' own time-major graph, the states starting at zero as ours do
-    onnx_model = lstm_numba.to_onnx(model, initial_states=False, batch_first=False)
+    onnx_model = lstm_numba.to_onnx(
+        model, sequence_lens=lengths is not None, initial_states=False, batch_first=False
+    )
     session = ort.InferenceSession(
         onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     time_major = np.ascontiguousarray(x.transpose(1, 0, 2)) if model.batch_first else x
     feeds = {"X": time_major}
+    if lengths is not None:
+        feeds["sequence_lens"] = lengths.astype(np.int32)
 
     def forward():
         return node_output_as_y(session.run(["Y"], feeds)[0], model.batch_first)
@@ -242,22 +266,26 @@ def one_line(error):
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def onnx_file_forward(ort, options, path, model, x):
+def onnx_file_forward(ort, options, path, model, x, lengths):
     """``(call, None)`` running the ONNX model in ``path`` on x, its first input (in the layout
     ``from_onnx`` read off the graph, the model's), any other float input zeros (initial states;
-    symbolic dimensions the batch's) and any integer one x's length (sequence_lens), returning
-    its first output as the model's y; or ``(None, why)`` where ONNX Runtime cannot run the file
-    (an LSTM of layout 1) or its first output is neither y nor the node's Y."""
+    symbolic dimensions the batch's) and any integer one ``lengths`` or x's length
+    (sequence_lens), returning its first output as the model's y; or ``(None, why)`` where ONNX
+    Runtime cannot run the file (an LSTM of layout 1), it takes no lengths where there are some,
+    or its first output is neither y nor the node's Y."""
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ONNX Runtime's own errors (layout 1: "not supported")
         return None, one_line(error)
     steps, batch = x.shape[1::-1] if model.batch_first else x.shape[:2]
     first, *others = session.get_inputs()
+    if lengths is not None and not any("int" in given.type for given in others):
+        return None, "it takes no sequence lengths"
     feeds = {first.name: x}
     for given in others:
         if "int" in given.type:
-            feeds[given.name] = np.full(batch, steps, np.int32)
+            full = np.full(batch, steps)
+            feeds[given.name] = (full if lengths is None else lengths).astype(np.int32)
         else:
             shape = [size if isinstance(size, int) else batch for size in given.shape]
             feeds[given.name] = np.zeros(shape, np.float32)

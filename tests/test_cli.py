@@ -65,12 +65,15 @@ def test_main_job_times_a_peer_beside_it(capsys, peer, name):
     assert re.search(rf"{name} \S+.*: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
 
 
-@pytest.mark.parametrize("graph", ["torch", "time-major", "first output not y"])
+@pytest.mark.parametrize(
+    "graph", ["torch", "time-major", "sequence_lens", "first output not y", "no lengths"]
+)
 def test_onnxruntime_runs_the_onnx_file_given(tmp_path, capsys, graph):
     """``--model m.onnx --onnxruntime``: ONNX Runtime runs the file itself (checked to give y):
-    torch's export of a batch-first stack with h0, c0 as inputs (fed zeros), or ``to_onnx``'s
-    time-major nodes (Y [T, D, B, H] read as y); a graph whose first output is not y is named,
-    and the LSTM's nodes re-exported run instead."""
+    torch's export of a batch-first stack with h0, c0 as inputs (fed zeros), ``to_onnx``'s
+    time-major nodes (Y [T, D, B, H] read as y), with sequence_lens fed ``--lengths``; a graph
+    whose first output is not y, or that takes no lengths where ``--lengths`` gives some, is
+    named, and the LSTM's nodes re-exported run instead."""
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     path = str(tmp_path / "m.onnx")
@@ -83,18 +86,35 @@ def test_onnxruntime_runs_the_onnx_file_given(tmp_path, capsys, graph):
             torch.onnx.export(module, (torch.zeros(3, 6, 4), states), path, dynamo=False,
                               input_names=["x", "h0", "c0"])  # fmt: skip
     else:
-        exported = ln.to_onnx(ln.LSTM(4, 5, bidirectional=True, batch_first=False, seed=1))
+        model = ln.LSTM(4, 5, bidirectional=True, batch_first=False, seed=1)
+        exported = ln.to_onnx(model, sequence_lens=graph == "sequence_lens")
         if graph == "first output not y":
             exported.graph.output.insert(0, exported.graph.output.pop(1))
         onnx.save(exported, path)
     argv = ["--model", path, "--onnxruntime", "--batch", "3", "--steps", "6", "--repeats", "2"]
-    assert main(argv) == 0
+    assert main(argv + ["--lengths"] * (graph in ("sequence_lens", "no lengths"))) == 0
     out = capsys.readouterr().out
-    if graph == "first output not y":
-        assert "runs the LSTM nodes of" in out and "its first output, 'Y_h'" in out, out
+    if graph in ("first output not y", "no lengths"):
+        why = "its first output, 'Y_h'" if graph != "no lengths" else "it takes no sequence lengths"
+        assert "runs the LSTM nodes of" in out and why in out, out
         assert re.search(r"onnxruntime \S+: same y", out), out
     else:
         assert re.search(r"onnxruntime \S+ \(m\.onnx\): same y", out), out
+
+
+def test_main_job_with_lengths(capsys):
+    """``--lengths``: sequences of random lengths, checked against the reference and run by each
+    peer installed with them (torch on a PackedSequence, ONNX Runtime with sequence_lens), whose
+    y must be lstm_numba's, zeros past each length."""
+    needs = {"--torch": ["torch"], "--onnxruntime": ["onnxruntime", "onnx"]}
+    peers = [peer for peer, modules in needs.items() if all(map(importlib.util.find_spec, modules))]
+    argv = ["--lengths", *peers, "--batch", "5", "--steps", "8", "--input-size", "4",
+            "--hidden-size", "5", "--num-layers", "2", "--bidirectional",
+            "--repeats", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"lengths: [4-8] to [4-8] steps, \d+ in all", out), out
+    assert "OK" in out and out.count(": same y") == len(peers), out
 
 
 def test_main_job_runs_each_library_on_the_threads_given():
