@@ -18,9 +18,26 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-VECTOR_BYTES = 32
-"""Width of the vectors the tile is written in (AVX2's 256 bits). LLVM splits them on narrower
-machines; AVX-512 machines run them at half their vector width."""
+
+def _target_features():
+    """The CPU features Numba's code generator compiles for: ``NUMBA_CPU_FEATURES``, else the
+    host's (as ``numba.core.codegen`` takes them), a set of ``"+name"`` strings."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return set(features.split(","))
+
+
+AVX512 = "+avx512f" in _target_features()
+"""Whether the kernels are compiled for AVX-512: 512-bit vectors and 32 vector registers."""
+
+VECTOR_BYTES = 64 if AVX512 else 32
+"""Width of the vectors the tile is written in: AVX-512's 512 bits where the CPU has it, else
+AVX2's 256 (LLVM splits them on narrower machines). An Intel Xeon with two 512-bit FMA units
+(Skylake-SP to Sapphire Rapids and later) runs 256-bit vectors at half its multiply-add peak; a Zen
+4, which executes a 512-bit instruction as two 256-bit halves, ran the tile as fast either way
+(docs/performance.md, item 63). LLVM does not widen vectors written narrower."""
 
 MAX_TILE_ROWS = 5
 """Batch rows per tile: 5 rows × 2 vectors = 10 accumulators, beside the 2 weight vectors and one
@@ -28,29 +45,18 @@ broadcast within AVX2's 16 vector registers, enough independent multiply-adds to
 latency. (It was 6, BLIS's Haswell tile's shape; 5 ran forwards of 6 to 256 rows as fast on a
 Zen 4, and the units split then needs no tile set of its own, docs/performance.md.)"""
 
-
-def _vector_registers():
-    """Vector registers of the CPU Numba compiles for: 32 where it has AVX-512 (with AVX-512VL,
-    256-bit vectors use all 32), else 16. The features are those Numba's code generator takes
-    (``NUMBA_CPU_FEATURES``, else the host's)."""
-    from numba.core import config
-    from numba.core.codegen import get_host_cpu_features
-
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
-    return 32 if "+avx512vl" in features.split(",") else 16
-
-
-PANELS_PER_TILE = 2 if _vector_registers() >= 32 else 1
-"""Panels a tile reads at each step of k, where the registers hold it: two with 32 vector
-registers (5 rows × 4 vectors = 20 accumulators, 4 weight vectors and a broadcast), one with 16
-(AVX2). On a Zen 4, two panels ran 3 rows 1.3× faster than one (6 accumulators cannot hide the
-multiply-add latency), 4–5 rows 1.06–1.13×, 6 rows 1.03–1.07× (docs/performance.md). Two rows
-read two panels everywhere (``tile_2``)."""
+PANELS_PER_TILE = 2 if AVX512 else 1
+"""Panels a tile reads at each step of k, where the registers hold it: two with AVX-512's 32
+vector registers (5 rows × 4 vectors = 20 accumulators, 4 weight vectors and a broadcast), one
+with AVX2's 16. On a Zen 4, two panels ran 3 rows 1.3× faster than one (6 accumulators cannot
+hide the multiply-add latency), 4–5 rows 1.06–1.13×, 6 rows 1.03–1.07× (docs/performance.md).
+Two rows read two panels everywhere (``tile_2``)."""
 
 
 @njit(inline="always")
 def panel_width(itemsize):
-    """Weight rows per panel: two vectors of ``itemsize``-byte floats (16 float32, 8 float64)."""
+    """Weight rows per panel: two vectors of ``itemsize``-byte floats (32 float32, 16 float64 with
+    AVX-512; 16 and 8 with AVX2)."""
     return 2 * VECTOR_BYTES // itemsize
 
 
@@ -61,16 +67,16 @@ def panel_count(rows, itemsize):
     return 2 * -(-rows * itemsize // (4 * VECTOR_BYTES))
 
 
-def _emit_tile(context, builder, signature, args, rows, panel_count):
+def _emit_tile(context, builder, signature, args, rows, panel_count, vector_bytes):
     """LLVM IR of ``tile(h, panels, out, b0, p)`` for ``rows`` rows and ``panel_count`` panels
-    (see ``_tile``)."""
+    of two ``vector_bytes`` vectors' width (see ``_tile``)."""
     h_type, panels_type, out_type = signature.args[:3]
     h_array = context.make_array(h_type)(context, builder, args[0])
     panels_array = context.make_array(panels_type)(context, builder, args[1])
     out_array = context.make_array(out_type)(context, builder, args[2])
     b0, p = args[3], args[4]
     dtype = np.dtype(str(h_type.dtype))
-    lanes = VECTOR_BYTES // dtype.itemsize
+    lanes = vector_bytes // dtype.itemsize
     align = dtype.itemsize  # rows of h, panels and out start anywhere: unaligned vectors
     vector = ir.VectorType(context.get_value_type(h_type.dtype), lanes)
     index = ir.IntType(64)
@@ -124,10 +130,10 @@ def _emit_tile(context, builder, signature, args, rows, panel_count):
     return context.get_dummy_value()
 
 
-def _tile(rows, panel_count=1):
+def _tile(rows, panel_count=1, vector_bytes=VECTOR_BYTES):
     """An intrinsic ``tile(h, panels, out, b0, p)``: out[b0 + r, W·(p + q) : W·(p + q + 1)] =
     h[b0 + r] · panels[p + q] for r < ``rows``, q < ``panel_count``; h (B, H), panels (P, H, W),
-    out (B, ≥ W·P), all C-contiguous, of one float dtype."""
+    out (B, ≥ W·P), all C-contiguous, of one float dtype; W two ``vector_bytes`` vectors of it."""
 
     @intrinsic
     def tile(typingctx, h, panels, out, b0, p):
@@ -138,7 +144,7 @@ def _tile(rows, panel_count=1):
             return None  # the IR is written for one float type
 
         def codegen(context, builder, signature, args):
-            return _emit_tile(context, builder, signature, args, rows, panel_count)
+            return _emit_tile(context, builder, signature, args, rows, panel_count, vector_bytes)
 
         return types.void(h, panels, out, b0, p), codegen
 
@@ -153,15 +159,15 @@ def _interleave_masks(lanes):
     return low, [half + mask for mask in low]
 
 
-def _emit_transpose(context, builder, signature, args):
-    """LLVM IR of ``transpose_into_panel`` (see there)."""
+def _emit_transpose(context, builder, signature, args, vector_bytes):
+    """LLVM IR of ``transpose_into_panel`` for ``vector_bytes`` vectors (see ``_transpose``)."""
     weights_type, rows_type, _, _, panels_type, _, _ = signature.args
     weights = context.make_array(weights_type)(context, builder, args[0])
     rows = context.make_array(rows_type)(context, builder, args[1])
     panels = context.make_array(panels_type)(context, builder, args[4])
     first, k0, p, j0 = args[2], args[3], args[5], args[6]
     dtype = np.dtype(str(weights_type.dtype))
-    lanes = VECTOR_BYTES // dtype.itemsize
+    lanes = vector_bytes // dtype.itemsize
     vector = ir.VectorType(context.get_value_type(weights_type.dtype), lanes)
     index = ir.IntType(64)
 
@@ -186,28 +192,34 @@ def _emit_transpose(context, builder, signature, args):
     return context.get_dummy_value()
 
 
-@intrinsic
-def transpose_into_panel(typingctx, weights, rows, first, k0, panels, p, j0):
-    """``panels[p, k0 + i, j0 + j] = weights[rows[first + j], k0 + i]`` for i, j < L, L = the
-    lanes of a ``VECTOR_BYTES`` vector (8 float32, 4 float64): a block of W_hh's rows transposed
-    in registers, the packing's inner step (``cpu.pack_rows``; 3–4.5× faster than a loop of
-    scalars at H = 256–1024). weights (·, K) and panels (P, K, W) C-contiguous, of one float
-    dtype; rows (·,) int64."""
-    if not all(isinstance(a, types.Array) and a.layout == "C" for a in (weights, panels)):
-        return None  # the IR reads and writes rows with unit stride
-    if not (isinstance(weights.dtype, types.Float) and weights.dtype == panels.dtype):
-        return None  # the IR is written for one float type
-    if not (isinstance(rows, types.Array) and rows.dtype == types.int64):
-        return None  # the IR indexes with the row numbers as 64-bit integers
+def _transpose(vector_bytes=VECTOR_BYTES):
+    """An intrinsic ``transpose_into_panel(weights, rows, first, k0, panels, p, j0)``:
+    ``panels[p, k0 + i, j0 + j] = weights[rows[first + j], k0 + i]`` for i, j < L, L = the lanes
+    of a ``vector_bytes`` vector (16 float32 or 8 float64 with AVX-512, 8 or 4 with AVX2): a block
+    of W_hh's rows transposed in registers, the packing's inner step (``cpu.pack_rows``; 3–4.5×
+    faster than a loop of scalars at H = 256–1024). weights (·, K) and panels (P, K, W)
+    C-contiguous, of one float dtype; rows (·,) int64."""
 
-    def codegen(context, builder, signature, args):
-        return _emit_transpose(context, builder, signature, args)
+    @intrinsic
+    def transpose_into_panel(typingctx, weights, rows, first, k0, panels, p, j0):
+        if not all(isinstance(a, types.Array) and a.layout == "C" for a in (weights, panels)):
+            return None  # the IR reads and writes rows with unit stride
+        if not (isinstance(weights.dtype, types.Float) and weights.dtype == panels.dtype):
+            return None  # the IR is written for one float type
+        if not (isinstance(rows, types.Array) and rows.dtype == types.int64):
+            return None  # the IR indexes with the row numbers as 64-bit integers
 
-    return types.void(weights, rows, first, k0, panels, p, j0), codegen
+        def codegen(context, builder, signature, args):
+            return _emit_transpose(context, builder, signature, args, vector_bytes)
+
+        return types.void(weights, rows, first, k0, panels, p, j0), codegen
+
+    return transpose_into_panel
 
 
+transpose_into_panel = _transpose()
 tile_1, tile_3, tile_4, tile_5 = (_tile(rows, PANELS_PER_TILE) for rows in (1, 3, 4, 5))
 tile_2 = _tile(2, panel_count=2)
 """Two rows × two panels on every machine: eight accumulators, enough to hide the multiply-add
-latency that a one-panel tile of two rows (four accumulators) waits on. With 16 vector registers,
-three rows × two panels would need more than there are (it ran at half the speed)."""
+latency that a one-panel tile of two rows (four accumulators) waits on. With AVX2's 16 vector
+registers, three rows × two panels would need more than there are (it ran at half the speed)."""

@@ -992,24 +992,40 @@ def test_recurrent_panels_is_the_product(rng, batch, hidden, dtype):
     assert np.all(out[:, 4 * hidden :] == 0), "the padding columns hold zeros, not garbage"
 
 
+def packed_by_numpy(weights, width):
+    """weights (R, K) as the tile reads them, packed with NumPy: (P, K, width), panel p holding
+    rows [width·p, width·(p + 1)) transposed, zeros past the last row."""
+    rows, depth = weights.shape
+    count = -(-rows // width)
+    padded = np.zeros((count * width, depth), weights.dtype)
+    padded[:rows] = weights
+    return np.ascontiguousarray(padded.reshape(count, width, depth).transpose(0, 2, 1))
+
+
+VECTOR_WIDTHS = [32, 64]
+"""Bytes of the vectors the register tile can be written in: AVX2's and AVX-512's
+(``register_tile.VECTOR_BYTES`` picks one for the machine; the other must be right too)."""
+
+
+@pytest.mark.parametrize("vector_bytes", VECTOR_WIDTHS)
 @pytest.mark.parametrize("panels_per_tile", [1, 2])
 @pytest.mark.parametrize("rows", range(1, register_tile.MAX_TILE_ROWS + 1))
-def test_every_register_tile_shape_is_the_product(rng, rows, panels_per_tile):
-    """Each tile the IR can be written for, reading one panel or two at a time: the machine
-    picks one of the two (``register_tile.PANELS_PER_TILE``), and the other must be right too
-    where another machine picks it. The tile starts at a row and panel offset and writes its
-    rows × panels only."""
+def test_every_register_tile_shape_is_the_product(rng, rows, panels_per_tile, vector_bytes):
+    """Each tile the IR can be written for, reading one panel or two at a time, in either vector
+    width: the machine picks one of each (``register_tile.PANELS_PER_TILE``, ``VECTOR_BYTES``),
+    and the others must be right too where another machine picks them. The tile starts at a row
+    and panel offset and writes its rows × panels only."""
     from numba import njit
 
-    tile = register_tile._tile(rows, panels_per_tile)
+    tile = register_tile._tile(rows, panels_per_tile, vector_bytes)
 
     @njit
     def run(h, panels, out, b0, p):
         tile(h, panels, out, b0, p)
 
-    hidden, width = 5, panel_width(4)
+    hidden, width = 5, 2 * vector_bytes // 4
     w_hh = rng.standard_normal((4 * width, hidden)).astype(np.float32)
-    panels = cpu.pack_panels(w_hh[None])[0]
+    panels = packed_by_numpy(w_hh, width)
     h = rng.standard_normal((rows + 2, hidden)).astype(np.float32)
     out = np.full((rows + 2, 4 * width), np.nan, np.float32)
     run(h, panels, out, 1, 1)
@@ -1018,6 +1034,79 @@ def test_every_register_tile_shape_is_the_product(rng, rows, panels_per_tile):
     assert_close(out[1 : rows + 1, columns], expected)
     out[1 : rows + 1, columns] = 0
     assert np.all(np.isnan(out[out != 0])) and np.count_nonzero(out == 0) == expected.size
+
+
+@pytest.mark.parametrize("vector_bytes", VECTOR_WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packing_transposes_a_block_in_either_vector_width(rng, vector_bytes, dtype):
+    """``transpose_into_panel`` in either vector width: the L × L block of the rows named from
+    ``first`` on and the columns from k0 on, into panel p's rows from k0 and columns from j0,
+    and nothing else."""
+    from numba import njit
+
+    transpose = register_tile._transpose(vector_bytes)
+
+    @njit
+    def run(weights, rows, first, k0, panels, p, j0):
+        transpose(weights, rows, first, k0, panels, p, j0)
+
+    lanes = vector_bytes // np.dtype(dtype).itemsize
+    weights = rng.standard_normal((3 * lanes, 2 * lanes + 3)).astype(dtype)
+    rows = rng.permutation(3 * lanes)
+    panels = np.full((2, 2 * lanes + 3, 2 * lanes), np.nan, dtype)
+    run(weights, rows, lanes, 3, panels, 1, lanes)
+    block = weights[rows[lanes : 2 * lanes], 3 : 3 + lanes].T
+    np.testing.assert_array_equal(panels[1, 3 : 3 + lanes, lanes:], block)
+    panels[1, 3 : 3 + lanes, lanes:] = np.nan
+    assert np.all(np.isnan(panels))
+
+
+def test_register_tile_vectors_follow_the_cpu(tmp_path):
+    """The tile is written in AVX-512's vectors where the kernels are compiled for it (512-bit
+    multiply-adds in the machine code: 256-bit ones run at half the peak of an Intel Xeon with
+    two 512-bit FMA units), and in AVX2's elsewhere: a process compiling for this CPU without
+    AVX-512 (``NUMBA_CPU_FEATURES``) packs and multiplies right in 256-bit vectors."""
+    import re
+
+    from numba import njit
+    from numba.core.codegen import get_host_cpu_features
+
+    features = get_host_cpu_features().split(",")
+    if "+avx512f" in features:
+        assert register_tile.VECTOR_BYTES == 64 and register_tile.PANELS_PER_TILE == 2
+
+        @njit
+        def run(h, panels, out):
+            register_tile.tile_5(h, panels, out, 0, 0)
+
+        signature = (types.float32[:, ::1], types.float32[:, :, ::1], types.float32[:, ::1])
+        run.compile(signature)
+        machine_code = run.inspect_asm(run.signatures[0])
+        assert re.search(r"vfmadd\w*ps\s+.*zmm", machine_code)
+    if "+avx2" not in features:
+        pytest.skip("the AVX2 half needs a CPU with AVX2")
+    without_avx512 = ",".join(f"-{f[1:]}" if f.startswith("+avx512") else f for f in features)
+    script = """
+import numpy as np
+from lstm_numba import cpu, register_tile
+assert register_tile.VECTOR_BYTES == 32 and register_tile.PANELS_PER_TILE == 1
+assert cpu.panel_width(4) == 16
+rng = np.random.default_rng(0)
+for batch, hidden in [(1, 9), (7, 20)]:
+    w_hh = rng.standard_normal((2, 4 * hidden, hidden)).astype(np.float32)
+    h = rng.standard_normal((batch, hidden)).astype(np.float32)
+    panels = cpu.pack_panels(w_hh)
+    assert panels.shape[-1] == 16
+    out = np.empty((batch, panels.shape[1] * 16), np.float32)
+    cpu.recurrent_panels(h, panels[1], out)
+    error = np.abs(out[:, : 4 * hidden] - h.astype(np.float64) @ w_hh[1].T.astype(np.float64))
+    assert error.max() < 1e-4, error.max()
+print("ok")
+"""
+    result = run_python(
+        "-c", script, NUMBA_CPU_FEATURES=without_avx512, NUMBA_CACHE_DIR=str(tmp_path)
+    )
+    assert result.stdout.strip() == "ok"
 
 
 def test_register_tile_refuses_what_its_ir_is_not_written_for(rng):
