@@ -35,6 +35,7 @@ from lstm_numba._config import (
 from lstm_numba.register_tile import (
     MAX_TILE_ROWS,
     PANELS_PER_TILE,
+    empty_panels,
     panel_count,
     panel_width,
     tile_1,
@@ -697,7 +698,7 @@ def pack_panels(w_hh):
     ≈ 3.5 s to the first compile."""
     directions, gate_rows, hidden = w_hh.shape
     count = panel_count(gate_rows, w_hh.itemsize)
-    panels = np.empty((directions, count, hidden, panel_width(w_hh.itemsize)), dtype=w_hh.dtype)
+    panels = empty_panels((directions, count, hidden, panel_width(w_hh.itemsize)), w_hh)
     rows = np.arange(gate_rows)
     for d in range(directions):
         pack_rows(w_hh[d], rows, panels[d])
@@ -1540,7 +1541,7 @@ def _unit_split_forward(
     packs = unit_split_packs(batch, hidden, steps)
     # one row's product needs no packing, nor a few rows' over few steps: None compiles a
     # kernel without the register tiles; gate_sums None, one without the dot tile
-    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if packs else None
+    panels = empty_panels.py_func((parts, packed, hidden, width), w_hh) if packs else None
     unpacked_rows = batch > 1 and not packs
     gate_sums = np.empty((parts, batch * widest), dtype=h.dtype) if unpacked_rows else None
     chunk = projection_steps.py_func(batch, steps)

@@ -976,6 +976,21 @@ def test_pack_rows_is_the_transpose_of_its_rows(rng, depth, count, dtype):
     np.testing.assert_array_equal(panels, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panels_start_on_a_cache_line(rng, dtype):
+    """The packed panels, and the units split's (allocated in Python), start on a cache line, so
+    that no vector load of a panel row straddles two; whatever the allocator returned first."""
+    for hidden in [1, 3, 16, 100]:
+        w_hh = rng.standard_normal((2, 4 * hidden, hidden)).astype(dtype)
+        panels = cpu.pack_panels(w_hh)
+        for shape in [(1, 2, hidden, 8), (3, 2, hidden, 32)]:
+            empty = register_tile.empty_panels.py_func(shape, w_hh)
+            assert empty.shape == shape and empty.dtype == dtype and empty.flags.c_contiguous
+            assert empty.ctypes.data % register_tile.CACHE_LINE_BYTES == 0
+        assert panels.flags.c_contiguous
+        assert panels.ctypes.data % register_tile.CACHE_LINE_BYTES == 0
+
+
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 11, 13])  # every tile height, 5 + rest
 @pytest.mark.parametrize("hidden", [4, 5, 9])  # 4H = 16, 20, 36: whole and partial panels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
