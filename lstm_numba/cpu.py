@@ -613,15 +613,30 @@ calling thread): H = 32–192 1.10–1.39× from T = 64, H = 256 0.94–0.96× a
 
 def one_row_packs(w_hh, steps, side_by_side):
     """Whether one row reads W_hh (D, 4H, H_out) packed over ``steps`` steps: its direction on the
-    calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2;
-    two directions side by side (``side_by_side``) from twice as many, where both directions'
-    W_hh fit it. Not under ``NUMBA_DISABLE_JIT=1`` (the tile is an LLVM intrinsic, with no
+    calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2
+    or BLAS runs on one thread (``blas_on_one_thread``); two directions side by side
+    (``side_by_side``) from twice as many, where both directions' W_hh fit it. Beyond the L2 the
+    one-row tile reads W_hh from L3 at ≈ 94 GB/s and BLAS's GEMV on one thread at ≈ 74 (Zen 4,
+    H = 512–768), and ahead of BLAS's GEMV on one thread at any size (one thread, (1, T, H, H):
+    1.03–1.51× from T = 32, H = 320–1536; docs/performance.md, item 64); BLAS's GEMV on two
+    threads stays ahead of the tile on one (0.69–0.80×), as do two directions side by side from
+    L3 (0.75–1.01×). Not under ``NUMBA_DISABLE_JIT=1`` (the tile is an LLVM intrinsic, with no
     Python form)."""
     if numba_config.DISABLE_JIT:
         return False
     if side_by_side:
         return steps >= 2 * ONE_ROW_PANEL_MIN_STEPS and w_hh.nbytes <= cache_bytes(2)
-    return steps >= ONE_ROW_PANEL_MIN_STEPS and w_hh[0].nbytes <= cache_bytes(2)
+    if steps < ONE_ROW_PANEL_MIN_STEPS:
+        return False
+    return w_hh[0].nbytes <= cache_bytes(2) or blas_on_one_thread()
+
+
+def blas_on_one_thread():
+    """Whether the BLAS the kernels call (``_blas_threads``) runs on one thread: after
+    ``set_num_threads(1)``, with ``OPENBLAS_NUM_THREADS=1``, on one core. False where no BLAS
+    library is found (its threads unknown). ≈ 0.2 µs a library."""
+    counts = [get() for get, _ in _blas_thread_functions()]
+    return bool(counts) and max(counts) == 1
 
 
 def plan_forward(batch, inputs, hidden, steps, directions=1):

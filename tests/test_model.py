@@ -1263,9 +1263,9 @@ def test_models_without_projection_pass_no_projection_weights(rng, monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_row_reads_w_hh_packed_from_enough_steps(rng, dtype, monkeypatch):
     """One row of one direction on the calling thread takes the register tile on packed W_hh
-    from ``cpu.ONE_ROW_PANEL_MIN_STEPS`` steps on, where W_hh fits a core's L2, and matches the
-    reference there; with fewer steps, or W_hh beyond L2, its product stays BLAS's (or the
-    loop's)."""
+    from ``cpu.ONE_ROW_PANEL_MIN_STEPS`` steps on, where W_hh fits a core's L2 or BLAS runs on
+    one thread, and matches the reference there; with fewer steps, or W_hh beyond L2 and BLAS
+    on several threads, its product stays BLAS's (or the loop's)."""
     products = record_row_worker_argument(monkeypatch, 15)
     model = ln.LSTM(6, 40, peepholes=True, dtype=dtype, seed=1)  # no units split: ONNX's cell
     least = cpu.ONE_ROW_PANEL_MIN_STEPS
@@ -1281,8 +1281,34 @@ def test_one_row_reads_w_hh_packed_from_enough_steps(rng, dtype, monkeypatch):
     monkeypatch.setattr(
         cpu, "cache_bytes", lambda level: 4 * 40 * 40 * np.dtype(dtype).itemsize - 1
     )
+    monkeypatch.setattr(cpu, "blas_on_one_thread", lambda: False)
     model(x)
-    assert products == [cpu.RECURRENT_BLAS, cpu.RECURRENT_PANELS, cpu.RECURRENT_BLAS]
+    monkeypatch.setattr(cpu, "blas_on_one_thread", lambda: True)
+    y, (h_n, c_n) = model(x)
+    expected, (h_ref, c_ref) = reference.lstm_forward(x, model.state_dict())
+    assert_close(y, expected)
+    assert_close(h_n, h_ref)
+    assert_close(c_n, c_ref)
+    assert products == [
+        cpu.RECURRENT_BLAS, cpu.RECURRENT_PANELS, cpu.RECURRENT_BLAS, cpu.RECURRENT_PANELS
+    ]  # fmt: skip
+
+
+def test_blas_on_one_thread_reads_every_library_the_kernels_call(monkeypatch):
+    """``cpu.blas_on_one_thread``: true where every BLAS library the kernels call runs one thread
+    (as after ``set_num_threads(1)``, in a process of its own), false where one runs more or none
+    is found (its threads unknown)."""
+    result = run_python(
+        "-c",
+        "import lstm_numba as ln; from lstm_numba import cpu; ln.set_num_threads(1); "
+        "print(cpu.blas_on_one_thread())",
+    )
+    assert result.stdout.strip() == "True"
+    cases = [([1], True), ([1, 1], True), ([1, 2], False), ([4], False), ([], False)]
+    for counts, expected in cases:
+        functions = [(lambda count=count: count, None) for count in counts]
+        monkeypatch.setattr(cpu, "_blas_thread_functions", lambda functions=functions: functions)
+        assert cpu.blas_on_one_thread() is expected, counts
 
 
 def test_one_row_of_two_directions_side_by_side_reads_w_hh_packed_from_twice_the_steps(
