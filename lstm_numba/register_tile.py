@@ -37,7 +37,9 @@ VECTOR_BYTES = 64 if AVX512 else 32
 AVX2's 256 (LLVM splits them on narrower machines). An Intel Xeon with two 512-bit FMA units
 (Skylake-SP to Sapphire Rapids and later) runs 256-bit vectors at half its multiply-add peak; a Zen
 4, which executes a 512-bit instruction as two 256-bit halves, ran the tile as fast either way
-(docs/performance.md, item 63). LLVM does not widen vectors written narrower."""
+(docs/performance.md, item 63). LLVM does not widen vectors written narrower. (Untested: Xeons
+with one 512-bit FMA unit, Skylake-SP and Cascade Lake Bronze, Silver and Gold 5xxx, have one
+peak at either width and lower their clock for 512-bit code.)"""
 
 MAX_TILE_ROWS = 5
 """Batch rows per tile: 5 rows × 2 vectors = 10 accumulators, beside the 2 weight vectors and one
