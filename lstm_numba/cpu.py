@@ -616,9 +616,9 @@ def one_row_packs(w_hh, steps, side_by_side):
     calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2
     or BLAS runs on one thread (``blas_on_one_thread``); two directions side by side
     (``side_by_side``) from twice as many, where both directions' W_hh fit it. Beyond the L2 the
-    one-row tile reads W_hh from L3 at ≈ 94 GB/s and BLAS's GEMV on one thread at ≈ 74 (Zen 4,
-    H = 512–768), and ahead of BLAS's GEMV on one thread at any size (one thread, (1, T, H, H):
-    1.03–1.51× from T = 32, H = 320–1536; docs/performance.md, item 64); BLAS's GEMV on two
+    one-row tile reads W_hh from L3 at ≈ 94 GB/s, BLAS's GEMV on one thread at ≈ 74 (Zen 4,
+    H = 512–768): on one thread, (1, T, H, H), packed ran 1.01–1.51× as fast from T = 32 at
+    H = 320–1536, W_hh beyond the L3 included (docs/performance.md, item 64). BLAS's GEMV on two
     threads stays ahead of the tile on one (0.69–0.80×), as do two directions side by side from
     L3 (0.75–1.01×). Not under ``NUMBA_DISABLE_JIT=1`` (the tile is an LLVM intrinsic, with no
     Python form)."""
