@@ -69,6 +69,7 @@ def main(argv=None):
     axes.legend()
     figure.tight_layout()
     figure.savefig(args.output, dpi=120)
+    plt.close(figure)
     print(f"wrote {args.output}")
 
 

@@ -132,13 +132,18 @@ def test_memory_script_prints_both_calls(capsys):
 
 
 def test_throughput_plot_script_writes_a_png(tmp_path, capsys, monkeypatch):
-    """``benchmarks/plot_throughput.py``: one rate a library and batch size, and the PNG."""
+    """``benchmarks/plot_throughput.py``: one rate a library and batch size, and the PNG; its
+    pyplot figure closed after (``main`` called in a process that goes on, as here)."""
     pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
     monkeypatch.syspath_prepend(ROOT / "benchmarks")  # its imports, as its command line has them
     plot_throughput = benchmark_script("plot_throughput")
     output = tmp_path / "throughput.png"
     arguments = ["--steps", "3", "--size", "4", "--batches", "1,2", "--rounds", "1"]
+    figures = plt.get_fignums()
     plot_throughput.main([*arguments, "--output", str(output)])
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("B=") for line in lines) == 2 * (1 + ("torch" in "".join(lines)))
     assert output.read_bytes().startswith(b"\x89PNG")
+    assert plt.get_fignums() == figures

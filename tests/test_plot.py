@@ -45,11 +45,17 @@ def test_cell_update_figure(gates, tmp_path):
 
 
 def test_pyplot_is_left_alone(gates):
+    """``plot.gates`` draws on a ``Figure`` of its own: it opens no pyplot figure (whatever
+    figures earlier tests in this process left open)."""
     import sys
 
+    def open_figures():
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        return [] if pyplot is None else pyplot.get_fignums()
+
+    figures = open_figures()
     plot.gates(gates)
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    assert pyplot is None or not pyplot.get_fignums()
+    assert open_figures() == figures
 
 
 @pytest.mark.parametrize(
