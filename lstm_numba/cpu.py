@@ -1556,7 +1556,7 @@ def _unit_split_forward(
     packs = unit_split_packs(batch, hidden, steps)
     # one row's product needs no packing, nor a few rows' over few steps: None compiles a
     # kernel without the register tiles; gate_sums None, one without the dot tile
-    panels = empty_panels.py_func((parts, packed, hidden, width), w_hh) if packs else None
+    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if packs else None
     unpacked_rows = batch > 1 and not packs
     gate_sums = np.empty((parts, batch * widest), dtype=h.dtype) if unpacked_rows else None
     chunk = projection_steps.py_func(batch, steps)

@@ -978,8 +978,8 @@ def test_pack_rows_is_the_transpose_of_its_rows(rng, depth, count, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_panels_start_on_a_cache_line(rng, dtype):
-    """The packed panels, and the units split's (allocated in Python), start on a cache line, so
-    that no vector load of a panel row straddles two; whatever the allocator returned first."""
+    """The packed panels start on a cache line, so that no vector load of a panel row straddles
+    two, whatever the allocator returned first (``empty_panels``, compiled and as Python)."""
     for hidden in [1, 3, 16, 100]:
         w_hh = rng.standard_normal((2, 4 * hidden, hidden)).astype(dtype)
         panels = cpu.pack_panels(w_hh)
