@@ -8,6 +8,8 @@ For each B,T,I,H shape, a float32 ``LSTM(I, H, num_layers, bidirectional=True)``
 (x + weights + the forward's allocation peak, tracemalloc's) / (x + y + weights), the issue's
 bound being 1.2; then the two calls in turn ``--repeats`` times, in one process (the machine's
 speed drifts), printing the best two times of each and the ratio of the bests.
+On two threads a small shape's ratio moves from run to run: the two directions' workspaces,
+there as large as y, count in the peak only where their calls overlap in time.
 """
 
 import argparse
