@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -51,6 +52,30 @@ def run_python(*args, **environment):
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return result
+
+
+def allocation_peak(function, *arguments, **keywords):
+    """``(function(*arguments, **keywords), the peak of what the call allocated)``, in bytes, as
+    tracemalloc counts them (NumPy's arrays and Numba's alike)."""
+    tracemalloc.start()
+    try:
+        result = function(*arguments, **keywords)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture
+def one_numba_thread():
+    """The test's forwards on one of Numba's threads (restored after): where two threads run, a
+    peak counts both threads' workspaces only where their calls overlap in time, which a loaded
+    machine decides."""
+    from numba import get_num_threads, set_num_threads
+
+    threads = get_num_threads()
+    set_num_threads(1)
+    yield
+    set_num_threads(threads)
 
 
 def threads_at_any_size(monkeypatch):

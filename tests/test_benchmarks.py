@@ -120,21 +120,14 @@ def test_compare_libraries_compute_the_same_forward(rng, states):
         assert_close(ours, final_h[name](result), np.float32)
 
 
-def test_memory_script_prints_both_calls(capsys):
+def test_memory_script_prints_both_calls(capsys, one_numba_thread):
     """``benchmarks/memory.py``: one row a shape, the peak ratio and the times of the default and
     the ``low_memory`` call (two layers of one row, whose default holds half of y more). On one
     thread: on two, each direction's workspace (its projection of every step at this size, more
     than half of y) counts in the peak only where the threads' calls overlap in time, so the
     ratios moved between runs (2.87–3.98 and 2.32–2.89 over 40 calls each), once level."""
-    from numba import get_num_threads, set_num_threads
-
     memory = benchmark_script("memory")
-    threads = get_num_threads()
-    set_num_threads(1)
-    try:
-        memory.main(["--shapes", "1,400,4,8", "--repeats", "2", "--lengths", "--time-major"])
-    finally:
-        set_num_threads(threads)
+    memory.main(["--shapes", "1,400,4,8", "--repeats", "2", "--lengths", "--time-major"])
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| (1, 400, 4, 8) |"), row
     default, low_memory = map(float, row.split("|")[2].split("→"))

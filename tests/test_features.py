@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close, threads_at_any_size
+from conftest import allocation_peak, assert_close, threads_at_any_size
 
 import lstm_numba as ln
 from lstm_numba import cpu, reference
@@ -142,8 +142,6 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
     below's output in place (``cpu.lstm_directions_in_halves``, taken here whatever the size):
     odd and even T, rows of lengths below, around and above the middle step and 0, several
     projection chunks; the peak holds half of y beyond y, where side by side held all of it."""
-    import tracemalloc
-
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
     monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
     monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
@@ -163,10 +161,7 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
     for mode in (cpu.IN_HALVES, None):
         monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments, mode=mode: mode)
         model(long)
-        tracemalloc.start()
-        y = model(long)[0]
-        peaks[mode] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        (y, _), peaks[mode] = allocation_peak(model, long)
     # half of y less, but for the second thread's few KB (its executor, workspace)
     assert peaks[cpu.IN_HALVES] < peaks[None] - 0.45 * y.nbytes, peaks
 
@@ -220,8 +215,6 @@ def test_low_memory_peak_within_the_budget(rng, batch, steps, inputs, hidden, ba
     input, few rows (part of the forward direction recomputed) or more (recomputed, or in turn
     in groups of fewer rows: 16 rows in three groups of six instead of two of eight, the threads
     permitting); y as the reference's."""
-    import tracemalloc
-
     model = ln.LSTM(inputs, hidden, 3, bidirectional=True, batch_first=batch_first, seed=2)
     x = random_inputs(rng, model, batch, steps, states=False)[0]
     lengths = rng.integers(steps // 2, steps + 1, batch)
@@ -229,10 +222,9 @@ def test_low_memory_peak_within_the_budget(rng, batch, steps, inputs, hidden, ba
     peaks = {}
     for low_memory in (False, True):
         model(x, lengths=lengths, low_memory=low_memory)  # compiled
-        tracemalloc.start()
-        y = model(x, lengths=lengths, low_memory=low_memory)[0]
-        peaks[low_memory] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        (y, _), peaks[low_memory] = allocation_peak(
+            model, x, lengths=lengths, low_memory=low_memory
+        )
         y_ref, _ = reference.model_forward(model, x, None, lengths)
         assert_close(y, y_ref)
     ratios = {k: (x.nbytes + weights + peak) / (x.nbytes + y.nbytes + weights)

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import assert_close, run_python, threads_at_any_size
+from conftest import allocation_peak, assert_close, run_python, threads_at_any_size
 from numba import get_num_threads
 from numba.core import types
 
@@ -330,29 +330,16 @@ def test_dtype_none_is_the_default():
     assert ln.LSTM(2, 3, dtype=None).dtype == ln.LSTM(2, 3).dtype == np.float32
 
 
-def test_workspace_does_not_grow_with_sequence_length():
+def test_workspace_does_not_grow_with_sequence_length(one_numba_thread):
     """The projection is chunked: ``projection_steps`` × B' rows of (I + 4H) workspace per thread,
-    plus the (B', 4H) recurrent product, and W_hh packed for the register tile. On one thread, so
-    that the peak does not depend on whether the threads' workspaces overlap in time (they may
-    not, on a loaded machine)."""
-    import tracemalloc
-
-    from numba import get_num_threads, set_num_threads
-
+    plus the (B', 4H) recurrent product, and W_hh packed for the register tile. On one thread
+    (``one_numba_thread``)."""
     model = ln.LSTM(32, 32, seed=0)
     peaks = []
-    threads = get_num_threads()
-    set_num_threads(1)
-    try:
-        for steps in (1000, 10000):
-            x = np.zeros((4, steps, 32), np.float32)
-            model(x)  # compile first
-            tracemalloc.start()
-            model(x)
-            peaks.append(tracemalloc.get_traced_memory()[1] - 4 * steps * 32 * 4)  # minus y
-            tracemalloc.stop()
-    finally:
-        set_num_threads(threads)
+    for steps in (1000, 10000):
+        x = np.zeros((4, steps, 32), np.float32)
+        model(x)  # compile first
+        peaks.append(allocation_peak(model, x)[1] - 4 * steps * 32 * 4)  # minus y
     assert peaks[1] <= peaks[0] + 4096, peaks
     per_thread = 4 * cpu.projection_steps.py_func(4, 10000) * (32 + 4 * 32) + 4 * 4 * 32
     per_thread += 4 * 32 * 32  # W_hh packed for the tile (once, whatever the threads)
@@ -589,32 +576,19 @@ def test_stacked_layers_run_in_place(rng, driver, batch, batch_first, reverse, m
     assert_close(c_n, c_ref)
 
 
-def test_stacked_layers_hold_no_second_output(monkeypatch):
+def test_stacked_layers_hold_no_second_output(monkeypatch, one_numba_thread):
     """A stack in one direction allocates what one layer does (the layers after the first run
     on y in place); in two directions, half of y more, where they run in place
-    (``cpu.directions_in_place``), else the whole layer below's output. On one thread, so that
-    the peaks do not depend on whether the threads' workspaces overlap in time."""
-    import tracemalloc
-
-    from numba import get_num_threads, set_num_threads
-
+    (``cpu.directions_in_place``), else the whole layer below's output. On one thread."""
     x = np.zeros((4, 2000, 16), np.float32)
     peaks = {}
-    threads = get_num_threads()
-    set_num_threads(1)
-    try:
-        for layers, bidirectional, least_in_place in (
-            (1, False, 0), (3, False, 0), (1, True, 0), (3, True, 1 << 62), (3, True, 0)
-        ):  # fmt: skip
-            monkeypatch.setattr(cpu, "DIRECTIONS_IN_PLACE_MIN_BYTES", least_in_place)
-            model = ln.LSTM(16, 16, layers, batch_first=True, bidirectional=bidirectional)
-            model(x)  # compile first
-            tracemalloc.start()
-            model(x)
-            peaks[layers, bidirectional, least_in_place] = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-    finally:
-        set_num_threads(threads)
+    for layers, bidirectional, least_in_place in (
+        (1, False, 0), (3, False, 0), (1, True, 0), (3, True, 1 << 62), (3, True, 0)
+    ):  # fmt: skip
+        monkeypatch.setattr(cpu, "DIRECTIONS_IN_PLACE_MIN_BYTES", least_in_place)
+        model = ln.LSTM(16, 16, layers, batch_first=True, bidirectional=bidirectional)
+        model(x)  # compile first
+        peaks[layers, bidirectional, least_in_place] = allocation_peak(model, x)[1]
     half_y = x.nbytes  # y (B, T, 2H), twice as large as x
     assert peaks[3, False, 0] < peaks[1, False, 0] + 4096, peaks
     one_layer = peaks[1, True, 0]
@@ -625,16 +599,14 @@ def test_stacked_layers_hold_no_second_output(monkeypatch):
 
 @pytest.mark.parametrize("most_groups", [1, 2, 4])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_directions_in_turn_hold_a_group_of_rows(rng, batch_first, most_groups, monkeypatch):
+def test_directions_in_turn_hold_a_group_of_rows(
+    rng, batch_first, most_groups, monkeypatch, one_numba_thread
+):  # fmt: skip
     """Two directions in turn (``LSTM._run_directions_in_turn``) hold the forward direction's
     output of a group of rows beyond y (``cpu.in_turn_groups``): half of y / groups, and the
     workspaces (≈ 0.3 MB here, y 7.7 MB), batch-first and time-major; rows of several lengths
     (each group's zeros past them, after the group before), y as the reference's. On one
     thread, as the tests above."""
-    import tracemalloc
-
-    from numba import get_num_threads, set_num_threads
-
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_TURN)
     monkeypatch.setattr(cpu, "IN_TURN_GROUPS", most_groups)
     batch, steps = 24, 2500
@@ -642,16 +614,8 @@ def test_directions_in_turn_hold_a_group_of_rows(rng, batch_first, most_groups, 
     x = x.astype(np.float32)
     lengths = rng.permutation(np.linspace(600, steps, batch).astype(np.int64))
     model = ln.LSTM(16, 16, 2, bidirectional=True, batch_first=batch_first, seed=most_groups)
-    threads = get_num_threads()
-    set_num_threads(1)
-    try:
-        y, _ = model(x, lengths=lengths)  # compile first
-        tracemalloc.start()
-        y, _ = model(x, lengths=lengths)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    finally:
-        set_num_threads(threads)
+    model(x, lengths=lengths)  # compile first
+    (y, _), peak = allocation_peak(model, x, lengths=lengths)
     y_ref, _ = reference.lstm_forward(x, model.state_dict(), None, batch_first, lengths=lengths)
     assert_close(y, y_ref)
     assert cpu.in_turn_groups(batch, False) == most_groups
@@ -716,16 +680,12 @@ def test_recompute_plan_fits_the_budget(batch, steps, inputs, hidden, width):
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch):
+def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch, one_numba_thread):
     """With lengths the rows run in length order, read from x where they are and put back in
     order in y in place: the peak is a forward's without lengths, plus a chunk of a row of y for
     the permutation (1 KiB here, a row 64 KiB). On one thread, as the test above; lengths out of
     order, so the order is not the identity, and one (the row worker's) at B = 8 >
     ``UNIT_SPLIT_MAX_BATCH``."""
-    import tracemalloc
-
-    from numba import get_num_threads, set_num_threads
-
     from lstm_numba import model as model_module
 
     monkeypatch.setattr(model_module, "MOVE_ROWS_CHUNK_BYTES", 1024)
@@ -736,17 +696,10 @@ def test_lengths_copy_neither_x_nor_y(rng, batch_first, monkeypatch):
     lengths = rng.permutation(np.linspace(steps // 2, steps, batch).astype(np.int64))
     y_ref, _ = reference.lstm_forward(x, model.state_dict(), None, batch_first, lengths=lengths)
     peaks = []
-    threads = get_num_threads()
-    set_num_threads(1)
-    try:
-        for given in (None, lengths):
-            y, _ = model(x, lengths=given)  # compile first
-            tracemalloc.start()
-            y, _ = model(x, lengths=given)
-            peaks.append(tracemalloc.get_traced_memory()[1])
-            tracemalloc.stop()
-    finally:
-        set_num_threads(threads)
+    for given in (None, lengths):
+        model(x, lengths=given)  # compile first
+        (y, _), peak = allocation_peak(model, x, lengths=given)
+        peaks.append(peak)
     assert_close(y, y_ref)
     assert peaks[1] < peaks[0] + 4096, peaks
 
