@@ -537,15 +537,29 @@ packed against not, in one process: (2, 8, 256) 0.76×, (2, 12, 512) 0.85×, (4,
 (docs/performance.md)."""
 
 
+UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS = 64
+"""Steps from which the parts of one row pack their rows of W_hh too, read then in the register
+tile's one-row form (one stream of panels) instead of ``units_product``'s 4-row dot tile on W_hh
+as it is (four streams): a part's product 1.04–1.3× as fast (item 24), and since the packing
+got 3–4.5× faster (item 49) and the tile 512-bit loads on cache lines (item 63) it repays its
+copy. Zen 4, (1, T, H, H), packed against not, in one process, six alternating rounds, medians
+of their bests: T = 128 at H = 128, 192, 256, 320 1.13×, 1.18×, 1.15×, 1.09×; T = 500–2000 at
+H = 128–320 1.07–1.20×; T = 64 1.05–1.13×; T = 32 0.91–1.04×, T = 8–16 0.69–1.09×
+(docs/performance.md, item 65)."""
+
+
 def unit_split_packs(batch, hidden, steps):
-    """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh: more than one row,
-    over enough steps (``UNIT_SPLIT_PACK_MIN_STEPS``)."""
+    """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh: one row over
+    ``UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS`` steps or more, more rows over enough steps
+    (``UNIT_SPLIT_PACK_MIN_STEPS``)."""
+    if batch == 1:
+        return steps >= UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS
     least = UNIT_SPLIT_PACK_MIN_STEPS
     if batch == 5:
         least //= 2
     elif batch != 3 and hidden > PARTITION_ALWAYS_ABOVE_HIDDEN:
         least *= 2
-    return batch > 1 and steps >= least
+    return steps >= least
 
 
 UNIT_SPLIT_MIN_MULTIPLY_ADDS = 400_000
@@ -1184,7 +1198,8 @@ def plans_settled(batch, steps, hidden, width, itemsize):
     work = (PARALLEL_MIN_MULTIPLY_ADDS, PARTITION_MIN_MULTIPLY_ADDS, UNIT_SPLIT_MIN_MULTIPLY_ADDS)
     least_steps = (
         PANEL_MIN_ROW_STEPS, PANEL_NARROW_THREADED_MIN_ROW_STEPS, PANEL_NARROW_MIN_ROW_STEPS,
-        2 * UNIT_SPLIT_PACK_MIN_STEPS, PARALLEL_DIRECTIONS_MIN_STEPS, 2 * ONE_ROW_PANEL_MIN_STEPS,
+        2 * UNIT_SPLIT_PACK_MIN_STEPS, UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS,
+        PARALLEL_DIRECTIONS_MIN_STEPS, 2 * ONE_ROW_PANEL_MIN_STEPS,
     )  # fmt: skip
     return (
         least_work >= max(work)
@@ -1318,17 +1333,18 @@ def lstm_units_round(
     h_part, times,
 ):  # fmt: skip
     """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
-    gathers their units of the bias and the cell state and packs their rows of W_hh (for more
-    than one row); round s + 1 runs step s: their rows of the recurrent product and the fused
-    pointwise pass, and at the last step writes their cell states back to c. A round before the
-    first step of a chunk of steps (``projection_steps``) ends with their input projection for
-    the chunk (a gate block at a time, on the chunk's rows of x, several rows' steps read into one
-    array: BLAS, or ``few_rows_product`` where the parts do not pack), so that x is read at a
+    gathers their units of the bias and the cell state and packs their rows of W_hh (where
+    ``unit_split_packs``); round s + 1 runs step s: their rows of the recurrent product and the
+    fused pointwise pass, and at the last step writes their cell states back to c. A round
+    before the first step of a chunk of steps (``projection_steps``) ends with their input
+    projection for the chunk (a gate block at a time, on the chunk's rows of x, several rows'
+    steps read into one array: BLAS, or ``few_rows_product`` for several rows over too few
+    steps to pack), so that x is read at a
     chunk's times before any part writes y there: a stack of layers runs each layer on y in place
-    (``LSTM._run_layers``). The recurrent product of one row is ``units_product`` on W_hh as it
-    is; of more, the register tile (``recurrent_panels``) on the part's packed rows of W_hh, or
-    over too few steps to repay packing them (``unit_split_packs``) the dot tile on them as they
-    are (``units_rows_product``).
+    (``LSTM._run_layers``). The recurrent product is the register tile (``recurrent_panels``) on
+    the part's packed rows of W_hh, or over too few steps to repay packing them
+    (``unit_split_packs``) the dot tile on them as they are: ``units_product`` for one row,
+    ``units_rows_product`` for more.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,) and times (B,) are the calling thread's workspace, U = the part's units, W = the
@@ -1366,13 +1382,13 @@ def lstm_units_round(
             if step < lengths[b]:
                 active = b + 1
         # Numba takes a branch on an argument that is None at compile time (not on one that is
-        # an array): one row compiles units_product alone, more rows their product beside it
+        # an array): one row unpacked compiles units_product alone, more rows theirs beside it
         if step == 0 and not np.any(h_now[:active]):  # no initial state: W_hh · 0 unread
             recurrent[:active] = 0
         elif gate_sums is not None:  # several rows over few steps, their rows of W_hh as they are
             gate = gate_sums[part, : active * units].reshape((active, units))
             units_rows_product(w_hh, h_now[:active], recurrent[:active], low, high, gate)
-        elif panels is None:  # one row
+        elif panels is None:  # one row over few steps
             units_product(w_hh, h_now[0], recurrent[0], low, high)
         else:
             recurrent_panels(h_now[:active], panels[part], recurrent[:active])
@@ -1467,8 +1483,8 @@ def lstm_unit_split_forward(
 
     x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,)
     b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
-    rows of W_hh are packed for the register tile (``pack_rows``), or None for one row and where
-    too few steps repay packing (``unit_split_packs``); gate_sums (P, B·W), there for several
+    rows of W_hh are packed for the register tile (``pack_rows``), or None where too few steps
+    repay packing (``unit_split_packs``); gate_sums (P, B·W), there for several
     rows, each part's gate block of the dot tile (``units_rows_product``), else None; h_buffer
     (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
     cell state, overwritten with the final one; y: (B, T, ·) or (T, B, ·), columns [column,
@@ -1554,8 +1570,8 @@ def _unit_split_forward(
     width = panel_width.py_func(w_hh.itemsize)
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
     packs = unit_split_packs(batch, hidden, steps)
-    # one row's product needs no packing, nor a few rows' over few steps: None compiles a
-    # kernel without the register tiles; gate_sums None, one without the dot tile
+    # over few steps the parts read W_hh as it is: panels None compiles a kernel without the
+    # register tiles; gate_sums None (one row, or packed rows), one without the dot tile
     panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if packs else None
     unpacked_rows = batch > 1 and not packs
     gate_sums = np.empty((parts, batch * widest), dtype=h.dtype) if unpacked_rows else None

@@ -407,8 +407,8 @@ def test_units_split_over_threads_match_reference(
 ):
     """A few sequences' hidden units split into parts that hand over every step
     (``cpu.lstm_unit_split_forward``): uneven parts (H = 11: 5 + 6, 3 + 4 + 4, every leftover of
-    the 4-row tile), one row (``units_product``) or several (the register tile on each part's
-    packed rows, or the dot tile on them as they are), lengths below T (different ones read
+    the 4-row tile), one row or several, on each part's packed rows (the register tile) or on
+    them as they are (``units_product``, the dot tile), lengths below T (different ones read
     forwards: the shorter rows sit the last steps out), several projection chunks (of few rows:
     gathered), read forwards and backwards.
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
@@ -416,7 +416,8 @@ def test_units_split_over_threads_match_reference(
     the first must then run every part of every step instead of waiting for the others."""
     for limit in ("PROJECTION_ROWS", "PROJECTION_MIN_ROWS"):  # chunks of 4 + 4 + 4 + 1 steps
         monkeypatch.setattr(cpu, limit, 4 * batch)
-    monkeypatch.setattr(cpu, "UNIT_SPLIT_PACK_MIN_STEPS", 1 if packed else 100)
+    for least in ("UNIT_SPLIT_PACK_MIN_STEPS", "UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS"):
+        monkeypatch.setattr(cpu, least, 1 if packed else 100)
     if not threads:
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
     steps, inputs, hidden, length = 15, 6, 11, 13
@@ -763,7 +764,9 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert cpu.unit_split_packs(3, 1024, packs) and not cpu.unit_split_packs(3, 1024, packs - 1)
     assert cpu.unit_split_packs(5, 1024, packs // 2)
     assert not cpu.unit_split_packs(5, 1024, packs // 2 - 1)
-    assert not cpu.unit_split_packs(1, 128, 1000)  # one row packs nothing
+    one_row = cpu.UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS  # one row, at any H
+    assert [cpu.unit_split_packs(1, 128, steps) for steps in (one_row - 1, one_row)] == [0, 1]
+    assert not cpu.unit_split_packs(1, 1024, one_row - 1)
     assert plan(batch=most + 1) == plan(batch=0, steps=100) == 1
     assert plan(directions=2) == plan(plain=False) == 1
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
