@@ -1155,10 +1155,12 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and,
     read backwards, rows of one length (``plain``), with enough work and steps
     (``UNIT_SPLIT_MIN_*``), and for one row only where a part's share of W_hh (4H·H·``itemsize``
-    bytes over the parts) fits a core's L2 (``cache_bytes(2)``). Measured on a Zen 4 (1 MB L2,
-    2 threads, docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's
-    share 0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's
-    GEMV, runs on both threads too; two or three rows, whose alternative is the register tile on
+    bytes over the parts) fits a core's L2 (``cache_bytes(2)``) or the parts pack it
+    (``unit_split_packs``). Measured on a Zen 4 (1 MB L2, 2 threads, docs/performance.md): one
+    row ran (1, 128, 320, 320) 1.54× faster split, a part's share 0.8 MB, but (1, 128, 384, 384)
+    0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs on both threads too, unless
+    packed: then 1.05–1.2× as fast at H = 384–1024 (from L3) and 1.2–1.3× at H = 1536–2048 (from
+    memory; item 66); two or three rows, whose alternative is the register tile on
     one thread, ran 1.1–1.45× faster split at H = 128–1024; four or five, whose alternative is
     the rows split, 1.11–1.19× at H = 256–1024 but not below
     (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked after GNU OpenMP started,
@@ -1170,7 +1172,10 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     if batch * steps * 4 * hidden * hidden < UNIT_SPLIT_MIN_MULTIPLY_ADDS:
         return 1
     parts = min(forward_threads(), hidden // UNIT_SPLIT_MIN_UNITS)
-    if parts < 2 or (batch == 1 and 4 * hidden * hidden * itemsize > parts * cache_bytes(2)):
+    if parts < 2:
+        return 1
+    beyond_l2 = 4 * hidden * hidden * itemsize > parts * cache_bytes(2)
+    if batch == 1 and beyond_l2 and not unit_split_packs(batch, hidden, steps):
         return 1
     if batch >= PARTITION_MIN_BATCH and hidden // parts < UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS:
         return 1

@@ -740,11 +740,16 @@ def test_plan_splits_units_of_few_sequences_where_that_pays(monkeypatch):
     assert plan() == 4
     assert plan(hidden=2 * units) == 2
     assert plan(hidden=2 * units - 1) == 1  # too few units for two parts
-    # one row's share of W_hh, 16·H²/parts bytes in float32, must fit a core's L2 (1 MiB here)
+    # one row's share of W_hh, 16·H²/parts bytes in float32, must fit a core's L2 (1 MiB here),
+    # unless the parts pack it: then at any H
     assert plan(hidden=512) == 4
     assert plan(hidden=513) == 1
     assert plan(hidden=362, itemsize=8) == 4
     assert plan(hidden=363, itemsize=8) == 1
+    packed = cpu.UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS
+    assert plan(hidden=513, steps=packed) == plan(hidden=4096, steps=packed) == 4
+    assert plan(hidden=363, steps=packed, itemsize=8) == 4
+    assert plan(hidden=513, steps=packed - 1) == 1
     assert plan(steps=least_steps(256) - 1) == 1  # too little work to pay for the threads
     # several rows: up to UNIT_SPLIT_MAX_BATCH, at any H, one step or many
     most, few = cpu.UNIT_SPLIT_MAX_BATCH, 4  # rows; steps
