@@ -9,7 +9,8 @@ Every library runs the same float32 LSTM (same weights, zero initial states; one
 ``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
 [T/2, T] under ``--lengths`` (torch: a packed sequence; ONNX Runtime: ``sequence_lens``); each time
 is the best of ``--repeats`` calls after one warm-up call (with ``--rounds N``, the libraries
-take N turns and each keeps its best). Ratios are
+take N turns and each keeps its best), each turn after a pause in which the library before lets
+its idle threads sleep (``PEER_IDLE_SECONDS``; ONNX Runtime's spin, item 67). Ratios are
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, the faster of two measures, at the start
 and at the end (the machine's speed drifts: one measure read ≈ half the rate once). Torch and ONNX
@@ -34,6 +35,7 @@ from numba import njit
 
 import lstm_numba
 from lstm_numba import reference
+from lstm_numba.__main__ import PEER_IDLE_SECONDS
 from lstm_numba.convert import to_onnx
 
 STANDARD_SHAPES = [
@@ -334,6 +336,7 @@ def main(argv=None):
                 if args.no_reference and name.startswith("numpy"):
                     continue
                 versions[name] = version
+                time.sleep(PEER_IDLE_SECONDS)  # the library before's idle threads asleep
                 seconds = best_seconds(call, 1 if name.startswith("numpy") else args.repeats)
                 row[name] = min(row.get(name, np.inf), seconds)
         flops = forward_flops(

@@ -4,12 +4,14 @@
 
 Needs matplotlib (the ``bench`` extra); torch is plotted when installed. Each point is the best
 of 5 calls after a warm-up, both libraries timed in this process at each batch size, taking
-``--rounds`` turns (3): a library timed right after the other can run slower while the other's
-idle threads still spin (docs/performance.md, item 20), and the turns give each a clean one.
+``--rounds`` turns (3), each after a pause in which the other lets its idle threads sleep
+(``PEER_IDLE_SECONDS``): a library timed right after another can run slower while the other's
+threads still spin (docs/performance.md, items 20 and 67).
 """
 
 import argparse
 import pathlib
+import time
 
 import numpy as np
 
@@ -31,7 +33,7 @@ def main(argv=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from compare import best_seconds, library_calls, machine_description
+    from compare import PEER_IDLE_SECONDS, best_seconds, library_calls, machine_description
     from matplotlib.ticker import StrMethodFormatter
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -47,6 +49,7 @@ def main(argv=None):
         rates = dict.fromkeys(calls, 0.0)
         for _ in range(args.rounds):
             for label, call in calls.items():
+                time.sleep(PEER_IDLE_SECONDS)
                 rates[label] = max(rates[label], batch / best_seconds(call))
         for label, rate in rates.items():
             throughput.setdefault(label, []).append(rate)

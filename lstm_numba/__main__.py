@@ -168,7 +168,8 @@ def main(argv=None):
     for _ in range(rounds):  # in turn: each library sees the machine's moments of the others
         for name, call in calls.items():
             if len(calls) > 1:
-                call()  # untimed: the last library's threads may still be spinning
+                time.sleep(PEER_IDLE_SECONDS)  # the library before's idle threads asleep
+                call()  # untimed: caches warm
             for _ in range(-(-args.repeats // rounds)):
                 start = time.perf_counter()
                 call()
@@ -308,6 +309,14 @@ PEER_ROUNDS = 3
 call each in turn, since torch's and ONNX Runtime's threads spin a while after a call, slowing
 the next library's (alternating single calls ran lstm_numba's (8, 50, 128, 256) two-layer
 bidirectional forward at 24 ms against 13 ms in blocks)."""
+
+PEER_IDLE_SECONDS = 0.2
+"""Where peers run, the pause before each library's block of calls, so that the library before
+has let its idle threads sleep: ONNX Runtime's spin ≈ 10–50 ms after its calls, on a core the
+next library's threads need (lstm_numba's (1, 128, 512, 512), whose units split hands over
+every step, took 10–12 ms right after ONNX Runtime's calls against 6.2–6.6 ms from 50 ms on;
+torch's threads did not slow it; docs/performance.md, item 67). ``benchmarks/compare.py`` and
+``plot_throughput.py`` pause as long."""
 
 PEERS = {"torch": torch_forward, "onnxruntime": onnxruntime_forward}
 """The libraries ``--torch`` and ``--onnxruntime`` time beside lstm_numba."""

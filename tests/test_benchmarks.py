@@ -15,6 +15,7 @@ import pytest
 from conftest import assert_close
 
 import lstm_numba as ln
+from lstm_numba.__main__ import PEER_IDLE_SECONDS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -71,12 +72,19 @@ def test_asv_suite_runs_once_on_smallest_cases(asv_machine):
 
 @pytest.mark.parametrize("rates", [(1e-9, 1e9), (1e9, 1e-9)], ids=["faster-at-end", "at-start"])
 def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
-    """``benchmarks/compare.py``: every library in turn, ``--rounds`` times, one table row; "of
-    sgemm" against the faster of the GEMM rates measured at the start and at the end."""
+    """``benchmarks/compare.py``: every library in turn, ``--rounds`` times, each turn after a
+    pause in which the library before lets its idle threads sleep; one table row; "of sgemm"
+    against the faster of the GEMM rates measured at the start and at the end."""
     compare = benchmark_script("compare")
     measures = iter(rates)  # GFLOP/s, at the start and at the end
     monkeypatch.setattr(compare, "sgemm_gflops", lambda: next(measures))
+    events = []
+    monkeypatch.setattr(compare.time, "sleep", lambda seconds: events.append(seconds))
+    timed = compare.best_seconds
+    monkeypatch.setattr(compare, "best_seconds", lambda *a: events.append("turn") or timed(*a))
     compare.main(["--shapes", "2,3,4,5", "--repeats", "1", "--rounds", "2", "--no-reference"])
+    libraries = 1 + ("torch" in sys.modules) + ("onnxruntime" in sys.modules)
+    assert events == [compare.PEER_IDLE_SECONDS, "turn"] * 2 * libraries, events
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("| (2, 3, 4, 5) |"), lines
     assert lines[-3].startswith("| (B, T, I, H) | lstm_numba ms |"), lines
@@ -135,10 +143,16 @@ def test_memory_script_prints_both_calls(capsys, one_numba_thread):
 
 
 def test_throughput_plot_script_writes_a_png(tmp_path, capsys, monkeypatch):
-    """``benchmarks/plot_throughput.py``: one rate a library and batch size, and the PNG; its
-    pyplot figure closed after (``main`` called in a process that goes on, as here)."""
+    """``benchmarks/plot_throughput.py``: one rate a library and batch size, each timed after a
+    pause (the other library's idle threads asleep), and the PNG; its pyplot figure closed after
+    (``main`` called in a process that goes on, as here)."""
     pytest.importorskip("matplotlib")
+    import time
+
     import matplotlib.pyplot as plt
+
+    pauses = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
 
     monkeypatch.syspath_prepend(ROOT / "benchmarks")  # its imports, as its command line has them
     plot_throughput = benchmark_script("plot_throughput")
@@ -147,6 +161,8 @@ def test_throughput_plot_script_writes_a_png(tmp_path, capsys, monkeypatch):
     figures = plt.get_fignums()
     plot_throughput.main([*arguments, "--output", str(output)])
     lines = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("B=") for line in lines) == 2 * (1 + ("torch" in "".join(lines)))
+    rates = sum(line.startswith("B=") for line in lines)
+    assert rates == 2 * (1 + ("torch" in "".join(lines)))
+    assert len(pauses) == rates and set(pauses) == {PEER_IDLE_SECONDS}, pauses
     assert output.read_bytes().startswith(b"\x89PNG")
     assert plt.get_fignums() == figures

@@ -51,15 +51,23 @@ def test_main_job_checks_and_times_a_model_file(tmp_path, capsys, suffix):
 
 
 @pytest.mark.parametrize("peer, name", [("torch", "torch"), ("onnxruntime", "onnxruntime")])
-def test_main_job_times_a_peer_beside_it(capsys, peer, name):
+def test_main_job_times_a_peer_beside_it(capsys, peer, name, monkeypatch):
     """``--torch``, ``--onnxruntime``: the library on the same batch, checked to give the same y,
-    timed in turn with lstm_numba."""
+    timed in turn with lstm_numba, each block of calls after a pause in which the library before
+    lets its idle threads sleep (``PEER_IDLE_SECONDS``)."""
+    import time
+
+    from lstm_numba import __main__ as cli
+
     pytest.importorskip(peer)
     if peer == "onnxruntime":
         pytest.importorskip("onnx")
+    pauses = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
     argv = [f"--{peer}", "--batch", "2", "--steps", "3", "--input-size", "4", "--hidden-size",
             "5", "--num-layers", "2", "--bidirectional", "--repeats", "2"]  # fmt: skip
     assert main(argv) == 0
+    assert pauses == [cli.PEER_IDLE_SECONDS] * 2 * cli.PEER_ROUNDS  # two libraries' blocks
     out = capsys.readouterr().out
     assert re.search(rf"{name} \S+.*: same y", out)
     assert re.search(rf"{name} \S+.*: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
