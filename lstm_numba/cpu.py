@@ -544,8 +544,10 @@ as it is (four streams): a part's product 1.04–1.3× as fast (item 24), and si
 got 3–4.5× faster (item 49) and the tile 512-bit loads on cache lines (item 63) it repays its
 copy. Zen 4, (1, T, H, H), packed against not, in one process, six alternating rounds, medians
 of their bests: T = 128 at H = 128, 192, 256, 320 1.13×, 1.18×, 1.15×, 1.09×; T = 500–2000 at
-H = 128–320 1.07–1.20×; T = 64 1.05–1.13×; T = 32 0.91–1.04×, T = 8–16 0.69–1.09×
-(docs/performance.md, item 65)."""
+H = 128–320 1.07–1.20×; T = 64 1.05–1.13×; T = 32 0.91–1.04×, T = 8–16 0.69–1.09×; in
+processes alternating with the code before, T = 64–500, 1.03–1.31× (the hour decides how
+much). Packed, one row also splits beyond the L2 (``plan_unit_split``; docs/performance.md,
+items 65 and 66)."""
 
 
 def unit_split_packs(batch, hidden, steps):
@@ -1159,8 +1161,8 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     (``unit_split_packs``). Measured on a Zen 4 (1 MB L2, 2 threads, docs/performance.md): one
     row ran (1, 128, 320, 320) 1.54× faster split, a part's share 0.8 MB, but (1, 128, 384, 384)
     0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs on both threads too, unless
-    packed: then 1.05–1.2× as fast at H = 384–1024 (from L3) and 1.2–1.3× at H = 1536–2048 (from
-    memory; item 66); two or three rows, whose alternative is the register tile on
+    packed: then 1.07–1.15× as fast at H = 384–1024 (from L3) and 1.2–1.7× at H = 1536–2048
+    (from memory; item 66); two or three rows, whose alternative is the register tile on
     one thread, ran 1.1–1.45× faster split at H = 128–1024; four or five, whose alternative is
     the rows split, 1.11–1.19× at H = 256–1024 but not below
     (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked after GNU OpenMP started,
@@ -1344,12 +1346,11 @@ def lstm_units_round(
     before the first step of a chunk of steps (``projection_steps``) ends with their input
     projection for the chunk (a gate block at a time, on the chunk's rows of x, several rows'
     steps read into one array: BLAS, or ``few_rows_product`` for several rows over too few
-    steps to pack), so that x is read at a
-    chunk's times before any part writes y there: a stack of layers runs each layer on y in place
-    (``LSTM._run_layers``). The recurrent product is the register tile (``recurrent_panels``) on
-    the part's packed rows of W_hh, or over too few steps to repay packing them
-    (``unit_split_packs``) the dot tile on them as they are: ``units_product`` for one row,
-    ``units_rows_product`` for more.
+    steps to pack), so that x is read at a chunk's times before any part writes y there: a stack
+    of layers runs each layer on y in place (``LSTM._run_layers``). The recurrent product is
+    the register tile (``recurrent_panels``) on the part's packed rows of W_hh, or over too few
+    steps to repay packing them (``unit_split_packs``) the dot tile on them as they are:
+    ``units_product`` for one row, ``units_rows_product`` for more.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
     h_part (B·W,) and times (B,) are the calling thread's workspace, U = the part's units, W = the
