@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
     measures = iter(rates)  # GFLOP/s, at the start and at the end
     monkeypatch.setattr(compare, "sgemm_gflops", lambda: next(measures))
     events = []
-    monkeypatch.setattr(compare.time, "sleep", lambda seconds: events.append(seconds))
+    monkeypatch.setattr(time, "sleep", events.append)
     timed = compare.best_seconds
     monkeypatch.setattr(compare, "best_seconds", lambda *a: events.append("turn") or timed(*a))
     compare.main(["--shapes", "2,3,4,5", "--repeats", "1", "--rounds", "2", "--no-reference"])
@@ -147,8 +148,6 @@ def test_throughput_plot_script_writes_a_png(tmp_path, capsys, monkeypatch):
     pause (the other library's idle threads asleep), and the PNG; its pyplot figure closed after
     (``main`` called in a process that goes on, as here)."""
     pytest.importorskip("matplotlib")
-    import time
-
     import matplotlib.pyplot as plt
 
     pauses = []

@@ -3,13 +3,14 @@ the on-disk kernel cache."""
 
 import importlib.util
 import re
+import time
 import warnings
 
 import pytest
 from conftest import run_python
 
 import lstm_numba as ln
-from lstm_numba.__main__ import main
+from lstm_numba.__main__ import PEER_IDLE_SECONDS, PEER_ROUNDS, main
 
 
 def test_main_job_checks_and_times():
@@ -55,10 +56,6 @@ def test_main_job_times_a_peer_beside_it(capsys, peer, name, monkeypatch):
     """``--torch``, ``--onnxruntime``: the library on the same batch, checked to give the same y,
     timed in turn with lstm_numba, each block of calls after a pause in which the library before
     lets its idle threads sleep (``PEER_IDLE_SECONDS``)."""
-    import time
-
-    from lstm_numba import __main__ as cli
-
     pytest.importorskip(peer)
     if peer == "onnxruntime":
         pytest.importorskip("onnx")
@@ -67,7 +64,7 @@ def test_main_job_times_a_peer_beside_it(capsys, peer, name, monkeypatch):
     argv = [f"--{peer}", "--batch", "2", "--steps", "3", "--input-size", "4", "--hidden-size",
             "5", "--num-layers", "2", "--bidirectional", "--repeats", "2"]  # fmt: skip
     assert main(argv) == 0
-    assert pauses == [cli.PEER_IDLE_SECONDS] * 2 * cli.PEER_ROUNDS  # two libraries' blocks
+    assert pauses == [PEER_IDLE_SECONDS] * 2 * PEER_ROUNDS  # two libraries' blocks
     out = capsys.readouterr().out
     assert re.search(rf"{name} \S+.*: same y", out)
     assert re.search(rf"{name} \S+.*: best .* ms; lstm_numba \d+\.\d\d× its speed", out)
