@@ -553,7 +553,8 @@ items 65 and 66)."""
 def unit_split_packs(batch, hidden, steps):
     """Whether ``lstm_unit_split_forward``'s parts pack their rows of W_hh: one row over
     ``UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS`` steps or more, more rows over enough steps
-    (``UNIT_SPLIT_PACK_MIN_STEPS``)."""
+    (``UNIT_SPLIT_PACK_MIN_STEPS``). (Over any steps where a frozen model keeps them packed,
+    ``panels_kept``.)"""
     if batch == 1:
         return steps >= UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS
     least = UNIT_SPLIT_PACK_MIN_STEPS
@@ -631,7 +632,8 @@ def one_row_packs(w_hh, steps, side_by_side):
     """Whether one row reads W_hh (D, 4H, H_out) packed over ``steps`` steps: its direction on the
     calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2
     or BLAS runs on one thread (``blas_on_one_thread``); two directions side by side
-    (``side_by_side``) from twice as many, where both directions' W_hh fit it. Beyond the L2 the
+    (``side_by_side``) from twice as many, where both directions' W_hh fit it; over any steps
+    where the panels are kept from call to call (``panels_kept``). Beyond the L2 the
     one-row tile reads W_hh from L3 at ≈ 94 GB/s, BLAS's GEMV on one thread at ≈ 74 (Zen 4,
     H = 512–768): on one thread, (1, T, H, H), packed ran 1.01–1.51× as fast from T = 32 at
     H = 320–1536, W_hh beyond the L3 included (docs/performance.md, item 64). BLAS's GEMV on two
@@ -640,9 +642,10 @@ def one_row_packs(w_hh, steps, side_by_side):
     Python form)."""
     if numba_config.DISABLE_JIT:
         return False
+    kept = panels_kept()  # packed once: any steps repay it
     if side_by_side:
-        return steps >= 2 * ONE_ROW_PANEL_MIN_STEPS and w_hh.nbytes <= cache_bytes(2)
-    if steps < ONE_ROW_PANEL_MIN_STEPS:
+        return (kept or steps >= 2 * ONE_ROW_PANEL_MIN_STEPS) and w_hh.nbytes <= cache_bytes(2)
+    if not kept and steps < ONE_ROW_PANEL_MIN_STEPS:
         return False
     return w_hh[0].nbytes <= cache_bytes(2) or blas_on_one_thread()
 
@@ -688,7 +691,7 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     least = PANEL_MIN_ROW_STEPS
     if hidden <= PANEL_NARROW_MAX_HIDDEN:
         least = PANEL_NARROW_THREADED_MIN_ROW_STEPS if parallel else PANEL_NARROW_MIN_ROW_STEPS
-    packing_pays = rows * steps >= least and not numba_config.DISABLE_JIT
+    packing_pays = (rows * steps >= least or panels_kept()) and not numba_config.DISABLE_JIT
     return (RECURRENT_PANELS if packing_pays else RECURRENT_DOT_TILE), partitions, parallel
 
 
@@ -1152,21 +1155,22 @@ cache line (or the pair of lines the prefetcher fetches together)."""
 
 def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     """Into how many parts ``lstm_layer_forward`` splits the hidden units of a few sequences, each
-    part on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only in one
-    direction (more have threads of their own, ``plan_forward``), up to
-    ``UNIT_SPLIT_MAX_BATCH`` rows, for the seed's cell without LSTMP's projection or traces and,
-    read backwards, rows of one length (``plain``), with enough work and steps
-    (``UNIT_SPLIT_MIN_*``), and for one row only where a part's share of W_hh (4H·H·``itemsize``
-    bytes over the parts) fits a core's L2 (``cache_bytes(2)``) or the parts pack it
-    (``unit_split_packs``). Measured on a Zen 4 (1 MB L2, 2 threads, docs/performance.md): one
-    row ran (1, 128, 320, 320) 1.54× faster split, a part's share 0.8 MB, but (1, 128, 384, 384)
-    0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV, runs on both threads too, unless
-    packed: then 1.07–1.15× as fast at H = 384–1024 (from L3) and 1.2–1.7× at H = 1536–2048
-    (from memory; item 66); two or three rows, whose alternative is the register tile on
-    one thread, ran 1.1–1.45× faster split at H = 128–1024; four or five, whose alternative is
-    the rows split, 1.11–1.19× at H = 256–1024 but not below
-    (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked after GNU OpenMP started,
-    nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions with no Python form)."""
+    part on a thread of its own (``lstm_unit_split_forward``); 1: not split. Only in one direction
+    (more have threads of their own, ``plan_forward``), up to ``UNIT_SPLIT_MAX_BATCH`` rows, for the
+    seed's cell without LSTMP's projection or traces and, read backwards, rows of one length
+    (``plain``), with enough work and steps (``UNIT_SPLIT_MIN_*``), and for one row only where a
+    part's share of W_hh (4H·H·``itemsize`` bytes over the parts) fits a core's L2
+    (``cache_bytes(2)``) or the parts pack it (``unit_split_packs``). Measured on a Zen 4 (1 MB L2,
+    2 threads, docs/performance.md): one row ran (1, 128, 320, 320) 1.54× faster split, a part's
+    share 0.8 MB, but (1, 128, 384, 384) 0.85× as fast, 1.2 MB, where the alternative, BLAS's GEMV,
+    runs on both threads too, unless packed: then 1.07–1.15× as fast at H = 384–1024 (from L3) and
+    1.2–1.7× at H = 1536–2048 (from memory; item 66), over those steps whether packed each call or
+    kept packed (a frozen model's, ``panels_kept``: (1, 1–8, 512, 512) split ran 0.82–0.95× as
+    fast); two or three rows, whose alternative is the register tile on one thread, ran 1.1–1.45×
+    faster split at H = 128–1024; four or five, whose alternative is the rows split, 1.11–1.19× at H
+    = 256–1024 but not below (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked
+    after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions
+    with no Python form)."""
     if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
         return 1
     if numba_config.DISABLE_JIT:
@@ -1335,14 +1339,15 @@ def units_rows_product(weights, rows, out, low, high, gate):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_units_round(
-    part, round_, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
-    reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent, step_projected,
-    h_part, times,
+    part, round_, x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y, column,
+    lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent,
+    step_projected, h_part, times,
 ):  # fmt: skip
     """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
     gathers their units of the bias and the cell state and packs their rows of W_hh (where
-    ``unit_split_packs``); round s + 1 runs step s: their rows of the recurrent product and the
-    fused pointwise pass, and at the last step writes their cell states back to c. A round
+    ``unit_split_packs``, unless ``panels_packed``: an earlier call's, kept); round s + 1 runs
+    step s: their rows of the recurrent product and the fused pointwise pass, and at the last
+    step writes their cell states back to c. A round
     before the first step of a chunk of steps (``projection_steps``) ends with their input
     projection for the chunk (a gate block at a time, on the chunk's rows of x, several rows'
     steps read into one array: BLAS, or ``few_rows_product`` for several rows over too few
@@ -1374,7 +1379,7 @@ def lstm_units_round(
                 part_bias[g * units + u] = bias[g * hidden + low + u]
         for b in range(batch):
             _copy(c[b, low:high], part_c[b])
-        if panels is not None:
+        if panels is not None and not panels_packed:
             pack_rows(w_hh, unit_rows, panels[part])
     else:
         first = step - step % chunk  # the chunk's first step
@@ -1391,13 +1396,13 @@ def lstm_units_round(
         # an array): one row unpacked compiles units_product alone, more rows theirs beside it
         if step == 0 and not np.any(h_now[:active]):  # no initial state: W_hh · 0 unread
             recurrent[:active] = 0
+        elif panels is not None:
+            recurrent_panels(h_now[:active], panels[part], recurrent[:active])
         elif gate_sums is not None:  # several rows over few steps, their rows of W_hh as they are
             gate = gate_sums[part, : active * units].reshape((active, units))
             units_rows_product(w_hh, h_now[:active], recurrent[:active], low, high, gate)
-        elif panels is None:  # one row over few steps
+        else:  # one row over few steps
             units_product(w_hh, h_now[0], recurrent[0], low, high)
-        else:
-            recurrent_panels(h_now[:active], panels[part], recurrent[:active])
         row_stride, batch_stride = (units, count * units) if batch_first else (batch * units, units)
         offset = (t - start) * row_stride
         for b in range(batch):
@@ -1442,8 +1447,8 @@ def lstm_units_round(
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
-    reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
+    first, x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y, column, lengths,
+    steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every round, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the round
@@ -1470,45 +1475,48 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, round_):
                 lstm_units_round(
-                    part, round_, x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column,
-                    lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
-                    recurrent, step_projected, h_part, times,
+                    part, round_, x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer,
+                    c, y, column, lengths, steps, reverse, batch_first, bounds, projected,
+                    bias_parts, c_parts, recurrent, step_projected, h_part, times,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps, reverse,
-    batch_first, bounds, projected, bias_parts, c_parts, counters,
+    x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y, column, lengths, steps,
+    reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Parallel driver for a few sequences: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
     only (from its own core's L2 where they fit, ``plan_unit_split``), and waits for all parts'
     h of the step before.
 
-    x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,)
-    b_ih + b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's
-    rows of W_hh are packed for the register tile (``pack_rows``), or None where too few steps
-    repay packing (``unit_split_packs``); gate_sums (P, B·W), there for several
-    rows, each part's gate block of the dot tile (``units_rows_product``), else None; h_buffer
-    (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H): the initial
-    cell state, overwritten with the final one; y: (B, T, ·) or (T, B, ·), columns [column,
-    column + H) of each row's first lengths[b] steps written (from the last one down when
-    ``reverse``, which needs rows of one length); lengths (B,) int64, steps = their maximum;
-    bounds (P + 1,) int64: part p's units are [bounds[p], bounds[p + 1]); workspace: projected
-    (P, 4, chunk·B·W), bias_parts (P, 4W), c_parts (P, B·W), W = the widest part's units;
-    counters ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed round
-    (``lstm_unit_parts_worker``), then the count of parts done. After it, h_buffer[steps % 2]
-    holds the final h. BLAS must be limited to one thread meanwhile. x may be y (a layer run in
-    place, ``LSTM._run_layers``).
+    x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,) b_ih +
+    b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's rows of W_hh
+    are packed for the register tile (``pack_rows``), or None where too few steps repay packing
+    (``unit_split_packs``); panels_packed: whether they hold them already (a frozen model's, kept
+    from an earlier call, ``KeptPanels``); gate_sums (P, B·W), there for several rows over too
+    few steps to repay packing, each part's gate block of the dot tile (``units_rows_product``,
+    where panels is None) and the input projection on the dot tile (``few_rows_product``), else
+    None; h_buffer (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H):
+    the initial cell state, overwritten with the final one; y: (B, T, ·) or (T, B, ·), columns
+    [column, column + H) of each row's first lengths[b] steps written (from the last one down when
+    ``reverse``, which needs rows of one length); lengths (B,) int64, steps = their maximum; bounds
+    (P + 1,) int64: part p's units are [bounds[p], bounds[p + 1]); workspace: projected (P, 4,
+    chunk·B·W), bias_parts (P, 4W), c_parts (P, B·W), W = the widest part's units; counters ((P +
+    1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed round
+    (``lstm_unit_parts_worker``), then the count of parts done. After it, h_buffer[steps % 2] holds
+    the final h. BLAS must be limited to one thread meanwhile. x may be y (a layer run in place,
+    ``LSTM._run_layers``).
     """
     for first in prange(bounds.size - 1):
         # int64 as the parfor passes type it at first: the gufunc's own index is uint64, and
         # Numba would compile the worker a second time for it (1.4 s of a cold first call)
         lstm_unit_parts_worker(
-            np.int64(first), x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column,
-            lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
+            np.int64(first), x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y,
+            column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+            counters,
         )  # fmt: skip
 
 
@@ -1542,6 +1550,40 @@ def dry_run(panels=None):
         _DRY_RUN.reset(token)
 
 
+_KEPT_PANELS = contextvars.ContextVar("lstm_numba_kept_panels", default=None)
+"""A frozen model's dict of W_hh's panels, packed once (``KeptPanels``), or None."""
+
+
+class KeptPanels:
+    """A context in which this thread's forwards, and the threads they start, run on read-only
+    weights (a frozen model's, ``LSTM.freeze``): each W_hh is packed once into the dict
+    ``panels``, by its address and shape, and read from there on later calls, and the plans
+    pack wherever the packed form is the faster to read (``panels_kept``). (A class: 0.5 µs a
+    call, against 1.5 for ``contextlib.contextmanager``'s.)"""
+
+    __slots__ = ("panels", "token")
+
+    def __init__(self, panels):
+        self.panels = panels
+
+    def __enter__(self):
+        self.token = _KEPT_PANELS.set(self.panels)
+
+    def __exit__(self, *exception):
+        _KEPT_PANELS.reset(self.token)
+
+
+def panels_kept():
+    """Whether this thread's forward keeps W_hh's panels from call to call (``KeptPanels``)."""
+    return _KEPT_PANELS.get() is not None
+
+
+@njit(**KERNEL_OPTIONS)
+def _address(array):
+    """The address of ``array``'s first element: 0.2 µs, against 2 for ``__array_interface__``."""
+    return array.ctypes.data
+
+
 def running_dry():
     """Whether this thread's forward runs in a dry run (``dry_run``), where no data need move."""
     return _DRY_RUN.get() is not None
@@ -1549,19 +1591,31 @@ def running_dry():
 
 def _run(kernel, arguments):
     """``kernel(*arguments)``, or in a dry run (``dry_run``) the call noted instead; W_hh is packed
-    there too (``pack_panels``), once an array. (A tuple, not ``*arguments``: 0.04 µs a call
-    against 0.2.)"""
+    in a dry run too (``pack_panels``), and once an array where the panels are kept
+    (``KeptPanels``). (A tuple, not ``*arguments``: 0.04 µs a call against 0.2.)"""
+    if kernel is pack_panels:
+        return _panels_of(*arguments)
     run = _DRY_RUN.get()
     if run is None:
         return kernel(*arguments)
-    if kernel is pack_panels:
-        (w_hh,) = arguments
-        key = (w_hh.__array_interface__["data"][0], w_hh.shape)
-        if key not in run.panels:
-            run.panels[key] = kernel(w_hh)
-        return run.panels[key]
     run.signatures.add((kernel, tuple(map(kernel.typeof_pyval, arguments))))
     return None
+
+
+def _panels_of(w_hh):
+    """``pack_panels(w_hh)``, packed once where the panels are kept (``KeptPanels``: a read-only
+    W_hh), or in a dry run (``dry_run``), during which nothing changes W_hh."""
+    kept = _KEPT_PANELS.get()
+    if kept is None or w_hh.flags.writeable:
+        run = _DRY_RUN.get()
+        if run is None:
+            return pack_panels(w_hh)
+        kept = run.panels
+    key = (_address(w_hh), w_hh.shape)
+    panels = kept.get(key)
+    if panels is None:
+        panels = kept[key] = pack_panels(w_hh)
+    return panels
 
 
 def _unit_split_forward(
@@ -1575,11 +1629,14 @@ def _unit_split_forward(
     widest = -(-hidden // parts)  # the most units a part gets from these bounds
     width = panel_width.py_func(w_hh.itemsize)
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
-    packs = unit_split_packs(batch, hidden, steps)
-    # over few steps the parts read W_hh as it is: panels None compiles a kernel without the
-    # register tiles; gate_sums None (one row, or packed rows), one without the dot tile
-    panels = np.empty((parts, packed, hidden, width), dtype=w_hh.dtype) if packs else None
-    unpacked_rows = batch > 1 and not packs
+    packing_repays = unit_split_packs(batch, hidden, steps)
+    # over few steps the parts read W_hh as it is, unless a frozen model keeps it packed: panels
+    # None compiles a kernel without the register tiles; gate_sums None (one row, or rows over
+    # enough steps), one without the dot tile
+    panels, panels_packed, keep = None, False, None
+    if packing_repays or panels_kept():
+        panels, panels_packed, keep = _unit_split_panels(w_hh, (parts, packed, hidden, width))
+    unpacked_rows = batch > 1 and not packing_repays
     gate_sums = np.empty((parts, batch * widest), dtype=h.dtype) if unpacked_rows else None
     chunk = projection_steps.py_func(batch, steps)
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
@@ -1590,11 +1647,30 @@ def _unit_split_forward(
     h_buffer[0] = h
     with _OnNumbaThreads():
         arguments = (
-            x, w_ih, w_hh, bias, panels, gate_sums, h_buffer, c, y, column, lengths, steps,
-            reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
+            x, w_ih, w_hh, bias, panels, np.bool_(panels_packed), gate_sums, h_buffer, c, y,
+            column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+            counters,
         )  # fmt: skip
         _run(lstm_unit_split_forward, arguments)
+    if keep is not None and not running_dry():  # packed by this call, for the later ones
+        keep()
     h[:] = h_buffer[steps % 2]
+
+
+def _unit_split_panels(w_hh, shape):
+    """``(panels, packed, keep)`` for ``_unit_split_forward``: the parts' panels (``shape``, W_hh's
+    dtype); whether they hold W_hh's rows already, kept from an earlier call where W_hh is
+    read-only and the panels kept (``KeptPanels``); and None, or where they are to be kept
+    but are not packed yet, the function that keeps them once a call has packed them."""
+    kept = _KEPT_PANELS.get()
+    if kept is None or w_hh.flags.writeable:
+        return np.empty(shape, dtype=w_hh.dtype), False, None
+    key = ("units", _address(w_hh), w_hh.shape, shape)
+    found = kept.get(key)
+    if found is not None:
+        return found, True, None
+    panels = np.empty(shape, dtype=w_hh.dtype)
+    return panels, False, functools.partial(kept.setdefault, key, panels)
 
 
 def _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, traces):

@@ -216,11 +216,50 @@ class LSTM:
                 f"seed: expected None, a non-negative integer or a NumPy Generator, got {seed!r}"
             ) from error
         self._layers = self._allocate_layers(rng)
+        self._kept_panels = None  # W_hh packed once, a frozen model's (``freeze``)
+        self._bind_views()
+
+    def _bind_views(self):
+        """The public weights and the cells' peepholes as views of the layers' stacks."""
         self._parameters = {
             name: self._layers[layer][kind][direction]
             for name, (layer, kind, direction) in self._parameter_locations().items()
         }
         self._cells = [self._make_cell(layer) for layer in range(self.num_layers)]
+
+    def freeze(self):
+        """A copy of this model whose weights cannot change, so that its CPU forwards pack W_hh
+        for the register tile once, on the first call that reads it packed, instead of on every
+        call (as ONNX Runtime's session, or ``torch.jit.freeze``, prepack theirs); the results
+        are the same, bit for bit. Its weights are read-only arrays: writing into one, assigning
+        one or ``load_state_dict`` raises; change the model it came from and freeze that again.
+        The packed copies take about as much memory as the W_hh they come from, for the
+        model's life. A frozen model returns itself; saved and loaded, a model is not frozen.
+        docs/performance.md, item 68."""
+        if self.frozen:
+            return self
+        frozen = LSTM(**self.config)
+        frozen.load_state_dict(self._parameters)
+        for stacks in frozen._layers:
+            for array in stacks.values():
+                array.flags.writeable = False
+        frozen._bind_views()  # views of the read-only stacks, read-only too
+        frozen._kept_panels = {}
+        if self._device_layers is not None:
+            frozen.to("cuda")
+        return frozen
+
+    @property
+    def frozen(self):
+        """Whether the weights are read-only and W_hh packed once (``freeze``)."""
+        return self._kept_panels is not None
+
+    def _refuse_if_frozen(self, what, error):
+        if self.frozen:
+            raise error(
+                f"{what}: this model is frozen (model.freeze()), its weights read-only; change "
+                "the model it was frozen from and freeze that again"
+            )
 
     @property
     def config(self):
@@ -336,6 +375,7 @@ class LSTM:
         """A weight's new value, checked and copied in; the structure is fixed once built; a
         weight's name the model lacks is an error, not an attribute the forward would ignore."""
         if name in self.__dict__.get("_parameters", {}):
+            self._refuse_if_frozen(name, AttributeError)
             self._parameters[name][...] = self._checked_parameter(name, value)
             self._refresh_device_copy()
         elif name in STRUCTURE and name in self.__dict__:
@@ -386,6 +426,7 @@ class LSTM:
         Checks every key and shape first and reports all problems in one ``ValueError``; on error
         the model is unchanged.
         """
+        self._refuse_if_frozen("load_state_dict", ValueError)
         missing = [name for name in self._parameters if name not in state_dict]
         unexpected = [name for name in state_dict if name not in self._parameters]
         problems = []
@@ -757,6 +798,13 @@ class LSTM:
         return states
 
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces, low_memory=False):
+        """``_forward_stack``, with W_hh packed once where the model is frozen (``freeze``)."""
+        if self._kept_panels is None:
+            return self._forward_stack(x, h_n, c_n, lengths, padded, traces, low_memory)
+        with cpu.KeptPanels(self._kept_panels):
+            return self._forward_stack(x, h_n, c_n, lengths, padded, traces, low_memory)
+
+    def _forward_stack(self, x, h_n, c_n, lengths, padded, traces, low_memory=False):
         """The stack on the CPU kernels; h_n, c_n hold h0, c0 and are updated in place, and so
         is ``traces`` (L·D, 5, B, T, H), all NaN on entry, unless it is None; ``low_memory`` as
         ``__call__``'s. With lengths below T (``padded``), the rows run in ``cpu.length_order``,
