@@ -332,6 +332,15 @@ def test_to_cuda_keeps_weights_and_follows_updates(gpu, rng):
 
 
 @runs_kernels
+def test_a_frozen_copy_keeps_its_weights_on_the_gpu(gpu, rng):
+    model = ln.LSTM(3, 4, seed=6).to("cuda")
+    frozen = model.freeze()
+    assert frozen.frozen and frozen._device_layers is not None
+    x, hx = random_call(rng, model)
+    assert_same_as_cpu(frozen, x, hx)
+
+
+@runs_kernels
 def test_initial_states_are_not_modified(gpu, rng):
     model = ln.LSTM(3, 4, seed=8)
     x, (h0, c0) = random_call(rng, model)
