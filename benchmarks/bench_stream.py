@@ -6,15 +6,19 @@ from .common import choose, model_and_input
 
 class StreamStep:
     """One step of a few rows: up to five split their hidden units, eight their rows (items
-    43–47 of docs/performance.md)."""
+    43–47 of docs/performance.md); a frozen model's read W_hh packed once (item 68)."""
 
-    params = (["lstm_numba", "torch"], choose([1, 4, 8], [2]), choose([128, 512, 1024], [16]))
+    params = (
+        ["lstm_numba", "lstm_numba frozen", "torch"],
+        choose([1, 4, 8], [2]),
+        choose([128, 512, 1024], [16]),
+    )
     param_names = ["library", "batch", "hidden"]
 
     def setup(self, library, batch, hidden):
         model, x = model_and_input(batch, 1, hidden, hidden)
-        if library == "lstm_numba":
-            stream = model.stream(batch)
+        if library.startswith("lstm_numba"):
+            stream = (model.freeze() if library.endswith("frozen") else model).stream(batch)
             self.step = lambda: stream.step(x)
         else:
             try:

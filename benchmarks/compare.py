@@ -4,6 +4,7 @@
     python benchmarks/compare.py --shapes 1,128,128,128 --repeats 20
     python benchmarks/compare.py --num-layers 2 --bidirectional --lengths
     python benchmarks/compare.py --device cuda        # GPU: lstm_numba vs torch (cuDNN)
+    python benchmarks/compare.py --freeze --states --shapes 8,1,512,512  # a frozen model
 
 Every library runs the same float32 LSTM (same weights, zero initial states; one layer unless
 ``--num-layers``, bidirectional with ``--bidirectional``) on the same input, with random lengths in
@@ -14,7 +15,9 @@ its idle threads sleep (``PEER_IDLE_SECONDS``; ONNX Runtime's spin, item 67). Ra
 "other time / lstm_numba time" (>1: lstm_numba is faster). "of sgemm" is lstm_numba's rate as a
 fraction of the float32 GEMM rate of the BLAS it calls, the faster of two measures, at the start
 and at the end (the machine's speed drifts: one measure read ≈ half the rate once). Torch and ONNX
-Runtime are skipped when not installed. Inference only: ``torch.no_grad()``.
+Runtime are skipped when not installed. Inference only: ``torch.no_grad()``. With ``--freeze``,
+lstm_numba runs the model frozen (``LSTM.freeze``: W_hh packed once, as ONNX Runtime's session
+packs its weights once).
 
 With ``--device cuda`` the weights and x live on the GPU before timing (``model.to("cuda")``,
 ``cuda.to_device``; torch: ``.cuda()``), every call ends with a device synchronisation, the peer
@@ -277,6 +280,11 @@ def main(argv=None):
         "zeros, whose first recurrent product lstm_numba skips)",
     )
     parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="lstm_numba's model frozen (LSTM.freeze: W_hh packed once, not every call)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="every library on this many threads (lstm_numba.set_num_threads, "
@@ -303,6 +311,7 @@ def main(argv=None):
         f"num_layers={args.num_layers}, directions={directions}, "
         f"lengths={'random in [T/2, T]' if args.lengths else 'all T'}, proj_size={args.proj_size}, "
         f"initial states={'random' if args.states else 'none (zeros)'}, "
+        f"lstm_numba's model {'frozen' if args.freeze else 'not frozen'}, "
         f"threads={args.threads or 'each library its own'}"
     )
     rows, versions = [], {}
@@ -316,6 +325,8 @@ def main(argv=None):
             proj_size=args.proj_size,
             seed=0,
         )
+        if args.freeze:
+            model = model.freeze()
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, steps, inputs), dtype=np.float32)
         lengths = rng.integers((steps + 1) // 2, steps + 1, batch) if args.lengths else None

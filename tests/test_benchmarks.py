@@ -92,6 +92,22 @@ def test_compare_script_runs_in_rounds(capsys, monkeypatch, rates):
     assert lines[-1].split("|")[4].strip() == "0%", lines[-1]  # not the 1e-9 GFLOP/s measure
 
 
+def test_compare_script_times_a_frozen_model(capsys, monkeypatch):
+    """``compare.py --freeze``: lstm_numba's model frozen, and the header says so."""
+    compare = benchmark_script("compare")
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    frozen = []
+    freeze = compare.lstm_numba.LSTM.freeze
+    monkeypatch.setattr(
+        compare.lstm_numba.LSTM, "freeze", lambda model: frozen.append(freeze(model)) or frozen[-1]
+    )
+    compare.main(["--shapes", "2,3,4,5", "--repeats", "1", "--no-reference", "--freeze"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any("lstm_numba's model frozen," in line for line in lines), lines
+    assert lines[-1].startswith("| (2, 3, 4, 5) |"), lines
+    assert len(frozen) == 1 and frozen[0]._kept_panels is not None
+
+
 def test_compare_script_runs_on_the_threads_given():
     """``compare.py --threads 1`` (in a fresh process: ``lstm_numba.set_num_threads`` holds for
     the process): the header says so and the table has its row."""
