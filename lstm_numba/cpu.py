@@ -633,7 +633,9 @@ def one_row_packs(w_hh, steps, side_by_side):
     calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2
     or BLAS runs on one thread (``blas_on_one_thread``); two directions side by side
     (``side_by_side``) from twice as many, where both directions' W_hh fit it; over any steps
-    where the panels are kept from call to call (``panels_kept``). Beyond the L2 the
+    where the panels are kept from call to call (``panels_kept``) and W_hh is wider than
+    ``ONE_ROW_LOOP_MAX_WIDTH`` ((1, 1–4, 8–32, 8–32) ran 0.87–0.92× as fast packed, ≈ 2 µs more
+    a call, of 13–18). Beyond the L2 the
     one-row tile reads W_hh from L3 at ≈ 94 GB/s, BLAS's GEMV on one thread at ≈ 74 (Zen 4,
     H = 512–768): on one thread, (1, T, H, H), packed ran 1.01–1.51× as fast from T = 32 at
     H = 320–1536, W_hh beyond the L3 included (docs/performance.md, item 64). BLAS's GEMV on two
@@ -642,7 +644,9 @@ def one_row_packs(w_hh, steps, side_by_side):
     Python form)."""
     if numba_config.DISABLE_JIT:
         return False
-    kept = panels_kept()  # packed once: any steps repay it
+    # packed once, any steps repay it, but where a row's product is a loop (W_hh at most
+    # ``ONE_ROW_LOOP_MAX_WIDTH`` wide) looking the panels up costs more than the tile saves
+    kept = panels_kept() and w_hh.shape[2] > ONE_ROW_LOOP_MAX_WIDTH
     if side_by_side:
         return (kept or steps >= 2 * ONE_ROW_PANEL_MIN_STEPS) and w_hh.nbytes <= cache_bytes(2)
     if not kept and steps < ONE_ROW_PANEL_MIN_STEPS:
