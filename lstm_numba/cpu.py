@@ -985,7 +985,8 @@ def lstm_step_pointwise(
 @njit(**KERNEL_OPTIONS)
 def lstm_rows_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, first_time, reverse,
-    batch_first, product, panels, row_start, row_stop, traces, direction, y_first_row, y_shift,
+    batch_first, product, panels, input_panels, row_start, row_stop, traces, direction,
+    y_first_row, y_shift,
 ):  # fmt: skip
     """Serial worker: batch rows [row_start, row_stop) of one layer in one direction, all steps.
 
@@ -1009,8 +1010,11 @@ def lstm_rows_forward(
     runs ``units_product``); panels: (D, P, H_out, W), every direction's W_hh packed for
     ``RECURRENT_PANELS`` (``pack_panels``), read at ``direction``; else None (a kernel compiled
     for None has no register tile: ≈ 1.2 s less to compile). Exactly one of w_hh and panels is
-    None. traces, direction: gate traces (see ``lstm_step_pointwise``; rows as y's), or None.
-    Floats all float32 or all float64, all C-contiguous.
+    None. input_panels: (D, P', I, W), every direction's W_ih packed (a frozen model's, kept,
+    ``KeptPanels``) for the projections of fewer than ``SMALL_PRODUCT_ROWS`` rows
+    (``input_projection``), or None. traces, direction: gate traces (see
+    ``lstm_step_pointwise``; rows as y's), or None. Floats all float32 or all float64, all
+    C-contiguous.
 
     The input projection runs as one GEMM per chunk of steps (``projection_steps``), so the
     workspace does not grow with T; it copies x at the chunk's times before the steps write y
@@ -1061,7 +1065,7 @@ def lstm_rows_forward(
                 else:
                     x_chunk[starts[s] + b] = 0
             starts[s + 1] = starts[s] + active
-        weights_product(x_chunk[: starts[n]], w_ih, projected[: starts[n]])
+        input_projection(x_chunk[: starts[n]], w_ih, input_panels, direction, projected)
         for s in range(n):
             active = starts[s + 1] - starts[s]
             h_act, rec, time_act = h_rows[:active], recurrent[:active], times[s, :active]
@@ -1086,6 +1090,23 @@ def lstm_rows_forward(
                     h_new, w_hr, h_projected[:active], h_act, time_act, y, column, batch_first,
                     y_row,
                 )  # fmt: skip
+
+
+@njit(**KERNEL_OPTIONS)
+def input_projection(x_rows, w_ih, input_panels, direction, projected):
+    """``projected[:M] = x_rows · w_ihᵀ`` (x_rows (M, I), w_ih (4H, I), projected (≥ M, 4H)):
+    ``weights_product``, or for fewer than ``SMALL_PRODUCT_ROWS`` rows the register tile on
+    ``input_panels[direction]``, W_ih packed (a frozen model's; None: not compiled), 1.3–2.4×
+    as fast as the dot tile on W_ih as it is (H = 256–1024, 2–8 rows, one thread, Zen 4)."""
+    rows = x_rows.shape[0]
+    if input_panels is not None and rows < SMALL_PRODUCT_ROWS:
+        panels = input_panels[direction]
+        wide = np.empty((rows, panels.shape[0] * panels.shape[2]), dtype=projected.dtype)
+        recurrent_panels(x_rows, panels, wide)  # the zero-padded columns past 4H dropped
+        for r in range(rows):
+            _copy(wide[r, : w_ih.shape[0]], projected[r])
+    else:
+        weights_product(x_rows, w_ih, projected[:rows])
 
 
 @njit(**KERNEL_OPTIONS)
@@ -1126,7 +1147,7 @@ def _direction_of_compiled(stack, d):
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_partitioned_forward(
     x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, column, lengths, backward, batch_first,
-    product, panels, partitions, traces, y_first_row,
+    product, panels, input_panels, partitions, traces, y_first_row,
 ):  # fmt: skip
     """Parallel driver: directions × ``partitions`` slices of batch rows, one thread each.
 
@@ -1147,8 +1168,8 @@ def lstm_partitioned_forward(
         lstm_rows_forward(
             x, x_rows, w_ih[d], direction_of(w_hh, d), direction_of(w_hr, d), bias[d], cell,
             h[d], c[d], y, column + d * width, lengths, first_time, d == 1 or backward, batch_first,
-            product, panels, part * batch // partitions, (part + 1) * batch // partitions, traces,
-            d, y_first_row, y_shift,
+            product, panels, input_panels, part * batch // partitions,
+            (part + 1) * batch // partitions, traces, d, y_first_row, y_shift,
         )  # fmt: skip
 
 
@@ -1343,9 +1364,9 @@ def units_rows_product(weights, rows, out, low, high, gate):
 
 @njit(**KERNEL_OPTIONS)
 def lstm_units_round(
-    part, round_, x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y, column,
-    lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, recurrent,
-    step_projected, h_part, times,
+    part, round_, x, w_ih, w_hh, bias, panels, input_panels, panels_packed, gate_sums, h_buffer, c,
+    y, column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+    recurrent, step_projected, h_part, times,
 ):  # fmt: skip
     """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
     gathers their units of the bias and the cell state and packs their rows of W_hh (where
@@ -1385,6 +1406,8 @@ def lstm_units_round(
             _copy(c[b, low:high], part_c[b])
         if panels is not None and not panels_packed:
             pack_rows(w_hh, unit_rows, panels[part])
+        if input_panels is not None and not panels_packed:
+            pack_rows(w_ih, unit_rows, input_panels[part])
     else:
         first = step - step % chunk  # the chunk's first step
         count = min(chunk, steps - first)
@@ -1440,6 +1463,14 @@ def lstm_units_round(
         else:
             x_chunk = x.reshape((x.shape[0] * batch, -1))[start * batch : (start + count) * batch]
         rows = x_chunk.shape[0]
+        if input_panels is not None and 0 < rows < SMALL_PRODUCT_ROWS:  # W_ih packed, kept
+            wide = np.empty((rows, input_panels.shape[1] * input_panels.shape[3]), dtype=x.dtype)
+            recurrent_panels(x_chunk, input_panels[part], wide)  # the part's gate rows
+            for g in range(4):
+                out = projected[part, g, : rows * units].reshape((rows, units))
+                for r in range(rows):
+                    _copy(wide[r, g * units : (g + 1) * units], out[r])
+            rows = 0  # projected
         for g in range(4 if rows > 0 else 0):  # no rows: a row past its length
             gate_rows = w_ih[g * hidden + low : g * hidden + high]
             out = projected[part, g, : rows * units].reshape((rows, units))
@@ -1451,8 +1482,8 @@ def lstm_units_round(
 
 @njit(**KERNEL_OPTIONS)
 def lstm_unit_parts_worker(
-    first, x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y, column, lengths,
-    steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
+    first, x, w_ih, w_hh, bias, panels, input_panels, panels_packed, gate_sums, h_buffer, c, y,
+    column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Serial worker of one thread of ``lstm_unit_split_forward``: every round, its own part
     (``first``) and whichever others no thread has claimed yet, once all parts of the round
@@ -1479,17 +1510,17 @@ def lstm_unit_parts_worker(
             part = (first + k) % parts
             if atomics.claim(counters, part * COUNTER_STRIDE, round_):
                 lstm_units_round(
-                    part, round_, x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer,
-                    c, y, column, lengths, steps, reverse, batch_first, bounds, projected,
-                    bias_parts, c_parts, recurrent, step_projected, h_part, times,
+                    part, round_, x, w_ih, w_hh, bias, panels, input_panels, panels_packed,
+                    gate_sums, h_buffer, c, y, column, lengths, steps, reverse, batch_first, bounds,
+                    projected, bias_parts, c_parts, recurrent, step_projected, h_part, times,
                 )  # fmt: skip
                 atomics.add(counters, done, 1)
 
 
 @njit(parallel=True, **KERNEL_OPTIONS)
 def lstm_unit_split_forward(
-    x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y, column, lengths, steps,
-    reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
+    x, w_ih, w_hh, bias, panels, input_panels, panels_packed, gate_sums, h_buffer, c, y, column,
+    lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts, counters,
 ):  # fmt: skip
     """Parallel driver for a few sequences: their hidden units split into parts,
     one thread each, which hand over every step: each reads its part's rows of W_ih and W_hh
@@ -1499,28 +1530,29 @@ def lstm_unit_split_forward(
     x: (B, T, I) if ``batch_first`` else (T, B, I); w_ih (4H, I), w_hh (4H, H), bias (4H,) b_ih +
     b_hh, gate blocks i, f, g, o; panels (P, N, H, W') the workspace where each part's rows of W_hh
     are packed for the register tile (``pack_rows``), or None where too few steps repay packing
-    (``unit_split_packs``); panels_packed: whether they hold them already (a frozen model's, kept
-    from an earlier call, ``KeptPanels``); gate_sums (P, B·W), there for several rows over too
-    few steps to repay packing, each part's gate block of the dot tile (``units_rows_product``,
-    where panels is None) and the input projection on the dot tile (``few_rows_product``), else
-    None; h_buffer (2, B, H): h of even steps (row 0: the initial state) and of odd ones; c (B, H):
-    the initial cell state, overwritten with the final one; y: (B, T, ·) or (T, B, ·), columns
-    [column, column + H) of each row's first lengths[b] steps written (from the last one down when
-    ``reverse``, which needs rows of one length); lengths (B,) int64, steps = their maximum; bounds
-    (P + 1,) int64: part p's units are [bounds[p], bounds[p + 1]); workspace: projected (P, 4,
-    chunk·B·W), bias_parts (P, 4W), c_parts (P, B·W), W = the widest part's units; counters ((P +
-    1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed round
-    (``lstm_unit_parts_worker``), then the count of parts done. After it, h_buffer[steps % 2] holds
-    the final h. BLAS must be limited to one thread meanwhile. x may be y (a layer run in place,
-    ``LSTM._run_layers``).
+    (``unit_split_packs``); input_panels: the same of W_ih (a frozen model's, for projections of
+    fewer than ``SMALL_PRODUCT_ROWS`` rows), or None; panels_packed: whether they hold them already
+    (a frozen model's, kept from an earlier call, ``KeptPanels``); gate_sums (P, B·W), there for
+    several rows over too few steps to repay packing, each part's gate block of the dot tile
+    (``units_rows_product``, where panels is None) and the input projection on the dot tile
+    (``few_rows_product``), else None; h_buffer (2, B, H): h of even steps (row 0: the initial
+    state) and of odd ones; c (B, H): the initial cell state, overwritten with the final one; y: (B,
+    T, ·) or (T, B, ·), columns [column, column + H) of each row's first lengths[b] steps written
+    (from the last one down when ``reverse``, which needs rows of one length); lengths (B,) int64,
+    steps = their maximum; bounds (P + 1,) int64: part p's units are [bounds[p], bounds[p + 1]);
+    workspace: projected (P, 4, chunk·B·W), bias_parts (P, 4W), c_parts (P, B·W), W = the widest
+    part's units; counters ((P + 1)·``COUNTER_STRIDE``,) int64 zeros: each part's next unclaimed
+    round (``lstm_unit_parts_worker``), then the count of parts done. After it, h_buffer[steps % 2]
+    holds the final h. BLAS must be limited to one thread meanwhile. x may be y (a layer run in
+    place, ``LSTM._run_layers``).
     """
     for first in prange(bounds.size - 1):
         # int64 as the parfor passes type it at first: the gufunc's own index is uint64, and
         # Numba would compile the worker a second time for it (1.4 s of a cold first call)
         lstm_unit_parts_worker(
-            np.int64(first), x, w_ih, w_hh, bias, panels, panels_packed, gate_sums, h_buffer, c, y,
-            column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
-            counters,
+            np.int64(first), x, w_ih, w_hh, bias, panels, input_panels, panels_packed, gate_sums,
+            h_buffer, c, y, column, lengths, steps, reverse, batch_first, bounds, projected,
+            bias_parts, c_parts, counters,
         )  # fmt: skip
 
 
@@ -1637,12 +1669,18 @@ def _unit_split_forward(
     # over few steps the parts read W_hh as it is, unless a frozen model keeps it packed: panels
     # None compiles a kernel without the register tiles; gate_sums None (one row, or rows over
     # enough steps), one without the dot tile
-    panels, panels_packed, keep = None, False, None
-    if packing_repays or panels_kept():
-        panels, panels_packed, keep = _unit_split_panels(w_hh, (parts, packed, hidden, width))
+    chunk = projection_steps.py_func(batch, steps)
+    kept = panels_kept()
+    panels, input_panels, panels_packed, keep = None, None, False, None
+    if packing_repays or kept:
+        weights, shapes = [w_hh], [(parts, packed, hidden, width)]
+        if kept and batch * chunk < SMALL_PRODUCT_ROWS:  # W_ih too, for few rows' projections
+            weights.append(w_ih)
+            shapes.append((parts, packed, w_ih.shape[1], width))
+        found, panels_packed, keep = _unit_split_panels(weights, shapes)
+        panels, input_panels = found[0], (found[1] if len(found) > 1 else None)
     unpacked_rows = batch > 1 and not packing_repays
     gate_sums = np.empty((parts, batch * widest), dtype=h.dtype) if unpacked_rows else None
-    chunk = projection_steps.py_func(batch, steps)
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
     c_parts = np.empty((parts, batch * widest), dtype=c.dtype)
@@ -1651,9 +1689,9 @@ def _unit_split_forward(
     h_buffer[0] = h
     with _OnNumbaThreads():
         arguments = (
-            x, w_ih, w_hh, bias, panels, np.bool_(panels_packed), gate_sums, h_buffer, c, y,
-            column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
-            counters,
+            x, w_ih, w_hh, bias, panels, input_panels, np.bool_(panels_packed), gate_sums, h_buffer,
+            c, y, column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts,
+            c_parts, counters,
         )  # fmt: skip
         _run(lstm_unit_split_forward, arguments)
     if keep is not None and not running_dry():  # packed by this call, for the later ones
@@ -1661,20 +1699,21 @@ def _unit_split_forward(
     h[:] = h_buffer[steps % 2]
 
 
-def _unit_split_panels(w_hh, shape):
-    """``(panels, packed, keep)`` for ``_unit_split_forward``: the parts' panels (``shape``, W_hh's
-    dtype); whether they hold W_hh's rows already, kept from an earlier call where W_hh is
-    read-only and the panels kept (``KeptPanels``); and None, or where they are to be kept
-    but are not packed yet, the function that keeps them once a call has packed them."""
+def _unit_split_panels(weights, shapes):
+    """``(panels, packed, keep)`` for ``_unit_split_forward``: the parts' panels of each of
+    ``weights`` (W_hh, and W_ih or not), of ``shapes``, in a tuple; whether they hold the
+    weights' rows already, kept from an earlier call where the weights are read-only and the
+    panels kept (``KeptPanels``); and None, or where they are to be kept but are not packed yet,
+    the function that keeps them once a call has packed them."""
     kept = _KEPT_PANELS.get()
-    if kept is None or w_hh.flags.writeable:
-        return np.empty(shape, dtype=w_hh.dtype), False, None
-    key = ("units", _address(w_hh), w_hh.shape, shape)
+    fresh = tuple(np.empty(shape, dtype=w.dtype) for w, shape in zip(weights, shapes, strict=True))
+    if kept is None or any(w.flags.writeable for w in weights):
+        return fresh, False, None
+    key = ("units", *((_address(w), w.shape) for w in weights), *shapes)
     found = kept.get(key)
     if found is not None:
         return found, True, None
-    panels = np.empty(shape, dtype=w_hh.dtype)
-    return panels, False, functools.partial(kept.setdefault, key, panels)
+    return fresh, False, functools.partial(kept.setdefault, key, fresh)
 
 
 def _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, traces):
@@ -1691,7 +1730,7 @@ def _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, tra
     def run(d, h, c, out, column, lengths_now, first_time, y_shift=0):
         arguments = (
             y, rows, w_ih[d], direction_of(unpacked, d), direction_of(w_hr, d), bias[d], cell, h,
-            c, out, column, lengths_now, first_time, d == 1, batch_first, product, panels, 0,
+            c, out, column, lengths_now, first_time, d == 1, batch_first, product, panels, None, 0,
             batch, traces, d, 0, y_shift,
         )  # fmt: skip
         _run(lstm_rows_forward, arguments)
@@ -1960,11 +1999,14 @@ def lstm_layer_forward(
         product = RECURRENT_PANELS
     panels = _run(pack_panels, (w_hh,)) if product == RECURRENT_PANELS else None
     unpacked = w_hh if panels is None else None  # the worker reads W_hh from one or the other
+    # a frozen model's W_ih packed too, where a slice's projections are of few rows
+    few_rows = -(-batch // partitions) * steps < SMALL_PRODUCT_ROWS
+    input_panels = _run(pack_panels, (w_ih,)) if few_rows and panels_kept() else None
     if at_once * partitions > 1:  # every direction at once (in turn here: one row, one slice)
         with _OnNumbaThreads():
             arguments = (
                 x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
-                batch_first, product, panels, partitions, traces, y_first_row,
+                batch_first, product, panels, input_panels, partitions, traces, y_first_row,
             )  # fmt: skip
             _run(lstm_partitioned_forward, arguments)
         return
@@ -1972,7 +2014,8 @@ def lstm_layer_forward(
         arguments = (
             x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
             bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
-            first == 1 or backward, batch_first, product, panels, 0, batch, traces, first,
+            first == 1 or backward, batch_first, product, panels, input_panels, 0, batch, traces,
+            first,
             y_first_row, 0,
         )  # fmt: skip
         if not parallel:  # too small for BLAS to start its threads

@@ -69,7 +69,7 @@ def test_w_hh_is_packed_once(rng, monkeypatch):
         return pack_panels(w_hh)
 
     def noting_split(*arguments):
-        told.append(bool(arguments[5]))  # panels_packed
+        told.append(bool(arguments[6]))  # panels_packed
         return split(*arguments)
 
     monkeypatch.setattr(cpu, "pack_panels", counting_pack_panels)
@@ -88,9 +88,34 @@ def test_w_hh_is_packed_once(rng, monkeypatch):
         frozen(row)
     assert packed == [(1, 128, 32)] and told == [False, True, True]
     y_rows, y_row = frozen(rows)[0], frozen(row)[0]
-    for panels in frozen._kept_panels.values():  # the later calls read these, and pack nothing
-        panels[...] = 0
+    for kept in frozen._kept_panels.values():  # the later calls read these, and pack nothing
+        for panels in kept if isinstance(kept, tuple) else (kept,):  # the units split's: W_hh, W_ih
+            panels[...] = 0
     assert not np.allclose(frozen(rows)[0], y_rows) and not np.allclose(frozen(row)[0], y_row)
+
+
+def test_w_ih_is_packed_for_few_rows(rng, monkeypatch):
+    """A frozen model's projections of a few rows read W_ih packed too (the register tile), on
+    the row worker (``cpu.input_projection``) and in the units split, packed once: zeroed, the
+    result changes."""
+    threads_at_any_size(monkeypatch)
+    monkeypatch.setattr(cpu, "forward_threads", lambda: 2)  # the units split on one core too
+    model = ln.LSTM(8, 32, seed=5).freeze()
+    for batch, split in ((8, False), (2, True)):
+        x = rng.standard_normal((batch, 1, 8)).astype(np.float32)
+        hx = tuple(rng.standard_normal((1, batch, 32)).astype(np.float32) for _ in range(2))
+        model._kept_panels.clear()
+        y, _ = model(x, hx)
+        assert_close(y, reference.model_forward(model, x, hx)[0])
+        np.testing.assert_array_equal(model(x, hx)[0], y)
+        kept = model._kept_panels
+        if split:  # the parts' panels of W_hh and of W_ih (I = 8 deep)
+            ((_, w_ih_panels),) = [panels for key, panels in kept.items() if key[0] == "units"]
+            assert w_ih_panels.shape[2] == 8
+        else:  # W_ih's, (4H, I) of one direction
+            (w_ih_panels,) = [panels for key, panels in kept.items() if key[1] == (1, 128, 8)]
+        w_ih_panels[...] = 0
+        assert not np.allclose(model(x, hx)[0], y)
 
 
 def test_a_frozen_model_s_weights_cannot_change(rng, tmp_path):
@@ -118,7 +143,9 @@ def test_a_frozen_model_s_weights_cannot_change(rng, tmp_path):
     frozen.save(tmp_path / "frozen.npz")
     loaded = ln.load(tmp_path / "frozen.npz")
     assert not loaded.frozen
-    np.testing.assert_array_equal(loaded(x)[0], y)
+    for name, array in loaded.state_dict().items():
+        np.testing.assert_array_equal(array, weights[name])
+    np.testing.assert_array_equal(loaded.freeze()(x)[0], y)
 
 
 def test_a_frozen_model_streams(rng):
