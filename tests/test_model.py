@@ -388,7 +388,7 @@ def test_every_kernel_plan_matches_reference(rng, dtype, product, partitions, ba
     w_hh = None if product == cpu.RECURRENT_PANELS else w_hh  # read from the panels then
     cpu.lstm_partitioned_forward(
         x, x_rows, w_ih, w_hh, w_hr, bias, cell, h, c, y, 0, lengths, model.reverse, batch_first,
-        product, panels, partitions, None, 0,
+        product, panels, None, partitions, None, 0,
     )  # fmt: skip
     assert_close(y, expected)
     assert_close(h, h_ref)
