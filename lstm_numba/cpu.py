@@ -1587,7 +1587,9 @@ def dry_run(panels=None):
 
 
 _KEPT_PANELS = contextvars.ContextVar("lstm_numba_kept_panels", default=None)
-"""A frozen model's dict of W_hh's panels, packed once (``KeptPanels``), or None."""
+"""A frozen model's dict of W_hh's panels, packed once (``KeptPanels``), or None: each entry
+``(weights, panels)``, the weights kept alive with their panels so that no other array takes
+their address while the entry lasts."""
 
 
 class KeptPanels:
@@ -1647,11 +1649,12 @@ def _panels_of(w_hh):
         if run is None:
             return pack_panels(w_hh)
         kept = run.panels
-    key = (_address(w_hh), w_hh.shape)
-    panels = kept.get(key)
-    if panels is None:
-        panels = kept[key] = pack_panels(w_hh)
-    return panels
+    # an array of its own (a model's stack) by its identity (0.1 µs), a view by its address
+    key = id(w_hh) if w_hh.base is None else (_address(w_hh), w_hh.shape)
+    found = kept.get(key)
+    if found is None:  # the entry holds W_hh too: no other array takes its id or address
+        found = kept[key] = (w_hh, pack_panels(w_hh))
+    return found[1]
 
 
 def _unit_split_forward(
@@ -1712,8 +1715,8 @@ def _unit_split_panels(weights, shapes):
     key = ("units", *((_address(w), w.shape) for w in weights), *shapes)
     found = kept.get(key)
     if found is not None:
-        return found, True, None
-    return fresh, False, functools.partial(kept.setdefault, key, fresh)
+        return found[1], True, None
+    return fresh, False, functools.partial(kept.setdefault, key, (tuple(weights), fresh))
 
 
 def _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, traces):

@@ -88,9 +88,9 @@ def test_w_hh_is_packed_once(rng, monkeypatch):
         frozen(row)
     assert packed == [(1, 128, 32)] and told == [False, True, True]
     y_rows, y_row = frozen(rows)[0], frozen(row)[0]
-    for kept in frozen._kept_panels.values():  # the later calls read these, and pack nothing
-        for panels in kept if isinstance(kept, tuple) else (kept,):  # the units split's: W_hh, W_ih
-            panels[...] = 0
+    for _, panels in frozen._kept_panels.values():  # the later calls read these, pack nothing
+        for array in panels if isinstance(panels, tuple) else (panels,):  # the units split's
+            array[...] = 0
     assert not np.allclose(frozen(rows)[0], y_rows) and not np.allclose(frozen(row)[0], y_row)
 
 
@@ -108,12 +108,12 @@ def test_w_ih_is_packed_for_few_rows(rng, monkeypatch):
         y, _ = model(x, hx)
         assert_close(y, reference.model_forward(model, x, hx)[0])
         np.testing.assert_array_equal(model(x, hx)[0], y)
-        kept = model._kept_panels
+        kept = model._kept_panels.values()  # (weights, panels)
         if split:  # the parts' panels of W_hh and of W_ih (I = 8 deep)
-            ((_, w_ih_panels),) = [panels for key, panels in kept.items() if key[0] == "units"]
+            (w_ih_panels,) = [panels[1] for _, panels in kept if isinstance(panels, tuple)]
             assert w_ih_panels.shape[2] == 8
         else:  # W_ih's, (4H, I) of one direction
-            (w_ih_panels,) = [panels for key, panels in kept.items() if key[1] == (1, 128, 8)]
+            (w_ih_panels,) = [panels for weights, panels in kept if weights.shape == (1, 128, 8)]
         w_ih_panels[...] = 0
         assert not np.allclose(model(x, hx)[0], y)
 
