@@ -4,7 +4,8 @@ Builds a seeded model (or loads one: ``--model``, a file of ``LSTM.save`` or an 
 a batch of random sequences (of random lengths with ``--lengths``), compares the result with the
 float64 reference, and prints the first-call time (compile, or load from Numba's on-disk cache)
 and the steady-state throughput in sequences per second; with ``--torch`` and ``--onnxruntime``,
-those libraries' times on the same batch beside it.
+those libraries' times on the same batch beside it; with ``--freeze``, the model frozen
+(``LSTM.freeze``: its weights read-only and packed once, as a service would run it).
 """
 
 import argparse
@@ -69,6 +70,11 @@ def parse_arguments(argv):
         help="run this model instead: a file of LSTM.save (.npz, .safetensors) or ONNX (.onnx)",
     )
     parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="run the model frozen (LSTM.freeze: read-only weights, packed once, not every call)",
+    )
+    parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
         default="cpu",
@@ -122,6 +128,8 @@ def main(argv=None):
             model = load_model(args.model)
         except (OSError, ValueError, TypeError, ImportError) as error:
             parser.error(f"--model {args.model}: {error}")
+    if args.freeze:
+        model = model.freeze()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, args.steps, model.input_size)).astype(model.dtype)
     if not model.batch_first:
@@ -131,7 +139,10 @@ def main(argv=None):
         lengths = rng.integers((args.steps + 1) // 2, args.steps + 1, args.batch)
     layout = "(B, T, I)" if model.batch_first else "(T, B, I)"
     threads = f" ({plural(lstm_numba.get_num_threads(), 'thread')})" if args.device == "cpu" else ""
-    print(f"model: {model}; x: {layout} = {x.shape} {x.dtype}; device: {args.device}{threads}")
+    frozen = ", frozen" if model.frozen else ""
+    print(
+        f"model: {model}{frozen}; x: {layout} = {x.shape} {x.dtype}; device: {args.device}{threads}"
+    )
     if lengths is not None:
         print(f"lengths: {lengths.min()} to {lengths.max()} steps, {lengths.sum():,} in all")
 

@@ -23,6 +23,14 @@ def test_main_job_checks_and_times():
     assert "sequences/s" in out
 
 
+def test_main_job_runs_a_frozen_model(capsys):
+    """``--freeze``: the model frozen (``LSTM.freeze``), said in the model's line, checked."""
+    assert main(["--batch", "3", "--steps", "2", "--input-size", "4", "--hidden-size", "64",
+                 "--repeats", "2", "--freeze"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "dtype=float32), frozen; x: (B, T, I) = (3, 2, 4)" in out and "OK" in out
+
+
 def test_main_job_with_layers_and_directions():
     out = run_python(
         "-m", "lstm_numba", "--batch", "2", "--steps", "3", "--input-size", "4",
