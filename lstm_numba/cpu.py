@@ -630,18 +630,17 @@ calling thread): H = 32–192 1.10–1.39× from T = 64, H = 256 0.94–0.96× a
 
 def one_row_packs(w_hh, steps, side_by_side):
     """Whether one row reads W_hh (D, 4H, H_out) packed over ``steps`` steps: its direction on the
-    calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2
-    or BLAS runs on one thread (``blas_on_one_thread``); two directions side by side
-    (``side_by_side``) from twice as many, where both directions' W_hh fit it; over any steps
-    where the panels are kept from call to call (``panels_kept``) and W_hh is wider than
-    ``ONE_ROW_LOOP_MAX_WIDTH`` ((1, 1–4, 8–32, 8–32) ran 0.87–0.92× as fast packed, ≈ 2 µs more
-    a call, of 13–18). Beyond the L2 the
+    calling thread from ``ONE_ROW_PANEL_MIN_STEPS`` on, where a direction's W_hh fits a core's L2 or
+    BLAS runs on one thread (``blas_on_one_thread``); two directions side by side (``side_by_side``)
+    from twice as many, where both directions' W_hh fit it; over any steps where the panels are kept
+    from call to call (``panels_kept``) and W_hh is wider than ``ONE_ROW_LOOP_MAX_WIDTH`` ((1, 1–4,
+    8–32, 8–32) ran 0.87–0.92× as fast packed, ≈ 2 µs more a call, of 13–18). Beyond the L2 the
     one-row tile reads W_hh from L3 at ≈ 94 GB/s, BLAS's GEMV on one thread at ≈ 74 (Zen 4,
     H = 512–768): on one thread, (1, T, H, H), packed ran 1.01–1.51× as fast from T = 32 at
     H = 320–1536, W_hh beyond the L3 included (docs/performance.md, item 64). BLAS's GEMV on two
-    threads stays ahead of the tile on one (0.69–0.80×), as do two directions side by side from
-    L3 (0.75–1.01×). Not under ``NUMBA_DISABLE_JIT=1`` (the tile is an LLVM intrinsic, with no
-    Python form)."""
+    threads stays ahead of the tile on one (0.69–0.80×), as do two directions side by side from L3
+    (0.75–1.01×). Not under ``NUMBA_DISABLE_JIT=1`` (the tile is an LLVM intrinsic, with no Python
+    form)."""
     if numba_config.DISABLE_JIT:
         return False
     # packed once, any steps repay it, but where a row's product is a loop (W_hh at most
@@ -1192,8 +1191,8 @@ def plan_unit_split(batch, hidden, steps, directions, plain, itemsize):
     1.2–1.7× at H = 1536–2048 (from memory; item 66), over those steps whether packed each call or
     kept packed (a frozen model's, ``panels_kept``: (1, 1–8, 512, 512) split ran 0.82–0.95× as
     fast); two or three rows, whose alternative is the register tile on one thread, ran 1.1–1.45×
-    faster split at H = 128–1024; four or five, whose alternative is the rows split, 1.11–1.19× at H
-    = 256–1024 but not below (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked
+    faster split at H = 128–1024; four or five, whose alternative is the rows split, 1.11–1.19× at
+    H = 256–1024 but not below (``UNIT_SPLIT_MIN_UNITS_AGAINST_ROWS``). Never in a process forked
     after GNU OpenMP started, nor under ``NUMBA_DISABLE_JIT=1`` (its atomics are LLVM instructions
     with no Python form)."""
     if not 1 <= batch <= UNIT_SPLIT_MAX_BATCH or directions != 1 or not plain:
@@ -1370,16 +1369,17 @@ def lstm_units_round(
 ):  # fmt: skip
     """Round ``round_`` of hidden units [bounds[part], bounds[part + 1]) of every row. Round 0
     gathers their units of the bias and the cell state and packs their rows of W_hh (where
-    ``unit_split_packs``, unless ``panels_packed``: an earlier call's, kept); round s + 1 runs
-    step s: their rows of the recurrent product and the fused pointwise pass, and at the last
-    step writes their cell states back to c. A round
-    before the first step of a chunk of steps (``projection_steps``) ends with their input
-    projection for the chunk (a gate block at a time, on the chunk's rows of x, several rows'
-    steps read into one array: BLAS, or ``few_rows_product`` for several rows over too few
-    steps to pack), so that x is read at a chunk's times before any part writes y there: a stack
-    of layers runs each layer on y in place (``LSTM._run_layers``). The recurrent product is
-    the register tile (``recurrent_panels``) on the part's packed rows of W_hh, or over too few
-    steps to repay packing them (``unit_split_packs``) the dot tile on them as they are:
+    ``unit_split_packs``) and W_ih (``input_panels``), unless ``panels_packed`` (an earlier call's,
+    kept); round s + 1 runs step s: their rows of the recurrent product and the fused pointwise
+    pass, and at the last step writes their cell states back to c. A round before the first step of
+    a chunk of steps (``projection_steps``) ends with their input projection for the chunk (a gate
+    block at a time, on the chunk's rows of x, several rows' steps read into one array: BLAS, or
+    ``few_rows_product`` for several rows over too few steps to pack, or the register tile on the
+    part's rows of W_ih where a frozen model keeps them packed, ``input_panels``, for fewer than
+    ``SMALL_PRODUCT_ROWS`` rows), so that x is read at a chunk's times before any part writes y
+    there: a stack of layers runs each layer on y in place (``LSTM._run_layers``). The recurrent
+    product is the register tile (``recurrent_panels``) on the part's packed rows of W_hh, or over
+    too few steps to repay packing them (``unit_split_packs``) the dot tile on them as they are:
     ``units_product`` for one row, ``units_rows_product`` for more.
 
     Arguments as ``lstm_unit_split_forward``'s; recurrent (B, ≥ 4U) and step_projected (B, 4W),
@@ -1587,17 +1587,17 @@ def dry_run(panels=None):
 
 
 _KEPT_PANELS = contextvars.ContextVar("lstm_numba_kept_panels", default=None)
-"""A frozen model's dict of W_hh's panels, packed once (``KeptPanels``), or None: each entry
-``(weights, panels)``, the weights kept alive with their panels so that no other array takes
-their address while the entry lasts."""
+"""A frozen model's dict of its weights' panels, packed once (``KeptPanels``), or None: each
+entry ``(weights, panels)``, the weights kept alive with their panels so that no other array
+takes their identity or address while the entry lasts."""
 
 
 class KeptPanels:
     """A context in which this thread's forwards, and the threads they start, run on read-only
-    weights (a frozen model's, ``LSTM.freeze``): each W_hh is packed once into the dict
-    ``panels``, by its address and shape, and read from there on later calls, and the plans
-    pack wherever the packed form is the faster to read (``panels_kept``). (A class: 0.5 µs a
-    call, against 1.5 for ``contextlib.contextmanager``'s.)"""
+    weights (a frozen model's, ``LSTM.freeze``): each W_hh, and W_ih where few rows are projected,
+    is packed once into the dict ``panels`` and read from there on later calls, and the plans read
+    the weights packed wherever that is the faster (``panels_kept``). (A class: 0.5 µs a call,
+    against 1.5 for ``contextlib.contextmanager``'s.)"""
 
     __slots__ = ("panels", "token")
 
@@ -1612,7 +1612,8 @@ class KeptPanels:
 
 
 def panels_kept():
-    """Whether this thread's forward keeps W_hh's panels from call to call (``KeptPanels``)."""
+    """Whether this thread's forward keeps the weights' panels from call to call
+    (``KeptPanels``)."""
     return _KEPT_PANELS.get() is not None
 
 
@@ -1640,20 +1641,21 @@ def _run(kernel, arguments):
     return None
 
 
-def _panels_of(w_hh):
-    """``pack_panels(w_hh)``, packed once where the panels are kept (``KeptPanels``: a read-only
-    W_hh), or in a dry run (``dry_run``), during which nothing changes W_hh."""
+def _panels_of(weights):
+    """``pack_panels(weights)`` (W_hh or W_ih), packed once where the panels are kept
+    (``KeptPanels``: read-only weights), or in a dry run (``dry_run``), during which nothing
+    changes them."""
     kept = _KEPT_PANELS.get()
-    if kept is None or w_hh.flags.writeable:
+    if kept is None or weights.flags.writeable:
         run = _DRY_RUN.get()
         if run is None:
-            return pack_panels(w_hh)
+            return pack_panels(weights)
         kept = run.panels
     # an array of its own (a model's stack) by its identity (0.1 µs), a view by its address
-    key = id(w_hh) if w_hh.base is None else (_address(w_hh), w_hh.shape)
+    key = id(weights) if weights.base is None else (_address(weights), weights.shape)
     found = kept.get(key)
-    if found is None:  # the entry holds W_hh too: no other array takes its id or address
-        found = kept[key] = (w_hh, pack_panels(w_hh))
+    if found is None:  # the entry holds the weights too: no other array takes their key
+        found = kept[key] = (weights, pack_panels(weights))
     return found[1]
 
 
@@ -1669,10 +1671,10 @@ def _unit_split_forward(
     width = panel_width.py_func(w_hh.itemsize)
     packed = panel_count.py_func(4 * widest, w_hh.itemsize)
     packing_repays = unit_split_packs(batch, hidden, steps)
+    chunk = projection_steps.py_func(batch, steps)
     # over few steps the parts read W_hh as it is, unless a frozen model keeps it packed: panels
     # None compiles a kernel without the register tiles; gate_sums None (one row, or rows over
     # enough steps), one without the dot tile
-    chunk = projection_steps.py_func(batch, steps)
     kept = panels_kept()
     panels, input_panels, panels_packed, keep = None, None, False, None
     if packing_repays or kept:
@@ -1709,13 +1711,14 @@ def _unit_split_panels(weights, shapes):
     panels kept (``KeptPanels``); and None, or where they are to be kept but are not packed yet,
     the function that keeps them once a call has packed them."""
     kept = _KEPT_PANELS.get()
-    fresh = tuple(np.empty(shape, dtype=w.dtype) for w, shape in zip(weights, shapes, strict=True))
-    if kept is None or any(w.flags.writeable for w in weights):
-        return fresh, False, None
-    key = ("units", *((_address(w), w.shape) for w in weights), *shapes)
-    found = kept.get(key)
+    keyed = kept is not None and not any(w.flags.writeable for w in weights)
+    key = ("units", *((_address(w), w.shape) for w in weights), *shapes) if keyed else None
+    found = kept.get(key) if keyed else None
     if found is not None:
         return found[1], True, None
+    fresh = tuple(np.empty(shape, dtype=w.dtype) for w, shape in zip(weights, shapes, strict=True))
+    if not keyed:
+        return fresh, False, None
     return fresh, False, functools.partial(kept.setdefault, key, (tuple(weights), fresh))
 
 
@@ -2018,8 +2021,7 @@ def lstm_layer_forward(
             x, x_rows, w_ih[first], direction_of(unpacked, first), direction_of(w_hr, first),
             bias[first], cell, h[first], c[first], y, column + first * width, lengths, 0,
             first == 1 or backward, batch_first, product, panels, input_panels, 0, batch, traces,
-            first,
-            y_first_row, 0,
+            first, y_first_row, 0,
         )  # fmt: skip
         if not parallel:  # too small for BLAS to start its threads
             _run(lstm_rows_forward, arguments)

@@ -216,7 +216,7 @@ class LSTM:
                 f"seed: expected None, a non-negative integer or a NumPy Generator, got {seed!r}"
             ) from error
         self._layers = self._allocate_layers(rng)
-        self._kept_panels = None  # W_hh packed once, a frozen model's (``freeze``)
+        self._kept_panels = None  # the weights packed once, a frozen model's (``freeze``)
         self._bind_views()
 
     def _bind_views(self):
@@ -257,7 +257,27 @@ class LSTM:
         """Whether the weights are read-only and packed once (``freeze``)."""
         return self._kept_panels is not None
 
+    def __getstate__(self):
+        """Pickled, or deep-copied, without a frozen model's packed weights (kept by the arrays'
+        identities and addresses in this process): the copy packs its own."""
+        state = self.__dict__.copy()
+        if state["_kept_panels"] is not None:
+            state["_kept_panels"] = {}
+        return state
+
+    def __setstate__(self, state):
+        """The weights' views bound again to the layers' stacks (a view is pickled, and
+        deep-copied, as an array of its own, which the forward would not read), read-only
+        where the model is frozen."""
+        self.__dict__.update(state)
+        if self.frozen:
+            for stacks in self._layers:
+                for array in stacks.values():
+                    array.flags.writeable = False
+        self._bind_views()
+
     def _refuse_if_frozen(self, what, error):
+        """``error`` naming ``what`` where the model is frozen."""
         if self.frozen:
             raise error(
                 f"{what}: this model is frozen (model.freeze()), its weights read-only; change "
@@ -801,7 +821,8 @@ class LSTM:
         return states
 
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces, low_memory=False):
-        """``_forward_stack``, with W_hh packed once where the model is frozen (``freeze``)."""
+        """``_forward_stack``, with the weights packed once where the model is frozen
+        (``freeze``)."""
         if self._kept_panels is None:
             return self._forward_stack(x, h_n, c_n, lengths, padded, traces, low_memory)
         with cpu.KeptPanels(self._kept_panels):

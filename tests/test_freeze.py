@@ -1,6 +1,9 @@
 """``LSTM.freeze``: a read-only copy of a model whose CPU forwards pack W_hh once
 (``cpu.KeptPanels``) and plan as if packing were free."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 from conftest import assert_close, threads_at_any_size
@@ -146,6 +149,32 @@ def test_a_frozen_model_s_weights_cannot_change(rng, tmp_path):
     for name, array in loaded.state_dict().items():
         np.testing.assert_array_equal(array, weights[name])
     np.testing.assert_array_equal(loaded.freeze()(x)[0], y)
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [copy.deepcopy, lambda model: pickle.loads(pickle.dumps(model))],
+    ids=["deepcopy", "pickle"],
+)
+def test_a_copied_model_reads_its_own_weights(rng, duplicate):
+    """A deep copy or an unpickled model: a weight changed in place changes the forward (its
+    views were copies of their own, which the forward did not read); frozen, it is frozen
+    still, read-only, and packs its own panels."""
+    model = ln.LSTM(6, 64, peepholes=True, seed=2)
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    copied = duplicate(model)
+    y = copied(x)[0]
+    np.testing.assert_array_equal(y, model(x)[0])
+    copied.weight_hh_l0[0, 0] += 1.0
+    copied.peephole_l0[0] += 1.0
+    assert not np.allclose(copied(x)[0], y)
+    assert_close(copied(x)[0], reference.model_forward(copied, x)[0])
+    frozen = model.freeze()
+    y = frozen(x)[0]
+    copied = duplicate(frozen)
+    assert copied.frozen and not copied.weight_hh_l0.flags.writeable and not copied._kept_panels
+    np.testing.assert_array_equal(copied(x)[0], y)
+    assert copied._kept_panels
 
 
 def test_a_frozen_model_streams(rng):
