@@ -6,7 +6,7 @@ from .common import choose, model_and_input
 
 class StreamStep:
     """One step of a few rows: up to five split their hidden units, eight their rows (items
-    43–47 of docs/performance.md); a frozen model's read W_hh packed once (item 68)."""
+    43–47 of docs/performance.md); a frozen model's read its weights packed once (item 68)."""
 
     params = (
         ["lstm_numba", "lstm_numba frozen", "torch"],

@@ -16,8 +16,8 @@ its idle threads sleep (``PEER_IDLE_SECONDS``; ONNX Runtime's spin, item 67). Ra
 fraction of the float32 GEMM rate of the BLAS it calls, the faster of two measures, at the start
 and at the end (the machine's speed drifts: one measure read ≈ half the rate once). Torch and ONNX
 Runtime are skipped when not installed. Inference only: ``torch.no_grad()``. With ``--freeze``,
-lstm_numba runs the model frozen (``LSTM.freeze``: W_hh packed once, as ONNX Runtime's session
-packs its weights once).
+lstm_numba runs the model frozen (``LSTM.freeze``: its weights packed once, as ONNX Runtime's
+session packs its own).
 
 With ``--device cuda`` the weights and x live on the GPU before timing (``model.to("cuda")``,
 ``cuda.to_device``; torch: ``.cuda()``), every call ends with a device synchronisation, the peer
@@ -282,7 +282,7 @@ def main(argv=None):
     parser.add_argument(
         "--freeze",
         action="store_true",
-        help="lstm_numba's model frozen (LSTM.freeze: W_hh packed once, not every call)",
+        help="lstm_numba's model frozen (LSTM.freeze: weights packed once, not every call)",
     )
     parser.add_argument(
         "--threads",
