@@ -3,6 +3,7 @@
 
 import copy
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -175,6 +176,34 @@ def test_a_copied_model_reads_its_own_weights(rng, duplicate):
     assert copied.frozen and not copied.weight_hh_l0.flags.writeable and not copied._kept_panels
     np.testing.assert_array_equal(copied(x)[0], y)
     assert copied._kept_panels
+
+
+def test_python_threads_share_frozen_models(rng):
+    """Calls from several Python threads at once, on two frozen models of one shape (the packed
+    weights of each its own) and on one not frozen: every result as its model's reference."""
+    models = [ln.LSTM(32, 96, seed=seed) for seed in (1, 2)]
+    models = [models[0].freeze(), models[1].freeze(), models[1]]
+    calls = []
+    for batch, steps in [(1, 1), (1, 80), (2, 3), (3, 20), (8, 1), (9, 40), (5, 17)]:
+        x = rng.standard_normal((batch, steps, 32)).astype(np.float32)
+        hx = tuple(rng.standard_normal((1, batch, 96)).astype(np.float32) for _ in range(2))
+        calls.append((x, hx, [reference.model_forward(m, x, hx)[0] for m in models]))
+    start, failures = threading.Barrier(2 * len(models)), []
+
+    def run(which):
+        start.wait()
+        for x, hx, expected in calls * 3:
+            try:
+                assert_close(models[which](x, hx)[0], expected[which])
+            except AssertionError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=run, args=(k % len(models),)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[0]
 
 
 def test_a_frozen_model_streams(rng):
