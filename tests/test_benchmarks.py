@@ -108,6 +108,18 @@ def test_compare_script_times_a_frozen_model(capsys, monkeypatch):
     assert len(frozen) == 1 and frozen[0]._kept_panels is not None
 
 
+def test_frozen_script_times_both_models(capsys):
+    """``benchmarks/frozen.py``: a row a shape, both models' times and their ratio."""
+    frozen = benchmark_script("frozen")
+    frozen.main(["--shapes", "2,3,4,5", "3,1,4,64", "--rounds", "2", "--states"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| (B, T, I, H) | not frozen ms | frozen ms | frozen / not |", lines
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["(2, 3, 4, 5)", "(3, 1, 4, 64)"]
+    for line in lines[2:]:
+        plain, packed, ratio = (float(cell.strip(" ×")) for cell in line.split("|")[2:5])
+        assert abs(ratio - plain / packed) < 0.01 * ratio + 0.006, line
+
+
 def test_compare_script_runs_on_the_threads_given():
     """``compare.py --threads 1`` (in a fresh process: ``lstm_numba.set_num_threads`` holds for
     the process): the header says so and the table has its row."""
