@@ -5,14 +5,14 @@
 
 For each B,T,I,H shape, a float32 ``LSTM(I, H)`` and its frozen copy on the same normal x (from
 random initial states with ``--states``, as a ``Stream``'s chunks after the first; else from
-none), each called once first (compile, pack), then in turn ``--rounds`` times, each round
-keeping the best of as many calls as make ≈ 2·10⁵ multiply-adds of hidden units; printing the
-medians of the rounds' bests and their ratio (> 1: the frozen model is faster).
+none), in turn ``--rounds`` times, each turn the best of as many calls as make ≈ 2·10⁵
+multiply-adds of hidden units after one untimed (``compare.best_seconds``; the first compiles
+and packs); printing the medians of the turns' bests and their ratio (> 1: the frozen model is
+faster).
 """
 
 import argparse
 import functools
-import time
 
 import numpy as np
 
@@ -32,17 +32,9 @@ SHAPES = [
 ]
 
 
-def best_seconds(call, calls):
-    """The fastest of ``calls`` calls of ``call``, in seconds."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv=None):
+    from compare import best_seconds  # as a script (asv imports this module as benchmarks.frozen)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="*", default=SHAPES, help="B,T,I,H shapes")
     parser.add_argument("--states", action="store_true", help="random initial states h0, c0")
@@ -61,8 +53,6 @@ def main(argv=None):
             hx = tuple(rng.standard_normal((1, batch, hidden), dtype=np.float32) for _ in "hc")
         calls = max(3, int(2e5 / (batch * steps * hidden)))
         forwards = [functools.partial(each, x, hx) for each in (model, frozen)]
-        for forward in forwards:
-            forward()
         best = [[], []]
         for _ in range(args.rounds):
             for times, forward in zip(best, forwards, strict=True):
