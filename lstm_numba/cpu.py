@@ -273,6 +273,14 @@ def forward_threads():
     return threads if _thread_limit is None else min(threads, _thread_limit)
 
 
+def thread_settings():
+    """What of the threads' settings a plan depends on and this module can read in 0.1 µs
+    (``forward_threads`` takes 0.7): ``set_num_threads``'s limit, and whether the process was
+    forked after GNU OpenMP started. Numba's own count (``numba.set_num_threads``) is left out:
+    a plan for more threads than Numba then runs gives the same results on fewer."""
+    return _thread_limit, _FORKED_FROM_GNU_OPENMP
+
+
 PROJECTION_ROWS = 1024
 """Most rows (time steps × batch rows) whose input projection one GEMM computes: enough for BLAS
 to run near its peak (256 rows a GEMM ran (256, 64, 512, 512) 1–3 % slower, Zen 4)."""
@@ -1617,6 +1625,90 @@ def panels_kept():
     return _KEPT_PANELS.get() is not None
 
 
+class Recording:
+    """The kernel calls of a forward, noted by ``_run`` (``recording``): ``calls``, each
+    ``(kernel, arguments, context)``; ``replayable``: whether every call was one a ``Replay`` can
+    make again (``_run`` given a context, and W_hh's panels kept, not packed for the call)."""
+
+    __slots__ = ("calls", "replayable")
+
+    def __init__(self):
+        self.calls, self.replayable = [], True
+
+    def note(self, kernel, arguments, context):
+        if context is None:
+            self.replayable = False
+        self.calls.append((kernel, arguments, context))
+
+
+_RECORDING = contextvars.ContextVar("lstm_numba_recording", default=None)
+"""The ``Recording`` this thread's forward is noted in (``recording``), or None."""
+
+
+@contextlib.contextmanager
+def recording():
+    """A context in which this thread's forwards run as ever and note their kernel calls in the
+    ``Recording`` it yields (``Replay.of``)."""
+    taping = Recording()
+    token = _RECORDING.set(taping)
+    try:
+        yield taping
+    finally:
+        _RECORDING.reset(token)
+
+
+class Replay:
+    """A forward's kernel calls made again on a new x of the shape and dtype it ran on, into a
+    new y: ``y = replay(x)``, without the Python that planned them (a ``Stream`` of a frozen
+    model, ``LSTM.freeze``: ≈ 6 µs a one-step call, docs/performance.md, item 69). Every other
+    argument is the recorded one, so only a forward whose arguments cannot change between calls
+    may be replayed: read-only weights, their kept panels, states updated in place."""
+
+    __slots__ = ("calls", "y_shape", "y_dtype")
+
+    def __init__(self, calls, y_shape, y_dtype):
+        self.calls, self.y_shape, self.y_dtype = calls, y_shape, y_dtype
+
+    @classmethod
+    def of(cls, taping, x, y):
+        """The ``Replay`` of the calls ``taping`` (a ``Recording``) noted of a forward from x
+        (B, T, I) into y, or None where it cannot be replayed: a call ``_run`` cannot make again,
+        or an argument other than x and y that is a view of either (a new x or y would not
+        move it)."""
+        if not taping.replayable or not taping.calls:
+            return None
+        calls = []
+        for kernel, arguments, context in taping.calls:
+            xs = [i for i, value in enumerate(arguments) if value is x]
+            ys = [i for i, value in enumerate(arguments) if value is y]
+            template = list(arguments)
+            for i, value in enumerate(template):
+                if i in xs or i in ys:
+                    template[i] = None  # not kept alive
+                elif isinstance(value, np.ndarray) and (
+                    np.may_share_memory(value, x) or np.may_share_memory(value, y)
+                ):
+                    return None
+            context = None if context is contextlib.nullcontext else context  # 0.35 µs
+            calls.append((kernel, template, xs, ys, context))
+        return cls(calls, y.shape, y.dtype)
+
+    def __call__(self, x):
+        y = np.empty(self.y_shape, self.y_dtype)
+        for kernel, template, xs, ys, context in self.calls:
+            arguments = template.copy()
+            for i in xs:
+                arguments[i] = x
+            for i in ys:
+                arguments[i] = y
+            if context is None:
+                kernel(*arguments)
+                continue
+            with context():
+                kernel(*arguments)
+        return y
+
+
 @njit(**KERNEL_OPTIONS)
 def _address(array):
     """The address of ``array``'s first element: 0.2 µs, against 2 for ``__array_interface__``."""
@@ -1628,15 +1720,25 @@ def running_dry():
     return _DRY_RUN.get() is not None
 
 
-def _run(kernel, arguments):
-    """``kernel(*arguments)``, or in a dry run (``dry_run``) the call noted instead; W_hh is packed
-    in a dry run too (``pack_panels``), and once an array where the panels are kept
-    (``KeptPanels``). (A tuple, not ``*arguments``: 0.04 µs a call against 0.2.)"""
+def _run(kernel, arguments, context=None):
+    """``kernel(*arguments)``, inside ``context()`` where a context manager's factory is given
+    (the threads' ``_OnNumbaThreads``, ``_calling_thread_blas``); or in a dry run (``dry_run``)
+    the call noted instead; W_hh is packed in a dry run too (``pack_panels``), and once an array
+    where the panels are kept (``KeptPanels``). A call with a context, ``contextlib.nullcontext``
+    for none, is one a recording (``recording``) may replay: the call is all there is to it (no
+    workspace filled before, nothing moved after). (A tuple, not ``*arguments``: 0.04 µs a call
+    against 0.2.)"""
     if kernel is pack_panels:
         return _panels_of(*arguments)
+    taping = _RECORDING.get()
+    if taping is not None:
+        taping.note(kernel, arguments, context)
     run = _DRY_RUN.get()
     if run is None:
-        return kernel(*arguments)
+        if context is None:
+            return kernel(*arguments)
+        with context():
+            return kernel(*arguments)
     run.signatures.add((kernel, tuple(map(kernel.typeof_pyval, arguments))))
     return None
 
@@ -1649,6 +1751,9 @@ def _panels_of(weights):
     if kept is None or weights.flags.writeable:
         run = _DRY_RUN.get()
         if run is None:
+            taping = _RECORDING.get()
+            if taping is not None:  # packed for this call only: not to be read again
+                taping.replayable = False
             return pack_panels(weights)
         kept = run.panels
     # an array of its own (a model's stack) by its identity (0.1 µs), a view by its address
@@ -2009,12 +2114,11 @@ def lstm_layer_forward(
     few_rows = -(-batch // partitions) * steps < SMALL_PRODUCT_ROWS
     input_panels = _run(pack_panels, (w_ih,)) if few_rows and panels_kept() else None
     if at_once * partitions > 1:  # every direction at once (in turn here: one row, one slice)
-        with _OnNumbaThreads():
-            arguments = (
-                x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
-                batch_first, product, panels, input_panels, partitions, traces, y_first_row,
-            )  # fmt: skip
-            _run(lstm_partitioned_forward, arguments)
+        arguments = (
+            x, x_rows, w_ih, unpacked, w_hr, bias, cell, h, c, y, column, lengths, backward,
+            batch_first, product, panels, input_panels, partitions, traces, y_first_row,
+        )  # fmt: skip
+        _run(lstm_partitioned_forward, arguments, _OnNumbaThreads)
         return
     for first in range(directions):
         arguments = (
@@ -2024,7 +2128,6 @@ def lstm_layer_forward(
             first, y_first_row, 0,
         )  # fmt: skip
         if not parallel:  # too small for BLAS to start its threads
-            _run(lstm_rows_forward, arguments)
+            _run(lstm_rows_forward, arguments, contextlib.nullcontext)
             continue
-        with _calling_thread_blas(w_hh[first]):
-            _run(lstm_rows_forward, arguments)
+        _run(lstm_rows_forward, arguments, functools.partial(_calling_thread_blas, w_hh[first]))

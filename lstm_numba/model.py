@@ -1086,6 +1086,11 @@ def _move_rows_in_place(array, order, axis):
             window[cycle[-1]] = held
 
 
+MOST_REPLAYS = 16
+"""The most chunk shapes a frozen model's ``Stream`` records for replay (``Stream._frozen``);
+chunks of other shapes run the forward as ever."""
+
+
 class Stream:
     """Stateful inference over sequences that arrive in chunks (``model.stream(batch_size)``).
 
@@ -1107,6 +1112,7 @@ class Stream:
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._h, self._c = model._initial_states(hx, self.batch_size, False, False)  # copies
         self._lengths = np.zeros(self.batch_size, np.int64)  # every row's steps in a chunk
+        self._replays = {}  # a frozen model's forwards, by chunk shape and threads (``_frozen``)
 
     @property
     def state(self):
@@ -1190,5 +1196,24 @@ class Stream:
         steps = chunk.shape[1 - batch_axis]
         if self._lengths[0] != steps:  # the kernels only read it: kept while chunks keep a size
             self._lengths = np.full(self.batch_size, steps, np.int64)
+        if model.frozen:
+            return dispatch.like_input(given, self._frozen(np.ascontiguousarray(chunk)))
         y, _ = model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
         return dispatch.like_input(given, y)
+
+    def _frozen(self, chunk):
+        """y of a C-contiguous chunk through a frozen model, whose weights and their panels
+        cannot change: the first chunk of a shape (under the same ``cpu.thread_settings``) runs
+        the forward and records its kernel calls, later ones replay them (``cpu.Replay``), where
+        the forward is all replayable calls (on the threads or not, but not the units split)."""
+        key = (chunk.shape, cpu.thread_settings())
+        replay = self._replays.get(key, False)
+        if replay:
+            return replay(chunk)
+        if replay is None or len(self._replays) >= MOST_REPLAYS:
+            y, _ = self.model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
+            return y
+        with cpu.recording() as taping:
+            y, _ = self.model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
+        self._replays[key] = cpu.Replay.of(taping, chunk, y)
+        return y
