@@ -1,15 +1,17 @@
 """Per-call cost of streaming one time step (lstm_numba's ``Stream`` against ``torch.nn.LSTM``
-called step by step), and the cost of gate traces."""
+and ONNX Runtime called step by step, ``stream.stream_steps``), and the cost of gate traces."""
 
 from .common import choose, model_and_input
+from .stream import stream_steps
 
 
 class StreamStep:
-    """One step of a few rows: up to five split their hidden units, eight their rows (items
-    43–47 of docs/performance.md); a frozen model's read its weights packed once (item 68)."""
+    """One step of a few rows, each library fed back its own state: up to five rows split their
+    hidden units, eight their rows (items 43–47 of docs/performance.md); a frozen model's stream
+    reads its weights packed once (item 68) and replays its kernel calls (item 69)."""
 
     params = (
-        ["lstm_numba", "lstm_numba frozen", "torch"],
+        ["lstm_numba", "lstm_numba frozen", "torch", "onnxruntime"],
         choose([1, 4, 8], [2]),
         choose([128, 512, 1024], [16]),
     )
@@ -17,24 +19,11 @@ class StreamStep:
 
     def setup(self, library, batch, hidden):
         model, x = model_and_input(batch, 1, hidden, hidden)
-        if library.startswith("lstm_numba"):
-            stream = (model.freeze() if library.endswith("frozen") else model).stream(batch)
-            self.step = lambda: stream.step(x)
-        else:
-            try:
-                import torch
-            except ImportError as error:
-                raise NotImplementedError("torch is not installed") from error
-            lstm = torch.nn.LSTM(hidden, hidden, batch_first=True)
-            x_torch = torch.from_numpy(x)
-            state = [(torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden))]
-
-            def step():
-                with torch.no_grad():
-                    _, state[0] = lstm(x_torch, state[0])
-
-            self.step = step
-        self.step()  # warm-up
+        steps = stream_steps(model, x)
+        if library not in steps:
+            raise NotImplementedError(f"{library} is not installed")
+        self.step = steps[library][1]
+        self.step()  # warm-up: compile, pack, record
 
     def time_step(self, *_):
         self.step()

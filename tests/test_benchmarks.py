@@ -16,6 +16,7 @@ import pytest
 from conftest import assert_close
 
 import lstm_numba as ln
+from lstm_numba import reference
 from lstm_numba.__main__ import PEER_IDLE_SECONDS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -118,6 +119,32 @@ def test_frozen_script_times_both_models(capsys):
     for line in lines[2:]:
         plain, packed, ratio = (float(cell.strip(" ×")) for cell in line.split("|")[2:5])
         assert abs(ratio - plain / packed) < 0.01 * ratio + 0.006, line
+
+
+def test_stream_script_steps_every_library_through_one_sequence(capsys, monkeypatch):
+    """``benchmarks/stream.py``: each library's step (lstm_numba's streams, frozen and not, and
+    the installed peers) carries its own state, so that steps of one chunk make the sequence of
+    it repeated, as the reference computes it; then a row a shape of medians and ratios."""
+    stream = benchmark_script("stream")
+    model = ln.LSTM(5, 16, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 1, 5), dtype=np.float32)
+    expected = reference.model_forward(model, np.repeat(x, 3, axis=1))[0]
+    steps = stream.stream_steps(model, x)
+    assert {"lstm_numba", "lstm_numba frozen"} <= set(steps)
+    for _, step in steps.values():
+        ys = [np.asarray(step()).reshape(2, 1, 16) for _ in range(3)]  # ONNX's Y: (T, D, B, H)
+        assert_close(np.concatenate(ys, axis=1), expected)
+    monkeypatch.setattr(stream, "PEER_IDLE_SECONDS", 0)
+    stream.main(["--shapes", "2,5,16", "1,3,24", "--rounds", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| (B, I, H) | lstm_numba "), lines
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["(2, 5, 16)", "(1, 3, 24)"]
+    for line in lines[2:]:
+        frozen = float(line.split("|")[3])
+        for cell in [line.split("|")[2], *line.split("|")[4:-1]]:
+            value, ratio = cell.split()
+            ratio = float(ratio.strip("(×)"))  # of values rounded to 3 digits
+            assert abs(ratio - float(value) / frozen) < 0.012 * ratio + 0.006, line
 
 
 def test_compare_script_runs_on_the_threads_given():
