@@ -1628,12 +1628,14 @@ def panels_kept():
 class Recording:
     """The kernel calls of a forward, noted by ``_run`` (``recording``): ``calls``, each
     ``(kernel, arguments, context)``; ``replayable``: whether every call was one a ``Replay`` can
-    make again (``_run`` given a context, and W_hh's panels kept, not packed for the call)."""
+    make again (``_run`` given a context, and W_hh's panels kept, not packed for the call);
+    ``settled``: whether a later call would make the same calls (not where this one packed the
+    panels that later calls find kept: the units split's are an argument, with a flag)."""
 
-    __slots__ = ("calls", "replayable")
+    __slots__ = ("calls", "replayable", "settled")
 
     def __init__(self):
-        self.calls, self.replayable = [], True
+        self.calls, self.replayable, self.settled = [], True, True
 
     def note(self, kernel, arguments, context):
         if context is None:
@@ -1794,19 +1796,41 @@ def _unit_split_forward(
     projected = np.empty((parts, 4, chunk * batch * widest), dtype=x.dtype)
     bias_parts = np.empty((parts, 4 * widest), dtype=bias.dtype)
     c_parts = np.empty((parts, batch * widest), dtype=c.dtype)
-    counters = np.zeros((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
+    counters = np.empty((parts + 1) * COUNTER_STRIDE, dtype=np.int64)
     h_buffer = np.empty((2, batch, hidden), dtype=h.dtype)
-    h_buffer[0] = h
-    with _OnNumbaThreads():
-        arguments = (
-            x, w_ih, w_hh, bias, panels, input_panels, np.bool_(panels_packed), gate_sums, h_buffer,
-            c, y, column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts,
-            c_parts, counters,
-        )  # fmt: skip
-        _run(lstm_unit_split_forward, arguments)
+    arguments = (
+        x, w_ih, w_hh, bias, panels, input_panels, np.bool_(panels_packed), gate_sums, h_buffer, c,
+        y, column, lengths, steps, reverse, batch_first, bounds, projected, bias_parts, c_parts,
+        counters,
+    )  # fmt: skip
+    call = functools.partial(_UnitSplitCall, h, h_buffer, counters, steps)
+    _run(lstm_unit_split_forward, arguments, call)
     if keep is not None and not running_dry():  # packed by this call, for the later ones
         keep()
-    h[:] = h_buffer[steps % 2]
+        taping = _RECORDING.get()
+        if taping is not None:  # this call's panels_packed is False: a later call is to replay
+            taping.settled = False
+
+
+class _UnitSplitCall(_OnNumbaThreads):
+    """``_OnNumbaThreads`` around a call of ``lstm_unit_split_forward``, and what the call needs
+    around it, so that a ``Replay`` makes it again: its ``counters`` zeroed and the initial state
+    h (B, H) in ``h_buffer``'s first row before, the final state (its row ``steps % 2``) into h
+    after."""
+
+    def __init__(self, h, h_buffer, counters, steps):
+        self.h, self.h_buffer, self.counters, self.steps = h, h_buffer, counters, steps
+
+    def __enter__(self):
+        self.counters[:] = 0
+        self.h_buffer[0] = self.h
+        super().__enter__()
+
+    def __exit__(self, *exception):
+        try:
+            super().__exit__(*exception)
+        finally:
+            self.h[:] = self.h_buffer[self.steps % 2]
 
 
 def _unit_split_panels(weights, shapes):

@@ -1205,7 +1205,7 @@ class Stream:
         """y of a C-contiguous chunk through a frozen model, whose weights and their panels
         cannot change: the first chunk of a shape (under the same ``cpu.thread_settings``) runs
         the forward and records its kernel calls, later ones replay them (``cpu.Replay``), where
-        the forward is all replayable calls (on the threads or not, but not the units split)."""
+        the forward is all replayable calls (on the threads or not, rows or units split)."""
         key = (chunk.shape, cpu.thread_settings())
         replay = self._replays.get(key, False)
         if replay:
@@ -1215,5 +1215,6 @@ class Stream:
             return y
         with cpu.recording() as taping:
             y, _ = self.model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
-        self._replays[key] = cpu.Replay.of(taping, chunk, y)
+        if taping.settled:  # else the next chunk of the shape records
+            self._replays[key] = cpu.Replay.of(taping, chunk, y)
         return y
