@@ -1550,6 +1550,7 @@ def test_a_blas_that_threadpoolctl_does_not_know_is_reported(monkeypatch):
 
 
 THREAD_LIMIT = """
+import contextlib
 import json
 import os
 import numba
@@ -1566,12 +1567,24 @@ run = cpu._run
 drivers = (cpu.lstm_partitioned_forward, cpu.lstm_unit_split_forward)
 
 
-def recording_run(kernel, arguments):
-    if kernel is cpu.lstm_rows_forward:  # a direction on the calling thread
-        seen["blas"].append(sorted({get() for get, _ in cpu._blas_thread_functions()}))
-    elif kernel in drivers:
-        seen["drivers"].append(numba.get_num_threads())
-    return run(kernel, arguments)
+def recording_run(kernel, arguments, context=None):
+    def note():
+        if kernel is cpu.lstm_rows_forward:  # a direction on the calling thread
+            seen["blas"].append(sorted({get() for get, _ in cpu._blas_thread_functions()}))
+        elif kernel in drivers:
+            seen["drivers"].append(numba.get_num_threads())
+
+    if context is None:
+        note()
+        return run(kernel, arguments)
+
+    @contextlib.contextmanager
+    def noting():  # inside the call's own context, as the kernel runs
+        with context():
+            note()
+            yield
+
+    return run(kernel, arguments, noting)
 
 
 cpu._run = recording_run
