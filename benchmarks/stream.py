@@ -3,6 +3,7 @@ not frozen and frozen), ``torch.nn.LSTM`` and ONNX Runtime, each fed back the st
 
     python benchmarks/stream.py                    # the shapes of docs/performance.md, item 69
     python benchmarks/stream.py --shapes 1,64,128 8,256,256 --threads 1
+    python benchmarks/stream.py --planned          # and the frozen stream without its replays
 
 For each B,I,H shape, a float32 ``LSTM(I, H)``, its frozen copy and torch's and ONNX Runtime's
 copies of it (each when installed) take one (B, 1, I) chunk at a time, from the state their last
@@ -18,19 +19,24 @@ import time
 import numpy as np
 
 import lstm_numba
+from lstm_numba import model as lstm_model
 from lstm_numba.__main__ import PEER_IDLE_SECONDS
 
 SHAPES = ["1,8,8", "1,32,64", "1,64,128", "1,128,256", "4,64,64", "8,256,256", "1,512,512"]
 
 
-def stream_steps(model, x, threads=None):
+def stream_steps(model, x, threads=None, planned=False):
     """Library name → (version, zero-argument callable running one step of x (B, 1, I) from the
     state the last one left), for lstm_numba (not frozen, frozen) and each installed peer; the
-    peers on ``threads`` threads, or their own count."""
+    peers on ``threads`` threads, or their own count. With ``planned``, also a frozen model's
+    stream that plans every call instead of replaying (``planned_step``)."""
     batch, hidden = x.shape[0], model.hidden_size
     steps = {}
     for name, each in (("lstm_numba", model), ("lstm_numba frozen", model.freeze())):
         steps[name] = (lstm_numba.__version__, each.stream(batch).step)
+    if planned:
+        planning = planned_step(model.freeze().stream(batch).step)
+        steps["lstm_numba frozen, planned"] = (lstm_numba.__version__, planning)
     try:
         import torch
     except ImportError:
@@ -71,6 +77,21 @@ def stream_steps(model, x, threads=None):
     return {name: (version, lambda step=step: step(x)) for name, (version, step) in steps.items()}
 
 
+def planned_step(step):
+    """A frozen model's stream's ``step`` with its replays off: ``MOST_REPLAYS`` set to 0 during
+    each call (≈ 0.3 µs of its time), so that every chunk plans its calls (docs/performance.md,
+    item 69)."""
+
+    def run(chunk):
+        saved, lstm_model.MOST_REPLAYS = lstm_model.MOST_REPLAYS, 0
+        try:
+            return step(chunk)
+        finally:
+            lstm_model.MOST_REPLAYS = saved
+
+    return run
+
+
 def mean_step_seconds(step, calls):
     """The best of five loops' mean seconds a call of ``step``, each loop ``calls`` calls."""
     best = float("inf")
@@ -87,6 +108,9 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="*", default=SHAPES, help="B,I,H shapes")
     parser.add_argument("--rounds", type=int, default=5, help="turns of each library (5)")
     parser.add_argument("--threads", type=int, help="threads of every library (default: theirs)")
+    parser.add_argument(
+        "--planned", action="store_true", help="also the frozen stream planning every call"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         lstm_numba.set_num_threads(args.threads)
@@ -96,7 +120,7 @@ def main(argv=None):
         batch, inputs, hidden = (int(v) for v in text.split(","))
         model = lstm_numba.LSTM(inputs, hidden, seed=0)
         x = rng.standard_normal((batch, 1, inputs), dtype=np.float32)
-        steps = stream_steps(model, x, args.threads)
+        steps = stream_steps(model, x, args.threads, args.planned)
         if header is None:
             header = [f"{name} {version}" for name, (version, _) in steps.items()]
             print("| (B, I, H) | " + " | ".join(f"{name} µs" for name in header) + " |")

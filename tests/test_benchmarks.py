@@ -129,8 +129,8 @@ def test_stream_script_steps_every_library_through_one_sequence(capsys, monkeypa
     model = ln.LSTM(5, 16, seed=0)
     x = np.random.default_rng(0).standard_normal((2, 1, 5), dtype=np.float32)
     expected = reference.model_forward(model, np.repeat(x, 3, axis=1))[0]
-    steps = stream.stream_steps(model, x)
-    assert {"lstm_numba", "lstm_numba frozen"} <= set(steps)
+    steps = stream.stream_steps(model, x, planned=True)
+    assert {"lstm_numba", "lstm_numba frozen", "lstm_numba frozen, planned"} <= set(steps)
     for _, step in steps.values():
         ys = [np.asarray(step()).reshape(2, 1, 16) for _ in range(3)]  # ONNX's Y: (T, D, B, H)
         assert_close(np.concatenate(ys, axis=1), expected)
