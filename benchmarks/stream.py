@@ -3,14 +3,14 @@ not frozen and frozen), ``torch.nn.LSTM`` and ONNX Runtime, each fed back the st
 
     python benchmarks/stream.py                    # the shapes of docs/performance.md, item 69
     python benchmarks/stream.py --shapes 1,64,128 8,256,256 --threads 1
-    python benchmarks/stream.py --planned          # and the frozen stream without its replays
+    python benchmarks/stream.py --planned          # and lstm_numba's streams without replays
 
 For each B,I,H shape, a float32 ``LSTM(I, H)``, its frozen copy and torch's and ONNX Runtime's
 copies of it (each when installed) take one (B, 1, I) chunk at a time, from the state their last
 step left. The libraries take ``--rounds`` turns, each after a pause in which the one before
 lets its idle threads sleep (``PEER_IDLE_SECONDS``); a turn keeps the best of five
 loops' mean time a step. Printed: the medians of the turns, in µs, and the ratios of each
-library's time to the frozen stream's (> 1: the frozen stream is faster).
+library's time to lstm_numba's stream's (> 1: lstm_numba's stream is faster).
 """
 
 import argparse
@@ -28,15 +28,16 @@ SHAPES = ["1,8,8", "1,32,64", "1,64,128", "1,128,256", "4,64,64", "8,256,256", "
 def stream_steps(model, x, threads=None, planned=False):
     """Library name → (version, zero-argument callable running one step of x (B, 1, I) from the
     state the last one left), for lstm_numba (not frozen, frozen) and each installed peer; the
-    peers on ``threads`` threads, or their own count. With ``planned``, also a frozen model's
-    stream that plans every call instead of replaying (``planned_step``)."""
+    peers on ``threads`` threads, or their own count. With ``planned``, also lstm_numba's
+    streams planning every call instead of replaying (``planned_step``)."""
     batch, hidden = x.shape[0], model.hidden_size
     steps = {}
     for name, each in (("lstm_numba", model), ("lstm_numba frozen", model.freeze())):
         steps[name] = (lstm_numba.__version__, each.stream(batch).step)
-    if planned:
-        planning = planned_step(model.freeze().stream(batch).step)
-        steps["lstm_numba frozen, planned"] = (lstm_numba.__version__, planning)
+    for name, each in (("lstm_numba, planned", model), ("lstm_numba frozen, planned", None)):
+        if planned:  # a frozen copy of its own: the one above keeps the replays' workspaces
+            planning = planned_step((each or model.freeze()).stream(batch).step)
+            steps[name] = (lstm_numba.__version__, planning)
     try:
         import torch
     except ImportError:
@@ -78,9 +79,8 @@ def stream_steps(model, x, threads=None, planned=False):
 
 
 def planned_step(step):
-    """A frozen model's stream's ``step`` with its replays off: ``MOST_REPLAYS`` set to 0 during
-    each call (≈ 0.3 µs of its time), so that every chunk plans its calls (docs/performance.md,
-    item 69)."""
+    """A stream's ``step`` with its replays off: ``MOST_REPLAYS`` set to 0 during each call
+    (≈ 0.3 µs of its time), so that every chunk plans its calls (docs/performance.md, item 69)."""
 
     def run(chunk):
         saved, lstm_model.MOST_REPLAYS = lstm_model.MOST_REPLAYS, 0
@@ -109,7 +109,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="turns of each library (5)")
     parser.add_argument("--threads", type=int, help="threads of every library (default: theirs)")
     parser.add_argument(
-        "--planned", action="store_true", help="also the frozen stream planning every call"
+        "--planned", action="store_true", help="also lstm_numba's streams planning every call"
     )
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -134,9 +134,9 @@ def main(argv=None):
                 time.sleep(PEER_IDLE_SECONDS)
                 turns[name].append(mean_step_seconds(step, calls))
         medians = {name: float(np.median(times)) * 1e6 for name, times in turns.items()}
-        frozen = medians["lstm_numba frozen"]
+        ours = medians["lstm_numba"]
         cells = [
-            f"{value:.3g}" + ("" if name == "lstm_numba frozen" else f" ({value / frozen:.2f}×)")
+            f"{value:.3g}" + ("" if name == "lstm_numba" else f" ({value / ours:.2f}×)")
             for name, value in medians.items()
         ]
         print(f"| {(batch, inputs, hidden)} | " + " | ".join(cells) + " |", flush=True)

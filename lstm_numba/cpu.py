@@ -1627,15 +1627,17 @@ def panels_kept():
 
 class Recording:
     """The kernel calls of a forward, noted by ``_run`` (``recording``): ``calls``, each
-    ``(kernel, arguments, context)``; ``replayable``: whether every call was one a ``Replay`` can
-    make again (``_run`` given a context, and W_hh's panels kept, not packed for the call);
-    ``settled``: whether a later call would make the same calls (not where this one packed the
-    panels that later calls find kept: the units split's are an argument, with a flag)."""
+    ``(kernel, arguments, context)``; ``refreshes``, functions of no arguments that compute again,
+    in place, an argument derived from the weights (``note_refresh``: the bias sum);
+    ``replayable``: whether every call was one a ``Replay`` can make again (``_run`` given a
+    context, and W_hh's panels kept, not packed for the call); ``settled``: whether a later call
+    would make the same calls (not where this one packed the panels that later calls find kept:
+    the units split's are an argument, with a flag)."""
 
-    __slots__ = ("calls", "replayable", "settled")
+    __slots__ = ("calls", "refreshes", "replayable", "settled")
 
     def __init__(self):
-        self.calls, self.replayable, self.settled = [], True, True
+        self.calls, self.refreshes, self.replayable, self.settled = [], [], True, True
 
     def note(self, kernel, arguments, context):
         if context is None:
@@ -1645,6 +1647,15 @@ class Recording:
 
 _RECORDING = contextvars.ContextVar("lstm_numba_recording", default=None)
 """The ``Recording`` this thread's forward is noted in (``recording``), or None."""
+
+
+def note_refresh(function, *arguments):
+    """Have a replay of this thread's recording (``recording``), if any, call
+    ``function(*arguments)`` before its kernels: it computes again, in place, an argument derived
+    from the weights, which may have changed in place since (``LSTM._cpu_layer``'s bias sum)."""
+    taping = _RECORDING.get()
+    if taping is not None:
+        taping.refreshes.append(functools.partial(function, *arguments))
 
 
 @contextlib.contextmanager
@@ -1661,15 +1672,18 @@ def recording():
 
 class Replay:
     """A forward's kernel calls made again on a new x of the shape and dtype it ran on, into a
-    new y: ``y = replay(x)``, without the Python that planned them (a ``Stream`` of a frozen
-    model, ``LSTM.freeze``: ≈ 6 µs a one-step call, docs/performance.md, item 69). Every other
-    argument is the recorded one, so only a forward whose arguments cannot change between calls
-    may be replayed: read-only weights, their kept panels, states updated in place."""
+    new y: ``y = replay(x)``, without the Python that planned them (a ``Stream``'s chunks:
+    ≈ 4–12 µs a one-step call at H ≤ 128, docs/performance.md, item 69). Every other argument is
+    the recorded one, so only a forward whose arguments stay what they were may be replayed:
+    weights changed only in place (a model's are), panels kept or packed by the kernel itself,
+    states updated in place, and what is derived from the weights computed again first (the
+    recording's ``refreshes``)."""
 
-    __slots__ = ("calls", "y_shape", "y_dtype")
+    __slots__ = ("calls", "refreshes", "y_shape", "y_dtype")
 
-    def __init__(self, calls, y_shape, y_dtype):
-        self.calls, self.y_shape, self.y_dtype = calls, y_shape, y_dtype
+    def __init__(self, calls, refreshes, y_shape, y_dtype):
+        self.calls, self.refreshes = calls, refreshes
+        self.y_shape, self.y_dtype = y_shape, y_dtype
 
     @classmethod
     def of(cls, taping, x, y):
@@ -1693,9 +1707,11 @@ class Replay:
                     return None
             context = None if context is contextlib.nullcontext else context  # 0.35 µs
             calls.append((kernel, template, xs, ys, context))
-        return cls(calls, y.shape, y.dtype)
+        return cls(calls, taping.refreshes, y.shape, y.dtype)
 
     def __call__(self, x):
+        for refresh in self.refreshes:
+            refresh()
         y = np.empty(self.y_shape, self.y_dtype)
         for kernel, template, xs, ys, context in self.calls:
             arguments = template.copy()

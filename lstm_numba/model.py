@@ -969,6 +969,7 @@ class LSTM:
         the bias b_ih + b_hh (D, 4H), and the cell options (``_cpu_cell``)."""
         stacks = self._layers[layer]
         bias = stacks["bias_ih"] + stacks["bias_hh"]
+        cpu.note_refresh(np.add, stacks["bias_ih"], stacks["bias_hh"], bias)  # for a replay
         return (
             stacks["weight_ih"],
             stacks["weight_hh"],
@@ -1088,8 +1089,8 @@ def _move_rows_in_place(array, order, axis):
 
 
 MOST_REPLAYS = 16
-"""The most chunk shapes a frozen model's ``Stream`` records for replay (``Stream._frozen``);
-chunks of other shapes run the forward as ever."""
+"""The most chunk shapes a ``Stream`` records for replay (``Stream._replayed``); chunks of other
+shapes run the forward as ever."""
 
 
 class Stream:
@@ -1101,8 +1102,8 @@ class Stream:
     ``model.stream(batch_size, hx)`` starts from ``hx = (h0, c0)``, ``stream.reset(rows=None)``
     restarts some sequences (all by default) from zero states; ``stream.state`` is a copy of
     ``(h, c)``. Forward models only: a reverse direction would need the end of the sequence first.
-    A frozen model's stream (``LSTM.freeze``) replays the kernel calls of the first chunk of each
-    shape on the later ones (``_frozen``).
+    A stream replays the kernel calls of the first chunk of each shape on the later ones
+    (``_replayed``).
     """
 
     def __init__(self, model, batch_size, hx=None):
@@ -1115,7 +1116,7 @@ class Stream:
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._h, self._c = model._initial_states(hx, self.batch_size, False, False)  # copies
         self._lengths = np.zeros(self.batch_size, np.int64)  # every row's steps in a chunk
-        self._replays = {}  # a frozen model's forwards, by chunk shape and threads (``_frozen``)
+        self._replays = {}  # the forwards' calls, by chunk shape and threads (``_replayed``)
 
     @property
     def state(self):
@@ -1199,16 +1200,16 @@ class Stream:
         steps = chunk.shape[1 - batch_axis]
         if self._lengths[0] != steps:  # the kernels only read it: kept while chunks keep a size
             self._lengths = np.full(self.batch_size, steps, np.int64)
-        if model.frozen:
-            return dispatch.like_input(given, self._frozen(np.ascontiguousarray(chunk)))
-        y, _ = model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
-        return dispatch.like_input(given, y)
+        return dispatch.like_input(given, self._replayed(np.ascontiguousarray(chunk)))
 
-    def _frozen(self, chunk):
-        """y of a C-contiguous chunk through a frozen model, whose weights and their panels
-        cannot change: the first chunk of a shape (under the same ``cpu.thread_settings``) runs
-        the forward and records its kernel calls, later ones replay them (``cpu.Replay``), where
-        the forward is all replayable calls (on the threads or not, rows or units split)."""
+    def _replayed(self, chunk):
+        """y of a C-contiguous chunk: the first chunk of a shape (under the same
+        ``cpu.thread_settings``) runs the forward and records its kernel calls, later ones
+        replay them (``cpu.Replay``), where the forward is all replayable calls (on the threads
+        or not, rows or units split, W_hh not packed for the call: a frozen model's kept, or
+        packed by the units split's kernel). The weights change only in place, the kernels read
+        them where they are, and the bias sum is added again each replay: a replayed chunk sees
+        weights changed since as a planned one does."""
         key = (chunk.shape, cpu.thread_settings())
         replay = self._replays.get(key, False)
         if replay:

@@ -1,10 +1,13 @@
 """Streaming: chunked calls equal one call on the whole sequence."""
 
+import contextlib
+
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, threads_at_any_size
 
 import lstm_numba as ln
+from lstm_numba import cpu, reference
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -171,3 +174,120 @@ def test_only_forward_models_stream(options):
         ln.LSTM(3, 4, **options).stream(1)
     with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
         ln.LSTM(3, 4).stream(0)
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "not_frozen"])
+@pytest.mark.parametrize("threads", [False, True], ids=["sizes", "threads"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"num_layers": 2, "batch_first": False}, {"proj_size": 16}, {"peepholes": True}],
+    ids=["plain", "stacked", "lstmp", "peepholes"],
+)
+def test_a_stream_replays_its_kernel_calls(rng, monkeypatch, options, threads, frozen):
+    """A ``Stream`` replays the kernel calls of its first chunk of a shape, or the second where
+    a frozen model's first packed the units split's panels (``cpu.Replay``): chunks of several
+    shapes in turn, one not C-contiguous, a reset between, on the rows' plans and the units
+    split, a model frozen or not, equal the same stream without replays bit for bit and the
+    reference within float32's rounding; the planned forward runs no more once a shape
+    replays."""
+    if threads:
+        threads_at_any_size(monkeypatch)
+    model = ln.LSTM(20, 40, seed=5, **options)
+    model = model.freeze() if frozen else model
+    planned = []
+    layer_forward = cpu.lstm_layer_forward
+    monkeypatch.setattr(
+        cpu, "lstm_layer_forward", lambda *a, **k: planned.append(1) or layer_forward(*a, **k)
+    )
+    split, unit_split_forward = [], cpu._unit_split_forward
+    monkeypatch.setattr(
+        cpu, "_unit_split_forward", lambda *a: split.append(1) or unit_split_forward(*a)
+    )
+    time_axis = 1 if model.batch_first else 0
+    cuts = [1, 2, 3, 7, 8, 9, 13, 14, 15, 16, 17, 21]  # chunks of 1 and 4 steps, then 1
+    for batch in (1, 3, 8):
+        shape = (batch, 24, 20) if model.batch_first else (24, batch, 20)
+        x = rng.standard_normal(shape).astype(np.float32)
+        chunks = np.split(x, cuts, axis=time_axis)
+        chunks[4] = np.asfortranarray(chunks[4])
+        outputs = []
+        for replays in (ln.model.MOST_REPLAYS, 0):
+            monkeypatch.setattr(ln.model, "MOST_REPLAYS", replays)
+            stream, ys, ran = model.stream(batch), [], []
+            for k, chunk in enumerate(chunks):
+                if k == 9:
+                    stream.reset()
+                before = len(planned)
+                ys.append(stream.step(chunk))
+                ran.append(len(planned) > before)  # the planned forward ran, not a replay
+            outputs.append((np.concatenate(ys, axis=time_axis), *stream.state))
+            replayed = {key[0] for key, replay in stream._replays.items() if replay is not None}
+            # every shape replays on a frozen model; not frozen, where its plan packs W_hh for
+            # the call (one row over few steps does not)
+            assert len(replayed) == 3 if frozen and replays else replays or not replayed
+            assert replayed or not replays or batch > 1
+            for shape in replayed:  # the second chunk records where the first packed
+                runs = [run for run, chunk in zip(ran, chunks, strict=True) if chunk.shape == shape]
+                assert runs[0] and not any(runs[2:]), (shape, runs)
+            assert replays or all(ran)
+        for replayed, planned_again in zip(*outputs, strict=True):
+            np.testing.assert_array_equal(replayed, planned_again)
+        restart = sum(chunk.shape[time_axis] for chunk in chunks[:9])
+        later = x[:, restart:] if model.batch_first else x[restart:]
+        expected = reference.model_forward(model, later)[0]
+        assert_close(outputs[0][0][:, restart:] if model.batch_first else outputs[0][0][restart:],
+                     expected)  # fmt: skip
+    seed_cell = not (model.proj_size or model.peepholes)
+    assert bool(split) == (threads and seed_cell)  # the units split's replays were tested too
+
+
+def test_a_replay_refuses_views_of_x_and_y(rng):
+    """``cpu.Replay.of`` replays only calls whose arguments are x, y or arrays of their own: a
+    view of x or y would keep reading the recorded call's."""
+    x, y = np.zeros((2, 3, 4)), np.zeros((2, 3, 5))
+
+    def fill(x, y, scale):
+        y[...] = scale * x.sum()
+
+    taping = cpu.Recording()
+    taping.note(fill, (x, y, 2.0), contextlib.nullcontext)
+    replay = cpu.Replay.of(taping, x, y)
+    np.testing.assert_array_equal(replay(np.ones_like(x)), np.full(y.shape, 48.0))
+    for view in (x[0], y[:, 1:]):
+        taping = cpu.Recording()
+        taping.note(fill, (x, y, view), contextlib.nullcontext)
+        assert cpu.Replay.of(taping, x, y) is None
+    taping = cpu.Recording()
+    taping.note(fill, (x, y, 2.0), None)  # a call that is more than the kernel's
+    assert cpu.Replay.of(taping, x, y) is None
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["sizes", "threads"])
+@pytest.mark.parametrize("options", [{}, {"peepholes": True}], ids=["plain", "peepholes"])
+def test_a_replayed_chunk_reads_the_weights_as_they_are_now(rng, monkeypatch, options, threads):
+    """A model's weights change in place only (an element, an attribute, ``load_state_dict``):
+    a replayed chunk reads them where the kernels read them and adds the bias sum again, so
+    that it equals a chunk planned anew, bit for bit, after every kind of change (one row on
+    the calling thread; two rows split by units on the threads)."""
+    if threads:
+        threads_at_any_size(monkeypatch)
+    model = ln.LSTM(12, 48, seed=2, **options)
+    batch = 2 if threads else 1
+    replaying, planning = model.stream(batch), model.stream(batch)
+    changes = [
+        lambda: model.weight_hh_l0.__imul__(0.9),
+        lambda: model.weight_ih_l0.__setitem__((0, 0), 3.0),
+        lambda: setattr(model, "bias_hh_l0", rng.standard_normal(4 * 48).astype(np.float32)),
+        lambda: model.load_state_dict({"bias_ih_l0": np.ones(4 * 48, np.float32)}, strict=False),
+    ]
+    if model.peepholes:
+        changes.append(lambda: model.peephole_l0.__iadd__(0.5))
+    for change in [lambda: None, lambda: None, *changes]:
+        change()
+        chunk = rng.standard_normal((batch, 1, 12)).astype(np.float32)
+        replayed = replaying.step(chunk)
+        monkeypatch.setattr(ln.model, "MOST_REPLAYS", 0)
+        planned = planning.step(chunk)
+        monkeypatch.setattr(ln.model, "MOST_REPLAYS", 16)
+        np.testing.assert_array_equal(replayed, planned)
+    assert any(replaying._replays.values())  # the chunks after the first replayed
