@@ -1838,15 +1838,15 @@ class _UnitSplitCall(_OnNumbaThreads):
         self.h, self.h_buffer, self.counters, self.steps = h, h_buffer, counters, steps
 
     def __enter__(self):
+        super().__enter__()  # the driver's lock first: the workspaces are a replay's, shared
         self.counters[:] = 0
         self.h_buffer[0] = self.h
-        super().__enter__()
 
     def __exit__(self, *exception):
         try:
-            super().__exit__(*exception)
-        finally:
             self.h[:] = self.h_buffer[self.steps % 2]
+        finally:
+            super().__exit__(*exception)
 
 
 def _unit_split_panels(weights, shapes):

@@ -1122,6 +1122,12 @@ class Stream:
         """Copies of the current ``(h, c)``: (L, B, H_out) and (L, B, H)."""
         return self._h.copy(), self._c.copy()
 
+    def __getstate__(self):
+        """Pickled, or deep-copied, without its replays (``_replayed``): their arguments are views
+        of this stream's states and of its model's weights, which a copy would make arrays of
+        their own; the copy records its own."""
+        return {**self.__dict__, "_replays": {}}
+
     def __repr__(self):
         return f"Stream({self.model!r}, batch_size={self.batch_size})"
 

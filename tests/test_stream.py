@@ -1,6 +1,8 @@
 """Streaming: chunked calls equal one call on the whole sequence."""
 
 import contextlib
+import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -291,3 +293,24 @@ def test_a_replayed_chunk_reads_the_weights_as_they_are_now(rng, monkeypatch, op
         monkeypatch.setattr(ln.model, "MOST_REPLAYS", 16)
         np.testing.assert_array_equal(replayed, planned)
     assert any(replaying._replays.values())  # the chunks after the first replayed
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda s: pickle.loads(pickle.dumps(s))])
+def test_a_copied_stream_records_its_own_replays(rng, duplicate):
+    """A copy of a stream that replays (deep copy, pickle) goes on from the same state on its own
+    copies of the model and the states, as the original does, its state and its model's weight
+    edits included: its replays, whose arguments are the original's arrays, are not copied."""
+    model = ln.LSTM(8, 24, num_layers=2, seed=6)
+    x = rng.standard_normal((2, 9, 8)).astype(np.float32)
+    stream = model.stream(2)
+    for t in range(4):
+        stream.step(x[:, t])
+    twin = duplicate(stream)
+    assert stream._replays and not twin._replays
+    for each in (stream, twin):
+        each.model.weight_hh_l1[...] *= 0.5
+    ours = [stream.step(x[:, t]) for t in range(4, 9)]
+    theirs = [twin.step(x[:, t]) for t in range(4, 9)]
+    np.testing.assert_array_equal(np.stack(ours, 1), np.stack(theirs, 1))
+    for mine, copied in zip(stream.state, twin.state, strict=True):
+        np.testing.assert_array_equal(mine, copied)
