@@ -228,17 +228,17 @@ class LSTM:
         self._cells = [self._make_cell(layer) for layer in range(self.num_layers)]
 
     def freeze(self):
-        """A copy of this model whose weights cannot change, so that its CPU forwards pack them for
-        the register tile once, on the first call that reads them packed, instead of on every call,
-        and read them packed over any number of steps (as ONNX Runtime's session, or
-        ``torch.jit.freeze``, prepack theirs): calls of a few rows over few steps, such as a
+        """A copy of this model whose weights cannot change, so that its CPU forwards pack them
+        for the register tile once, on the first call that reads them packed, instead of on
+        every call, and read them packed over any number of steps (as ONNX Runtime's session,
+        or ``torch.jit.freeze``, prepack theirs): calls of a few rows over few steps, such as a
         ``Stream``'s, up to 1.5× as fast. The results agree with this model's within float32's
-        rounding (the products sum in another order where the plans differ), and are the same from
-        call to call. Its weights are read-only arrays: writing into one, assigning one or
-        ``load_state_dict`` raises; change the model it came from and freeze that again. The packed
-        copies take memory for the model's life, up to 2.5 × the weights' (a copy of W_hh and W_ih
-        for each way its calls read them). A frozen model returns itself; saved and loaded, a model
-        is not frozen. docs/performance.md, items 68 and 69."""
+        rounding (the products sum in another order where the plans differ), and are the same
+        from call to call. Its weights are read-only arrays: writing into one, assigning one or
+        ``load_state_dict`` raises; change the model it came from and freeze that again. The
+        packed copies take memory for the model's life, up to 2.5 × the weights' (a copy of
+        W_hh and W_ih for each way its calls read them). A frozen model returns itself; saved
+        and loaded, a model is not frozen. docs/performance.md, item 68."""
         if self.frozen:
             return self
         frozen = LSTM(**self.config)
