@@ -1673,7 +1673,7 @@ def recording():
 class Replay:
     """A forward's kernel calls made again on a new x of the shape and dtype it ran on, into a
     new y: ``y = replay(x)``, without the Python that planned them (a ``Stream``'s chunks:
-    ≈ 4–12 µs a one-step call at H ≤ 128, docs/performance.md, item 69). Every other argument is
+    ≈ 5–15 µs a one-step call at H ≤ 128, docs/performance.md, item 69). Every other argument is
     the recorded one, so only a forward whose arguments stay what they were may be replayed:
     weights changed only in place (a model's are), panels kept or packed by the kernel itself,
     states updated in place, and what is derived from the weights computed again first (the
@@ -1844,7 +1844,8 @@ class _UnitSplitCall(_OnNumbaThreads):
 
     def __exit__(self, *exception):
         try:
-            self.h[:] = self.h_buffer[self.steps % 2]
+            if exception[0] is None:
+                self.h[:] = self.h_buffer[self.steps % 2]
         finally:
             super().__exit__(*exception)
 
