@@ -1748,10 +1748,9 @@ def _run(kernel, arguments, context=None):
     against 0.2.)"""
     if kernel is pack_panels:
         return _panels_of(*arguments)
-    taping = _RECORDING.get()
-    if taping is not None:
-        taping.note(kernel, arguments, context)
-    run = _DRY_RUN.get()
+    taping, run = _RECORDING.get(), _DRY_RUN.get()
+    if taping is not None:  # a dry run's call is not one to replay: its panels are the dry run's
+        taping.note(kernel, arguments, context if run is None else None)
     if run is None:
         if context is None:
             return kernel(*arguments)

@@ -3,6 +3,7 @@
 import itertools
 import math
 import re
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -217,6 +218,7 @@ class LSTM:
             ) from error
         self._layers = self._allocate_layers(rng)
         self._kept_panels = None  # the weights packed once, a frozen model's (``freeze``)
+        self._replays = Replays()  # the calls' kernel calls, per Python thread (``_replayed``)
         self._bind_views()
 
     def _bind_views(self):
@@ -614,7 +616,7 @@ class LSTM:
             x = dispatch.to_device(x)  # NumPy in, device="cuda": copied over once checked
         elif on_gpu and not x.is_c_contiguous():
             raise ValueError("x: expected a C-contiguous CUDA array (e.g. tensor.contiguous())")
-        padded = lengths is not None
+        padded, given_lengths = lengths is not None, lengths
         if padded and dispatch.is_gpu_array(lengths):
             lengths = dispatch.to_device(lengths).copy_to_host()
         if padded:
@@ -632,6 +634,8 @@ class LSTM:
 
         if on_gpu:
             y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
+        elif given_lengths is None and traces is None and self.num_directions == 1:
+            y, (h_n, c_n) = self._replayed(np.ascontiguousarray(x), h0, c0, lengths)
         else:
             y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces, low_memory)
         if on_gpu or not isinstance(given, np.ndarray):  # NumPy in and out: nothing to convert
@@ -644,6 +648,23 @@ class LSTM:
             traces = traces[:, :, 0] if unbatched else traces
             return y, (h_n, c_n), Gates(*(traces[:, k] for k in range(5)))
         return y, (h_n, c_n)
+
+    def _replayed(self, x, h0, c0, lengths):
+        """``_forward_cpu`` of a C-contiguous x (one direction, every row's length T), from and
+        into fresh states h0, c0: the first call of a shape in this Python thread runs it and
+        records its kernel calls, later ones replay them (``Replays``) on states of the replay's
+        own, into which h0 and c0 are copied first, and of which the results are copies."""
+        replays = self._replays.here()
+        key = x.shape
+        found = replays.get(key)
+        if found is not None:
+            replay, h_state, c_state = found
+            h_state[...], c_state[...] = h0, c0
+            return replay(x), (h_state.copy(), c_state.copy())
+        y, states = replays.record(key, self._forward_cpu, x, h0, c0, lengths, False, None)
+        if replays.get(key) is not None:  # h0, c0 are the replay's now
+            return y, (h0.copy(), c0.copy())
+        return y, states
 
     def warm_up(self, *, return_gates=False):
         """Compile every CPU kernel this model's calls can take on this machine, or load it from
@@ -1088,8 +1109,57 @@ def _move_rows_in_place(array, order, axis):
 
 
 MOST_REPLAYS = 16
-"""The most chunk shapes a ``Stream`` records for replay (``Stream._replayed``); chunks of other
-shapes run the forward as ever."""
+"""The most input shapes a ``Replays`` records (a ``Stream``'s, a model's in each Python thread);
+inputs of other shapes run the forward as ever."""
+
+
+class Replays:
+    """The recorded forwards (``cpu.Replay``) of a ``Stream``, or of a model's calls in each Python
+    thread (``here``), by key (the input's shape, and ``cpu.thread_settings``): the first call of
+    a key runs the forward and records its kernel calls (``record``), later ones replay them,
+    where the forward is all replayable calls (on the threads or not, rows or units split, W_hh
+    not packed for the call: a frozen model's kept, or packed by the units split's kernel). The
+    weights change only in place, the kernels read them where they are, and the bias sum is added
+    again each replay: a replayed call sees weights changed since as a planned one does."""
+
+    def __init__(self):
+        self._entries = {}
+        self._threads = threading.local()
+
+    def here(self):
+        """This Python thread's ``Replays`` of a model: each thread replays on states and
+        workspaces of its own."""
+        mine = getattr(self._threads, "replays", None)
+        if mine is None:
+            mine = self._threads.replays = Replays()
+        return mine
+
+    def get(self, key):
+        """The entry recorded for ``key`` (a ``cpu.Replay``, with the states it runs on for a
+        model's calls), or None."""
+        return self._entries.get((key, cpu.thread_settings())) or None
+
+    def record(self, key, forward, x, *arguments):
+        """``forward(x, *arguments)``, recorded for ``key`` unless the key was tried before or
+        the ``MOST_REPLAYS`` are taken; its ``(y, states)`` (y with the states it returns). Where
+        the forward packed the panels that later calls find kept, the next call records."""
+        key = (key, cpu.thread_settings())
+        if key in self._entries or len(self._entries) >= MOST_REPLAYS:
+            return forward(x, *arguments)
+        with cpu.recording() as taping:
+            y, states = forward(x, *arguments)
+        if taping.settled:
+            replay = cpu.Replay.of(taping, x, y)
+            self._entries[key] = None if replay is None else (replay, *states)
+        return y, states
+
+    def __getstate__(self):
+        """Pickled, or deep-copied, empty: the recorded arguments are views of the states and
+        weights of their stream or model, which a copy would make arrays of their own."""
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
 
 
 class Stream:
@@ -1102,7 +1172,7 @@ class Stream:
     restarts some sequences (all by default) from zero states; ``stream.state`` is a copy of
     ``(h, c)``. Forward models only: a reverse direction would need the end of the sequence first.
     A stream replays the kernel calls of the first chunk of each shape on the later ones
-    (``_replayed``).
+    (``Replays``).
     """
 
     def __init__(self, model, batch_size, hx=None):
@@ -1115,18 +1185,12 @@ class Stream:
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._h, self._c = model._initial_states(hx, self.batch_size, False, False)  # copies
         self._lengths = np.zeros(self.batch_size, np.int64)  # every row's steps in a chunk
-        self._replays = {}  # the forwards' calls, by chunk shape and threads (``_replayed``)
+        self._replays = Replays()  # the forwards' calls, by chunk shape (``_replayed``)
 
     @property
     def state(self):
         """Copies of the current ``(h, c)``: (L, B, H_out) and (L, B, H)."""
         return self._h.copy(), self._c.copy()
-
-    def __getstate__(self):
-        """Pickled, or deep-copied, without its replays (``_replayed``): their arguments are views
-        of this stream's states and of its model's weights, which a copy would make arrays of
-        their own; the copy records its own."""
-        return {**self.__dict__, "_replays": {}}
 
     def __repr__(self):
         return f"Stream({self.model!r}, batch_size={self.batch_size})"
@@ -1208,22 +1272,11 @@ class Stream:
         return dispatch.like_input(given, self._replayed(np.ascontiguousarray(chunk)))
 
     def _replayed(self, chunk):
-        """y of a C-contiguous chunk: the first chunk of a shape (under the same
-        ``cpu.thread_settings``) runs the forward and records its kernel calls, later ones
-        replay them (``cpu.Replay``), where the forward is all replayable calls (on the threads
-        or not, rows or units split, W_hh not packed for the call: a frozen model's kept, or
-        packed by the units split's kernel). The weights change only in place, the kernels read
-        them where they are, and the bias sum is added again each replay: a replayed chunk sees
-        weights changed since as a planned one does."""
-        key = (chunk.shape, cpu.thread_settings())
-        replay = self._replays.get(key, False)
-        if replay:
-            return replay(chunk)
-        if replay is None or len(self._replays) >= MOST_REPLAYS:
-            y, _ = self.model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
-            return y
-        with cpu.recording() as taping:
-            y, _ = self.model._forward_cpu(chunk, self._h, self._c, self._lengths, False, None)
-        if taping.settled:  # else the next chunk of the shape records
-            self._replays[key] = cpu.Replay.of(taping, chunk, y)
+        """y of a C-contiguous chunk, its calls replayed where recorded (``Replays``)."""
+        found = self._replays.get(chunk.shape)
+        if found is not None:
+            return found[0](chunk)
+        forward = self.model._forward_cpu
+        y, _ = self._replays.record(chunk.shape, forward, chunk, self._h, self._c, self._lengths,
+                                    False, None)  # fmt: skip
         return y

@@ -3,6 +3,7 @@
 import contextlib
 import copy
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -223,7 +224,8 @@ def test_a_stream_replays_its_kernel_calls(rng, monkeypatch, options, threads, f
                 ys.append(stream.step(chunk))
                 ran.append(len(planned) > before)  # the planned forward ran, not a replay
             outputs.append((np.concatenate(ys, axis=time_axis), *stream.state))
-            replayed = {key[0] for key, replay in stream._replays.items() if replay is not None}
+            entries = stream._replays._entries
+            replayed = {key[0] for key, replay in entries.items() if replay is not None}
             # every shape replays on a frozen model; not frozen, where its plan packs W_hh for
             # the call (one row over few steps does not)
             assert len(replayed) == 3 if frozen and replays else replays or not replayed
@@ -292,7 +294,7 @@ def test_a_replayed_chunk_reads_the_weights_as_they_are_now(rng, monkeypatch, op
         planned = planning.step(chunk)
         monkeypatch.setattr(ln.model, "MOST_REPLAYS", 16)
         np.testing.assert_array_equal(replayed, planned)
-    assert any(replaying._replays.values())  # the chunks after the first replayed
+    assert any(replaying._replays._entries.values())  # the chunks after the first replayed
 
 
 @pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda s: pickle.loads(pickle.dumps(s))])
@@ -306,7 +308,7 @@ def test_a_copied_stream_records_its_own_replays(rng, duplicate):
     for t in range(4):
         stream.step(x[:, t])
     twin = duplicate(stream)
-    assert stream._replays and not twin._replays
+    assert stream._replays._entries and not twin._replays._entries
     for each in (stream, twin):
         each.model.weight_hh_l1[...] *= 0.5
     ours = [stream.step(x[:, t]) for t in range(4, 9)]
@@ -314,3 +316,55 @@ def test_a_copied_stream_records_its_own_replays(rng, duplicate):
     np.testing.assert_array_equal(np.stack(ours, 1), np.stack(theirs, 1))
     for mine, copied in zip(stream.state, twin.state, strict=True):
         np.testing.assert_array_equal(mine, copied)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["not_frozen", "frozen"])
+def test_a_model_s_calls_replay_in_each_python_thread(rng, monkeypatch, frozen):
+    """``model(x, hx)`` in one direction without lengths or gates replays the kernel calls of
+    its first call of x's shape in the Python thread (``model.Replays``), on states of the
+    replay's own: calls with and without states, unbatched, weights changed in place between,
+    equal calls planned anew bit for bit and return fresh arrays; Python threads calling one
+    model at once each get the reference's results."""
+    model = ln.LSTM(10, 40, num_layers=2, seed=8)
+    model = model.freeze() if frozen else model
+    twin = copy.deepcopy(model)  # its calls planned anew, every one
+    x = rng.standard_normal((3, 2, 10)).astype(np.float32)
+    hx = tuple(rng.standard_normal((2, 3, 40)).astype(np.float32) for _ in "hc")
+    calls = [(x, hx), (x, None), (x[0], tuple(state[:, 0] for state in hx)), (x, hx)]
+    results = []
+    for k, arguments in enumerate(calls * 3):
+        if k == 6 and not frozen:
+            for each in (model, twin):
+                each.weight_hh_l1[...] *= 0.5
+                each.bias_ih_l0 = np.ones(160, np.float32)
+        replayed = model(*arguments)
+        monkeypatch.setattr(ln.model, "MOST_REPLAYS", 0)
+        planned = twin(*arguments)
+        monkeypatch.setattr(ln.model, "MOST_REPLAYS", 16)
+        for got, expected in zip(
+            (replayed[0], *replayed[1]), (planned[0], *planned[1]), strict=True
+        ):  # fmt: skip
+            np.testing.assert_array_equal(got, expected)
+        results.append(replayed)
+    entries = model._replays.here()._entries
+    assert sum(entry is not None for entry in entries.values()) == 2  # (3, 2, 10), (1, 2, 10)
+    assert not twin._replays.here()._entries
+    assert not np.shares_memory(results[-1][1][0], results[-5][1][0])  # fresh states each call
+    inputs = [rng.standard_normal((3, 2, 10)).astype(np.float32) for _ in range(4)]
+    expected = [reference.model_forward(model, each, hx)[0] for each in inputs]
+    start, failures = threading.Barrier(4), []
+
+    def run(which):
+        start.wait()
+        for _ in range(20):
+            try:
+                assert_close(model(inputs[which], hx)[0], expected[which])
+            except AssertionError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[0]
