@@ -1671,12 +1671,12 @@ def recording():
 
 
 class Replay:
-    """A forward's kernel calls made again on a new x of the shape and dtype it ran on, into a
-    new y: ``y = replay(x)``, without the Python that planned them (a ``Stream``'s chunks:
-    ≈ 5–15 µs a one-step call at H ≤ 128, docs/performance.md, item 69). Every other argument is
-    the recorded one, so only a forward whose arguments stay what they were may be replayed:
-    weights changed only in place (a model's are), panels kept or packed by the kernel itself,
-    states updated in place, and what is derived from the weights computed again first (the
+    """A forward's kernel calls made again on a new x of the shape and dtype it ran on, into a new
+    y: ``y = replay(x)``, without the Python that planned them (``model.Replays``: a ``Stream``'s
+    chunks, ≈ 5–15 µs a one-step call at H ≤ 128, docs/performance.md, item 69). Every other
+    argument is the recorded one, so only a forward whose arguments stay what they were may be
+    replayed: weights changed only in place (a model's are), panels kept or packed by the kernel
+    itself, states updated in place, and what is derived from the weights computed again first (the
     recording's ``refreshes``)."""
 
     __slots__ = ("calls", "refreshes", "y_shape", "y_dtype")

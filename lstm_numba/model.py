@@ -1120,7 +1120,9 @@ class Replays:
     where the forward is all replayable calls (on the threads or not, rows or units split, W_hh
     not packed for the call: a frozen model's kept, or packed by the units split's kernel). The
     weights change only in place, the kernels read them where they are, and the bias sum is added
-    again each replay: a replayed call sees weights changed since as a planned one does."""
+    again each replay: a replayed call sees weights changed since as a planned one does. A replay
+    keeps its recording's plan: BLAS's threads limited since by other means than
+    ``set_num_threads`` (threadpoolctl) would plan another, of the same results."""
 
     def __init__(self):
         self._entries = {}

@@ -1228,6 +1228,7 @@ def test_one_row_reads_w_hh_packed_from_enough_steps(rng, dtype, monkeypatch):
     one thread, and matches the reference there; with fewer steps, or W_hh beyond L2 and BLAS
     on several threads, its product stays BLAS's (or the loop's)."""
     products = record_row_worker_argument(monkeypatch, 15)
+    monkeypatch.setattr(ln.model, "MOST_REPLAYS", 0)  # every call planned: a replay keeps its plan
     model = ln.LSTM(6, 40, peepholes=True, dtype=dtype, seed=1)  # no units split: ONNX's cell
     least = cpu.ONE_ROW_PANEL_MIN_STEPS
     for steps in (least + 2, least + 3):  # the longest length decides: least − 1, least
