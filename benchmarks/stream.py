@@ -1,19 +1,21 @@
 """One time step of a stream, per library, in one process: lstm_numba's ``Stream`` (its model
-not frozen and frozen), ``torch.nn.LSTM`` and ONNX Runtime, each fed back the state it returned.
+not frozen and frozen) and its calls, ``torch.nn.LSTM`` and ONNX Runtime, each fed back its state.
 
     python benchmarks/stream.py                    # the shapes of docs/performance.md, item 69
     python benchmarks/stream.py --shapes 1,64,128 8,256,256 --threads 1
-    python benchmarks/stream.py --planned          # and lstm_numba's streams without replays
+    python benchmarks/stream.py --planned          # and lstm_numba's steps without replays
 
 For each B,I,H shape, a float32 ``LSTM(I, H)``, its frozen copy and torch's and ONNX Runtime's
 copies of it (each when installed) take one (B, 1, I) chunk at a time, from the state their last
-step left. The libraries take ``--rounds`` turns, each after a pause in which the one before
-lets its idle threads sleep (``PEER_IDLE_SECONDS``); a turn keeps the best of five
-loops' mean time a step. Printed: the medians of the turns, in µs, and the ratios of each
-library's time to lstm_numba's stream's (> 1: lstm_numba's stream is faster).
+step left (lstm_numba also as calls of the model, ``y, state = model(chunk, state)``). The libraries
+take ``--rounds`` turns, each after a pause in which the one before lets its idle threads sleep
+(``PEER_IDLE_SECONDS``); a turn keeps the best of five loops' mean time a step. Printed: the medians
+of the turns, in µs, and the ratios of each library's time to lstm_numba's stream's (> 1:
+lstm_numba's stream is faster).
 """
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -27,9 +29,10 @@ SHAPES = ["1,8,8", "1,32,64", "1,64,128", "1,128,256", "4,64,64", "8,256,256", "
 
 def stream_steps(model, x, threads=None, planned=False):
     """Library name → (version, zero-argument callable running one step of x (B, 1, I) from the
-    state the last one left), for lstm_numba (not frozen, frozen) and each installed peer; the
-    peers on ``threads`` threads, or their own count. With ``planned``, also lstm_numba's
-    streams planning every call instead of replaying (``planned_step``)."""
+    state the last one left), for lstm_numba (its streams, not frozen and frozen, and its calls,
+    ``call_step``) and each installed peer; the peers on ``threads`` threads, or their own
+    count. With ``planned``, also lstm_numba's streams and calls planning every call instead of
+    replaying (``planned_step``)."""
     batch, hidden = x.shape[0], model.hidden_size
     steps = {}
     for name, each in (("lstm_numba", model), ("lstm_numba frozen", model.freeze())):
@@ -38,6 +41,10 @@ def stream_steps(model, x, threads=None, planned=False):
         if planned:  # a frozen copy of its own: the one above keeps the replays' workspaces
             planning = planned_step((each or model.freeze()).stream(batch).step)
             steps[name] = (lstm_numba.__version__, planning)
+    steps["lstm_numba calls"] = (lstm_numba.__version__, call_step(model))
+    if planned:  # a copy: its calls record nothing of the model's own
+        planning = planned_step(call_step(copy.deepcopy(model)))
+        steps["lstm_numba calls, planned"] = (lstm_numba.__version__, planning)
     try:
         import torch
     except ImportError:
@@ -76,6 +83,18 @@ def stream_steps(model, x, threads=None, planned=False):
 
         steps["onnxruntime"] = (onnxruntime.__version__, onnxruntime_step)
     return {name: (version, lambda step=step: step(x)) for name, (version, step) in steps.items()}
+
+
+def call_step(model):
+    """One step as ``y, state = model(chunk, state)``, the state fed back as torch's is: the
+    model's own calls, which replay as a stream's do (docs/performance.md, item 69)."""
+    state = [None]
+
+    def step(chunk):
+        y, state[0] = model(chunk, state[0])
+        return y
+
+    return step
 
 
 def planned_step(step):
