@@ -1658,6 +1658,15 @@ def note_refresh(function, *arguments):
         taping.refreshes.append(functools.partial(function, *arguments))
 
 
+def note_moved():
+    """Note, in this thread's recording (``recording``) if any, that the forward moves data
+    outside the kernels (a direction's output copied into y), which a ``Replay`` would not: the
+    recording is not one to replay."""
+    taping = _RECORDING.get()
+    if taping is not None:
+        taping.replayable = False
+
+
 @contextlib.contextmanager
 def recording():
     """A context in which this thread's forwards run as ever and note their kernel calls in the
@@ -1931,6 +1940,7 @@ def lstm_directions_in_halves(
     pending = new_array((*y.shape[:2], width), y.dtype)
     early, late = np.minimum(lengths, half), np.maximum(lengths - half, 0)
     run = _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, traces)
+    note_moved()
     _side_by_side(
         (lambda: run(0, h[0], c[0], pending, 0, early, 0),
          lambda: run(1, h[1], c[1], pending, 0, late, half)),
@@ -2025,6 +2035,7 @@ def lstm_directions_recomputed(
     saved_h = np.empty((len(starts), *h.shape[1:]), h.dtype)
     saved_c = np.empty((len(starts), *c.shape[1:]), c.dtype)
     run = _direction_runner(y, w_ih, w_hh, w_hr, bias, cell, lengths, batch_first, None)
+    note_moved()
     dry = running_dry()
     claim = threading.Lock()  # guards next_window and recomputed
     next_window = [len(starts) - 1]  # the highest window no thread has claimed to recompute

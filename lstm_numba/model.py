@@ -218,7 +218,7 @@ class LSTM:
             ) from error
         self._layers = self._allocate_layers(rng)
         self._kept_panels = None  # the weights packed once, a frozen model's (``freeze``)
-        self._replays = Replays()  # the calls' kernel calls, per Python thread (``_replayed``)
+        self._replays = ThreadReplays()  # the calls' kernel calls (``_replayed``)
         self._bind_views()
 
     def _bind_views(self):
@@ -634,8 +634,8 @@ class LSTM:
 
         if on_gpu:
             y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
-        elif given_lengths is None and traces is None and self.num_directions == 1:
-            y, (h_n, c_n) = self._replayed(np.ascontiguousarray(x), h0, c0, lengths)
+        elif given_lengths is None and traces is None:
+            y, (h_n, c_n) = self._replayed(np.ascontiguousarray(x), h0, c0, lengths, low_memory)
         else:
             y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces, low_memory)
         if on_gpu or not isinstance(given, np.ndarray):  # NumPy in and out: nothing to convert
@@ -649,19 +649,22 @@ class LSTM:
             return y, (h_n, c_n), Gates(*(traces[:, k] for k in range(5)))
         return y, (h_n, c_n)
 
-    def _replayed(self, x, h0, c0, lengths):
-        """``_forward_cpu`` of a C-contiguous x (one direction, every row's length T), from and
-        into fresh states h0, c0: the first call of a shape in this Python thread runs it and
-        records its kernel calls, later ones replay them (``Replays``) on states of the replay's
-        own, into which h0 and c0 are copied first, and of which the results are copies."""
+    def _replayed(self, x, h0, c0, lengths, low_memory):
+        """``_forward_cpu`` of a C-contiguous x (every row's length T, no traces), from and
+        into fresh states h0, c0: the first call of a shape (and ``low_memory``, which may
+        change the plan of two directions) in this Python thread runs it and records its kernel
+        calls, later ones replay them (``Replays``) on states of the replay's own, into which h0
+        and c0 are copied first, and of which the results are copies."""
         replays = self._replays.here()
-        key = x.shape
+        key = (x.shape, low_memory)
         found = replays.get(key)
         if found is not None:
             replay, h_state, c_state = found
             h_state[...], c_state[...] = h0, c0
             return replay(x), (h_state.copy(), c_state.copy())
-        y, states = replays.record(key, self._forward_cpu, x, h0, c0, lengths, False, None)
+        y, states = replays.record(
+            key, self._forward_cpu, x, h0, c0, lengths, False, None, low_memory
+        )  # fmt: skip
         if replays.get(key) is not None:  # h0, c0 are the replay's now
             return y, (h0.copy(), c0.copy())
         return y, states
@@ -1032,6 +1035,7 @@ class LSTM:
         most = -(-batch // groups)  # rows in the largest group
         time_steps = y.shape[1 if self.batch_first else 0]
         waiting = np.zeros(most * time_steps * width, self.dtype)  # zeros past rows' lengths
+        cpu.note_moved()  # the forward output copied into y
         for group in range(groups):
             rows = slice(group * batch // groups, (group + 1) * batch // groups)
             size, group_lengths = rows.stop - rows.start, lengths[rows]
@@ -1126,15 +1130,6 @@ class Replays:
 
     def __init__(self):
         self._entries = {}
-        self._threads = threading.local()
-
-    def here(self):
-        """This Python thread's ``Replays`` of a model: each thread replays on states and
-        workspaces of its own."""
-        mine = getattr(self._threads, "replays", None)
-        if mine is None:
-            mine = self._threads.replays = Replays()
-        return mine
 
     def get(self, key):
         """The entry recorded for ``key`` (a ``cpu.Replay``, with the states it runs on for a
@@ -1158,6 +1153,27 @@ class Replays:
     def __getstate__(self):
         """Pickled, or deep-copied, empty: the recorded arguments are views of the states and
         weights of their stream or model, which a copy would make arrays of their own."""
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
+class ThreadReplays:
+    """A model's ``Replays`` in each Python thread (``here``): each thread replays on states and
+    workspaces of its own. Pickled, or deep-copied, empty, as ``Replays`` are."""
+
+    def __init__(self):
+        self._threads = threading.local()
+
+    def here(self):
+        """This Python thread's ``Replays``."""
+        mine = getattr(self._threads, "replays", None)
+        if mine is None:
+            mine = self._threads.replays = Replays()
+        return mine
+
+    def __getstate__(self):
         return {}
 
     def __setstate__(self, state):

@@ -318,18 +318,19 @@ def test_a_copied_stream_records_its_own_replays(rng, duplicate):
         np.testing.assert_array_equal(mine, copied)
 
 
+@pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("frozen", [False, True], ids=["not_frozen", "frozen"])
-def test_a_model_s_calls_replay_in_each_python_thread(rng, monkeypatch, frozen):
-    """``model(x, hx)`` in one direction without lengths or gates replays the kernel calls of
-    its first call of x's shape in the Python thread (``model.Replays``), on states of the
-    replay's own: calls with and without states, unbatched, weights changed in place between,
-    equal calls planned anew bit for bit and return fresh arrays; Python threads calling one
-    model at once each get the reference's results."""
-    model = ln.LSTM(10, 40, num_layers=2, seed=8)
+def test_a_model_s_calls_replay_in_each_python_thread(rng, monkeypatch, frozen, directions):
+    """``model(x, hx)`` without lengths or gates replays the kernel calls of its first call of
+    x's shape in the Python thread (``model.ThreadReplays``), on states of the replay's own:
+    calls with and without states, unbatched, weights changed in place between, equal calls
+    planned anew bit for bit and return fresh arrays; Python threads calling one model at once
+    each get the reference's results."""
+    model = ln.LSTM(10, 40, num_layers=2, bidirectional=directions == 2, seed=8)
     model = model.freeze() if frozen else model
     twin = copy.deepcopy(model)  # its calls planned anew, every one
     x = rng.standard_normal((3, 2, 10)).astype(np.float32)
-    hx = tuple(rng.standard_normal((2, 3, 40)).astype(np.float32) for _ in "hc")
+    hx = tuple(rng.standard_normal((2 * directions, 3, 40)).astype(np.float32) for _ in "hc")
     calls = [(x, hx), (x, None), (x[0], tuple(state[:, 0] for state in hx)), (x, hx)]
     results = []
     for k, arguments in enumerate(calls * 3):
@@ -368,3 +369,31 @@ def test_a_model_s_calls_replay_in_each_python_thread(rng, monkeypatch, frozen):
     for thread in threads:
         thread.join()
     assert not failures, failures[0]
+
+
+@pytest.mark.parametrize(
+    ("batch", "threads", "in_place"),
+    [(1, False, cpu.RECOMPUTED), (8, False, cpu.IN_TURN), (3, True, cpu.IN_HALVES)],
+)
+def test_two_directions_in_place_are_not_replayed(rng, monkeypatch, batch, threads, in_place):
+    """A stack of two directions whose later layers run on y in place (``low_memory``, here
+    with room for in turn and in halves of time) copies a direction's output into y outside the
+    kernels, which a replay would not (``cpu.note_moved``): its calls plan anew, every one, and
+    equal the reference; without ``low_memory`` the same model's calls replay, to the same y
+    (frozen: several rows' panels kept)."""
+    if threads:
+        threads_at_any_size(monkeypatch)
+    monkeypatch.setattr(cpu, "LOW_MEMORY_SHARE", 100.0)
+    model = ln.LSTM(6, 16, num_layers=2, bidirectional=True, seed=3).freeze()
+    plans, plan = [], model._directions_in_place
+    monkeypatch.setattr(
+        model, "_directions_in_place", lambda *a: plans.append(plan(*a)) or plans[-1]
+    )
+    x = rng.standard_normal((batch, 40, 6)).astype(np.float32)
+    expected = reference.model_forward(model, x)[0]
+    for low_memory in (True, False):
+        for _ in range(3):
+            assert_close(model(x, low_memory=low_memory)[0], expected)
+    assert plans[0][0] == in_place and plans[-1][0] is None
+    entries = model._replays.here()._entries
+    assert [entry is not None for entry in entries.values()] == [False, True]
