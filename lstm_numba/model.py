@@ -841,7 +841,9 @@ class LSTM:
             check_shape(name, given, expected, meaning)
             if on_gpu and not given.is_c_contiguous():
                 raise ValueError(f"{name}: expected a C-contiguous CUDA array")
-            states.append(given.reshape(shape) if on_gpu else np.array(given).reshape(shape))
+            if not on_gpu:  # the kernels update a C-contiguous copy (a transposed view, e.g.
+                given = np.array(given, order="C")  # run_onnx_io's layout 1, is not one)
+            states.append(given.reshape(shape))
         return states
 
     def _forward_cpu(self, x, h_n, c_n, lengths, padded, traces, low_memory=False):

@@ -583,10 +583,13 @@ def test_run_onnx_io_layouts_agree(rng):
     turned = batch_major.run_onnx_io(x, None, h0, c0, layout=0)
     for ours, expected in zip(turned, (y0, h_0, c_0), strict=True):
         assert_close(ours, expected)
-    states = (h0.transpose(1, 0, 2), c0.transpose(1, 0, 2))  # [B, D, H]
-    turned = time_major.run_onnx_io(x.transpose(1, 0, 2), None, *states, layout=1)
-    for ours, expected in zip(turned, (y1, h_1, c_1), strict=True):
-        assert_close(ours, expected)
+    for states in (
+        (h0.transpose(1, 0, 2), c0.transpose(1, 0, 2)),  # [B, D, H] views
+        (np.ascontiguousarray(h0.transpose(1, 0, 2)), np.ascontiguousarray(c0.transpose(1, 0, 2))),
+    ):  # the node transposes [B, D, H] arrays of its own to the kernels' [D, B, H]
+        turned = time_major.run_onnx_io(x.transpose(1, 0, 2), None, *states, layout=1)
+        for ours, expected in zip(turned, (y1, h_1, c_1), strict=True):
+            assert_close(ours, expected)
     for layout in (2, True, "0"):
         with pytest.raises(ValueError, match=r"layout: expected 0, 1 or None, got"):
             time_major.run_onnx_io(x, layout=layout)

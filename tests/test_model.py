@@ -65,6 +65,36 @@ def test_initial_states(rng, dtype):
     np.testing.assert_array_equal(h0, h0_before)  # inputs are never written
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        np.asfortranarray,
+        lambda a: np.ascontiguousarray(a[::-1])[::-1],  # negative strides
+        lambda a: np.ascontiguousarray(a.swapaxes(0, 1)).swapaxes(0, 1),
+    ],
+    ids=["fortran", "reversed", "transposed"],
+)
+def test_states_x_and_lengths_in_any_memory_layout(rng, layout):
+    """h0, c0, x and lengths that are not C-contiguous (Fortran order, negative strides, a
+    transposed view as ``run_onnx_io``'s layout 1 makes of [B, D, H] states) give the results of
+    C-contiguous ones, in a call, twice (the second replayed where it can be), and a stream; the
+    kernels read C-contiguous copies."""
+    model = ln.LSTM(5, 6, num_layers=2, bidirectional=True, seed=1)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, 4, 3, 6)).astype(np.float32)
+    lengths = np.array([4, 2, 3])
+    for given_lengths in (None, lengths):
+        expected = reference.model_forward(model, x, (h0, c0), given_lengths)
+        for _ in range(2):
+            given = layout(lengths[None])[0] if given_lengths is not None else None
+            y, (h_n, c_n) = model(layout(x), (layout(h0), layout(c0)), lengths=given)
+            for got, wanted in zip((y, h_n, c_n), (expected[0], *expected[1]), strict=True):
+                assert_close(got, wanted)
+    forward = ln.LSTM(5, 6, seed=2)
+    stream = forward.stream(3, (layout(h0[:1]), layout(c0[:1])))
+    assert_close(stream.step(layout(x)), reference.model_forward(forward, x, (h0[:1], c0[:1]))[0])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1, 4, 6), (1, 40, 4, 64), (2, 3, 5, 7), (3, 40, 6, 8)])
