@@ -616,7 +616,7 @@ class LSTM:
             x = dispatch.to_device(x)  # NumPy in, device="cuda": copied over once checked
         elif on_gpu and not x.is_c_contiguous():
             raise ValueError("x: expected a C-contiguous CUDA array (e.g. tensor.contiguous())")
-        padded, given_lengths = lengths is not None, lengths
+        padded = lengths is not None
         if padded and dispatch.is_gpu_array(lengths):
             lengths = dispatch.to_device(lengths).copy_to_host()
         if padded:
@@ -634,7 +634,7 @@ class LSTM:
 
         if on_gpu:
             y, (h_n, c_n), traces = self._forward_cuda(x, h0, c0, lengths, traces)
-        elif given_lengths is None and traces is None:
+        elif not padded and traces is None:  # lengths, if given, all T
             y, (h_n, c_n) = self._replayed(np.ascontiguousarray(x), h0, c0, lengths, low_memory)
         else:
             y, (h_n, c_n) = self._forward_cpu(x, h0, c0, lengths, padded, traces, low_memory)
@@ -1088,10 +1088,15 @@ def _move_rows_in_place(array, order, axis):
     """Row k of ``array`` along ``axis`` moved to row order[k], for the permutation ``order``,
     along each of its cycles, a chunk of time steps (each row's second-to-last axis: y's T, the
     traces' T) at a time, with a copy of one chunk beside the array (``MOVE_ROWS_CHUNK_BYTES``;
-    a whole row is 1/B of y: 8 MB at (5, 4000, 512), which NumPy's copy doubled)."""
-    rows = np.moveaxis(array, axis, 0)  # a view
+    a whole row is 1/B of y: 8 MB at (5, 4000, 512), which NumPy's copy doubled). An array of
+    at most that size moves in one copy of it instead (≈ 3 µs against ≈ 25 along the cycles at
+    (4, 16, 32), docs/performance.md, item 71)."""
+    rows = array.swapaxes(0, axis)  # a view, the rows first and T still second to last
     source = np.empty_like(order)
     source[order] = np.arange(order.size)  # row p receives row source[p]
+    if array.nbytes <= MOVE_ROWS_CHUNK_BYTES:
+        rows[...] = rows[source]  # indexing copies first
+        return
     done = source == np.arange(order.size)
     cycles = []
     for start in np.flatnonzero(~done):

@@ -321,17 +321,18 @@ def test_a_copied_stream_records_its_own_replays(rng, duplicate):
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("frozen", [False, True], ids=["not_frozen", "frozen"])
 def test_a_model_s_calls_replay_in_each_python_thread(rng, monkeypatch, frozen, directions):
-    """``model(x, hx)`` without lengths or gates replays the kernel calls of its first call of
-    x's shape in the Python thread (``model.ThreadReplays``), on states of the replay's own:
-    calls with and without states, unbatched, weights changed in place between, equal calls
-    planned anew bit for bit and return fresh arrays; Python threads calling one model at once
-    each get the reference's results."""
+    """``model(x, hx)`` without gates, every row of length T, replays the kernel calls of its
+    first call of x's shape in the Python thread (``model.ThreadReplays``), on states of the
+    replay's own: calls with and without states, unbatched, with lengths, weights changed in
+    place between, equal calls planned anew bit for bit and return fresh arrays; Python threads
+    calling one model at once each get the reference's results."""
     model = ln.LSTM(10, 40, num_layers=2, bidirectional=directions == 2, seed=8)
     model = model.freeze() if frozen else model
     twin = copy.deepcopy(model)  # its calls planned anew, every one
     x = rng.standard_normal((3, 2, 10)).astype(np.float32)
     hx = tuple(rng.standard_normal((2 * directions, 3, 40)).astype(np.float32) for _ in "hc")
-    calls = [(x, hx), (x, None), (x[0], tuple(state[:, 0] for state in hx)), (x, hx)]
+    unbatched = (x[0], tuple(state[:, 0] for state in hx))
+    calls = [(x, hx), (x, None), unbatched, (x, hx, np.full(3, 2))]  # lengths, all of T
     results = []
     for k, arguments in enumerate(calls * 3):
         if k == 6 and not frozen:
