@@ -1125,15 +1125,16 @@ inputs of other shapes run the forward as ever."""
 
 
 class Replays:
-    """The recorded forwards (``cpu.Replay``) of a ``Stream``, or of a model's calls in each Python
-    thread (``here``), by key (the input's shape, and ``cpu.thread_settings``): the first call of
-    a key runs the forward and records its kernel calls (``record``), later ones replay them,
-    where the forward is all replayable calls (on the threads or not, rows or units split, W_hh
-    not packed for the call: a frozen model's kept, or packed by the units split's kernel). The
-    weights change only in place, the kernels read them where they are, and the bias sum is added
-    again each replay: a replayed call sees weights changed since as a planned one does. A replay
-    keeps its recording's plan: BLAS's threads limited since by other means than
-    ``set_num_threads`` (threadpoolctl) would plan another, of the same results."""
+    """The recorded forwards (``cpu.Replay``) of a ``Stream``, or of a model's calls in one Python
+    thread (``ThreadReplays``), by key (the input's shape, and ``cpu.thread_settings``; a model's
+    calls, ``low_memory`` too): the first call of a key runs the forward and records its kernel
+    calls (``record``), later ones replay them, where the forward is all replayable calls (on the
+    threads or not, rows or units split, W_hh not packed for the call: a frozen model's kept, or
+    packed by the units split's kernel). The weights change only in place, the kernels read them
+    where they are, and the bias sum is added again each replay: a replayed call sees weights
+    changed since as a planned one does. A replay keeps its recording's plan: BLAS's threads limited
+    since by other means than ``set_num_threads`` (threadpoolctl) would plan another, of the same
+    results."""
 
     def __init__(self):
         self._entries = {}
