@@ -1198,6 +1198,8 @@ def test_length_order_sorts_each_slice_and_balances_them(rng, batch, partitions)
         assert np.all(np.diff(part) <= 0), "descending within a slice"
     longest = [part.max() for part in slices if part.size]
     assert longest == list(np.sort(lengths)[::-1][: len(longest)]), "each slice gets a long row"
+    equal = np.full(batch, 7)  # rows of one length stay where they are: nothing to copy
+    np.testing.assert_array_equal(cpu.length_order(equal, partitions), np.arange(batch))
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
