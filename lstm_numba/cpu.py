@@ -706,6 +706,21 @@ def plan_forward(batch, inputs, hidden, steps, directions=1):
     return (RECURRENT_PANELS if packing_pays else RECURRENT_DOT_TILE), partitions, parallel
 
 
+LENGTH_ORDER_MIN_MULTIPLY_ADDS = 2_500_000
+"""Rows of one slice (``plan_forward``'s partitions = 1) run in length order (``length_order``)
+where that saves this many multiply-adds (``order_saves``); below, as they come: putting rows
+in order and back (h, c and x's rows in, y out) costs ≈ 15–25 µs of copies and Python a call
+(Zen 4, docs/performance.md, item 73)."""
+
+
+def order_saves(lengths, inputs, hidden, width, layers_directions):
+    """The multiply-adds that length order saves rows of ``lengths`` (B,) int64 in one slice: as
+    they come, each step runs the rows up to the last one still running; in order, only those
+    running. ``inputs`` I, ``hidden`` H, ``width`` H_out, times ``layers_directions``."""
+    as_they_come = int(np.maximum.accumulate(lengths[::-1]).sum())
+    return (as_they_come - int(lengths.sum())) * 4 * hidden * (inputs + width) * layers_directions
+
+
 @njit(**KERNEL_OPTIONS)
 def length_order(lengths, partitions):
     """A permutation of the batch rows that lets lengths save work: each of the ``partitions``

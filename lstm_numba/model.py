@@ -875,6 +875,14 @@ class LSTM:
         _, partitions, _ = cpu.plan_forward(
             batch, inputs, self.hidden_size, steps, self.num_directions
         )
+        if partitions == 1:  # rows as they come where their order would save less than it costs
+            saved = cpu.order_saves(
+                lengths, inputs, self.hidden_size, self.output_size,
+                self.num_layers * self.num_directions,
+            )  # fmt: skip
+            if saved < cpu.LENGTH_ORDER_MIN_MULTIPLY_ADDS:
+                y = self._run_layers(x, h_n, c_n, lengths, steps, True, traces, low_memory)
+                return y, (h_n, c_n)
         order = cpu.length_order(lengths, partitions)
         if np.array_equal(order, np.arange(order.size)):  # already in order
             y = self._run_layers(x, h_n, c_n, lengths, steps, True, traces, low_memory)
