@@ -104,13 +104,12 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
     (``cpu.lstm_directions_in_halves``), each direction with its own weights, states, cell
     (activations that differ by direction) and columns; rows of several lengths out of order,
     several projection chunks, the rows or the units split over threads or not; the gate traces
-    (each direction at its own index) as side by side."""
+    (each direction at its own index) as side by side. (Several projection chunks:
+    ``test_layers_in_place_over_several_projection_chunks``.)"""
     if threads:
         threads_at_any_size(monkeypatch)
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: mode)
     monkeypatch.setattr(cpu, "IN_TURN_GROUP_MIN_ROWS", 2)  # in turn, 7 rows in 3 groups
-    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
-    monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     in_place = []
     owner, name = ln.LSTM, "_run_directions_in_turn"
     if mode == cpu.IN_HALVES:
@@ -140,11 +139,9 @@ def test_bidirectional_layers_in_halves_match_reference(rng, batch, batch_first,
                                                          monkeypatch):  # fmt: skip
     """Layers of two directions after the first side by side in halves of time, on the layer
     below's output in place (``cpu.lstm_directions_in_halves``, taken here whatever the size):
-    odd and even T, rows of lengths below, around and above the middle step and 0, several
-    projection chunks; the peak holds half of y beyond y, where side by side held all of it."""
+    odd and even T, rows of lengths below, around and above the middle step and 0; the peak
+    holds half of y beyond y, where side by side held all of it."""
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
-    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
-    monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     halves = []
     run = cpu.lstm_directions_in_halves
     monkeypatch.setattr(cpu, "lstm_directions_in_halves", lambda *a: halves.append(1) or run(*a))
@@ -173,12 +170,10 @@ def test_bidirectional_layers_recomputed_match_reference(rng, batch, options, mo
     the forward direction (``cpu.lstm_directions_recomputed``, taken here whatever the size): the
     reverse direction's pending steps U from none to most of T (11), windows of 2 steps (the
     last one shorter where A = T − U is odd); rows of lengths below, around and above A and 0;
-    both layouts, LSTMP, each direction's own cell; several projection chunks. The traces of a
-    call with the gates are side by side's (``low_memory`` ignored there)."""
+    both layouts, LSTMP, each direction's own cell. The traces of a call with the gates are side
+    by side's (``low_memory`` ignored there)."""
     monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
     monkeypatch.setattr(cpu, "LOW_MEMORY_SHARE", 0)  # half of y over the budget (weights)
-    monkeypatch.setattr(cpu, "PROJECTION_ROWS", 4 * batch)
-    monkeypatch.setattr(cpu, "PROJECTION_MIN_ROWS", 4 * batch)
     recomputed = []
     run = cpu.lstm_directions_recomputed
     monkeypatch.setattr(
@@ -200,6 +195,29 @@ def test_bidirectional_layers_recomputed_match_reference(rng, batch, options, mo
     side_by_side = model(x, hx, lengths=lengths, return_gates=True)[2]
     for expected, actual in zip(side_by_side, gates, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)  # NaN past lengths
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("mode", [cpu.IN_TURN, cpu.IN_HALVES, cpu.RECOMPUTED])
+def test_layers_in_place_over_several_projection_chunks(rng, batch, mode, monkeypatch):
+    """The layers of two directions run in place over sequences of several projection chunks
+    (``cpu.projection_steps``: 256 steps a row at most): each chunk's inputs are copied before
+    its steps overwrite y there, in turn, in halves of time and recomputed (windows of 300
+    steps, each of two chunks or more), rows of lengths out of order. The chunk's bounds are
+    compiled into the kernels, so the sequences are long rather than the bounds patched: a
+    kernel compiled under a patch would serve later tests from the tests' Numba cache."""
+    monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: mode)
+    if mode == cpu.RECOMPUTED:
+        monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
+        monkeypatch.setattr(cpu, "LOW_MEMORY_SHARE", 0)  # half of y over the budget (weights)
+        monkeypatch.setattr(cpu, "recompute_plan", lambda *arguments: (250, 300))
+    steps = 601
+    assert cpu.projection_steps(1, steps) < steps // 2  # several chunks, even for one row
+    model = ln.LSTM(3, 4, num_layers=2, bidirectional=True, seed=rng.integers(9))
+    x, hx = random_inputs(rng, model, batch, steps)
+    lengths = rng.permutation(np.array([steps, 300, 555])[:batch])
+    for given in (None, lengths):
+        assert_forward_matches_reference(model, x, hx, given, low_memory=mode == cpu.RECOMPUTED)
 
 
 @pytest.mark.parametrize(

@@ -582,25 +582,26 @@ def test_few_rows_of_lengths_run_in_length_order_unless_their_units_split(
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_stacked_layers_run_in_place(rng, driver, batch, batch_first, reverse, monkeypatch):
     """In one direction, the layers after the first read their input from y and overwrite it
-    (``LSTM._run_layers``), which is right only if every driver reads x at a chunk of times
-    before any of its threads writes y there: several projection chunks of 4 steps, on every
-    driver. Run in turn on this thread (the driver's Python function), the units split's first
-    worker runs every part of a step one after the other, so that a part reading x after
-    another part wrote y there would get a wrong input every time."""
+    (``LSTM._run_layers``), which is right only if every driver reads x at a chunk of times before
+    any of its threads writes y there: several projection chunks (``cpu.projection_steps``: 85–128
+    steps for two to four rows), on every driver; the sequences long rather than the chunks' bounds
+    patched, which the rows' kernels compile in (a kernel compiled under a patch would serve later
+    tests from the tests' Numba cache). Run in turn on this thread (the driver's Python function),
+    the units split's first worker runs every part of a step one after the other, so that a part
+    reading x after another part wrote y there would get a wrong input every time."""
     if driver != "rows, one thread":
         if cpu.get_num_threads() < 2:
             pytest.skip("Numba runs one thread here: nothing to split over")
         threads_at_any_size(monkeypatch)
     if driver == "units in turn":
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
-    for limit in ("PROJECTION_ROWS", "PROJECTION_MIN_ROWS"):
-        monkeypatch.setattr(cpu, limit, 4 * batch)
-    steps = 15
+    steps = 200
+    assert cpu.projection_steps(min(batch, 3), steps) < steps  # two chunks or more a thread
     model = ln.LSTM(6, 6, num_layers=3, batch_first=batch_first, reverse=reverse, seed=5)
     x = rng.standard_normal((batch, steps, 6) if batch_first else (steps, batch, 6))
     x = x.astype(np.float32)
     # rows of one length backwards, as the units split takes them
-    lengths = np.full(batch, 13) if reverse else steps - 2 * np.arange(batch)
+    lengths = np.full(batch, steps - 2) if reverse else steps - 2 * np.arange(batch)
     given = x.copy()
     y, (h_n, c_n) = model(x, lengths=lengths)
     np.testing.assert_array_equal(x, given)  # in place on y, never on the caller's x
