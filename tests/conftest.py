@@ -11,6 +11,8 @@ import pytest
 # thresholds, cache sizes). Compiled into the package's own on-disk cache, such a kernel would
 # outlive the test run and serve every later forward (a projection chunk of 4 rows made
 # (1, 128, 512, 512) 1.3x slower): the tests keep a cache of their own (before Numba is imported).
+# Within it, a kernel compiled under a patch would serve later tests too: no test patches a
+# constant that CPU kernels compile in (test_model.py checks).
 os.environ["NUMBA_CACHE_DIR"] = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "numba"
 )

@@ -1,9 +1,12 @@
 """``LSTM``: forward against the float64 reference, PyTorch and ONNX Runtime; weights; bad input."""
 
+import ast
 import inspect
 import json
 import os
+import pathlib
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -440,17 +443,16 @@ def test_units_split_over_threads_match_reference(
     the 4-row tile), one row or several, on each part's packed rows (the register tile) or on
     them as they are (``units_product``, the dot tile), lengths below T (different ones read
     forwards: the shorter rows sit the last steps out), several projection chunks (of few rows:
-    gathered), read forwards and backwards.
+    gathered; long sequences, the chunks' bounds as they are), read forwards and backwards.
     "one-after-another" runs the driver's workers in turn on this thread (its Python function,
     where ``prange`` is ``range``), as a threading layer that does not run them at once would:
     the first must then run every part of every step instead of waiting for the others."""
-    for limit in ("PROJECTION_ROWS", "PROJECTION_MIN_ROWS"):  # chunks of 4 + 4 + 4 + 1 steps
-        monkeypatch.setattr(cpu, limit, 4 * batch)
     for least in ("UNIT_SPLIT_PACK_MIN_STEPS", "UNIT_SPLIT_ONE_ROW_PACK_MIN_STEPS"):
         monkeypatch.setattr(cpu, least, 1 if packed else 100)
     if not threads:
         monkeypatch.setattr(cpu, "lstm_unit_split_forward", cpu.lstm_unit_split_forward.py_func)
-    steps, inputs, hidden, length = 15, 6, 11, 13
+    steps, inputs, hidden, length = 300, 6, 11, 298  # chunks of 51–256 steps (5 rows – 1)
+    assert cpu.projection_steps(batch, steps) < length
     model = ln.LSTM(
         inputs, hidden, batch_first=batch_first, dtype=dtype, reverse=reverse, seed=rng.integers(9)
     )
@@ -1738,3 +1740,44 @@ def test_the_kernels_run_as_python_under_numba_disable_jit():
     a shape whose plan is the register tile (an LLVM intrinsic) must run too; ``warm_up`` has
     nothing to compile."""
     run_python("-c", WITHOUT_JIT, NUMBA_DISABLE_JIT="1")
+
+
+def test_no_test_patches_a_constant_that_kernels_compile_in():
+    """Numba compiles a module's constants into the CPU kernels that read them, and the tests'
+    Numba cache (conftest) keeps those kernels: a test that patched such a constant would leave
+    kernels compiled with its value to later tests (a patched projection chunk once broke a
+    bit-for-bit check of another file). No test names one (``monkeypatch.setattr(cpu,
+    "NAME", ...)`` needs the name as a string)."""
+    package = pathlib.Path(ln.__file__).parent
+    compiled_in = set()
+    for source in package.glob("*.py"):
+        tree = ast.parse(source.read_text())
+        constants = {
+            target.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name) and target.id.isupper()
+        }
+        for node in ast.walk(tree):
+            compiled = isinstance(node, ast.FunctionDef) and any(
+                word in ast.unparse(decorator)
+                for word in ("njit", "intrinsic", "overload", "vectorize")
+                for decorator in node.decorator_list
+            )  # on the CPU (the CUDA simulator reads the GPU's constants as it runs)
+            if compiled:
+                names = {name.id for name in ast.walk(node) if isinstance(name, ast.Name)}
+                compiled_in |= names & constants
+    assert {"PROJECTION_ROWS", "SMALL_PRODUCT_ROWS"} <= compiled_in  # the scan finds them
+    this_test = sys._getframe().f_code.co_name
+    patched = []
+    for test in pathlib.Path(__file__).parent.glob("test_*.py"):
+        for function in ast.parse(test.read_text()).body:
+            if getattr(function, "name", None) == this_test:
+                continue  # the names above
+            patched += [
+                (test.name, node.value)
+                for node in ast.walk(function)
+                if isinstance(node, ast.Constant) and node.value in compiled_in
+            ]
+    assert not patched, patched
