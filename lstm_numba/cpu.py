@@ -727,8 +727,8 @@ def length_order(lengths, partitions):
     slices of rows (``lstm_partitioned_forward``'s) holds rows of descending length, so that
     finished rows leave a shrinking prefix, and the slices get long and short rows alike (rank r
     of the lengths goes to slice r mod ``partitions``), so that the threads finish together; rows
-    all of one length stay where they are. Compiled: 0.5 µs, against ≈ 16 in NumPy for eight
-    rows in two slices (docs/performance.md, item 72).
+    all of one length stay where they are. Compiled: ≈ 1 µs a call, against ≈ 16 in NumPy for
+    eight rows in two slices (docs/performance.md, item 72).
 
     Returns ``order`` (B,) int64: row ``order[k]`` of ``lengths`` (B,) int64 goes to position k.
     """

@@ -862,7 +862,8 @@ class LSTM:
         so that finished rows stop costing work: the kernels read x's rows in that order where
         they are, and y and the traces are put back in order in place; except where the hidden
         units are split (``cpu.unit_split_parts``), which reads x's rows as they are and skips
-        finished rows wherever they sit."""
+        finished rows wherever they sit, and where one thread runs the rows and their order
+        would save less than it costs (``cpu.order_saves``): there they run as they come."""
         batch_axis = 0 if self.batch_first else 1
         batch = x.shape[batch_axis]
         steps = int(lengths.max()) if padded else x.shape[1 - batch_axis]  # the longest length
@@ -875,16 +876,14 @@ class LSTM:
         _, partitions, _ = cpu.plan_forward(
             batch, inputs, self.hidden_size, steps, self.num_directions
         )
-        if partitions == 1:  # rows as they come where their order would save less than it costs
-            saved = cpu.order_saves(
-                lengths, inputs, self.hidden_size, self.output_size,
-                self.num_layers * self.num_directions,
-            )  # fmt: skip
-            if saved < cpu.LENGTH_ORDER_MIN_MULTIPLY_ADDS:
-                y = self._run_layers(x, h_n, c_n, lengths, steps, True, traces, low_memory)
-                return y, (h_n, c_n)
-        order = cpu.length_order(lengths, partitions)
-        if np.array_equal(order, np.arange(order.size)):  # already in order
+        as_they_come = partitions == 1 and cpu.order_saves(
+            lengths, inputs, self.hidden_size, self.output_size,
+            self.num_layers * self.num_directions,
+        ) < cpu.LENGTH_ORDER_MIN_MULTIPLY_ADDS  # fmt: skip
+        if not as_they_come:
+            order = cpu.length_order(lengths, partitions)
+            as_they_come = np.array_equal(order, np.arange(order.size))  # in order already
+        if as_they_come:
             y = self._run_layers(x, h_n, c_n, lengths, steps, True, traces, low_memory)
             return y, (h_n, c_n)
         # C-contiguous copies, as the kernels take (one compiled signature per dtype): ``take``
