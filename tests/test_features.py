@@ -103,8 +103,8 @@ def test_bidirectional_layers_in_place_match_reference(rng, batch, options, thre
     where they are in y, each group's lengths its own, both layouts) or in halves of time
     (``cpu.lstm_directions_in_halves``), each direction with its own weights, states, cell
     (activations that differ by direction) and columns; rows of several lengths out of order,
-    several projection chunks, the rows or the units split over threads or not; the gate traces
-    (each direction at its own index) as side by side. (Several projection chunks:
+    the rows or the units split over threads or not; the gate traces (each direction at its own
+    index) as side by side. (Several projection chunks:
     ``test_layers_in_place_over_several_projection_chunks``.)"""
     if threads:
         threads_at_any_size(monkeypatch)
@@ -211,6 +211,13 @@ def test_layers_in_place_over_several_projection_chunks(rng, batch, mode, monkey
         monkeypatch.setattr(cpu, "directions_in_place", lambda *arguments: cpu.IN_HALVES)
         monkeypatch.setattr(cpu, "LOW_MEMORY_SHARE", 0)  # half of y over the budget (weights)
         monkeypatch.setattr(cpu, "recompute_plan", lambda *arguments: (250, 300))
+    owner, name = {
+        cpu.IN_TURN: (ln.LSTM, "_run_directions_in_turn"),
+        cpu.IN_HALVES: (cpu, "lstm_directions_in_halves"),
+        cpu.RECOMPUTED: (cpu, "lstm_directions_recomputed"),
+    }[mode]
+    run, ran = getattr(owner, name), []
+    monkeypatch.setattr(owner, name, lambda *a: ran.append(1) or run(*a))
     steps = 601
     assert cpu.projection_steps(1, steps) < steps // 2  # several chunks, even for one row
     model = ln.LSTM(3, 4, num_layers=2, bidirectional=True, seed=rng.integers(9))
@@ -218,6 +225,7 @@ def test_layers_in_place_over_several_projection_chunks(rng, batch, mode, monkey
     lengths = rng.permutation(np.array([steps, 300, 555])[:batch])
     for given in (None, lengths):
         assert_forward_matches_reference(model, x, hx, given, low_memory=mode == cpu.RECOMPUTED)
+    assert len(ran) == 2  # the second layer, each call
 
 
 @pytest.mark.parametrize(
