@@ -721,38 +721,34 @@ def order_saves(lengths, inputs, hidden, width, layers_directions):
     return (as_they_come - int(lengths.sum())) * 4 * hidden * (inputs + width) * layers_directions
 
 
-@njit(**KERNEL_OPTIONS)
 def length_order(lengths, partitions):
     """A permutation of the batch rows that lets lengths save work: each of the ``partitions``
     slices of rows (``lstm_partitioned_forward``'s) holds rows of descending length, so that
     finished rows leave a shrinking prefix, and the slices get long and short rows alike (rank r
     of the lengths goes to slice r mod ``partitions``), so that the threads finish together; rows
-    all of one length stay where they are. Compiled: ≈ 1 µs a call, against ≈ 16 in NumPy for
-    eight rows in two slices (docs/performance.md, item 72).
+    all of one length stay where they are (nothing to copy). NumPy, not compiled: a compiled
+    version took 1 µs instead of 16, and 4.5–5.5 s more of a cold first call with lengths
+    (docs/performance.md, item 72).
 
     Returns ``order`` (B,) int64: row ``order[k]`` of ``lengths`` (B,) int64 goes to position k.
     """
     batch = lengths.size
     if batch == 0 or lengths.min() == lengths.max():
         return np.arange(batch)
-    ranked = np.argsort(-lengths, kind="mergesort")  # stable: equal lengths keep their order
+    ranked = np.argsort(-lengths, kind="stable")
     if partitions == 1:
         return ranked
-    position = np.full(batch, -1)
-    taken = np.zeros(batch, np.bool_)
-    for rank in range(batch):
-        part, within = rank % partitions, rank // partitions
-        start = part * batch // partitions
-        if within < (part + 1) * batch // partitions - start:
-            position[rank] = start + within
-            taken[start + within] = True
-    free = 0  # with B not a multiple of the slices, the shortest rows fill the slots left
-    for rank in range(batch):
-        if position[rank] < 0:
-            while taken[free]:
-                free += 1
-            position[rank] = free
-            taken[free] = True
+    starts = np.arange(partitions + 1) * batch // partitions
+    sizes = np.diff(starts)
+    rank = np.arange(batch)
+    part, within = rank % partitions, rank // partitions
+    fits = within < sizes[part]
+    position = np.empty(batch, np.int64)
+    position[fits] = starts[part[fits]] + within[fits]
+    # With B not a multiple of the slices, the shortest rows fill the slots left at slice ends.
+    free = np.ones(batch, bool)
+    free[position[fits]] = False
+    position[~fits] = np.flatnonzero(free)
     order = np.empty(batch, np.int64)
     order[position] = ranked
     return order
